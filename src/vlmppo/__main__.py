@@ -1,0 +1,3 @@
+from vlmppo.cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""The `vlmppo` command line: the one list of commands, and the one error handler.
+
+Command modules import only Typer at module level; torch and transformers load inside the command
+that needs them, so `vlmppo --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from vlmppo import __version__
+from vlmppo.commands import env, model, presets, slurm, stages
+
+app = typer.Typer(
+    name="vlmppo",
+    help="Fine-tune vision-language models as agents: collect -> label -> preprocess -> sft -> ppo -> eval.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    epilog=stages.examples(
+        "vlmppo presets list",
+        "vlmppo pipeline --preset probe-color-tiny",
+        "vlmppo ppo --preset minigrid-doorkey-qwen --dry-run",
+    ),
+)
+
+for _name, _func in (
+    ("collect", stages.collect),
+    ("label", stages.label),
+    ("preprocess", stages.preprocess),
+    ("sft", stages.sft),
+    ("ppo", stages.ppo),
+    ("eval", stages.evaluate),
+    ("pipeline", stages.pipeline),
+):
+    app.command(_name, epilog=getattr(stages, f"{_name}_epilog"))(_func)
+app.add_typer(slurm.app, name="slurm")
+app.add_typer(presets.app, name="presets")
+app.add_typer(model.app, name="model")
+app.add_typer(env.app, name="env")
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"vlmppo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+):
+    """Fine-tune vision-language models as agents."""
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one clear paragraph and a non-zero exit."""
+    from vlmppo.errors import VlmppoError
+
+    try:
+        app()
+    except VlmppoError as exc:
+        if os.environ.get("VLMPPO_DEBUG") == "1":
+            raise
+        from vlmppo.console import err_console
+
+        text = exc.message if exc.hint is None else f"{exc.message} {exc.hint}"
+        err_console.print(f"[bold red]error:[/bold red] {text}", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,71 @@
+"""`vlmppo env`: versions for bug reports; `env list` and `env show` to see what the model sees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vlmppo.commands._common import examples
+
+app = typer.Typer(
+    help="Print versions (for bug reports); list environments; show an env's first frame and prompt.",
+    invoke_without_command=True,
+    epilog=examples(
+        "vlmppo env", "vlmppo env list", "vlmppo env show gym_cards/NumberLine-v0 --out frame.png"
+    ),
+)
+
+
+@app.callback()
+def versions(ctx: typer.Context):
+    """Versions of python, torch, transformers, peft, accelerate, deepspeed and the GPUs."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.table import Table
+
+    from vlmppo.console import console
+    from vlmppo.sysinfo import environment_report
+
+    table = Table(show_header=False, title="vlmppo environment", title_justify="left")
+    for key, value in environment_report().items():
+        table.add_row(key, value)
+    console.print(table)
+
+
+@app.command("list", epilog=examples("vlmppo env list"))
+def list_():
+    """Registered environments with their action sets."""
+    from rich.table import Table
+
+    from vlmppo.console import console
+    from vlmppo.envs import list_envs
+
+    table = Table(title="environments", title_justify="left")
+    for column in ("id", "family", "actions", "frame"):
+        table.add_column(column, overflow="fold")
+    for row in list_envs():
+        table.add_row(
+            str(row["id"]), str(row["family"]), ", ".join(row["actions"]), str(row.get("frame", ""))
+        )
+    console.print(table)
+
+
+@app.command(
+    epilog=examples(
+        "vlmppo env show gym_cards/Points24-v0 --seed 3 --out p24.png",
+        "vlmppo env show MiniGrid-DoorKey-6x6-v0",
+    )
+)
+def show(
+    env_id: Annotated[str, typer.Argument(help="Environment id, e.g. gym_cards/NumberLine-v0.")],
+    seed: Annotated[int, typer.Option(help="Reset seed.")] = 0,
+    out: Annotated[Path, typer.Option(help="Where to write the first frame (PNG).")] = Path("frame.png"),
+):
+    """Write the env's first frame as a PNG and print the prompt the model gets with it."""
+    from vlmppo.console import console
+    from vlmppo.envs import render_first_frame
+
+    prompt = render_first_frame(env_id, seed, out)
+    console.print(f"[bold]frame:[/bold] {out}\n[bold]prompt:[/bold]\n{prompt}", markup=True)

@@ -1,0 +1,63 @@
+"""`vlmppo model init|info`: write a tiny random model; describe a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vlmppo.commands._common import examples
+
+app = typer.Typer(
+    help="Build tiny random models and describe checkpoints.",
+    no_args_is_help=True,
+    epilog=examples(
+        "vlmppo model init qwen2-vl --out tiny-qwen", "vlmppo model info tiny-qwen --image-size 300"
+    ),
+)
+
+
+@app.command(
+    epilog=examples(
+        "vlmppo model init qwen2-vl --out tiny-qwen", "vlmppo model init llava-next --out tiny-llava"
+    )
+)
+def init(
+    family: Annotated[str, typer.Argument(help="qwen2-vl | qwen2.5-vl | llava | llava-next.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder to write the model, tokenizer and processor to.")
+    ],
+):
+    """Write a tiny random model of a family (a few layers, hidden <= 128) with a locally trained tokenizer."""
+    from vlmppo.config.schema import FAMILIES
+    from vlmppo.console import console
+    from vlmppo.errors import ModelError
+
+    if family not in FAMILIES:
+        raise ModelError(f"Unknown model family '{family}'. Supported families: {', '.join(FAMILIES)}.")
+    from vlmppo.models import build_tiny_model
+
+    path = build_tiny_model(family, out)
+    console.print(f"wrote a tiny random {family} model to {path}; use it with model.path={path}")
+
+
+@app.command(
+    epilog=examples(
+        "vlmppo model info tiny:qwen2-vl", "vlmppo model info /models/Qwen2-VL-2B-Instruct --image-size 448"
+    )
+)
+def info(
+    path: Annotated[str, typer.Argument(help="Model folder, hub id, or tiny:<family>.")],
+    image_size: Annotated[int, typer.Option(help="Image side in pixels for the image-token count.")] = 300,
+):
+    """Family, parameter counts (total / trainable with the default LoRA) and image tokens per image."""
+    from rich.table import Table
+
+    from vlmppo.console import console
+    from vlmppo.models import model_info
+
+    table = Table(show_header=False, title=f"model {path}", title_justify="left")
+    for key, value in model_info(path, image_size=image_size).items():
+        table.add_row(str(key), f"{value:,}" if isinstance(value, int) else str(value))
+    console.print(table)

@@ -1,0 +1,95 @@
+"""Derived numbers of a stage, computed from the config and printed by ``--dry-run``.
+
+These are never stored as config: change n_envs and the number of updates follows.
+"""
+
+from __future__ import annotations
+
+import math
+
+from vlmppo.config.loader import run_dir
+from vlmppo.config.schema import Config
+
+
+def ppo_counts(cfg: Config) -> dict[str, int]:
+    """Rollout size, number of updates and optimizer steps of a PPO run."""
+    p = cfg.ppo
+    rollout = cfg.env.n_envs * p.n_steps
+    updates = max(1, math.ceil(p.total_env_steps / rollout))
+    minibatches = rollout // p.minibatch_size
+    return {
+        "rollout_size": rollout,
+        "updates": updates,
+        "env_steps_run": updates * rollout,
+        "minibatches_per_epoch": minibatches,
+        "optimizer_steps_per_update": minibatches * p.n_epochs,
+        "micro_steps_per_optimizer_step": p.minibatch_size // p.micro_batch_size,
+        "dropped_per_epoch": rollout - minibatches * p.minibatch_size,
+    }
+
+
+def _common(cfg: Config) -> list[tuple[str, str]]:
+    lora = cfg.model.lora
+    training = f"LoRA r={lora.r} alpha={lora.alpha}" if lora else "full fine-tuning"
+    return [
+        ("run directory", str(run_dir(cfg))),
+        ("device", cfg.run.device),
+        ("env", f"{cfg.env.id} x {cfg.env.n_envs} (prompt: {cfg.env.prompt})"),
+        ("model", f"{cfg.model.path} ({cfg.model.family}, dtype {cfg.model.dtype}, {training})"),
+    ]
+
+
+def stage_plan(cfg: Config, stage: str) -> list[tuple[str, str]]:
+    rows = _common(cfg)
+    if stage == "ppo":
+        c = ppo_counts(cfg)
+        p = cfg.ppo
+        rows += [
+            ("starts from", p.init_from or "the base model (fresh LoRA)"),
+            (
+                "rollout",
+                f"{cfg.env.n_envs} envs x {p.n_steps} steps = {c['rollout_size']} samples per update",
+            ),
+            ("updates", f"{c['updates']} ({c['env_steps_run']} env steps; asked {p.total_env_steps})"),
+            (
+                "optimizer steps / update",
+                f"{c['optimizer_steps_per_update']} ({p.n_epochs} epochs x {c['minibatches_per_epoch']} minibatches"
+                f" of {p.minibatch_size}; {c['micro_steps_per_optimizer_step']} micro-batches of {p.micro_batch_size})",
+            ),
+            ("learning rate", f"{p.lr:g} -> {p.min_lr:g} cosine over {c['updates']} updates"),
+            (
+                "log pi(a|s)",
+                f"{p.thought_coef:g} x thought tokens + action tokens; temperature {p.temperature:g}",
+            ),
+            (
+                "checkpoints",
+                f"every {p.save_every} updates and at the end, in {run_dir(cfg) / 'ppo/checkpoints'}",
+            ),
+        ]
+        if c["dropped_per_epoch"]:
+            rows.append(("note", f"{c['dropped_per_epoch']} samples per epoch do not fill a minibatch"))
+    elif stage == "sft":
+        s = cfg.sft
+        length = f"{s.max_steps} optimizer steps" if s.max_steps else f"{s.epochs:g} epochs"
+        rows += [
+            ("train file", s.train_file or str(run_dir(cfg) / "data/train.jsonl")),
+            ("length", length),
+            ("batch", f"{s.batch_size} per device x {s.grad_accum} accumulation"),
+            ("learning rate", f"{s.lr:g}, {s.lr_schedule}, warm-up {s.warmup_ratio:.0%}"),
+            ("launch", s.launch),
+        ]
+    elif stage == "collect":
+        c = cfg.collect
+        rows += [("policy", c.policy + (f" ({c.ckpt})" if c.ckpt else "")), ("episodes", str(c.episodes))]
+        if c.epsilon:
+            rows.append(("epsilon", f"{c.epsilon:g} (random action probability)"))
+    elif stage == "label":
+        rows += [("labeller", cfg.label.labeller), ("mode", cfg.label.mode)]
+    elif stage == "eval":
+        e = cfg.eval
+        rows += [
+            ("checkpoint", e.ckpt or "last"),
+            ("episodes", f"{e.episodes} per seed x seeds {e.seeds} = {e.episodes * len(e.seeds)}"),
+            ("decoding", "greedy" if e.greedy else f"sampled at {e.temperature:g}"),
+        ]
+    return rows

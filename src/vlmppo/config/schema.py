@@ -1,0 +1,319 @@
+"""The typed config: one section per stage, strict (unknown keys are errors), a help text per field.
+
+Derived quantities (number of updates, optimizer steps, per-rank batch sizes) are properties or are
+computed in the plan printed by ``--dry-run``; they are never config fields.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+FAMILIES = ("qwen2-vl", "qwen2.5-vl", "llava", "llava-next")
+Family = Literal["qwen2-vl", "qwen2.5-vl", "llava", "llava-next"]
+STAGES = ("collect", "label", "preprocess", "sft", "ppo", "eval")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = Field("default", description="Run name: outputs go to <output_dir>/<name>/.")
+    output_dir: str = Field("runs", description="Folder that holds one sub-folder per run.")
+    seed: int = Field(0, description="Global seed (envs get seed + i, torch and numpy get seed).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto = cuda when available, else cpu."
+    )
+
+
+class EnvConfig(Section):
+    id: str = Field(
+        "gym_cards/NumberLine-v0",
+        description="Gymnasium id: gym_cards/*, probe/* or any MiniGrid-* id.",
+    )
+    n_envs: int = Field(4, ge=1, description="Environments stepped together (one batched generate for all).")
+    max_episode_steps: int | None = Field(
+        None, ge=1, description="Time limit per episode; null keeps the env's own default."
+    )
+    kwargs: dict = Field(
+        default_factory=dict, description="Extra keyword arguments passed to gymnasium.make."
+    )
+    observation: Literal["full", "agent_view"] = Field(
+        "full", description="MiniGrid only: the full top-down render or the agent's partial view."
+    )
+    tile_size: int = Field(32, ge=4, description="MiniGrid only: pixels per grid tile in the rendered frame.")
+    prompt: Literal["cot", "action_only"] = Field(
+        "cot", description="cot: the answer has thoughts and an action; action_only: just the action."
+    )
+
+
+class LoraConfig(Section):
+    r: int = Field(128, ge=1, description="LoRA rank.")
+    alpha: int = Field(256, ge=1, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout (off during rollout scoring).")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear",
+        description="Module names (or regex parts) of the language model to adapt, or 'all-linear'.",
+    )
+    train_vision_tower: bool = Field(False, description="Also train the vision tower (fully).")
+    train_projector: bool = Field(False, description="Also train the vision-to-language projector (fully).")
+
+
+class ModelConfig(Section):
+    family: Family = Field("qwen2-vl", description=f"Model family: one of {', '.join(FAMILIES)}.")
+    path: str = Field(
+        "tiny:qwen2-vl",
+        description="Local folder, hub id, or tiny:<family> for a tiny random model built and cached locally.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = bfloat16 on GPU, float32 on CPU."
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel; flash_attention_2 needs the flash-attn package."
+    )
+    lora: LoraConfig | None = Field(
+        default_factory=LoraConfig, description="LoRA settings; null trains the full model."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory in training.")
+    min_pixels: int | None = Field(None, ge=1, description="Qwen image processor: minimum pixels per image.")
+    max_pixels: int | None = Field(None, ge=1, description="Qwen image processor: maximum pixels per image.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint folder.")
+
+    @model_validator(mode="after")
+    def _pixels_ordered(self) -> ModelConfig:
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels ({self.min_pixels}) is larger than max_pixels ({self.max_pixels})")
+        return self
+
+
+class CollectConfig(Section):
+    policy: Literal["expert", "random", "checkpoint"] = Field(
+        "expert", description="Who acts: the env's expert, uniform random, or a trained VLM checkpoint."
+    )
+    ckpt: str | None = Field(None, description="Checkpoint for policy=checkpoint (path, or last|sft|ppo).")
+    episodes: int = Field(100, ge=1, description="Episodes to collect.")
+    epsilon: float = Field(
+        0.0, ge=0.0, le=1.0, description="Expert takes a random action with this probability."
+    )
+    temperature: float = Field(
+        1.0, ge=0.0, description="Sampling temperature for policy=checkpoint (0 = greedy)."
+    )
+    max_new_tokens: int = Field(256, ge=1, description="Answer length limit for policy=checkpoint.")
+
+
+class LabelConfig(Section):
+    labeller: Literal["expert", "hf", "openai"] = Field("expert", description="Who writes the labels.")
+    mode: Literal["action", "score"] = Field(
+        "action", description="action: write thoughts + action (SFT target); score: rate a transition 0-10."
+    )
+    model: str | None = Field(None, description="hf: model path; openai: the served model's name.")
+    family: Family | None = Field(None, description="hf labeller's model family (default: model.family).")
+    base_url: str = Field("http://localhost:8000/v1", description="openai: the server's base URL.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable that holds the key.")
+    max_concurrency: int = Field(8, ge=1, description="openai: requests in flight at once.")
+    max_retries: int = Field(
+        5, ge=0, description="openai: retries on 429/5xx/timeouts (exponential backoff)."
+    )
+    timeout_s: float = Field(120.0, gt=0, description="openai: seconds per request.")
+    batch_size: int = Field(8, ge=1, description="hf: prompts per generate call.")
+    max_new_tokens: int = Field(512, ge=1, description="Answer length limit.")
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy.")
+
+
+class PreprocessConfig(Section):
+    only_success: bool = Field(False, description="Keep only steps of successful episodes.")
+    min_score: float | None = Field(
+        None, description="Keep only transitions scored at least this (score labels)."
+    )
+    drop_parse_errors: bool = Field(
+        True, description="Drop labels the labeller's answer could not be parsed for."
+    )
+    dedupe: bool = Field(True, description="Drop identical (frame, answer) pairs.")
+    balance_actions: bool = Field(
+        False, description="Subsample so every action is as frequent as the rarest."
+    )
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Fraction of episodes held out for validation."
+    )
+    split_seed: int = Field(0, description="Seed of the episode-level train/val split.")
+    action_only: bool = Field(False, description="Answers without thoughts.")
+    on_error: Literal["stop", "skip"] = Field("stop", description="A corrupt input line: stop or skip it.")
+
+
+class SftConfig(Section):
+    train_file: str | None = Field(None, description="Default: runs/<name>/data/train.jsonl.")
+    val_file: str | None = Field(None, description="Default: runs/<name>/data/val.jsonl.")
+    epochs: float = Field(
+        6, gt=0, description="Passes over the training set (ignored when max_steps is set)."
+    )
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    warmup_ratio: float = Field(
+        0.03, ge=0.0, lt=1.0, description="Linear warm-up, as a fraction of the steps."
+    )
+    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="Decay after warm-up.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    batch_size: int = Field(4, ge=1, description="Samples per device per micro-step.")
+    grad_accum: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+    max_length: int = Field(2048, ge=16, description="Token limit per sample (prompt + image + answer).")
+    on_too_long: Literal["truncate", "skip"] = Field("truncate", description="Samples over max_length.")
+    group_by_length: bool = Field(False, description="Batch samples of similar length together.")
+    eval_every: int = Field(100, ge=1, description="Optimizer steps between val evaluations.")
+    save_every: int = Field(200, ge=1, description="Optimizer steps between checkpoints.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many evals w/o gain."
+    )
+    launch: Literal["single", "ddp", "zero2", "zero3", "zero3-offload"] = Field(
+        "single", description="Launch config shipped with the package (DeepSpeed through accelerate)."
+    )
+
+
+class PpoConfig(Section):
+    init_from: str | None = Field(
+        None, description="'sft' (this run's SFT checkpoint), a checkpoint path, or null."
+    )
+    n_steps: int = Field(32, ge=1, description="Env steps per env per update (rollout length).")
+    total_env_steps: int = Field(15000, ge=1, description="Env steps over the whole run (all envs).")
+    n_epochs: int = Field(4, ge=1, description="PPO epochs over each rollout.")
+    minibatch_size: int = Field(32, ge=1, description="Samples per optimizer step.")
+    micro_batch_size: int = Field(
+        4, ge=1, description="Samples per forward/backward (gradient accumulation)."
+    )
+    lr: float = Field(1e-5, gt=0, description="Initial learning rate (cosine to min_lr over the run).")
+    min_lr: float = Field(1e-9, ge=0, description="Final learning rate.")
+    adam_eps: float = Field(1e-7, gt=0, description="AdamW epsilon.")
+    gamma: float = Field(0.9, ge=0.0, le=1.0, description="Discount factor.")
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="GAE lambda.")
+    clip_range: float = Field(0.1, gt=0, description="PPO ratio clip.")
+    clip_range_vf: float | None = Field(0.1, gt=0, description="Value clip around the old value; null = off.")
+    vf_coef: float = Field(0.5, ge=0, description="Value loss weight.")
+    ent_coef: float = Field(0.0, ge=0, description="Entropy bonus on the action tokens.")
+    kl_coef: float = Field(0.0, ge=0, description="KL penalty to the frozen base model (adapter disabled).")
+    target_kl: float | None = Field(
+        None, gt=0, description="Stop the epochs early when approx KL exceeds this."
+    )
+    max_grad_norm: float = Field(0.01, gt=0, description="Gradient clipping (RL4VLM used 0.01).")
+    thought_coef: float = Field(
+        0.5, ge=0.0, le=1.0, description="lambda: weight of thought tokens in log pi(a|s)."
+    )
+    temperature: float = Field(
+        0.2, gt=0, description="Sampling temperature (the same divides the scoring logits)."
+    )
+    max_new_tokens: int = Field(256, ge=1, description="Answer length limit.")
+    invalid_action_penalty: float = Field(
+        0.0, le=0.0, description="Added to the reward when no action parses."
+    )
+    save_every: int = Field(10, ge=1, description="Updates between checkpoints.")
+    log_samples_every: int = Field(5, ge=1, description="Updates between sample answers written to disk.")
+    max_bad_minibatches: int = Field(
+        3, ge=1, description="Abort after this many NaN/inf minibatches in a row."
+    )
+    value_head_lr: float | None = Field(
+        None, gt=0, description="Separate LR for the value head (default: lr)."
+    )
+
+    @property
+    def batch_size_per_env(self) -> int:
+        return self.n_steps
+
+
+class EvalConfig(Section):
+    ckpt: str | None = Field(None, description="Checkpoint to evaluate: a path or last|sft|ppo.")
+    episodes: int = Field(20, ge=1, description="Episodes per seed.")
+    seeds: list[int] = Field(
+        default_factory=lambda: [1000], description="Seeds; each gives its own episodes."
+    )
+    greedy: bool = Field(True, description="Greedy decoding (else sample at temperature).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature when greedy is false.")
+    max_new_tokens: int = Field(256, ge=1, description="Answer length limit.")
+    trajectories: int = Field(3, ge=0, description="Episodes drawn as captioned strips and GIFs.")
+
+
+class SlurmConfig(Section):
+    partition: str | None = Field(None, description="#SBATCH --partition (null: the cluster default).")
+    account: str | None = Field(None, description="#SBATCH --account.")
+    qos: str | None = Field(None, description="#SBATCH --qos.")
+    nodes: int = Field(1, ge=1, description="Nodes per job.")
+    gpus_per_node: int = Field(1, ge=0, description="GPUs per node (one process per GPU).")
+    max_gpus_per_node: int = Field(
+        8, ge=1, description="What the cluster's nodes have; a larger request is an error."
+    )
+    cpus_per_task: int = Field(8, ge=1, description="#SBATCH --cpus-per-task.")
+    mem: str | None = Field("64G", description="#SBATCH --mem (null: the cluster default).")
+    time: str = Field("24:00:00", description="#SBATCH --time (D-HH:MM:SS or HH:MM:SS).")
+    setup: list[str] = Field(
+        default_factory=list,
+        description="Shell lines run before the launch (module load, source venv/bin/activate).",
+    )
+    template: str | None = Field(None, description="Your own sbatch template (default: the shipped one).")
+    requeue: bool = Field(True, description="#SBATCH --requeue: SLURM may requeue a preempted job.")
+    signal_grace_s: int = Field(
+        120, ge=10, description="USR1 this many seconds before the time limit: save and exit."
+    )
+    launcher: Literal["accelerate", "torchrun"] = Field(
+        "accelerate", description="Per-node process launcher."
+    )
+    extra_sbatch: list[str] = Field(
+        default_factory=list, description="More #SBATCH options, e.g. '--constraint=h100'."
+    )
+
+
+class TrackingConfig(Section):
+    tensorboard: bool = Field(False, description="Also write TensorBoard event files.")
+    wandb: bool = Field(False, description="Also log to Weights & Biases (offline when no API key is set).")
+    wandb_project: str = Field("vlmppo", description="W&B project.")
+    log_every: int = Field(1, ge=1, description="Updates/steps between metric lines.")
+
+
+class Config(Section):
+    """A whole run's configuration: every stage's section."""
+
+    run: RunConfig = Field(default_factory=RunConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    collect: CollectConfig = Field(default_factory=CollectConfig)
+    label: LabelConfig = Field(default_factory=LabelConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    sft: SftConfig = Field(default_factory=SftConfig)
+    ppo: PpoConfig = Field(default_factory=PpoConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        problems = []
+        rollout = self.env.n_envs * self.ppo.n_steps
+        if self.ppo.minibatch_size > rollout:
+            problems.append(
+                f"ppo.minibatch_size ({self.ppo.minibatch_size}) is larger than one rollout "
+                f"(env.n_envs * ppo.n_steps = {self.env.n_envs} * {self.ppo.n_steps} = {rollout})"
+            )
+        if self.ppo.micro_batch_size > self.ppo.minibatch_size:
+            problems.append(
+                f"ppo.micro_batch_size ({self.ppo.micro_batch_size}) is larger than ppo.minibatch_size "
+                f"({self.ppo.minibatch_size})"
+            )
+        elif self.ppo.minibatch_size % self.ppo.micro_batch_size:
+            problems.append(
+                f"ppo.minibatch_size ({self.ppo.minibatch_size}) is not a multiple of ppo.micro_batch_size "
+                f"({self.ppo.micro_batch_size})"
+            )
+        if self.ppo.min_lr > self.ppo.lr:
+            problems.append(f"ppo.min_lr ({self.ppo.min_lr}) is larger than ppo.lr ({self.ppo.lr})")
+        if self.slurm.gpus_per_node > self.slurm.max_gpus_per_node:
+            problems.append(
+                f"slurm.gpus_per_node ({self.slurm.gpus_per_node}) is more than the cluster's nodes have "
+                f"(slurm.max_gpus_per_node = {self.slurm.max_gpus_per_node})"
+            )
+        if self.model.path.startswith("tiny:") and self.model.path[5:] != self.model.family:
+            problems.append(
+                f"model.path '{self.model.path}' builds a tiny {self.model.path[5:]!r} model but model.family is "
+                f"{self.model.family!r}; use model.path=tiny:{self.model.family}"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

@@ -1,0 +1,49 @@
+"""User-facing errors.
+
+Everything a user can cause (a bad preset, a missing file, a checkpoint of another model) raises a
+``VlmppoError`` subclass whose message says what went wrong, where, and how to fix it. The CLI prints
+that message as one paragraph and exits 1; programming errors are never caught here.
+"""
+
+from __future__ import annotations
+
+
+class VlmppoError(Exception):
+    """Base class of the errors the CLI turns into one clear message and exit code 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message} {hint}")
+
+
+class ConfigError(VlmppoError):
+    """A preset, config file or override is invalid (unknown key, wrong type, contradiction)."""
+
+
+class ModelError(VlmppoError):
+    """A model path or family cannot be loaded."""
+
+
+class EnvError(VlmppoError):
+    """An environment id or option is unknown or unusable."""
+
+
+class DataError(VlmppoError):
+    """A dataset, trajectory or label file is missing, empty or malformed."""
+
+
+class CheckpointError(VlmppoError):
+    """A checkpoint is missing, incomplete, or belongs to another model."""
+
+
+class SlurmError(VlmppoError):
+    """SLURM is missing, rejected a job, or the resource request is impossible."""
+
+
+class NotBuiltYet(VlmppoError):
+    """A stage whose engine is not implemented in this version (exit code 2)."""
+
+    exit_code = 2

@@ -1,0 +1,59 @@
+"""Versions and hardware, for bug reports (`vlmppo env`) and for every manifest and checkpoint."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = (
+    "vlmppo",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "deepspeed",
+    "gymnasium",
+    "minigrid",
+    "pydantic",
+)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_sha(cwd: Path | None = None) -> str | None:
+    """The git commit of the working directory's checkout, if any (for manifests)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment_report() -> dict[str, str]:
+    report = {"python": platform.python_version(), "platform": platform.platform()}
+    report.update(package_versions())
+    try:
+        import torch
+
+        report["cuda"] = torch.version.cuda or "none (CPU build)"
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                props = torch.cuda.get_device_properties(i)
+                report[f"gpu {i}"] = f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
+        else:
+            report["gpus"] = "none visible"
+    except ImportError:
+        report["cuda"] = "torch not installed"
+    return report

@@ -1,0 +1,142 @@
+"""The command line as a user meets it: help, presets, dry runs, and clear errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from tests.helpers import run_cli
+
+COMMANDS = [
+    [],
+    ["collect"],
+    ["label"],
+    ["preprocess"],
+    ["sft"],
+    ["ppo"],
+    ["eval"],
+    ["pipeline"],
+    ["slurm"],
+    ["slurm", "render"],
+    ["slurm", "submit"],
+    ["slurm", "status"],
+    ["slurm", "cancel"],
+    ["slurm", "logs"],
+    ["presets"],
+    ["presets", "list"],
+    ["presets", "show"],
+    ["presets", "copy"],
+    ["presets", "schema"],
+    ["model"],
+    ["model", "init"],
+    ["model", "info"],
+    ["env"],
+    ["env", "list"],
+    ["env", "show"],
+]
+
+HELP_PROBE = """
+import sys
+from vlmppo.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit:
+    pass
+heavy = sorted(m for m in ("torch", "transformers", "peft", "accelerate", "gymnasium") if m in sys.modules)
+print("HEAVY=" + ",".join(heavy))
+"""
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "vlmppo")
+def test_help_imports_no_torch_and_ends_with_examples(command):
+    out = subprocess.run(
+        [sys.executable, "-c", HELP_PROBE, *command, "--help"],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "200", "PATH": ""},
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY=\n" in out.stdout, out.stdout[-300:]
+    body = out.stdout.split("HEAVY=")[0].rstrip()
+    assert "Examples:" in body
+    last_line = body.splitlines()[-1].strip()
+    assert last_line.startswith("vlmppo "), (
+        f"help of {command} should end with an example, ends: {last_line!r}"
+    )
+
+
+def test_version_and_module_entry_point():
+    out = run_cli("--version")
+    assert out.returncode == 0 and out.stdout.startswith("vlmppo ")
+
+
+def test_presets_list_shows_every_preset():
+    from vlmppo.config.presets import preset_names
+
+    out = run_cli("presets", "list", env={"COLUMNS": "250"})
+    assert out.returncode == 0
+    for name in preset_names():
+        assert name in out.stdout
+
+
+def test_presets_show_copy_and_run_the_copy(tmp_path):
+    shown = run_cli("presets", "show", "numberline-tiny")
+    assert shown.returncode == 0 and shown.stdout.startswith("# numberline-tiny:")
+    target = tmp_path / "mine.yaml"
+    assert run_cli("presets", "copy", "numberline-tiny", str(target)).returncode == 0
+    assert target.read_text() == shown.stdout
+    again = run_cli("presets", "copy", "numberline-tiny", str(target))
+    assert again.returncode == 1 and "--force" in again.stderr
+    dry = run_cli("ppo", "--preset", str(target), "ppo.clip_range=0.25", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "clip_range: 0.25" in dry.stdout
+
+
+def test_presets_schema_is_json_with_help_texts():
+    out = run_cli("presets", "schema")
+    schema = json.loads(out.stdout)
+    ppo = schema["$defs"]["PpoConfig"]["properties"]
+    assert "description" in ppo["thought_coef"]
+
+
+@pytest.mark.parametrize("stage", ["collect", "label", "preprocess", "sft", "ppo", "eval", "pipeline"])
+def test_dry_run_prints_resolved_yaml_and_plan(stage):
+    out = run_cli(stage, "--preset", "numberline-tiny", "env.n_envs=2", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    resolved = yaml.safe_load(out.stdout.split("plan: vlmppo")[0])
+    assert resolved["env"]["n_envs"] == 2
+    assert f"plan: vlmppo {stage if stage != 'pipeline' else 'collect'}" in out.stdout
+
+
+def test_ppo_dry_run_of_a_real_preset_prints_updates():
+    out = run_cli("ppo", "--preset", "minigrid-doorkey-qwen", "--dry-run")
+    assert out.returncode == 0
+    assert "Qwen/Qwen2.5-VL-3B-Instruct" in out.stdout
+    assert "118 (60416 env steps; asked 60000)" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["ppo", "--preset", "numberlin-tiny"], "Did you mean: numberline-tiny"),
+        (["ppo", "--preset", "numberline-tiny", "ppo.gamma=abc"], "'ppo.gamma'"),
+        (["ppo", "--preset", "numberline-tiny", "ppo.gamma"], "has no '='"),
+        (["ppo", "--preset", "numberline-tiny", "ppo.bogus.deep=1"], "unknown key 'ppo.bogus'"),
+        (["ppo"], "No config given"),
+        (["presets", "show", "nope"], "Unknown preset 'nope'"),
+    ],
+)
+def test_bad_input_gets_one_clear_message_exit_1_and_no_traceback(args, message):
+    out = run_cli(*args)
+    assert out.returncode == 1
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_debug_env_var_shows_the_traceback():
+    out = run_cli("ppo", "--preset", "numberlin-tiny", env={"VLMPPO_DEBUG": "1"})
+    assert out.returncode != 0 and "Traceback" in out.stderr

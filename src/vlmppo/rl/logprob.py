@@ -1,0 +1,125 @@
+"""Token log-probs and the RL4VLM action log-prob ``λ·Σ log p(thought) + Σ log p(action)``.
+
+The action span comes from the text (the parser's character span of the ``"action"`` value)
+mapped to tokens through the tokenizer's character offsets, so it works for any model family
+without hard-coded token ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def token_logprobs(logits: Tensor, target_ids: Tensor, temperature: float) -> Tensor:
+    """Log-probability of each target token under ``softmax(logits / temperature)``, in float32.
+
+    Use the sampling temperature so the log-probs are those of the distribution that produced the
+    answer. ``logits[:, t]`` must already be the prediction for ``target_ids[:, t]`` (shift the
+    model's logits by one before calling).
+
+    Args:
+        logits: [B, T, V] any float dtype (bf16 is upcast before the softmax).
+        target_ids: [B, T] int64 token ids.
+        temperature: > 0.
+
+    Returns:
+        [B, T] float32 log-probs (differentiable w.r.t. ``logits``).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    scaled = logits.to(torch.float32) / temperature
+    # gather − logsumexp avoids materialising a second [B, T, V] float32 tensor (log_softmax output).
+    picked = scaled.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(scaled, dim=-1)
+
+
+def action_token_mask(
+    offsets: Sequence[tuple[int, int]],
+    span: tuple[int, int] | None,
+    answer_len: int,
+) -> tuple[Tensor, Tensor]:
+    """Split an answer's tokens into thought tokens and action tokens from a character span.
+
+    ``offsets`` are the fast tokenizer's ``(start, end)`` character offsets of the answer tokens
+    (``return_offsets_mapping=True`` on the answer text alone). The offsets must describe the same
+    token ids the log-probs are computed for: re-tokenising decoded text can differ from what was
+    sampled, so score the ids these offsets come from.
+
+    The first token that overlaps ``span`` (``start < span_end`` and ``end > span_start``) opens
+    the action part; it and every later token are action tokens, including JSON that follows the
+    value (e.g. ``"thoughts"`` written after ``"action"``) and end-of-turn tokens. Everything
+    strictly before it is thought. Special tokens have offset ``(0, 0)``: they never overlap the
+    span, so one appended at the end falls after it (action) and a leading BOS before it
+    (thought). Tokens past ``len(offsets)`` up to ``answer_len`` (e.g. the EOS that ``generate``
+    emitted but the text does not contain) are also action tokens.
+
+    With ``span=None`` (no parseable action) every token is a thought token.
+
+    Args:
+        offsets: T_off pairs of character offsets, T_off ≤ ``answer_len``.
+        span: ``(start, end)`` character span of the action value in the answer text, or None.
+        answer_len: T_ans, the number of answer tokens the masks must cover.
+
+    Returns:
+        ``(thought_mask, action_mask)``, each [T_ans] bool, disjoint and together covering all
+        T_ans tokens.
+
+    Raises:
+        ValueError: if ``answer_len < len(offsets)``, the span is empty, or no token overlaps it.
+    """
+    if answer_len < len(offsets):
+        raise ValueError(f"answer_len={answer_len} is shorter than the {len(offsets)} offsets given")
+    thought = torch.zeros(answer_len, dtype=torch.bool)
+    action = torch.zeros(answer_len, dtype=torch.bool)
+    if span is None:
+        thought[:] = True
+        return thought, action
+    span_start, span_end = span
+    if span_end <= span_start:
+        raise ValueError(f"action span {span} is empty")
+    first = next(
+        (i for i, (start, end) in enumerate(offsets) if start < span_end and end > span_start),
+        None,
+    )
+    if first is None:
+        # A span no token covers means the offsets and the parsed text disagree: a caller bug.
+        last_end = max((end for _, end in offsets), default=0)
+        raise ValueError(f"no answer token overlaps action span {span} (offsets end at character {last_end})")
+    thought[:first] = True
+    action[first:] = True
+    return thought, action
+
+
+def mixed_action_logprob(
+    token_logp: Tensor,
+    thought_mask: Tensor,
+    action_mask: Tensor,
+    thought_coef: float,
+) -> Tensor:
+    """RL4VLM action log-prob ``λ·Σ_thought log p + Σ_action log p`` per sequence.
+
+    Positions where both masks are False (padding, prompt) never count, even if their log-prob is
+    -inf or NaN.
+
+    Args:
+        token_logp: [B, T] float32 per-token log-probs of the answer tokens.
+        thought_mask: [B, T] bool, thought tokens.
+        action_mask: [B, T] bool, action tokens; must not overlap ``thought_mask``.
+        thought_coef: λ ≥ 0 scaling the thought tokens (0 ignores the reasoning, 1 is the full
+            sequence log-prob).
+
+    Returns:
+        [B] float32 log π(a|s) (differentiable w.r.t. ``token_logp``).
+    """
+    thought_mask = thought_mask.to(torch.bool)
+    action_mask = action_mask.to(torch.bool)
+    if (thought_mask & action_mask).any():
+        raise ValueError("thought_mask and action_mask overlap; a token must be one or the other")
+    zero = torch.zeros_like(token_logp)
+    # where, not multiplication by the mask: 0 · -inf at a padded position would be NaN.
+    thought_sum = torch.where(thought_mask, token_logp, zero).sum(dim=-1)
+    action_sum = torch.where(action_mask, token_logp, zero).sum(dim=-1)
+    return thought_coef * thought_sum + action_sum

@@ -1,0 +1,41 @@
+"""Environments: the gym-cards tasks, MiniGrid and probes, with their agent-facing adapters.
+
+Importing this package registers ``gym_cards/*`` and ``probe/*`` with gymnasium (idempotent) and imports
+``minigrid`` so ``MiniGrid-*`` ids exist. Entry points:
+
+* ``make_env(env_id, ...)``: one env; observations are ``[H, W, 3] uint8`` RGB frames, ``info`` holds the
+  symbolic state (JSON-ready); step it with ``adapter.to_env_action(i)`` for ``legal_actions[i]``.
+* ``get_adapter(env_id)``: prompt, legal actions, parser, expert, success test, transition score.
+* ``make_vec_env(env_id, n_envs, seed)``: N envs stepped together with auto-reset.
+* ``list_envs()`` and ``render_first_frame(...)``: what ``vlmppo env list|show`` print.
+"""
+
+from vlmppo.envs.adapter import EnvAdapter
+from vlmppo.envs.parsing import ExpertAction, ParsedAction, format_answer, parse_action
+from vlmppo.envs.registry import (
+    get_adapter,
+    list_envs,
+    make_env,
+    register_envs,
+    render_first_frame,
+    supported_ids,
+)
+from vlmppo.envs.vec_env import VecEnv, make_vec_env
+
+register_envs()
+
+__all__ = [
+    "EnvAdapter",
+    "ExpertAction",
+    "ParsedAction",
+    "VecEnv",
+    "format_answer",
+    "get_adapter",
+    "list_envs",
+    "make_env",
+    "make_vec_env",
+    "parse_action",
+    "register_envs",
+    "render_first_frame",
+    "supported_ids",
+]

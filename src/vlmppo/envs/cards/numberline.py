@@ -1,0 +1,120 @@
+"""NumberLine: move a number one step at a time until it equals the target."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from vlmppo.envs.adapter import EnvAdapter
+from vlmppo.envs.base import FrameEnv
+from vlmppo.envs.drawing import BLACK, WHITE, canvas, text_centered, to_array
+from vlmppo.envs.parsing import ExpertAction
+
+
+class NumberLineEnv(FrameEnv):
+    """NumberLine (``gym_cards/NumberLine-v0``).
+
+    Description:
+        A white 300x300 canvas shows "Target: g" and "Current: p" in large black text, with
+        ``0 <= g, p <= max_position`` and ``p != g`` at the start.
+
+    Mission:
+        Bring the current number to the target.
+
+    Action space:
+        ``Discrete(2)``: 0 subtracts one ("-"), 1 adds one ("+"). The position is clamped to
+        ``[0, max_position]``.
+
+    Reward:
+        +1 on reaching the target; 0 when the distance to the target shrank; -1 when it did not (a step
+        away, or a push against the ends of the line).
+
+    Termination:
+        Terminated on reaching the target; truncated after ``2 * max_position`` steps.
+    """
+
+    def __init__(self, max_position: int = 5, render_mode: str | None = None):
+        super().__init__(300, 300, render_mode)
+        if max_position < 1:
+            raise ValueError("max_position must be at least 1")
+        self.max_position = max_position
+        self.action_space = spaces.Discrete(2)
+        self.target = 0
+        self.current = 0
+        self.steps = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.target = int(self.np_random.integers(0, self.max_position + 1))
+        # Draw the start among the positions that are not the target, so one draw suffices.
+        start = int(self.np_random.integers(0, self.max_position))
+        self.current = start + 1 if start >= self.target else start
+        self.steps = 0
+        return self._draw(), self._info()
+
+    def step(self, action):
+        if not self.action_space.contains(action):
+            raise ValueError(f"invalid action {action!r} for {self.action_space}")
+        self.steps += 1
+        before = abs(self.current - self.target)
+        move = 1 if int(action) == 1 else -1
+        self.current = min(max(self.current + move, 0), self.max_position)
+        after = abs(self.current - self.target)
+        terminated = after == 0
+        if terminated:
+            reward = 1.0
+        elif after < before:
+            reward = 0.0
+        else:
+            reward = -1.0
+        truncated = not terminated and self.steps >= 2 * self.max_position
+        return self._draw(), reward, terminated, truncated, self._info()
+
+    def _info(self) -> dict:
+        return {"target": self.target, "current": self.current}
+
+    def _draw(self) -> np.ndarray:
+        image, draw = canvas(300, 300, WHITE)
+        text_centered(draw, 150, 70, f"Target: {self.target}", 44, BLACK)
+        text_centered(draw, 150, 170, f"Current: {self.current}", 44, BLACK)
+        return to_array(image)
+
+
+class NumberLineAdapter(EnvAdapter):
+    """Prompt, parser and expert for NumberLine. Expert: step toward the target (always wins)."""
+
+    legal_actions = ["-", "+"]
+
+    def task_text(self, info: dict) -> str:
+        return (
+            "You are playing Number Line. The image shows two numbers in black on a white background: "
+            '"Target" and "Current". Each turn you change the current number by one: "-" subtracts one, '
+            '"+" adds one. Make the current number equal to the target.'
+        )
+
+    def thoughts_hint(self) -> str:
+        return "In your thoughts, first read out the current and target numbers from the image, then decide."
+
+    def expert(self, env: gym.Env, info: dict) -> ExpertAction:
+        current, target = info["current"], info["target"]
+        if current == target:
+            return ExpertAction(None, f"current {current} already equals target {target}: nothing to do")
+        action = "+" if target > current else "-"
+        return ExpertAction(self.action_index(action), f"current {current}, target {target}: move {action}")
+
+    def is_success(self, total_reward: float, info: dict) -> bool:
+        return info["current"] == info["target"]
+
+    def expert_score(self, info_before, action_index, info_after, reward):
+        # Uses 10 / 8 / 1 / 0: every move either reaches, approaches, pushes against an end, or retreats.
+        before = abs(info_before["current"] - info_before["target"])
+        after = abs(info_after["current"] - info_after["target"])
+        move = self.legal_actions[action_index]
+        if after == 0:
+            return 10, f"{move} reaches the target {info_after['target']}"
+        if after < before:
+            return 8, f"{move} brings {info_before['current']} closer to {info_before['target']}"
+        if after == before:
+            return 1, f"{move} pushes against the end of the line: no change"
+        return 0, f"{move} moves {info_before['current']} away from {info_before['target']}"

@@ -15,3 +15,13 @@ def _isolated_cache(tmp_path_factory):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     yield
+
+
+# Two shared cores: torch's default thread pools stall tiny models 40-100x; one thread each is fastest.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover - torch is a dependency
+    pass

@@ -1,0 +1,101 @@
+"""The family adapter: everything family-specific, so that no other module branches on families.
+
+An adapter says how to recognise the family (``config.json`` ``model_type``), where its parts live in the
+module tree (language model, vision tower, projector), what its forward needs besides ``input_ids``, and
+how to build a tiny random member of the family (config, tokenizer, image processor, processor, chat
+template). Module paths are those of transformers 5.x (``model.language_model``, ``model.visual``,
+``model.vision_tower``); 4.x is not supported.
+
+Importing this module does not import torch or transformers: the builders import them when called.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vlmppo.errors import ModelError
+
+# Tiny models: two decoder layers of width 64, ~150-200k parameters in all (forward in milliseconds on
+# 2 CPU cores). Weights are drawn with std 0.2 rather than the usual 0.02: at 0.02 a tiny model's output
+# barely depends on its input (greedy decoding repeats one token for every prompt), hiding padding bugs.
+TINY_INIT = 0.2
+TINY_TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    initializer_range=TINY_INIT,
+)
+
+
+def transformers_class(name: str):
+    """A class exported by transformers, by name (``"Qwen2VLConfig"``)."""
+    import transformers
+
+    return getattr(transformers, name)
+
+
+@dataclass(frozen=True)
+class FamilyAdapter:
+    """What the rest of vlmppo needs to know about one model family.
+
+    Attributes:
+        name: The family's name in configs (``model.family``).
+        model_type: ``model_type`` in a checkpoint's ``config.json``.
+        processor_class: The stock transformers processor class (what ``AutoProcessor`` builds).
+        config_class: The transformers config class of the whole model.
+        image_processor_class: The PIL image processor class used for tiny models (the plain names
+            are the torchvision backends in 5.x).
+        language_model: Module path of the decoder; LoRA is limited to linear layers under it.
+        vision_tower: Module path of the vision encoder.
+        projector: Module path of the vision-to-language projector (may lie inside the vision tower).
+        forward_keys: Every key a forward pass with images needs; rollout buffers and collators must
+            carry all of them (e.g. Qwen2-VL's ``mm_token_type_ids``: 1 at image tokens, 0 elsewhere).
+        chat_template: The Jinja chat template a tiny model of this family ships with.
+    """
+
+    name: str
+    model_type: str
+    processor_class: str
+    config_class: str
+    image_processor_class: str
+    language_model: str
+    vision_tower: str
+    projector: str
+    forward_keys: tuple[str, ...]
+    chat_template: str
+
+    def image_only_processor_class(self):
+        """A processor class to fall back on when the stock one can't be built here, or None."""
+        return None
+
+    def set_pixel_budget(self, image_processor, min_pixels: int | None, max_pixels: int | None) -> None:
+        """Apply ``model.min_pixels``/``max_pixels``; only dynamic-resolution families accept them."""
+        if min_pixels is not None or max_pixels is not None:
+            raise ModelError(
+                f"model.min_pixels/max_pixels apply to Qwen families only, not {self.name}.",
+                hint="Remove them from the config.",
+            )
+
+    def tiny_tokenizer(self):
+        """A byte-level BPE tokenizer with the family's special tokens (trained locally)."""
+        raise NotImplementedError
+
+    def tiny_config(self, tokenizer):
+        """The tiny model's ``PreTrainedConfig``; every token id is looked up in `tokenizer`."""
+        raise NotImplementedError
+
+    def tiny_processor(self, tokenizer):
+        """The processor: image processor set for small images + `tokenizer` + chat template."""
+        raise NotImplementedError
+
+    def tiny_generation_kwargs(self, tokenizer) -> dict:
+        """``GenerationConfig`` fields: greedy, stop at the end-of-turn token, pad with the pad token."""
+        return dict(
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            do_sample=False,
+        )

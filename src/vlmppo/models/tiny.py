@@ -1,0 +1,177 @@
+"""Tiny random models built from code, and model-path resolution (``tiny:<family>``, folders, hub ids).
+
+A tiny model is saved with ``save_pretrained`` like any checkpoint and then loaded through the same code
+as a real one, so tests on CPU exercise the real loading path. The cache is written atomically: a build
+goes to a temp folder beside the final one, the completion marker is written last, then the folder is
+renamed into place. A folder without the marker (an interrupted build) is removed and rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from vlmppo.errors import ModelError
+from vlmppo.models.adapter import FamilyAdapter
+from vlmppo.models.families import FAMILIES, family_for_model_type
+
+TINY_PREFIX = "tiny:"
+TINY_VERSION = "v1"  # bump when the tiny models change, so old caches are not reused
+MARKER = "vlmppo-tiny-complete.json"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_SEED = 0
+
+
+def cache_dir() -> Path:
+    """``$VLMPPO_CACHE`` or ``~/.cache/vlmppo`` (read at call time, so tests can redirect it)."""
+    return Path(os.environ.get("VLMPPO_CACHE") or Path.home() / ".cache" / "vlmppo").expanduser()
+
+
+def get_family(name: str) -> FamilyAdapter:
+    """The adapter of a family name; ModelError listing the supported ones otherwise."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ModelError(
+            f"Unknown model family '{name}'.", hint=f"Supported: {', '.join(FAMILIES)}."
+        ) from None
+
+
+def build_tiny_model(family: str, out_dir: Path) -> Path:
+    """Build a tiny random model of `family` and save it (model, tokenizer, processor) to `out_dir`.
+
+    Same seed, same model: the weights, tokenizer and processor depend only on the family and the
+    installed library versions. The completion marker is written last.
+
+    Args:
+        family: A registered family name, e.g. ``"qwen2-vl"``.
+        out_dir: Folder to write; created if missing, must be empty if it exists.
+
+    Returns:
+        `out_dir`.
+
+    Raises:
+        ModelError: Unknown family, or `out_dir` exists and is not empty.
+    """
+    import torch
+    import transformers
+    from transformers import AutoModelForImageTextToText, GenerationConfig
+
+    adapter = get_family(family)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ModelError(
+            f"'{out_dir}' exists and is not empty.", hint="Choose a new folder for the tiny model."
+        )
+    start = time.perf_counter()
+    tokenizer = adapter.tiny_tokenizer()
+    processor = adapter.tiny_processor(tokenizer)
+    config = adapter.tiny_config(tokenizer)
+    with torch.random.fork_rng(devices=[]):  # a fixed seed without disturbing the caller's RNG
+        torch.manual_seed(_SEED)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    model.generation_config = GenerationConfig(**adapter.tiny_generation_kwargs(tokenizer))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)  # also writes the tokenizer and the chat template
+    marker = {
+        "family": family,
+        "tiny_version": TINY_VERSION,
+        "transformers": transformers.__version__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "build_seconds": round(time.perf_counter() - start, 3),
+    }
+    (out_dir / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return out_dir
+
+
+def tiny_model_path(family: str) -> Path:
+    """The cached tiny model of `family`, built on first use (atomically; see the module docstring)."""
+    get_family(family)
+    final = cache_dir() / "tiny" / f"{family}-{TINY_VERSION}"
+    if (final / MARKER).is_file():
+        return final
+    if final.exists():  # interrupted build: never load it
+        shutil.rmtree(final, ignore_errors=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(final)
+    temp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        build_tiny_model(family, temp)
+        try:
+            os.rename(temp, final)
+        except OSError:
+            # Another process (e.g. another rank) finished first; use its complete copy.
+            if not (final / MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return final
+
+
+def _remove_stale_temps(final: Path, max_age_s: float = 3600.0) -> None:
+    """Remove temp build folders of killed processes (a live build takes seconds, not an hour)."""
+    for temp in final.parent.glob(f".{final.name}.tmp-*"):
+        try:
+            if time.time() - temp.stat().st_mtime > max_age_s:
+                shutil.rmtree(temp, ignore_errors=True)
+        except OSError:
+            pass  # another process removed it first
+
+
+def read_model_type(folder: Path) -> str | None:
+    """``model_type`` from ``folder/config.json`` (None when it has none)."""
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelError(f"'{folder}' has no config.json, so it is not a model checkpoint folder.")
+    try:
+        return json.loads(config.read_text()).get("model_type")
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"Could not read '{config}': {exc}") from exc
+
+
+def check_supported(model_type: str | None, where: str) -> FamilyAdapter:
+    """The adapter for `model_type`; ModelError naming what was found and what is supported."""
+    adapter = family_for_model_type(model_type)
+    if adapter is None:
+        supported = ", ".join(f"{a.name} ({a.model_type})" for a in FAMILIES.values())
+        raise ModelError(
+            f"'{where}' is a '{model_type}' model, which vlmppo does not support.",
+            hint=f"Supported families (config.json model_type): {supported}.",
+        )
+    return adapter
+
+
+def resolve_model_path(path: str) -> Path | str:
+    """Turn ``model.path`` into something ``from_pretrained`` can load.
+
+    Args:
+        path: ``tiny:<family>``, a local checkpoint folder, or a hub id (``org/name``).
+
+    Returns:
+        A local folder (`Path`) for tiny models and existing folders; the hub id (`str`) otherwise.
+
+    Raises:
+        ModelError: Unknown tiny family; a local path that does not exist (and is not a hub id);
+            a folder that is not a checkpoint or whose ``model_type`` is not a supported family.
+    """
+    if path.startswith(TINY_PREFIX):
+        return tiny_model_path(path[len(TINY_PREFIX) :])
+    local = Path(path).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ModelError(f"Model path '{path}' is a file; expected a checkpoint folder.")
+        check_supported(read_model_type(local), path)
+        return local
+    if _HUB_ID.match(path):
+        return path
+    raise ModelError(
+        f"Model path '{path}' does not exist.",
+        hint=f"Give a checkpoint folder, a hub id like 'Qwen/Qwen2-VL-2B-Instruct', or tiny:<family> "
+        f"({', '.join(FAMILIES)}).",
+    )

@@ -57,3 +57,12 @@ def environment_report() -> dict[str, str]:
     except ImportError:
         report["cuda"] = "torch not installed"
     return report
+
+
+def resolve_device(cfg) -> str:
+    """``run.device``, with auto meaning cuda when a GPU is visible (imports torch)."""
+    if cfg.run.device != "auto":
+        return cfg.run.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

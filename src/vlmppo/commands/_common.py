@@ -5,6 +5,7 @@ Nothing here imports torch: ``vlmppo <cmd> --help`` must stay instant.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -79,3 +80,64 @@ def stage_not_built(stage: str, issue: int) -> None:
         f"`vlmppo {stage}` is not built yet in this version of vlmppo (tracked as issue {issue}); "
         "nothing was run or written. `--dry-run` already prints the resolved config and the plan."
     )
+
+
+def save_resolved_config(cfg) -> None:
+    """Write runs/<name>/config.yaml: the resolved config of the last command (re-runnable with --config)."""
+    from vlmppo.config import config_to_yaml, run_dir
+    from vlmppo.io import atomic_write_text
+
+    atomic_write_text(run_dir(cfg) / "config.yaml", config_to_yaml(cfg))
+
+
+@contextmanager
+def progress_bar(description: str):
+    """A Rich progress bar on a terminal; plain lines (about every 10%) otherwise. Yields advance(done, total)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vlmppo.console import console
+
+    if not console.is_terminal:
+        last = {"tenth": -1}
+
+        def plain(done: int, total: int) -> None:
+            tenth = (10 * done) // max(total, 1)
+            if tenth != last["tenth"] or done == total:
+                last["tenth"] = tenth
+                console.print(f"{description}: {done}/{total}")
+
+        yield plain
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(description, total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield advance
+
+
+def summary(message: str, out_dir) -> None:
+    from vlmppo.console import console
+
+    console.print(f"[green]done:[/green] {message}\n  output: {out_dir}", markup=True)
+
+
+def print_preprocess_summary(result) -> None:
+    """Counts kept and dropped for each reason, and the action histogram."""
+    from rich.table import Table
+
+    from vlmppo.console import console
+
+    table = Table(title="preprocess", title_justify="left", show_header=False)
+    table.add_row("train examples", str(result.train))
+    table.add_row("val examples", str(result.val))
+    for reason, count in sorted(result.dropped.items()):
+        table.add_row(f"dropped: {reason}", str(count))
+    if result.skipped_lines:
+        table.add_row("corrupt lines skipped", str(len(result.skipped_lines)))
+    for action, count in sorted(result.actions.items(), key=lambda kv: -kv[1]):
+        table.add_row(f"action {action!r}", str(count))
+    console.print(table)
+    summary(f"wrote {result.train} train and {result.val} val examples", result.out_dir)

@@ -46,9 +46,9 @@ def list_():
     for column in ("id", "family", "actions", "frame"):
         table.add_column(column, overflow="fold")
     for row in list_envs():
-        table.add_row(
-            str(row["id"]), str(row["family"]), ", ".join(row["actions"]), str(row.get("frame", ""))
-        )
+        size = row.get("frame_size")
+        frame = f"{size[1]}x{size[0]}" if isinstance(size, (list, tuple)) and len(size) >= 2 else str(size or "")
+        table.add_row(str(row["id"]), str(row["family"]), ", ".join(row["legal_actions"]), frame)
     console.print(table)
 
 

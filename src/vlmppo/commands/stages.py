@@ -17,8 +17,12 @@ from vlmppo.commands._common import (
     ResumeOpt,
     examples,
     print_dry_run,
+    print_preprocess_summary,
+    progress_bar,
     resolve_config,
+    save_resolved_config,
     stage_not_built,
+    summary,
 )
 
 
@@ -40,7 +44,16 @@ def collect(
     cfg = resolve_config(preset, config, overrides, extra)
     if dry_run:
         return print_dry_run(cfg, "collect")
-    stage_not_built("collect", 5)
+    from vlmppo.data.collect import collect as run_collect
+
+    save_resolved_config(cfg)
+    with progress_bar("collect: episodes") as advance:
+        result = run_collect(cfg, on_episode=advance)
+    summary(
+        f"collected {result.episodes} episodes, {result.steps} steps "
+        f"({result.resumed} kept from an earlier run); success rate {result.success_rate:.1%}",
+        result.out_dir,
+    )
 
 
 collect_epilog = examples(
@@ -63,7 +76,16 @@ def label(
     cfg = resolve_config(preset, config, overrides, extra)
     if dry_run:
         return print_dry_run(cfg, "label")
-    stage_not_built("label", 5)
+    from vlmppo.data.label import label as run_label
+
+    save_resolved_config(cfg)
+    with progress_bar(f"label ({cfg.label.labeller}, {cfg.label.mode})") as advance:
+        result = run_label(cfg, on_progress=advance)
+    summary(
+        f"labelled {result.labelled} of {result.total} steps ({result.skipped_existing} already labelled, "
+        f"{result.parse_errors} answers did not parse)",
+        result.out_dir,
+    )
 
 
 label_epilog = examples(
@@ -83,7 +105,11 @@ def preprocess(
     cfg = resolve_config(preset, config, overrides)
     if dry_run:
         return print_dry_run(cfg, "preprocess")
-    stage_not_built("preprocess", 5)
+    from vlmppo.data.preprocess import preprocess as run_preprocess
+
+    save_resolved_config(cfg)
+    result = run_preprocess(cfg)
+    print_preprocess_summary(result)
 
 
 preprocess_epilog = examples(

@@ -117,6 +117,7 @@ class LabelConfig(Section):
         5, ge=0, description="openai: retries on 429/5xx/timeouts (exponential backoff)."
     )
     timeout_s: float = Field(120.0, gt=0, description="openai: seconds per request.")
+    backoff_s: float = Field(1.0, ge=0, description="openai: first retry wait; doubles on each retry.")
     batch_size: int = Field(8, ge=1, description="hf: prompts per generate call.")
     max_new_tokens: int = Field(512, ge=1, description="Answer length limit.")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy.")
@@ -249,6 +250,10 @@ class SlurmConfig(Section):
         description="Shell lines run before the launch (module load, source venv/bin/activate).",
     )
     template: str | None = Field(None, description="Your own sbatch template (default: the shipped one).")
+    python: str | None = Field(
+        None,
+        description="Python the job runs vlmppo with (null: the interpreter that renders the script).",
+    )
     requeue: bool = Field(True, description="#SBATCH --requeue: SLURM may requeue a preempted job.")
     signal_grace_s: int = Field(
         120, ge=10, description="USR1 this many seconds before the time limit: save and exit."

@@ -1,0 +1,167 @@
+"""Checkpoints shared by `sft`, `ppo` and `eval`: written atomically, found by `--resume auto`, loadable
+with plain transformers/peft.
+
+A checkpoint folder ``<stage>/checkpoints/NNNNNN/`` is itself a PEFT adapter folder
+(``adapter_config.json`` + ``adapter_model.safetensors``; or, for full fine-tuning, a
+``save_pretrained`` model folder) with the processor files beside it, plus:
+
+- ``vlmppo.json``: what it is (stage, family, base model, step counters, config, versions, git SHA).
+  Written last: a folder without it is incomplete and never loaded;
+- ``value_head.safetensors`` (PPO) and ``trainer_state.pt`` (optimizer, scheduler, RNG states).
+
+``checkpoints/last`` is a symlink to the newest complete checkpoint, replaced atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from vlmppo.errors import CheckpointError
+
+META = "vlmppo.json"
+
+
+def save_checkpoint(
+    root: Path, step: int, meta: dict, write_files: Callable[[Path], None], *, keep_last: int | None = None
+) -> Path:
+    """Write checkpoint ``root/NNNNNN`` atomically and point ``root/last`` at it.
+
+    Args:
+        root: The ``checkpoints`` folder.
+        step: The counter that names the folder (optimizer steps for SFT, updates for PPO).
+        meta: Saved as ``vlmppo.json`` (stage, family, base_model, counters, config, ...).
+        write_files: Writes the model/adapter, processor and state files into the folder it is given.
+        keep_last: Delete older numbered checkpoints beyond this many (None keeps all).
+
+    Raises:
+        CheckpointError: The folder cannot be written (disk full, permissions); the previous
+            checkpoints and ``last`` are left as they were.
+    """
+    from vlmppo.sysinfo import git_sha, package_versions
+
+    root = Path(root)
+    final = root / f"{step:06d}"
+    tmp = root / f".{step:06d}.tmp-{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        write_files(tmp)
+        full_meta = {"format": 1, "step": step, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "versions": package_versions(), "git_sha": git_sha(), **meta}
+        (tmp / META).write_text(json.dumps(full_meta, indent=2, default=str) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        link_tmp = root / f".last.tmp-{os.getpid()}"
+        link_tmp.unlink(missing_ok=True)
+        link_tmp.symlink_to(final.name)
+        os.replace(link_tmp, root / "last")
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"Could not write checkpoint {final} ({exc.strerror or exc}).",
+            hint="Free disk space or fix permissions of the run directory; earlier checkpoints are intact.",
+        ) from None
+    if keep_last:
+        for old in sorted(complete_checkpoints(root))[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Numbered checkpoint folders that have their ``vlmppo.json`` (i.e. finished writing), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.isdigit() and p.is_dir() and (p / META).is_file()]
+    return sorted(found, key=lambda p: int(p.name))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = complete_checkpoints(root)
+    return found[-1] if found else None
+
+
+def read_meta(path: Path) -> dict:
+    meta_file = Path(path) / META
+    return json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+
+
+def resolve_checkpoint(run_root: Path, spec: str) -> Path:
+    """A checkpoint from a user's ``--ckpt``/``--resume``/``init_from``: ``last|sft|ppo`` or a path.
+
+    ``sft``/``ppo``: the newest complete checkpoint of that stage in this run; ``last``: PPO's if any,
+    else SFT's. A path may be a vlmppo checkpoint, a PEFT adapter folder or a transformers model folder.
+    """
+    stages = {"sft": ["sft"], "ppo": ["ppo"], "last": ["ppo", "sft"]}
+    if spec in stages:
+        for stage in stages[spec]:
+            found = latest_checkpoint(Path(run_root) / stage / "checkpoints")
+            if found is not None:
+                return found
+        raise CheckpointError(
+            f"No complete {'/'.join(stages[spec])} checkpoint in {run_root}.",
+            hint=f"Train first (`vlmppo {stages[spec][-1]}`), or give a checkpoint path.",
+        )
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"Checkpoint {path} does not exist.", hint="Use last, sft, ppo or a folder path.")
+    path = path.resolve()
+    if not any((path / f).is_file() for f in (META, "adapter_config.json", "config.json")):
+        raise CheckpointError(
+            f"{path} is not a checkpoint: it has no vlmppo.json, adapter_config.json or config.json.",
+            hint="Point at a checkpoints/NNNNNN folder, a PEFT adapter folder or a transformers model folder.",
+        )
+    return path
+
+
+def check_family(path: Path, family: str) -> dict:
+    """The checkpoint's meta; CheckpointError if it was trained from another model family."""
+    meta = read_meta(path)
+    if meta.get("family") and meta["family"] != family:
+        raise CheckpointError(
+            f"Checkpoint {path} was trained from a {meta['family']} model, but model.family is {family!r}.",
+            hint=f"Use a preset for {meta['family']}, or a checkpoint of a {family} model.",
+        )
+    return meta
+
+
+def load_for_inference(cfg, spec: str, *, device: str = "cpu"):
+    """The model of a checkpoint (``last|sft|ppo`` or a path), frozen, for generation.
+
+    A PEFT adapter folder is applied to its base model (``vlmppo.json``'s ``base_model``, else the
+    config's ``model.path``); a transformers model folder is loaded as it is.
+
+    Returns:
+        A ``LoadedModel`` whose ``model`` is in eval mode with no trainable weights.
+    """
+    from vlmppo.config import run_dir
+    from vlmppo.models import load_model
+
+    path = resolve_checkpoint(run_dir(cfg), spec)
+    meta = check_family(path, cfg.model.family)
+    if (path / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base_cfg = cfg.model.model_copy(update={"path": meta.get("base_model", cfg.model.path), "lora": None})
+        loaded = load_model(base_cfg, device=device, for_training=False)
+        loaded.model = PeftModel.from_pretrained(loaded.model, str(path), is_trainable=False).eval()
+        return loaded
+    return load_model(cfg.model.model_copy(update={"path": str(path), "lora": None}), device=device,
+                      for_training=False)
+
+
+def load_policy_for_inference(cfg, spec: str | None, *, device: str = "cpu"):
+    """A batched text generator over a checkpoint's model (for collect, labelling and eval)."""
+    from vlmppo.errors import ConfigError
+    from vlmppo.models.generation import Generator
+
+    if not spec:
+        raise ConfigError("collect.policy=checkpoint needs a checkpoint: pass --ckpt PATH (or last, sft, ppo).")
+    return Generator(load_for_inference(cfg, spec, device=device), device)

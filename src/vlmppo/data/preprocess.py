@@ -1,0 +1,169 @@
+"""`vlmppo preprocess`: labels + frames → the SFT dataset ``runs/<name>/data/{train,val}.jsonl``.
+
+Each line is in the "messages + images" layout that TRL and LLaMA-Factory read::
+
+    {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]},
+                  {"role": "assistant", "content": [{"type": "text", "text": ANSWER_JSON}]}],
+     "images": ["../collect/frames/000003/002.png"], "episode": 3, "step": 2, "action": "+"}
+
+Image paths are relative to the dataset file's folder. The split is by episode, never by step, so no
+episode has frames on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vlmppo.config import Config, run_dir
+from vlmppo.errors import DataError
+from vlmppo.io import atomic_write_text, read_jsonl, require_file, write_manifest
+
+
+@dataclass
+class PreprocessResult:
+    out_dir: Path
+    train: int
+    val: int
+    dropped: Counter = field(default_factory=Counter)
+    actions: Counter = field(default_factory=Counter)
+    skipped_lines: list = field(default_factory=list)
+
+
+def sft_example(prompt: str, answer: str, image: str, **meta) -> dict:
+    return {
+        "messages": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+        ],
+        "images": [image],
+        **meta,
+    }
+
+
+def preprocess(cfg: Config) -> PreprocessResult:
+    """Filter, deduplicate, balance and split the labelled steps; write train/val JSONL atomically."""
+    from vlmppo.envs import get_adapter
+
+    pc = cfg.preprocess
+    root = run_dir(cfg)
+    steps_path = require_file(root / "collect" / "episodes.jsonl", stage="preprocess", produced_by="collect")
+    labels_path = require_file(root / "label" / "labels.jsonl", stage="preprocess", produced_by="label")
+    skipped: list = []
+    steps = {(r["episode"], r["step"]): r for r in read_jsonl(steps_path, on_error=pc.on_error, skipped=skipped)}
+    labels = list(read_jsonl(labels_path, on_error=pc.on_error, skipped=skipped))
+    label_envs = {r.get("env_id") for r in labels}
+    if label_envs - {cfg.env.id}:
+        raise DataError(
+            f"{labels_path} holds labels for {sorted(map(str, label_envs))}, but the config's env.id is "
+            f"{cfg.env.id!r}.",
+            hint="Label again with this preset, or use the preset the labels were made with.",
+        )
+    adapter = get_adapter(cfg.env.id)
+    action_labels = {(r["episode"], r["step"]): r for r in labels if r.get("mode") == "action"}
+    scores = {(r["episode"], r["step"]): r.get("score") for r in labels if r.get("mode") == "score"}
+    success = _episode_success(steps.values(), adapter)
+    data_dir = root / "data"
+    dropped: Counter = Counter()
+    kept: list[dict] = []
+    seen: set = set()
+    for key, lab in sorted(action_labels.items()):
+        step = steps.get(key)
+        if step is None:
+            dropped["no collected step"] += 1
+            continue
+        if lab.get("status") != "ok":
+            if pc.drop_parse_errors or lab.get("action_index") is None:
+                dropped[lab.get("status", "unknown status")] += 1
+                continue
+        if pc.only_success and not success[key[0]]:
+            dropped["episode not successful"] += 1
+            continue
+        if pc.min_score is not None and (scores.get(key) is None or scores[key] < pc.min_score):
+            dropped[f"score below {pc.min_score:g} or unscored"] += 1
+            continue
+        frame = root / "collect" / step["frame"]
+        if not frame.is_file():
+            if pc.on_error == "stop":
+                raise DataError(f"Frame {frame} (episode {key[0]}, step {key[1]}) is missing.",
+                                hint="Collect again, or pass preprocess.on_error=skip to drop such steps.")
+            dropped["frame missing"] += 1
+            continue
+        thoughts = None if pc.action_only else lab.get("thoughts")
+        answer = adapter.format_answer(lab["action_index"], thoughts)
+        prompt = adapter.prompt(step["state"], action_only=pc.action_only) if pc.action_only else step["prompt"]
+        if pc.dedupe:
+            identity = (_frame_digest(frame), answer)
+            if identity in seen:
+                dropped["duplicate (frame, answer)"] += 1
+                continue
+            seen.add(identity)
+        image = os.path.relpath(frame, data_dir)
+        kept.append(sft_example(prompt, answer, image, episode=key[0], step=key[1], action=lab["action"]))
+    if pc.balance_actions and kept:
+        kept = _balance(kept, np.random.default_rng(pc.split_seed), dropped)
+    if not kept:
+        raise DataError(
+            f"Preprocessing kept no example out of {len(action_labels)} action labels "
+            f"(dropped: {dict(dropped) or 'none; are the labels in score mode only?'}).",
+            hint="Relax the filters (preprocess.only_success, preprocess.min_score) or label in action mode.",
+        )
+    train, val = _split_by_episode(kept, pc.val_fraction, pc.split_seed)
+    atomic_write_text(data_dir / "train.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train))
+    atomic_write_text(data_dir / "val.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in val))
+    actions = Counter(r["action"] for r in kept)
+    result = PreprocessResult(data_dir, len(train), len(val), dropped, actions, skipped)
+    write_manifest(
+        data_dir, stage="preprocess", config=cfg.model_dump(mode="json"),
+        inputs={"episodes": steps_path, "labels": labels_path}, env_id=cfg.env.id,
+        counts={"train": len(train), "val": len(val), "dropped": dict(dropped), "corrupt_lines_skipped": len(skipped)},
+        actions=dict(actions),
+    )
+    return result
+
+
+def _episode_success(steps, adapter) -> dict[int, bool]:
+    by_episode: dict[int, list[dict]] = {}
+    for row in steps:
+        by_episode.setdefault(row["episode"], []).append(row)
+    result = {}
+    for episode, rows in by_episode.items():
+        rows.sort(key=lambda r: r["step"])
+        last = rows[-1]
+        result[episode] = bool(adapter.is_success(sum(r["reward"] for r in rows), last.get("final_state", last["state"])))
+    return result
+
+
+def _frame_digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def _balance(rows: list[dict], rng: np.random.Generator, dropped: Counter) -> list[dict]:
+    """Subsample every action down to the count of the rarest one."""
+    by_action: dict[str, list[dict]] = {}
+    for row in rows:
+        by_action.setdefault(row["action"], []).append(row)
+    floor = min(len(v) for v in by_action.values())
+    kept = []
+    for group in by_action.values():
+        pick = sorted(rng.choice(len(group), size=floor, replace=False))
+        kept.extend(group[i] for i in pick)
+        dropped["balancing actions"] += len(group) - floor
+    return sorted(kept, key=lambda r: (r["episode"], r["step"]))
+
+
+def _split_by_episode(rows: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    episodes = sorted({r["episode"] for r in rows})
+    order = np.random.default_rng(seed).permutation(len(episodes))
+    n_val = int(round(val_fraction * len(episodes)))
+    if val_fraction > 0 and len(episodes) > 1:
+        n_val = min(max(n_val, 1), len(episodes) - 1)
+    val_episodes = {episodes[i] for i in order[:n_val]}
+    return [r for r in rows if r["episode"] not in val_episodes], [r for r in rows if r["episode"] in val_episodes]

@@ -1,0 +1,59 @@
+"""Batched text generation from (frame, prompt) pairs: what `collect --policy checkpoint`, the `hf`
+labeller and evaluation use. One `generate` call for the whole batch, left-padded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from vlmppo.models.inputs import build_inputs
+from vlmppo.models.loading import LoadedModel, load_model
+
+
+def to_pil(image) -> Image.Image:
+    """uint8 HxWx3 arrays go to PIL directly (no float round trip, which once inverted colours)."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+
+
+@dataclass
+class Generator:
+    loaded: LoadedModel
+    device: str = "cpu"
+
+    def generate_text(self, images, prompts: list[str], *, temperature: float, max_new_tokens: int) -> list[str]:
+        """Answer each (image, prompt) pair; ``temperature`` 0 is greedy.
+
+        Args:
+            images: one frame per prompt (uint8 ``[H, W, 3]`` arrays or PIL images).
+            prompts: the task texts (the chat template is applied here).
+
+        Returns:
+            The answer texts, without special tokens.
+        """
+        import torch
+
+        tokenizer = self.loaded.tokenizer
+        batch = build_inputs(self.loaded, [to_pil(im) for im in images], list(prompts)).to(self.device)
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {
+            "do_sample": False}
+        with torch.no_grad():
+            out = self.loaded.model.generate(
+                **batch, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, **sampling,
+            )
+        new_tokens = out[:, batch["input_ids"].shape[1]:]
+        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+def load_generator(model_cfg, *, device: str = "cpu", device_map_auto: bool = False) -> Generator:
+    """Load a model for inference only (no LoRA wrapping, frozen weights).
+
+    ``device_map_auto`` is accepted for large labeller models; sharding over several GPUs through
+    ``device_map`` is not implemented yet, so the model goes to ``device`` whole.
+    """
+    del device_map_auto
+    return Generator(load_model(model_cfg, device=device, for_training=False), device)

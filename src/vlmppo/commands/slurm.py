@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from vlmppo.commands._common import (
-    ConfigOpt,
-    OverridesArg,
-    PresetOpt,
-    examples,
-    resolve_config,
-    stage_not_built,
-)
+from vlmppo.commands._common import ConfigOpt, OverridesArg, PresetOpt, examples, resolve_config
 
 app = typer.Typer(
     help="Render sbatch files from presets, submit them (arrays, chains, multi-node), watch and cancel jobs.",
@@ -25,27 +19,90 @@ app = typer.Typer(
 )
 
 StageArg = Annotated[str, typer.Argument(help="collect | label | preprocess | sft | ppo | eval | pipeline.")]
+SeedsOpt = Annotated[
+    str | None, typer.Option(help="Comma-separated seeds: a job array, one task and run <name>-seed<k> each.")
+]
+FromOpt = Annotated[str | None, typer.Option("--from", help="pipeline: first stage.")]
+ToOpt = Annotated[str | None, typer.Option("--to", help="pipeline: last stage.")]
+TargetArg = Annotated[str, typer.Argument(help="Run name (or run folder) or job id.")]
+RunsOpt = Annotated[
+    Path, typer.Option("--runs-dir", help="Where runs live (run.output_dir), to find a run's jobs.jsonl.")
+]
+
+
+def _stages(stage: str, from_stage: str | None, to_stage: str | None) -> list[str]:
+    from vlmppo.errors import SlurmError
+    from vlmppo.slurm import pipeline_stages
+
+    if stage == "pipeline":
+        return pipeline_stages(from_stage, to_stage)
+    if from_stage or to_stage:
+        raise SlurmError(
+            "--from/--to go with the stage `pipeline`.", hint="vlmppo slurm submit pipeline --from sft."
+        )
+    return pipeline_stages(stage, stage)
+
+
+def _print_file(path: Path, text: str, lexer: str) -> None:
+    from rich.rule import Rule
+    from rich.syntax import Syntax
+
+    from vlmppo.console import console
+
+    console.print(Rule(str(path), align="left"))
+    # soft_wrap: long lines stay whole, so what is printed can be copied into a shell.
+    console.print(Syntax(text, lexer, background_color="default"), soft_wrap=True)
 
 
 @app.command(
-    epilog=examples("vlmppo slurm render ppo --preset numberline-qwen slurm.nodes=2 slurm.gpus_per_node=8")
+    epilog=examples(
+        "vlmppo slurm render ppo --preset numberline-tiny",
+        "vlmppo slurm render ppo --preset numberline-qwen slurm.nodes=2 slurm.gpus_per_node=8",
+    )
 )
 def render(
     stage: StageArg,
     overrides: OverridesArg = None,
     preset: PresetOpt = None,
     config: ConfigOpt = None,
-    out: Annotated[str | None, typer.Option(help="Where to write the sbatch file.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write the sbatch file (one stage only).")] = None,
+    array_seeds: SeedsOpt = None,
+    from_stage: FromOpt = None,
+    to_stage: ToOpt = None,
 ):
     """Write runs/<name>/config.yaml and runs/<name>/slurm/<stage>.sbatch and print both."""
-    resolve_config(preset, config, overrides)
-    stage_not_built("slurm render", 9)
+    from vlmppo.console import console
+    from vlmppo.errors import SlurmError
+    from vlmppo.slurm import check_request, parse_seeds, write_job
+
+    cfg = resolve_config(preset, config, overrides)
+    stages = _stages(stage, from_stage, to_stage)
+    if out is not None and len(stages) > 1:
+        raise SlurmError(
+            "--out takes one stage; `pipeline` writes one file per stage into runs/<name>/slurm/."
+        )
+    seeds = parse_seeds(array_seeds)
+    for name in stages:
+        check_request(cfg, name)
+    jobs = [write_job(cfg, name, seeds=seeds, out=out) for name in stages]
+    for path in jobs[0].configs:
+        _print_file(path, path.read_text(encoding="utf-8"), "yaml")
+    for job in jobs:
+        _print_file(job.script, job.text, "bash")
+        for note in job.notes:
+            console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(
+        f"[green]wrote[/green] {len(jobs[0].configs)} config(s) and {len(jobs)} sbatch file(s); "
+        f"submit with `sbatch {jobs[0].script}` or `vlmppo slurm submit`.",
+        soft_wrap=True,
+    )
 
 
 @app.command(
     epilog=examples(
         "vlmppo slurm submit ppo --preset numberline-tiny",
-        "vlmppo slurm submit pipeline --preset numberline-qwen --array-seeds 1,2",
+        "vlmppo slurm submit ppo --preset numberline-qwen --array-seeds 1,2,3 --after 12345",
+        "vlmppo slurm submit pipeline --preset numberline-qwen --from sft --to eval",
     )
 )
 def submit(
@@ -53,29 +110,107 @@ def submit(
     overrides: OverridesArg = None,
     preset: PresetOpt = None,
     config: ConfigOpt = None,
-    array_seeds: Annotated[
-        str | None, typer.Option(help="Comma-separated seeds: one array task each.")
-    ] = None,
-    after: Annotated[str | None, typer.Option(help="Start after this job id succeeds.")] = None,
+    array_seeds: SeedsOpt = None,
+    after: Annotated[str | None, typer.Option(help="Start after this job id succeeds (afterok).")] = None,
+    from_stage: FromOpt = None,
+    to_stage: ToOpt = None,
+    parsable: Annotated[
+        bool, typer.Option("--parsable", help="Print only the job ids, one per line.")
+    ] = False,
 ):
     """Render and submit with sbatch --parsable; record the job id in runs/<name>/slurm/jobs.jsonl."""
-    resolve_config(preset, config, overrides)
-    stage_not_built("slurm submit", 9)
+    from vlmppo.console import console
+    from vlmppo.slurm import parse_seeds, submit_chain
+
+    cfg = resolve_config(preset, config, overrides)
+    stages = _stages(stage, from_stage, to_stage)
+    submissions = submit_chain(cfg, stages, seeds=parse_seeds(array_seeds), after=after)
+    for sub in submissions:
+        if parsable:
+            typer.echo(sub.job_id)
+            continue
+        job = sub.job
+        array = f" (array: seeds {','.join(map(str, job.seeds))})" if job.seeds else ""
+        after_text = (
+            f", starts once job {sub.dependency.split(':', 1)[1]} succeeded" if sub.dependency else ""
+        )
+        console.print(f"[green]submitted[/green] job {sub.job_id}: vlmppo {job.stage}{array}{after_text}")
+        console.print(f"  script: {job.script}\n  log:    {job.output}", soft_wrap=True)
+        for note in job.notes:
+            console.print(f"[yellow]note:[/yellow] {note}")
 
 
 @app.command(epilog=examples("vlmppo slurm status", "vlmppo slurm status numberline-qwen"))
-def status(target: Annotated[str | None, typer.Argument(help="Run name or job id.")] = None):
+def status(
+    target: Annotated[
+        str | None, typer.Argument(help="Run name (or run folder) or job id; all runs if left out.")
+    ] = None,
+    runs_dir: RunsOpt = Path("runs"),
+):
     """State, elapsed time, node and the last metrics line of each job."""
-    stage_not_built("slurm status", 9)
+    from rich.table import Table
+
+    from vlmppo.console import console
+    from vlmppo.slurm import job_states, last_metrics, records
+
+    rows = records(target, runs_dir)
+    if not rows:
+        console.print(f"No SLURM jobs recorded under {runs_dir}/.")
+        return
+    states = job_states(list(dict.fromkeys(row["job_id"] for row in rows)))
+    table = Table(title_justify="left", title=f"SLURM jobs: {target or runs_dir}")
+    for column in ("job", "stage", "state", "elapsed", "node", "last metrics"):
+        table.add_column(column, overflow="fold")
+    only_task = target if target and "_" in target and target.replace("_", "").isdigit() else None
+    for row in rows:
+        for state in states.get(row["job_id"], []):
+            if only_task and state.job_id != only_task:
+                continue
+            metrics = last_metrics(row, state.task)
+            shown = "  ".join(f"{k}={_short(v)}" for k, v in metrics.items()) if metrics else ""
+            table.add_row(state.job_id, row.get("stage", "?"), state.state, state.elapsed, state.node, shown)
+    console.print(table)
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 @app.command(epilog=examples("vlmppo slurm cancel 12345", "vlmppo slurm cancel numberline-qwen"))
-def cancel(target: Annotated[str, typer.Argument(help="Run name or job id.")]):
-    """Cancel a run's jobs (or one job)."""
-    stage_not_built("slurm cancel", 9)
+def cancel(target: TargetArg, runs_dir: RunsOpt = Path("runs")):
+    """Cancel a run's jobs that can still run (or one job)."""
+    from vlmppo.console import console
+    from vlmppo.slurm import cancel as cancel_jobs
+
+    ids = cancel_jobs(target, runs_dir)
+    if ids:
+        console.print(f"cancelled {', '.join(ids)}")
+    else:
+        console.print(f"nothing to cancel: every job of {target} has finished")
 
 
-@app.command(epilog=examples("vlmppo slurm logs 12345", "vlmppo slurm logs numberline-qwen"))
-def logs(target: Annotated[str, typer.Argument(help="Run name or job id.")]):
-    """Print a job's output file."""
-    stage_not_built("slurm logs", 9)
+@app.command(epilog=examples("vlmppo slurm logs 12345", "vlmppo slurm logs numberline-qwen --lines 50"))
+def logs(
+    target: TargetArg,
+    runs_dir: RunsOpt = Path("runs"),
+    lines: Annotated[
+        int | None, typer.Option("--lines", "-n", help="Only the last N lines of each file.")
+    ] = None,
+):
+    """Print a job's output and error files (every task of an array; a run's latest job)."""
+    from rich.rule import Rule
+
+    from vlmppo.console import console
+    from vlmppo.slurm import log_files
+
+    files = log_files(target, runs_dir)
+    for path in files:
+        if path.suffix == ".err" and path.stat().st_size == 0:
+            continue  # an empty error file says nothing
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if lines is not None:
+            text = "\n".join(text.splitlines()[-lines:])
+        console.print(Rule(str(path), align="left"))
+        console.print(
+            text, markup=False, highlight=False, soft_wrap=True, end="" if text.endswith("\n") else "\n"
+        )

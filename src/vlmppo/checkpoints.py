@@ -52,8 +52,14 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         write_files(tmp)
-        full_meta = {"format": 1, "step": step, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                     "versions": package_versions(), "git_sha": git_sha(), **meta}
+        full_meta = {
+            "format": 1,
+            "step": step,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": package_versions(),
+            "git_sha": git_sha(),
+            **meta,
+        }
         (tmp / META).write_text(json.dumps(full_meta, indent=2, default=str) + "\n")
         if final.exists():
             shutil.rmtree(final)
@@ -111,7 +117,9 @@ def resolve_checkpoint(run_root: Path, spec: str) -> Path:
         )
     path = Path(spec).expanduser()
     if not path.exists():
-        raise CheckpointError(f"Checkpoint {path} does not exist.", hint="Use last, sft, ppo or a folder path.")
+        raise CheckpointError(
+            f"Checkpoint {path} does not exist.", hint="Use last, sft, ppo or a folder path."
+        )
     path = path.resolve()
     if not any((path / f).is_file() for f in (META, "adapter_config.json", "config.json")):
         raise CheckpointError(
@@ -153,8 +161,9 @@ def load_for_inference(cfg, spec: str, *, device: str = "cpu"):
         loaded = load_model(base_cfg, device=device, for_training=False)
         loaded.model = PeftModel.from_pretrained(loaded.model, str(path), is_trainable=False).eval()
         return loaded
-    return load_model(cfg.model.model_copy(update={"path": str(path), "lora": None}), device=device,
-                      for_training=False)
+    return load_model(
+        cfg.model.model_copy(update={"path": str(path), "lora": None}), device=device, for_training=False
+    )
 
 
 def load_policy_for_inference(cfg, spec: str | None, *, device: str = "cpu"):
@@ -163,5 +172,7 @@ def load_policy_for_inference(cfg, spec: str | None, *, device: str = "cpu"):
     from vlmppo.models.generation import Generator
 
     if not spec:
-        raise ConfigError("collect.policy=checkpoint needs a checkpoint: pass --ckpt PATH (or last, sft, ppo).")
+        raise ConfigError(
+            "collect.policy=checkpoint needs a checkpoint: pass --ckpt PATH (or last, sft, ppo)."
+        )
     return Generator(load_for_inference(cfg, spec, device=device), device)

@@ -43,8 +43,19 @@ def test_collect_writes_one_line_per_step_with_frames_and_manifest(pipeline_run)
     run, outs = pipeline_run
     steps = lines(run / "collect/episodes.jsonl")
     assert sorted({s["episode"] for s in steps}) == list(range(12))
-    required = {"episode", "step", "frame", "prompt", "state", "action", "action_text", "answer", "reward",
-                "terminated", "truncated"}
+    required = {
+        "episode",
+        "step",
+        "frame",
+        "prompt",
+        "state",
+        "action",
+        "action_text",
+        "answer",
+        "reward",
+        "terminated",
+        "truncated",
+    }
     for s in steps:
         assert required <= s.keys()
         assert (run / "collect" / s["frame"]).is_file()
@@ -115,8 +126,17 @@ def test_sft_files_load_with_hf_datasets(pipeline_run):
 
 
 def test_collect_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path):
-    args = [sys.executable, "-m", "vlmppo", "collect", "--preset", PRESET, f"run.output_dir={tmp_path}",
-            "run.name=killed", "collect.episodes=300"]
+    args = [
+        sys.executable,
+        "-m",
+        "vlmppo",
+        "collect",
+        "--preset",
+        PRESET,
+        f"run.output_dir={tmp_path}",
+        "run.name=killed",
+        "collect.episodes=300",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
     steps_file = tmp_path / "killed/collect/episodes.jsonl"
     deadline = time.time() + 120

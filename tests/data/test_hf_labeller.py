@@ -10,8 +10,15 @@ from tests.helpers import run_cli
 def test_hf_labeller_labels_every_step_and_keeps_unparseable_answers(tmp_path):
     common = ["--preset", "numberline-tiny", f"run.output_dir={tmp_path}", "run.name=run"]
     assert run_cli("collect", *common, "collect.episodes=2").returncode == 0
-    out = run_cli("label", *common, "--labeller", "hf", "label.model=tiny:qwen2-vl", "label.max_new_tokens=12",
-                  "label.batch_size=3")
+    out = run_cli(
+        "label",
+        *common,
+        "--labeller",
+        "hf",
+        "label.model=tiny:qwen2-vl",
+        "label.max_new_tokens=12",
+        "label.batch_size=3",
+    )
     assert out.returncode == 0, out.stderr
     steps = (tmp_path / "run/collect/episodes.jsonl").read_text().splitlines()
     rows = [json.loads(x) for x in (tmp_path / "run/label/labels.jsonl").read_text().splitlines()]

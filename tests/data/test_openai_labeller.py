@@ -39,8 +39,9 @@ class ChatServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
-                    server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                            "body": body})
+                    server.requests.append(
+                        {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
+                    )
                     status, payload = server.script.pop(0) if server.script else (200, server.reply("+"))
                 time.sleep(server.delay_s)
                 data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
@@ -66,17 +67,29 @@ class ChatServer:
 
 @pytest.fixture
 def collected(tmp_path):
-    out = run_cli("collect", "--preset", PRESET, f"run.output_dir={tmp_path}", "run.name=run", "collect.episodes=5")
+    out = run_cli(
+        "collect", "--preset", PRESET, f"run.output_dir={tmp_path}", "run.name=run", "collect.episodes=5"
+    )
     assert out.returncode == 0, out.stderr
     return tmp_path
 
 
 def label(root: Path, server: ChatServer, *extra: str, env=None):
     return run_cli(
-        "label", "--preset", PRESET, f"run.output_dir={root}", "run.name=run", "--labeller", "openai",
-        f"label.base_url={server.url}", "label.model=judge", "label.backoff_s=0.01", "label.max_concurrency=2",
+        "label",
+        "--preset",
+        PRESET,
+        f"run.output_dir={root}",
+        "run.name=run",
+        "--labeller",
+        "openai",
+        f"label.base_url={server.url}",
+        "label.model=judge",
+        "label.backoff_s=0.01",
+        "label.max_concurrency=2",
         "label.timeout_s=20",
-        *extra, env=env,
+        *extra,
+        env=env,
     )
 
 
@@ -85,11 +98,13 @@ def labels(root: Path) -> list[dict]:
 
 
 def test_retries_429_and_500_then_keeps_a_malformed_answer_as_parse_error(collected):
-    server = ChatServer(script=[
-        (429, {"error": "slow down"}),
-        (500, {"error": "oops"}),
-        (200, {"choices": [{"message": {"content": "I think we should go up, maybe."}}]}),
-    ])
+    server = ChatServer(
+        script=[
+            (429, {"error": "slow down"}),
+            (500, {"error": "oops"}),
+            (200, {"choices": [{"message": {"content": "I think we should go up, maybe."}}]}),
+        ]
+    )
     try:
         out = label(collected, server, env={"OPENAI_API_KEY": "sk-test-secret"})
     finally:
@@ -105,7 +120,9 @@ def test_retries_429_and_500_then_keeps_a_malformed_answer_as_parse_error(collec
     assert first["path"] == "/v1/chat/completions" and first["auth"] == "Bearer sk-test-secret"
     content = first["body"]["messages"][0]["content"]
     assert content[0]["image_url"]["url"].startswith("data:image/png;base64,")
-    everything = "".join(p.read_text() for p in (collected / "run").rglob("*") if p.is_file() and p.suffix != ".png")
+    everything = "".join(
+        p.read_text() for p in (collected / "run").rglob("*") if p.is_file() and p.suffix != ".png"
+    )
     assert "sk-test-secret" not in everything + out.stdout + out.stderr
 
 
@@ -145,11 +162,25 @@ def test_client_error_is_not_retried_and_shows_the_server_message(collected):
 
 def test_label_killed_mid_run_resumes_without_duplicates(collected):
     server = ChatServer(delay_s=0.3)
-    args = [sys.executable, "-m", "vlmppo", "label", "--preset", PRESET, f"run.output_dir={collected}",
-            "run.name=run", "--labeller", "openai", f"label.base_url={server.url}", "label.model=judge",
-            "label.max_concurrency=1"]
+    args = [
+        sys.executable,
+        "-m",
+        "vlmppo",
+        "label",
+        "--preset",
+        PRESET,
+        f"run.output_dir={collected}",
+        "run.name=run",
+        "--labeller",
+        "openai",
+        f"label.base_url={server.url}",
+        "label.model=judge",
+        "label.max_concurrency=1",
+    ]
     try:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+        proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ)
+        )
         path = collected / "run/label/labels.jsonl"
         deadline = time.time() + 60
         while time.time() < deadline and (not path.exists() or not path.read_text().strip()):

@@ -33,8 +33,21 @@ from vlmppo.io import (
 from vlmppo.sysinfo import resolve_device
 
 STEP_KEYS = (
-    "episode", "step", "seed", "env_id", "frame", "next_frame", "prompt", "state", "action", "action_text",
-    "answer", "invalid", "reward", "terminated", "truncated",
+    "episode",
+    "step",
+    "seed",
+    "env_id",
+    "frame",
+    "next_frame",
+    "prompt",
+    "state",
+    "action",
+    "action_text",
+    "answer",
+    "invalid",
+    "reward",
+    "terminated",
+    "truncated",
 )
 
 
@@ -84,9 +97,7 @@ def _finished_episodes(path: Path) -> dict[int, list[dict]]:
     by_episode: dict[int, list[dict]] = {}
     for row in read_jsonl(path):
         by_episode.setdefault(row["episode"], []).append(row)
-    return {
-        ep: rows for ep, rows in by_episode.items() if rows[-1]["terminated"] or rows[-1]["truncated"]
-    }
+    return {ep: rows for ep, rows in by_episode.items() if rows[-1]["terminated"] or rows[-1]["truncated"]}
 
 
 def _rewrite_without(path: Path, keep: set[int]) -> None:
@@ -106,7 +117,11 @@ def make_policy(cfg: Config, adapter, rng: np.random.Generator, policy: str):
 
     generator = load_policy_for_inference(cfg, cfg.collect.ckpt, device=resolve_device(cfg))
     return VlmPolicy(
-        generator, adapter, rng, temperature=cfg.collect.temperature, max_new_tokens=cfg.collect.max_new_tokens
+        generator,
+        adapter,
+        rng,
+        temperature=cfg.collect.temperature,
+        max_new_tokens=cfg.collect.max_new_tokens,
     )
 
 
@@ -136,8 +151,11 @@ def collect(cfg: Config, *, on_episode: Callable[[int, int], None] | None = None
 
     def new_env():
         return make_env(
-            cfg.env.id, max_episode_steps=cfg.env.max_episode_steps, observation=cfg.env.observation,
-            tile_size=cfg.env.tile_size, **cfg.env.kwargs,
+            cfg.env.id,
+            max_episode_steps=cfg.env.max_episode_steps,
+            observation=cfg.env.observation,
+            tile_size=cfg.env.tile_size,
+            **cfg.env.kwargs,
         )
 
     slots = [_Slot(new_env()) for _ in range(min(cfg.env.n_envs, max(1, len(todo))))]
@@ -160,20 +178,33 @@ def collect(cfg: Config, *, on_episode: Callable[[int, int], None] | None = None
     with JsonlWriter(steps_path) as writer:
         while active:
             prompts = [adapter.prompt(s.info, action_only=action_only) for s in active]
-            decisions = policy.act([s.env for s in active], [s.obs for s in active], [s.info for s in active], prompts)
+            decisions = policy.act(
+                [s.env for s in active], [s.obs for s in active], [s.info for s in active], prompts
+            )
             for slot, prompt, decision in zip(active, prompts, decisions, strict=True):
                 step = len(slot.rows)
-                obs, reward, terminated, truncated, info = slot.env.step(adapter.to_env_action(decision.index))
-                slot.rows.append({
-                    "episode": slot.episode, "step": step, "seed": cfg.run.seed + slot.episode,
-                    "env_id": cfg.env.id,
-                    "frame": f"frames/{slot.episode:06d}/{step:03d}.png",
-                    "next_frame": f"frames/{slot.episode:06d}/{step + 1:03d}.png",
-                    "prompt": prompt, "state": jsonable(slot.info),
-                    "action": decision.index, "action_text": adapter.legal_actions[decision.index],
-                    "answer": decision.answer, "invalid": decision.invalid,
-                    "reward": float(reward), "terminated": bool(terminated), "truncated": bool(truncated),
-                })
+                obs, reward, terminated, truncated, info = slot.env.step(
+                    adapter.to_env_action(decision.index)
+                )
+                slot.rows.append(
+                    {
+                        "episode": slot.episode,
+                        "step": step,
+                        "seed": cfg.run.seed + slot.episode,
+                        "env_id": cfg.env.id,
+                        "frame": f"frames/{slot.episode:06d}/{step:03d}.png",
+                        "next_frame": f"frames/{slot.episode:06d}/{step + 1:03d}.png",
+                        "prompt": prompt,
+                        "state": jsonable(slot.info),
+                        "action": decision.index,
+                        "action_text": adapter.legal_actions[decision.index],
+                        "answer": decision.answer,
+                        "invalid": decision.invalid,
+                        "reward": float(reward),
+                        "terminated": bool(terminated),
+                        "truncated": bool(truncated),
+                    }
+                )
                 slot.total_reward += float(reward)
                 slot.obs, slot.info = obs, info
                 slot.frames.append(obs)
@@ -191,8 +222,13 @@ def collect(cfg: Config, *, on_episode: Callable[[int, int], None] | None = None
 
     result = CollectResult(out, len(done), steps, successes, resumed)
     write_manifest(
-        out, stage="collect", config=cfg.model_dump(mode="json"), inputs={},
-        policy=cfg.collect.policy, ckpt=cfg.collect.ckpt, env_id=cfg.env.id,
+        out,
+        stage="collect",
+        config=cfg.model_dump(mode="json"),
+        inputs={},
+        policy=cfg.collect.policy,
+        ckpt=cfg.collect.ckpt,
+        env_id=cfg.env.id,
         seeds={"first": cfg.run.seed, "last": cfg.run.seed + cfg.collect.episodes - 1},
         counts={"episodes": result.episodes, "steps": result.steps, "resumed_episodes": resumed},
         success_rate=result.success_rate,

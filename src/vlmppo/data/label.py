@@ -93,24 +93,36 @@ def label(cfg: Config, *, on_progress: Callable[[int, int], None] | None = None)
                 chunk = todo[start : start + batch]
                 requests = [
                     labeller.request(
-                        s, open_frame(collect_dir, s["frame"]),
+                        s,
+                        open_frame(collect_dir, s["frame"]),
                         open_frame(collect_dir, s["next_frame"]) if cfg.label.mode == "score" else None,
                     )
                     for s in chunk
                 ]
                 answers = labeller.answer(requests)
-                write(writer, [
-                    lb.label_row(_key(s), cfg.label.labeller, cfg.label.mode, a, adapter, rng)
-                    for s, a in zip(chunk, answers, strict=True)
-                ])
+                write(
+                    writer,
+                    [
+                        lb.label_row(_key(s), cfg.label.labeller, cfg.label.mode, a, adapter, rng)
+                        for s, a in zip(chunk, answers, strict=True)
+                    ],
+                )
     result = LabelResult(out, counter["done"], len(existing), counter["parse_errors"], len(steps))
     label_config = cfg.label.model_dump(mode="json")
     write_manifest(
-        out, stage="label", config=cfg.model_dump(mode="json"),
+        out,
+        stage="label",
+        config=cfg.model_dump(mode="json"),
         inputs={"episodes": run_dir(cfg) / "collect" / "episodes.jsonl"},
-        env_id=cfg.env.id, labeller=label_config["labeller"], mode=cfg.label.mode,
-        counts={"labelled_now": result.labelled, "kept_from_before": result.skipped_existing,
-                "parse_errors_now": result.parse_errors, "steps": result.total},
+        env_id=cfg.env.id,
+        labeller=label_config["labeller"],
+        mode=cfg.label.mode,
+        counts={
+            "labelled_now": result.labelled,
+            "kept_from_before": result.skipped_existing,
+            "parse_errors_now": result.parse_errors,
+            "steps": result.total,
+        },
     )
     return result
 
@@ -125,18 +137,28 @@ def _model_labeller(cfg: Config, adapter, rng):
         from vlmppo.data.openai_client import ChatClient
 
         if not lc.model:
-            raise DataError("label.model is not set: name the model the server serves, e.g. label.model=Qwen2.5-VL-32B-Instruct.")
+            raise DataError(
+                "label.model is not set: name the model the server serves, e.g. label.model=Qwen2.5-VL-32B-Instruct."
+            )
         client = ChatClient(lc.base_url, lc.model, lc.api_key_env, lc.timeout_s, lc.max_retries, lc.backoff_s)
         return lb.OpenAILabeller(
-            client, adapter, lc.mode, rng, temperature=lc.temperature, max_new_tokens=lc.max_new_tokens,
+            client,
+            adapter,
+            lc.mode,
+            rng,
+            temperature=lc.temperature,
+            max_new_tokens=lc.max_new_tokens,
             max_concurrency=lc.max_concurrency,
         )
     from vlmppo.models.generation import load_generator
 
-    model_cfg = cfg.model.model_copy(update={"path": lc.model or cfg.model.path, "family": lc.family or cfg.model.family,
-                                             "lora": None})
+    model_cfg = cfg.model.model_copy(
+        update={"path": lc.model or cfg.model.path, "family": lc.family or cfg.model.family, "lora": None}
+    )
     generator = load_generator(model_cfg, device=resolve_device(cfg), device_map_auto=True)
-    return lb.HfLabeller(generator, adapter, lc.mode, rng, temperature=lc.temperature, max_new_tokens=lc.max_new_tokens)
+    return lb.HfLabeller(
+        generator, adapter, lc.mode, rng, temperature=lc.temperature, max_new_tokens=lc.max_new_tokens
+    )
 
 
 def _label_with_expert(cfg: Config, steps: list[dict], existing: set, adapter, write) -> None:
@@ -147,8 +169,13 @@ def _label_with_expert(cfg: Config, steps: list[dict], existing: set, adapter, w
     """
     from vlmppo.envs import make_env
 
-    env = make_env(cfg.env.id, max_episode_steps=cfg.env.max_episode_steps, observation=cfg.env.observation,
-                   tile_size=cfg.env.tile_size, **cfg.env.kwargs)
+    env = make_env(
+        cfg.env.id,
+        max_episode_steps=cfg.env.max_episode_steps,
+        observation=cfg.env.observation,
+        tile_size=cfg.env.tile_size,
+        **cfg.env.kwargs,
+    )
     episodes: dict[int, list[dict]] = {}
     for row in steps:
         episodes.setdefault(row["episode"], []).append(row)
@@ -169,7 +196,9 @@ def _label_with_expert(cfg: Config, steps: list[dict], existing: set, adapter, w
                 fields = lb.expert_action_fields(adapter, env, info)
             _, reward, _, _, info_after = env.step(adapter.to_env_action(row["action"]))
             if cfg.label.mode == "score":
-                fields = lb.expert_score_fields(adapter, row["state"], row["action"], lb_state(info_after), reward)
+                fields = lb.expert_score_fields(
+                    adapter, row["state"], row["action"], lb_state(info_after), reward
+                )
             info = info_after
             if row["key"] not in existing:
                 out.append({**_key(row), "labeller": "expert", "mode": cfg.label.mode, **fields})

@@ -132,8 +132,13 @@ class OpenAILabeller(ModelLabeller):
 def expert_action_fields(adapter, env, info) -> dict:
     expert = adapter.expert(env, info)
     if expert.index is None:
-        return {"status": "expert_stuck", "raw": None, "action_index": None, "action": None,
-                "thoughts": expert.reasoning}
+        return {
+            "status": "expert_stuck",
+            "raw": None,
+            "action_index": None,
+            "action": None,
+            "thoughts": expert.reasoning,
+        }
     return {
         "status": "ok",
         "raw": adapter.format_answer(expert.index, expert.reasoning),
@@ -145,5 +150,9 @@ def expert_action_fields(adapter, env, info) -> dict:
 
 def expert_score_fields(adapter, state_before, action, state_after, reward) -> dict:
     score, reason = adapter.expert_score(state_before, action, state_after, reward)
-    return {"status": "ok", "raw": json.dumps({"score": score, "reason": reason}), "score": int(score),
-            "reason": reason}
+    return {
+        "status": "ok",
+        "raw": json.dumps({"score": score, "reason": reason}),
+        "score": int(score),
+        "reason": reason,
+    }

@@ -61,7 +61,9 @@ class VlmPolicy:
 
     name = "checkpoint"
 
-    def __init__(self, generator, adapter, rng: np.random.Generator, *, temperature: float, max_new_tokens: int):
+    def __init__(
+        self, generator, adapter, rng: np.random.Generator, *, temperature: float, max_new_tokens: int
+    ):
         self.generator, self.adapter, self.rng = generator, adapter, rng
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
 

@@ -55,7 +55,9 @@ def preprocess(cfg: Config) -> PreprocessResult:
     steps_path = require_file(root / "collect" / "episodes.jsonl", stage="preprocess", produced_by="collect")
     labels_path = require_file(root / "label" / "labels.jsonl", stage="preprocess", produced_by="label")
     skipped: list = []
-    steps = {(r["episode"], r["step"]): r for r in read_jsonl(steps_path, on_error=pc.on_error, skipped=skipped)}
+    steps = {
+        (r["episode"], r["step"]): r for r in read_jsonl(steps_path, on_error=pc.on_error, skipped=skipped)
+    }
     labels = list(read_jsonl(labels_path, on_error=pc.on_error, skipped=skipped))
     label_envs = {r.get("env_id") for r in labels}
     if label_envs - {cfg.env.id}:
@@ -90,13 +92,17 @@ def preprocess(cfg: Config) -> PreprocessResult:
         frame = root / "collect" / step["frame"]
         if not frame.is_file():
             if pc.on_error == "stop":
-                raise DataError(f"Frame {frame} (episode {key[0]}, step {key[1]}) is missing.",
-                                hint="Collect again, or pass preprocess.on_error=skip to drop such steps.")
+                raise DataError(
+                    f"Frame {frame} (episode {key[0]}, step {key[1]}) is missing.",
+                    hint="Collect again, or pass preprocess.on_error=skip to drop such steps.",
+                )
             dropped["frame missing"] += 1
             continue
         thoughts = None if pc.action_only else lab.get("thoughts")
         answer = adapter.format_answer(lab["action_index"], thoughts)
-        prompt = adapter.prompt(step["state"], action_only=pc.action_only) if pc.action_only else step["prompt"]
+        prompt = (
+            adapter.prompt(step["state"], action_only=pc.action_only) if pc.action_only else step["prompt"]
+        )
         if pc.dedupe:
             identity = (_frame_digest(frame), answer)
             if identity in seen:
@@ -114,14 +120,24 @@ def preprocess(cfg: Config) -> PreprocessResult:
             hint="Relax the filters (preprocess.only_success, preprocess.min_score) or label in action mode.",
         )
     train, val = _split_by_episode(kept, pc.val_fraction, pc.split_seed)
-    atomic_write_text(data_dir / "train.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train))
+    atomic_write_text(
+        data_dir / "train.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train)
+    )
     atomic_write_text(data_dir / "val.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in val))
     actions = Counter(r["action"] for r in kept)
     result = PreprocessResult(data_dir, len(train), len(val), dropped, actions, skipped)
     write_manifest(
-        data_dir, stage="preprocess", config=cfg.model_dump(mode="json"),
-        inputs={"episodes": steps_path, "labels": labels_path}, env_id=cfg.env.id,
-        counts={"train": len(train), "val": len(val), "dropped": dict(dropped), "corrupt_lines_skipped": len(skipped)},
+        data_dir,
+        stage="preprocess",
+        config=cfg.model_dump(mode="json"),
+        inputs={"episodes": steps_path, "labels": labels_path},
+        env_id=cfg.env.id,
+        counts={
+            "train": len(train),
+            "val": len(val),
+            "dropped": dict(dropped),
+            "corrupt_lines_skipped": len(skipped),
+        },
         actions=dict(actions),
     )
     return result
@@ -135,7 +151,9 @@ def _episode_success(steps, adapter) -> dict[int, bool]:
     for episode, rows in by_episode.items():
         rows.sort(key=lambda r: r["step"])
         last = rows[-1]
-        result[episode] = bool(adapter.is_success(sum(r["reward"] for r in rows), last.get("final_state", last["state"])))
+        result[episode] = bool(
+            adapter.is_success(sum(r["reward"] for r in rows), last.get("final_state", last["state"]))
+        )
     return result
 
 
@@ -166,4 +184,6 @@ def _split_by_episode(rows: list[dict], val_fraction: float, seed: int) -> tuple
     if val_fraction > 0 and len(episodes) > 1:
         n_val = min(max(n_val, 1), len(episodes) - 1)
     val_episodes = {episodes[i] for i in order[:n_val]}
-    return [r for r in rows if r["episode"] not in val_episodes], [r for r in rows if r["episode"] in val_episodes]
+    return [r for r in rows if r["episode"] not in val_episodes], [
+        r for r in rows if r["episode"] in val_episodes
+    ]

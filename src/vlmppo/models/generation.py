@@ -24,7 +24,9 @@ class Generator:
     loaded: LoadedModel
     device: str = "cpu"
 
-    def generate_text(self, images, prompts: list[str], *, temperature: float, max_new_tokens: int) -> list[str]:
+    def generate_text(
+        self, images, prompts: list[str], *, temperature: float, max_new_tokens: int
+    ) -> list[str]:
         """Answer each (image, prompt) pair; ``temperature`` 0 is greedy.
 
         Args:
@@ -38,14 +40,20 @@ class Generator:
 
         tokenizer = self.loaded.tokenizer
         batch = build_inputs(self.loaded, [to_pil(im) for im in images], list(prompts)).to(self.device)
-        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {
-            "do_sample": False}
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+            if temperature > 0
+            else {"do_sample": False}
+        )
         with torch.no_grad():
             out = self.loaded.model.generate(
-                **batch, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id, **sampling,
+                **batch,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                **sampling,
             )
-        new_tokens = out[:, batch["input_ids"].shape[1]:]
+        new_tokens = out[:, batch["input_ids"].shape[1] :]
         return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
 

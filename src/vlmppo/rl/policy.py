@@ -1,0 +1,120 @@
+"""The VLM as an actor-critic: batched sampling, then teacher-forced scoring of exactly the sampled ids.
+
+Scoring re-uses the generated token ids (never re-tokenized text, whose ids can differ from what was
+sampled), so the log-probs the PPO update computes are those of the answers the envs acted on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vlmppo.models.generation import to_pil
+from vlmppo.models.inputs import build_inputs
+from vlmppo.models.loading import LoadedModel
+from vlmppo.rl.logprob import token_logprobs
+
+
+class ValueHead(nn.Module):
+    """MLP hidden -> 1024 -> 512 -> 1 in fp32, on the final hidden state of the last prompt token."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(hidden_size, 1024), nn.ReLU(), nn.Linear(1024, 512), nn.ReLU(), nn.Linear(512, 1)
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [B, H] (any dtype) -> values [B] fp32."""
+        return self.net(hidden.float()).squeeze(-1)
+
+
+@dataclass
+class Sampled:
+    """A batch of sampled answers and the exact inputs needed to score them again.
+
+    Attributes:
+        sequences: [B, P + T] left-padded prompt ids followed by the answer ids.
+        attention_mask: [B, P + T] 1 on real prompt tokens and on answer tokens up to the first
+            end-of-turn token (included); 0 on padding and after it.
+        prompt_len: P, the padded prompt length.
+        answer_mask: [B, T] bool, the answer tokens that count (the same as attention_mask[:, P:]).
+        extra: the other model inputs of the prompt batch (pixel values, grid sizes, ...).
+        texts: the decoded answers, without special tokens.
+    """
+
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_len: int
+    answer_mask: torch.Tensor
+    extra: dict
+    texts: list[str]
+
+
+def answer_mask_from_ids(answer_ids: torch.Tensor, eos_id: int, pad_id: int | None) -> torch.Tensor:
+    """[B, T] ids -> [B, T] bool: tokens up to and including the first eos; nothing after it."""
+    is_eos = answer_ids == eos_id
+    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+    return ~after_eos
+
+
+def hidden_size(model) -> int:
+    config = model.config
+    text = getattr(config, "text_config", None) or config
+    return int(text.hidden_size)
+
+
+class ActorCritic:
+    def __init__(self, loaded: LoadedModel, value_head: ValueHead, device: str = "cpu"):
+        self.loaded, self.value_head, self.device = loaded, value_head.to(device), device
+
+    @torch.no_grad()
+    def sample(self, images, prompts: list[str], *, temperature: float, max_new_tokens: int) -> Sampled:
+        tokenizer = self.loaded.tokenizer
+        batch = build_inputs(self.loaded, [to_pil(im) for im in images], list(prompts)).to(self.device)
+        out = self.loaded.model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        prompt_len = batch["input_ids"].shape[1]
+        answers = out[:, prompt_len:]
+        mask = answer_mask_from_ids(answers, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+        texts = tokenizer.batch_decode(
+            answers.masked_fill(~mask, tokenizer.pad_token_id), skip_special_tokens=True
+        )
+        attention = torch.cat([batch["attention_mask"], mask.long()], dim=1)
+        return Sampled(out, attention, prompt_len, mask, extra, texts)
+
+    def score(self, sampled: Sampled, *, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced pass over prompt + answer.
+
+        Returns:
+            token_logp: [B, T] fp32 log-probs of the answer ids under logits / temperature (0 where
+                answer_mask is False);
+            values: [B] fp32 value of the state (the last prompt token's final hidden state).
+        """
+        extra = dict(sampled.extra)
+        if "mm_token_type_ids" in extra:  # Qwen2-VL (5.x) needs it over the whole sequence: 0 on answers
+            pad = torch.zeros_like(sampled.sequences[:, sampled.prompt_len :])
+            extra["mm_token_type_ids"] = torch.cat([extra["mm_token_type_ids"], pad], dim=1)
+        out = self.loaded.model(
+            input_ids=sampled.sequences,
+            attention_mask=sampled.attention_mask,
+            output_hidden_states=True,
+            **extra,
+        )
+        p = sampled.prompt_len
+        logits = out.logits[:, p - 1 : -1]
+        token_logp = token_logprobs(logits, sampled.sequences[:, p:], temperature)
+        token_logp = token_logp.masked_fill(~sampled.answer_mask, 0.0)
+        values = self.value_head(out.hidden_states[-1][:, p - 1])
+        return token_logp, values

@@ -140,3 +140,52 @@ def test_bad_input_gets_one_clear_message_exit_1_and_no_traceback(args, message)
 def test_debug_env_var_shows_the_traceback():
     out = run_cli("ppo", "--preset", "numberlin-tiny", env={"VLMPPO_DEBUG": "1"})
     assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+@pytest.mark.parametrize("stage", ["sft", "ppo", "eval", "pipeline"])
+def test_stages_not_built_yet_say_so_with_exit_2_and_write_nothing(stage, tmp_path):
+    out = run_cli(stage, "--preset", "numberline-tiny", f"run.output_dir={tmp_path}")
+    assert out.returncode == 2
+    assert "not built yet" in out.stderr and "Traceback" not in out.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_env_show_writes_the_first_frame_and_prints_the_prompt(tmp_path):
+    from PIL import Image
+
+    frame = tmp_path / "frame.png"
+    out = run_cli("env", "show", "gym_cards/NumberLine-v0", "--seed", "3", "--out", str(frame))
+    assert out.returncode == 0, out.stderr
+    assert Image.open(frame).size == (300, 300)
+    assert '"action"' in out.stdout and "Target" in out.stdout
+
+
+def test_env_list_shows_ids_and_actions():
+    out = run_cli("env", "list", env={"COLUMNS": "250"})
+    assert out.returncode == 0
+    assert "gym_cards/Points24-v0" in out.stdout and "probe/Color-v0" in out.stdout
+    assert "MiniGrid-DoorKey-6x6-v0" in out.stdout and "pick up" in out.stdout
+
+
+def test_env_without_subcommand_prints_versions_for_bug_reports():
+    out = run_cli("env", env={"COLUMNS": "200"})
+    assert out.returncode == 0 and "transformers" in out.stdout and "torch" in out.stdout
+
+
+def test_unknown_env_id_lists_close_matches(tmp_path):
+    out = run_cli("env", "show", "gym_cards/NumberLin-v0", "--out", str(tmp_path / "f.png"))
+    assert out.returncode == 1 and "gym_cards/NumberLine-v0" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_model_init_writes_a_tiny_model_that_model_info_describes(tmp_path):
+    out = run_cli("model", "init", "llava", "--out", str(tmp_path / "tiny-llava"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "tiny-llava" / "config.json").is_file()
+    info = run_cli("model", "info", str(tmp_path / "tiny-llava"), "--image-size", "64", env={"COLUMNS": "200"})
+    assert info.returncode == 0, info.stderr
+    assert "llava" in info.stdout and "param" in info.stdout.lower()
+
+
+def test_model_info_of_a_missing_path_is_a_clear_error(tmp_path):
+    out = run_cli("model", "info", str(tmp_path / "nope"))
+    assert out.returncode == 1 and "nope" in out.stderr and "Traceback" not in out.stderr

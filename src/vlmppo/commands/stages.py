@@ -150,7 +150,19 @@ def ppo(
     cfg = resolve_config(preset, config, overrides)
     if dry_run:
         return print_dry_run(cfg, "ppo")
-    stage_not_built("ppo", 7)
+    if resume:
+        stage_not_built("ppo --resume", 7)
+    from vlmppo.rl.ppo import train_ppo
+
+    save_resolved_config(cfg)
+    with progress_bar("ppo: updates") as advance:
+        result = train_ppo(cfg, on_update=lambda u, total, m: advance(u, total))
+    m = result.last_metrics
+    summary(
+        f"{result.updates} updates, {result.env_steps} env steps; last update: success "
+        f"{m.get('rollout/success_rate')}, invalid actions {m.get('rollout/invalid_action_rate', 0):.0%}",
+        result.out_dir,
+    )
 
 
 ppo_epilog = examples(

@@ -155,7 +155,7 @@ def _model_labeller(cfg: Config, adapter, rng):
     model_cfg = cfg.model.model_copy(
         update={"path": lc.model or cfg.model.path, "family": lc.family or cfg.model.family, "lora": None}
     )
-    generator = load_generator(model_cfg, device=resolve_device(cfg), device_map_auto=True)
+    generator = load_generator(model_cfg, device=resolve_device(cfg))
     return lb.HfLabeller(
         generator, adapter, lc.mode, rng, temperature=lc.temperature, max_new_tokens=lc.max_new_tokens
     )

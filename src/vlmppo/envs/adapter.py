@@ -7,6 +7,8 @@ one registered adapter and nothing else (DESIGN.md §3).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import gymnasium as gym
 import numpy as np
 
@@ -16,7 +18,7 @@ ANSWER_FORMAT = 'Reply with one JSON object in this format: {"thoughts": "...", 
 ANSWER_FORMAT_ACTION_ONLY = 'Reply with one JSON object in this format: {"action": "..."}'
 
 
-class EnvAdapter:
+class EnvAdapter(ABC):
     """Base adapter. Subclasses set ``legal_actions`` and implement the task-specific methods.
 
     Attributes:
@@ -31,9 +33,9 @@ class EnvAdapter:
         self.env_id = env_id
 
     # --- model-facing text ---------------------------------------------------------------------------
+    @abstractmethod
     def task_text(self, info: dict) -> str:
         """What the picture shows and what to do, for the current state (no answer format)."""
-        raise NotImplementedError
 
     def thoughts_hint(self) -> str:
         """What the thoughts should contain (e.g. read out the numbers first); empty for none."""
@@ -68,18 +70,19 @@ class EnvAdapter:
         return index
 
     # --- expert and scoring --------------------------------------------------------------------------
+    @abstractmethod
     def expert(self, env: gym.Env | None, info: dict) -> ExpertAction:
         """The expert's action for the current state, with a short reasoning text.
 
         Every expert can work from ``info`` alone (pass ``env=None`` to label stored episodes); MiniGrid's
         reads ``env.unwrapped`` when the info lacks the grid (a raw MiniGrid env).
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def is_success(self, total_reward: float, info: dict) -> bool:
         """Whether a finished episode counts as solved, from its return and final info."""
-        raise NotImplementedError
 
+    @abstractmethod
     def expert_score(
         self, info_before: dict, action_index: int, info_after: dict, reward: float
     ) -> tuple[int, str]:
@@ -88,7 +91,6 @@ class EnvAdapter:
         Scale: 10 finishes the task or makes the key move; 8-9 clear progress; 5-7 minor progress;
         1-2 neutral; 0 counter-productive. Each family documents which of these it uses.
         """
-        raise NotImplementedError
 
     def action_index(self, action: str) -> int:
         """The index of an action string (exact match), for experts and tests."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
 
-class FrameEnv(gym.Env):
+class FrameEnv(gym.Env, ABC):
     """An env whose observation is an RGB frame drawn from its symbolic state.
 
     Subclasses implement ``_draw() -> np.ndarray`` (HxWx3 uint8) and ``_info() -> dict``; ``render()``
@@ -23,11 +25,11 @@ class FrameEnv(gym.Env):
         self.render_mode = render_mode
         self.observation_space = spaces.Box(0, 255, shape=(height, width, 3), dtype=np.uint8)
 
-    def _draw(self) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def _draw(self) -> np.ndarray: ...
 
-    def _info(self) -> dict:
-        raise NotImplementedError
+    @abstractmethod
+    def _info(self) -> dict: ...
 
     def render(self) -> np.ndarray | None:
         return self._draw() if self.render_mode == "rgb_array" else None

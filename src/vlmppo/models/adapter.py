@@ -11,6 +11,7 @@ Importing this module does not import torch or transformers: the builders import
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from vlmppo.errors import ModelError
@@ -38,7 +39,7 @@ def transformers_class(name: str):
 
 
 @dataclass(frozen=True)
-class FamilyAdapter:
+class FamilyAdapter(ABC):
     """What the rest of vlmppo needs to know about one model family.
 
     Attributes:
@@ -79,17 +80,17 @@ class FamilyAdapter:
                 hint="Remove them from the config.",
             )
 
+    @abstractmethod
     def tiny_tokenizer(self):
         """A byte-level BPE tokenizer with the family's special tokens (trained locally)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def tiny_config(self, tokenizer):
         """The tiny model's ``PreTrainedConfig``; every token id is looked up in `tokenizer`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def tiny_processor(self, tokenizer):
         """The processor: image processor set for small images + `tokenizer` + chat template."""
-        raise NotImplementedError
 
     def tiny_generation_kwargs(self, tokenizer) -> dict:
         """``GenerationConfig`` fields: greedy, stop at the end-of-turn token, pad with the pad token."""

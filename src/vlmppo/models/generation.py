@@ -57,11 +57,9 @@ class Generator:
         return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
 
-def load_generator(model_cfg, *, device: str = "cpu", device_map_auto: bool = False) -> Generator:
-    """Load a model for inference only (no LoRA wrapping, frozen weights).
+def load_generator(model_cfg, *, device: str = "cpu") -> Generator:
+    """Load a model for inference only (no LoRA wrapping, frozen weights) on one device.
 
-    ``device_map_auto`` is accepted for large labeller models; sharding over several GPUs through
-    ``device_map`` is not implemented yet, so the model goes to ``device`` whole.
+    Large labeller models go to ``device`` whole; sharding over several GPUs is not built yet.
     """
-    del device_map_auto
     return Generator(load_model(model_cfg, device=device, for_training=False), device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections import Counter
 
 import gymnasium as gym
@@ -101,8 +102,8 @@ class PointsEnv(FrameEnv):
             "solved": self.solved,
         }
 
-    def _card_boxes(self) -> list[tuple[int, int, int, int]]:
-        raise NotImplementedError
+    @abstractmethod
+    def _card_boxes(self) -> list[tuple[int, int, int, int]]: ...
 
     def _draw(self) -> np.ndarray:
         image, draw = canvas(300, 300, FELT)

@@ -1,0 +1,250 @@
+"""The evaluation report: ``report.md`` (images linked beside it) and ``report.html`` (one file, images
+inline), with the metrics table, the action histogram, learning curves from the run's
+``ppo/metrics.jsonl`` and ``sft/metrics.jsonl``, and the captioned trajectories.
+
+Both files are rendered from one list of blocks, so they always show the same content.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+from vlmppo.io import atomic_write_text
+
+# Learning curves: (metric key, panel title). The x axis is env steps for PPO and steps for SFT.
+PPO_CURVES = (
+    ("rollout/success_rate", "success rate"),
+    ("rollout/ep_return_mean", "episode return"),
+    ("rollout/invalid_action_rate", "invalid-action rate"),
+    ("train/approx_kl", "approx. KL"),
+    ("train/policy_loss", "policy loss"),
+    ("train/value_loss", "value loss"),
+)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+
+
+def read_metrics_rows(path: Path) -> list[dict]:
+    """Rows of a metrics.jsonl; a torn last line (a run still writing) is ignored."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _series(rows: list[dict], key: str, x_keys: tuple[str, ...]) -> tuple[list, list]:
+    xs, ys = [], []
+    for i, row in enumerate(rows):
+        y = row.get(key)
+        if isinstance(y, (int, float)) and not isinstance(y, bool) and math.isfinite(y):
+            x = next((row[k] for k in x_keys if isinstance(row.get(k), (int, float))), i + 1)
+            xs.append(x)
+            ys.append(y)
+    return xs, ys
+
+
+def plot_curves(rows: list[dict], panels, x_keys: tuple[str, ...], title: str, out: Path) -> bool:
+    """One figure with a panel per metric that the rows have; False (nothing written) if none has data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = [(label, *_series(rows, key, x_keys)) for key, label in panels]
+    data = [d for d in data if d[1]]
+    if not data:
+        return False
+    cols = min(3, len(data))
+    nrows = -(-len(data) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
+    for ax, (label, xs, ys) in zip(axes.flat, data, strict=False):
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, linewidth=1.5)
+        ax.set_title(label, fontsize=11)
+        ax.set_xlabel(x_keys[0].replace("_", " "), fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(data) :]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_actions(counts: dict[str, int], invalid_rate: float, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(counts)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(labels) + 2), 3.0))
+    ax.bar(range(len(labels)), [counts[a] for a in labels], color="#4477aa")
+    ax.set_xticks(
+        range(len(labels)),
+        labels,
+        rotation=30 if len(labels) > 4 else 0,
+        ha="right" if len(labels) > 4 else "center",
+    )
+    ax.set_ylabel("steps")
+    ax.set_title(f"actions taken (invalid answers: {100 * invalid_rate:.1f}%)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def metrics_table(m: dict) -> list[list[str]]:
+    low, high = m["success_ci95"]
+    return [
+        ["success rate", f"{_pct(m['success_rate'])} ({m['successes']}/{m['episodes']})"],
+        ["95% CI (Wilson)", f"{_pct(low)} - {_pct(high)}"],
+        ["return: mean / median", f"{m['return_mean']:.3g} / {m['return_median']:.3g}"],
+        ["episode length: mean", f"{m['length_mean']:.3g}"],
+        ["invalid-action rate", _pct(m["invalid_action_rate"])],
+        ["tokens per answer", _num(m["tokens_per_answer"])],
+        ["env steps", str(m["env_steps"])],
+        ["wall time", f"{m['wall_s']:.1f} s ({m['env_steps_per_s']:.1f} env steps/s)"],
+    ]
+
+
+def _blocks(metrics: dict, run_root: Path, out: Path, trajectories) -> list[tuple]:
+    m = metrics
+    what = m["checkpoint"] if m["policy"] == "checkpoint" else f"the {m['policy']} baseline"
+    blocks: list[tuple] = [
+        ("h1", f"Evaluation: {m['name']} on {m['env_id']}"),
+        (
+            "p",
+            f"Evaluated {what}; {m['episodes_per_seed']} episodes per seed x seeds {m['seeds']}"
+            + (f", {m['decoding']} decoding" if m["decoding"] else "")
+            + (", with the checkpoint's value head" if m["value_head"] else "")
+            + ".",
+        ),
+        ("table", ["metric", "value"], metrics_table(m)),
+    ]
+    if len(m["per_seed"]) > 1:
+        rows = [
+            [s, _pct(b["success_rate"]), f"{_pct(b['success_ci95'][0])} - {_pct(b['success_ci95'][1])}",
+             f"{b['return_mean']:.3g}", f"{b['length_mean']:.3g}"]
+            for s, b in m["per_seed"].items()
+        ]  # fmt: skip
+        blocks += [("h2", "Per seed"), ("table", ["seed", "success", "95% CI", "return", "length"], rows)]
+    blocks += [("h2", "Actions"), ("img", "actions.png", "histogram of the actions taken")]
+    plot_actions(m["action_counts"], m["invalid_action_rate"], out / "actions.png")
+
+    blocks.append(("h2", "Learning curves"))
+    found = False
+    for stage, panels, x_keys in (
+        ("ppo", PPO_CURVES, ("env_steps", "update")),
+        ("sft", None, ("step", "global_step")),
+    ):
+        path = Path(run_root) / stage / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        rows = read_metrics_rows(path)
+        if panels is None:  # SFT: every numeric loss / accuracy / lr series it logged
+            keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float))})
+            panels = [(k, k) for k in keys if any(w in k for w in ("loss", "acc", "lr"))]
+        if plot_curves(rows, panels, x_keys, f"{stage} ({path})", out / f"curves-{stage}.png"):
+            blocks.append(("img", f"curves-{stage}.png", f"{stage} learning curves"))
+            found = True
+    if not found:
+        blocks.append(
+            (
+                "p",
+                f"No training metrics in {Path(run_root) / 'ppo'} or {Path(run_root) / 'sft'} (no metrics.jsonl), "
+                "so no learning curves.",
+            )  # fmt: skip
+        )
+    blocks.append(("h2", "Trajectories"))
+    if not trajectories:
+        blocks.append(("p", "None drawn (eval.trajectories=0)."))
+    for t in trajectories:
+        blocks.append(
+            ("h3", f"{t.name}: {'success' if t.success else 'failure'}, return {t.ret:+g}, {t.steps} steps")
+        )
+        blocks.append(("img", t.gif, f"{t.name} animated ({t.frames} frames)"))
+        blocks.append(("frames", t.png, f"all {t.frames} frames of {t.name}"))
+    return blocks
+
+
+def _markdown(blocks) -> str:
+    out = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "h3"):
+            out.append(f"{'#' * int(kind[1])} {block[1]}\n")
+        elif kind == "p":
+            out.append(f"{block[1]}\n")
+        elif kind == "img":
+            out.append(f"![{block[2]}]({block[1]})\n")
+        elif kind == "frames":
+            out.append(f"All frames in one picture: [{block[1]}]({block[1]})\n")
+        elif kind == "table":
+            _, header, rows = block
+            out.append("| " + " | ".join(header) + " |")
+            out.append("|" + "---|" * len(header))
+            out += ["| " + " | ".join(row) + " |" for row in rows]
+            out.append("")
+    return "\n".join(out)
+
+
+def _inline(folder: Path, relative: str) -> str:
+    data = (folder / relative).read_bytes()
+    mime = "image/gif" if relative.endswith(".gif") else "image/png"
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def _html(blocks, folder: Path) -> str:
+    esc = html.escape
+    body = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "h3"):
+            body.append(f"<{kind}>{esc(block[1])}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{esc(block[1])}</p>")
+        elif kind == "frames":
+            image = f'<img src="{_inline(folder, block[1])}" alt="{esc(block[2])}">'
+            body.append(f"<details><summary>{esc(block[2])}</summary>{image}</details>")
+        elif kind == "img":
+            body.append(f'<img src="{_inline(folder, block[1])}" alt="{esc(block[2])}">')
+        elif kind == "table":
+            _, header, rows = block
+            head = "".join(f"<th>{esc(h)}</th>" for h in header)
+            cells = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+            body.append(f"<table><tr>{head}</tr>{cells}</table>")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
+        "th{background:#f3f3f3}img{max-width:100%;display:block;margin:0.5em 0}"
+    )
+    return (
+        "<!doctype html>\n<html><head><meta charset='utf-8'><title>vlmppo eval</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def write_report(out: Path, metrics: dict, run_root: Path, trajectories) -> Path:
+    """Write ``report.md`` and ``report.html`` (and the plots they show) into ``out``."""
+    out = Path(out)
+    blocks = _blocks(metrics, run_root, out, trajectories)
+    atomic_write_text(out / "report.md", _markdown(blocks))
+    atomic_write_text(out / "report.html", _html(blocks, out))
+    return out / "report.md"

@@ -1,0 +1,348 @@
+"""`vlmppo eval`: run a checkpoint (or the expert / random baseline) for N episodes per seed and write
+``runs/<name>/eval/<checkpoint-name | expert | random>/``.
+
+Episodes are independent of batching: episode ``k`` of seed ``s`` is reset with the seed
+``reset_seed(s, k)`` and has its own generator (parser fallback, random policy), so a baseline's numbers
+do not change with ``env.n_envs``, and every one of the ``episodes x seeds`` episodes runs to its end (no
+bias toward short episodes, which a "first N to finish" count would have). A checkpoint answers for all
+active envs in one batched ``generate``.
+
+Folder contents: ``metrics.json`` (see ``metrics.summarize``), ``episodes.jsonl`` (one line per step),
+``trajectories/episode-NNN.{png,gif}`` for the first ``eval.trajectories`` episodes, ``actions.png``,
+``curves-*.png``, ``report.md``, ``report.html``, ``manifest.json``. The folder is written beside and
+moved into place at the end, so it is either the previous complete evaluation or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vlmppo.config import Config, run_dir
+from vlmppo.errors import ConfigError
+from vlmppo.io import atomic_replace_dir, atomic_write_json, atomic_write_text, write_manifest
+
+BASELINES = ("expert", "random")
+
+
+def reset_seed(seed: int, k: int) -> int:
+    """The env reset seed of episode ``k`` of eval seed ``seed`` (distinct across seeds and episodes,
+    and unrelated to the ``run.seed + k`` seeds that collect and PPO train on)."""
+    return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+
+
+@dataclass
+class EvalResult:
+    out_dir: Path
+    name: str
+    metrics: dict
+    report: Path
+
+
+@dataclass
+class _Slot:
+    """One env playing one episode."""
+
+    env: object
+    index: int = -1
+    seed: int = 0
+    k: int = 0
+    rng: np.random.Generator | None = None
+    policy: object = None
+    obs: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+    rows: list = field(default_factory=list)
+    frames: list | None = None
+    total: float = 0.0
+
+
+def checkpoint_name(run_root: Path, path: Path) -> str:
+    """``ppo-000012`` for ``runs/<name>/ppo/checkpoints/000012``; otherwise the folder's own name."""
+    path = Path(path).resolve()
+    try:
+        parts = path.relative_to(Path(run_root).resolve()).parts
+    except ValueError:
+        parts = ()
+    if len(parts) == 3 and parts[1] == "checkpoints":
+        return f"{parts[0]}-{parts[2]}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", path.name) or "checkpoint"
+
+
+class _CheckpointActor:
+    """A checkpoint's batched generator, plus its value head when the checkpoint has one (PPO)."""
+
+    def __init__(self, cfg: Config, path: Path, device: str):
+        import torch
+
+        from vlmppo.checkpoints import load_for_inference
+        from vlmppo.models.generation import Generator
+
+        self.cfg, self.device = cfg, device
+        self.loaded = load_for_inference(cfg, str(path), device=device)
+        self.generator = Generator(self.loaded, device)
+        self.critic = None
+        head_file = path / "value_head.safetensors"
+        if head_file.is_file():
+            from safetensors.torch import load_file
+
+            from vlmppo.rl.policy import ActorCritic, ValueHead, hidden_size
+
+            head = ValueHead(hidden_size(self.loaded.model))
+            head.load_state_dict(load_file(str(head_file)))
+            head.eval()
+            self.critic = ActorCritic(self.loaded, head, device)
+        e = cfg.eval
+        self.temperature = 0.0 if e.greedy else e.temperature
+        torch.manual_seed(e.seeds[0])
+
+    def answer(self, observations, prompts) -> tuple[list[str], list[int]]:
+        """One batched ``generate``: the answer texts and the number of tokens each one took.
+
+        ``Generator.generate_text`` returns text only; counting tokens of re-tokenized text over-counts
+        badly for the byte soup of an untrained model, so this keeps the generated ids.
+        """
+        import torch
+
+        from vlmppo.models.generation import to_pil
+        from vlmppo.models.inputs import build_inputs
+
+        tok = self.loaded.tokenizer
+        batch = build_inputs(self.loaded, [to_pil(o) for o in observations], list(prompts)).to(self.device)
+        sampling = (
+            {"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0}
+            if self.temperature > 0
+            else {"do_sample": False}
+        )
+        with torch.no_grad():
+            out = self.loaded.model.generate(
+                **batch,
+                max_new_tokens=self.cfg.eval.max_new_tokens,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+                **sampling,
+            )
+        new = out[:, batch["input_ids"].shape[1] :].cpu()
+        counts = []
+        for ids in new.tolist():  # tokens up to and including the end-of-turn token
+            counts.append(ids.index(tok.eos_token_id) + 1 if tok.eos_token_id in ids else len(ids))
+        texts = tok.batch_decode(
+            [ids[:n] for ids, n in zip(new.tolist(), counts, strict=True)], skip_special_tokens=True
+        )
+        return texts, counts
+
+    def values(self, observations, infos, adapter) -> list[float | None]:
+        if self.critic is None:
+            return [None] * len(observations)
+        from vlmppo.rl.ppo import state_values
+
+        return [float(v) for v in state_values(self.critic, observations, infos, adapter, self.cfg)]
+
+
+def _check(cfg: Config, policy: str | None) -> None:
+    if policy is not None and policy not in BASELINES:
+        raise ConfigError(
+            f"--policy {policy!r} is not a baseline.", hint="Use --policy expert or --policy random."
+        )
+    if cfg.eval.episodes < 1 or not cfg.eval.seeds:
+        raise ConfigError("Nothing to evaluate: eval.episodes must be at least 1 and eval.seeds not empty.")
+
+
+def evaluate(
+    cfg: Config, *, policy: str | None = None, on_episode: Callable[[int, int], None] | None = None
+) -> EvalResult:
+    """Evaluate ``cfg.eval.ckpt`` (default ``last``), or the ``expert``/``random`` baseline.
+
+    Args:
+        policy: None for the checkpoint, or ``"expert"`` / ``"random"``.
+        on_episode: Called with (episodes done, episodes total) after each finished episode.
+
+    Raises:
+        CheckpointError: The checkpoint does not exist, is not a checkpoint, or is of another family.
+        ConfigError: An unknown baseline, or nothing to evaluate.
+    """
+    from vlmppo.data.collect import jsonable
+    from vlmppo.data.policies import ExpertPolicy, RandomPolicy
+    from vlmppo.envs import get_adapter, make_env
+    from vlmppo.eval.captions import write_trajectory
+    from vlmppo.eval.metrics import summarize
+    from vlmppo.eval.report import write_report
+    from vlmppo.sysinfo import resolve_device
+
+    _check(cfg, policy)
+    e = cfg.eval
+    root = run_dir(cfg)
+    adapter = get_adapter(cfg.env.id, cfg.env.observation)
+    actor, ckpt_path = None, None
+    if policy is None:
+        from vlmppo.checkpoints import check_family, resolve_checkpoint
+
+        ckpt_path = resolve_checkpoint(root, e.ckpt or "last")
+        check_family(ckpt_path, cfg.model.family)
+        name = checkpoint_name(root, ckpt_path)
+        actor = _CheckpointActor(cfg, ckpt_path, resolve_device(cfg))
+    else:
+        name = policy
+    if not e.greedy and policy is None:
+        name += "-sampled"
+    action_only = cfg.env.prompt == "action_only"
+    queue = [(s, k) for s in e.seeds for k in range(e.episodes)]
+    total = len(queue)
+
+    def new_env():
+        return make_env(
+            cfg.env.id,
+            max_episode_steps=cfg.env.max_episode_steps,
+            observation=cfg.env.observation,
+            tile_size=cfg.env.tile_size,
+            **cfg.env.kwargs,
+        )
+
+    next_index = iter(range(total))
+
+    def start(slot: _Slot) -> bool:
+        if not queue:
+            slot.index = -1
+            return False
+        slot.seed, slot.k = queue.pop(0)
+        slot.index = next(next_index)
+        slot.rng = np.random.default_rng([slot.seed, slot.k, 2])
+        if policy == "expert":
+            slot.policy = ExpertPolicy(adapter, slot.rng)
+        elif policy == "random":
+            slot.policy = RandomPolicy(adapter, slot.rng)
+        slot.obs, slot.info = slot.env.reset(seed=reset_seed(slot.seed, slot.k))
+        slot.rows, slot.total = [], 0.0
+        slot.frames = [slot.obs] if slot.index < e.trajectories else None
+        return True
+
+    slots = [_Slot(new_env()) for _ in range(min(cfg.env.n_envs, total))]
+    active = [s for s in slots if start(s)]
+    episodes: list[dict] = []
+    steps: list[dict] = []
+    captured: dict[int, tuple[list, list, dict]] = {}
+    t0 = time.perf_counter()
+    while active:
+        prompts = [adapter.prompt(s.info, action_only=action_only) for s in active]
+        observations = [s.obs for s in active]
+        if actor is not None:
+            answers, token_counts = actor.answer(observations, prompts)
+            values = actor.values(observations, [s.info for s in active], adapter)
+        else:
+            answers = token_counts = values = [None] * len(active)
+        for slot, prompt, answer, tokens, value in zip(
+            active, prompts, answers, token_counts, values, strict=True
+        ):
+            if actor is not None:
+                parsed = adapter.parse(answer, slot.rng)
+                index, invalid, thoughts = parsed.index, parsed.invalid, parsed.thoughts
+            else:
+                decision = slot.policy.act([slot.env], [slot.obs], [slot.info], [prompt])[0]
+                index, invalid = decision.index, False
+                # The expert's reasoning is its "thoughts" in the captions (computed only for those).
+                thoughts = (
+                    adapter.expert(slot.env, slot.info).reasoning
+                    if slot.frames and policy == "expert"
+                    else None
+                )
+            state = jsonable(slot.info)
+            obs, reward, terminated, truncated, info = slot.env.step(adapter.to_env_action(index))
+            slot.total += float(reward)
+            row = {
+                "episode": slot.index,
+                "seed": slot.seed,
+                "episode_in_seed": slot.k,
+                "reset_seed": reset_seed(slot.seed, slot.k),
+                "step": len(slot.rows),
+                "state": state,
+                "answer": answer,
+                "thoughts": thoughts,
+                "action": adapter.legal_actions[index],
+                "action_index": int(index),
+                "invalid": bool(invalid),
+                "reward": float(reward),
+                "value": value,
+                "answer_tokens": tokens,
+                "terminated": bool(terminated),
+                "truncated": bool(truncated),
+            }
+            slot.rows.append(row)
+            steps.append(row)
+            slot.obs, slot.info = obs, info
+            if slot.frames is not None:
+                slot.frames.append(obs)
+            if terminated or truncated:
+                success = bool(adapter.is_success(slot.total, info))
+                row.update({"episode_return": slot.total, "success": success, "final_state": jsonable(info)})
+                episodes.append(
+                    {
+                        "index": slot.index,
+                        "seed": slot.seed,
+                        "return": slot.total,
+                        "length": len(slot.rows),
+                        "success": success,
+                    }
+                )
+                if slot.frames is not None:
+                    captured[slot.index] = (slot.frames, slot.rows, episodes[-1])
+                if on_episode:
+                    on_episode(len(episodes), total)
+                start(slot)
+        active = [s for s in active if s.index >= 0]
+    wall_s = time.perf_counter() - t0
+    for slot in slots:
+        slot.env.close()
+
+    steps.sort(key=lambda r: (r["episode"], r["step"]))
+    episodes.sort(key=lambda r: r["index"])
+    metrics = {
+        "name": name,
+        "policy": policy or "checkpoint",
+        "checkpoint": str(ckpt_path) if ckpt_path else None,
+        "value_head": bool(actor is not None and actor.critic is not None),
+        "env_id": cfg.env.id,
+        "decoding": None
+        if policy
+        else ("greedy" if e.greedy else f"sampled at temperature {e.temperature:g}"),
+        "seeds": list(e.seeds),
+        "episodes_per_seed": e.episodes,
+        **summarize(episodes, steps, legal_actions=adapter.legal_actions, wall_s=wall_s),
+    }
+
+    final = root / "eval" / name
+    tmp = final.with_name(f".{name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    atomic_write_json(tmp / "metrics.json", metrics)
+    atomic_write_text(
+        tmp / "episodes.jsonl", "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in steps)
+    )
+    trajectories = []
+    for index in sorted(captured):
+        frames, rows, episode = captured[index]
+        trajectories.append(
+            write_trajectory(tmp / "trajectories", f"episode-{index:03d}", frames, rows, episode)
+        )
+    write_report(tmp, metrics, root, trajectories)
+    inputs = {}
+    if ckpt_path is not None:
+        for file in ("adapter_model.safetensors", "model.safetensors", "value_head.safetensors"):
+            if (ckpt_path / file).is_file():
+                inputs[file] = ckpt_path / file
+    write_manifest(
+        tmp,
+        stage="eval",
+        config=cfg.model_dump(mode="json"),
+        inputs=inputs,
+        policy=metrics["policy"],
+        checkpoint=metrics["checkpoint"],
+        counts={"episodes": len(episodes), "steps": len(steps)},
+    )
+    atomic_replace_dir(tmp, final)
+    return EvalResult(final, name, metrics, final / "report.md")

@@ -39,6 +39,10 @@ class CheckpointError(VlmppoError):
     """A checkpoint is missing, incomplete, or belongs to another model."""
 
 
+class LaunchError(VlmppoError):
+    """A launch config (``sft.launch``) is unknown or cannot run here (e.g. DeepSpeed not installed)."""
+
+
 class SlurmError(VlmppoError):
     """SLURM is missing, rejected a job, or the resource request is impossible."""
 

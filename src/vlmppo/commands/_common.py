@@ -92,7 +92,11 @@ def save_resolved_config(cfg) -> None:
 
 @contextmanager
 def progress_bar(description: str):
-    """A Rich progress bar on a terminal; plain lines (about every 10%) otherwise. Yields advance(done, total)."""
+    """A Rich progress bar on a terminal; plain lines otherwise. Yields ``advance(done, total, status="")``.
+
+    Plain lines come about every 10%, or at every call that passes a status (PPO's per-update line, which
+    is what a SLURM log should show).
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vlmppo.console import console
@@ -100,20 +104,28 @@ def progress_bar(description: str):
     if not console.is_terminal:
         last = {"tenth": -1}
 
-        def plain(done: int, total: int) -> None:
+        def plain(done: int, total: int, status: str = "") -> None:
             tenth = (10 * done) // max(total, 1)
-            if tenth != last["tenth"] or done == total:
+            if status or tenth != last["tenth"] or done == total:
                 last["tenth"] = tenth
-                console.print(f"{description}: {done}/{total}")
+                console.print(
+                    f"{description}: {done}/{total}" + (f" · {status}" if status else ""), markup=False
+                )
 
         yield plain
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(description, total=None)
+        task = progress.add_task(description, total=None, status="")
 
-        def advance(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+        def advance(done: int, total: int, status: str = "") -> None:
+            progress.update(task, completed=done, total=total, status=status)
 
         yield advance
 

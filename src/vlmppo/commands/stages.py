@@ -129,7 +129,52 @@ def sft(
     cfg = resolve_config(preset, config, overrides)
     if dry_run:
         return print_dry_run(cfg, "sft")
-    stage_not_built("sft", 6)
+    from vlmppo.console import console
+    from vlmppo.sft.trainer import train_sft
+
+    save_resolved_config(cfg)
+
+    def status(m: dict) -> str:
+        parts = [
+            f"loss {m['sft/loss']:.3f}",
+            f"lr {m['sft/lr']:.2g}",
+            f"{m['time/samples_per_s']:.1f} samples/s",
+        ]
+        if "eval/loss" in m:
+            parts.append(f"eval loss {m['eval/loss']:.3f}")
+        return " · ".join(parts)
+
+    with progress_bar("sft: optimizer steps") as advance:
+        result = train_sft(cfg, on_step=lambda step, total, m: advance(step, total, status(m)), resume=resume)
+    if result.resumed_from:
+        console.print(f"resumed from {result.resumed_from}")
+    for change in result.resume_changes:
+        console.print(f"[yellow]changed since the checkpoint:[/yellow] {change}", highlight=False)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    if result.stopped_by:
+        console.print(
+            f"[yellow]stopped on {result.stopped_by} after step {result.steps}: checkpoint {result.checkpoint} "
+            "saved; `vlmppo sft ... --resume auto` continues the run.[/yellow]"
+        )
+
+    def pct(x):
+        return "n/a" if x is None else f"{x:.1%}"
+
+    speed = (
+        "n/a"
+        if result.steps_per_s is None
+        else f"{result.steps_per_s:.2f} steps/s ({result.samples_per_s:.1f} samples/s)"
+    )
+    eval_loss = "n/a" if result.eval_loss is None else f"{result.eval_loss:.4f}"
+    summary(
+        f"{result.steps}/{result.total_steps} optimizer steps, {speed}; final eval loss {eval_loss}, "
+        f"token accuracy {pct(result.eval_token_acc)}; greedy action accuracy {pct(result.action_acc)} "
+        f"(unparseable {pct(result.unparseable_rate)}) on {result.n_action_eval} val samples; "
+        f"{result.truncated} samples truncated, {result.skipped} skipped\n"
+        f"  checkpoint: {result.final or result.checkpoint}",
+        result.out_dir,
+    )
 
 
 sft_epilog = examples(
@@ -150,19 +195,43 @@ def ppo(
     cfg = resolve_config(preset, config, overrides)
     if dry_run:
         return print_dry_run(cfg, "ppo")
-    if resume:
-        stage_not_built("ppo --resume", 7)
-    from vlmppo.rl.ppo import train_ppo
+    from vlmppo.console import console
+    from vlmppo.rl.ppo import find_resume_checkpoint, train_ppo
 
     save_resolved_config(cfg)
+    start = find_resume_checkpoint(cfg, resume)
+    if start is not None:
+        console.print(f"resuming from {start}")
     with progress_bar("ppo: updates") as advance:
-        result = train_ppo(cfg, on_update=lambda u, total, m: advance(u, total))
+        result = train_ppo(cfg, on_update=lambda u, total, m: advance(u, total, ppo_status(m)), resume=resume)
     m = result.last_metrics
+    if result.stopped_by:
+        console.print(
+            f"[yellow]stopped on {result.stopped_by} after update {result.updates}: checkpoint "
+            f"{result.checkpoint} saved; `vlmppo ppo ... --resume auto` continues the run.[/yellow]"
+        )
+    success = m.get("rollout/success_rate")
     summary(
         f"{result.updates} updates, {result.env_steps} env steps; last update: success "
-        f"{m.get('rollout/success_rate')}, invalid actions {m.get('rollout/invalid_action_rate', 0):.0%}",
+        f"{'n/a' if success is None else f'{success:.0%}'}, "
+        f"invalid actions {m.get('rollout/invalid_action_rate', 0):.0%}",
         result.out_dir,
     )
+
+
+def ppo_status(m: dict) -> str:
+    """One progress line: what a user watches while PPO runs."""
+    parts = [f"steps {m['env_steps']}"]
+    for key, label, fmt in (
+        ("rollout/success_rate", "success", "{:.0%}"),
+        ("rollout/ep_return_mean", "return", "{:.2f}"),
+        ("rollout/invalid_action_rate", "invalid", "{:.0%}"),
+        ("train/approx_kl", "kl", "{:.3f}"),
+        ("time/env_steps_per_s", "steps/s", "{:.1f}"),
+    ):
+        if m.get(key) is not None:
+            parts.append(f"{label} {fmt.format(m[key])}")
+    return " · ".join(parts)
 
 
 ppo_epilog = examples(
@@ -185,9 +254,21 @@ def evaluate(
     greedy: Annotated[
         bool | None, typer.Option("--greedy/--sample", help="Greedy or sampled answers.")
     ] = None,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare", help="Print the metrics of the eval folders given as arguments side by side."
+        ),
+    ] = False,
     dry_run: DryRunOpt = False,
 ):
     """Evaluate a checkpoint or a baseline: success rate (95% CI), return, length, invalid actions, report."""
+    if compare:
+        from vlmppo.console import console
+        from vlmppo.eval.compare import compare_table
+
+        console.print(compare_table(list(overrides or [])))
+        return
     extra = [f"eval.{k}={v}" for k, v in (("ckpt", ckpt), ("episodes", episodes)) if v is not None]
     if seeds:
         extra.append(f"eval.seeds=[{seeds}]")
@@ -196,13 +277,30 @@ def evaluate(
     cfg = resolve_config(preset, config, overrides, extra)
     if dry_run:
         return print_dry_run(cfg, "eval")
-    stage_not_built("eval", 8)
+    if policy and ckpt:
+        from vlmppo.errors import ConfigError
+
+        raise ConfigError(f"--policy {policy} and --ckpt {ckpt} exclude each other: evaluate one at a time.")
+    from vlmppo.eval.runner import evaluate as run_eval
+
+    save_resolved_config(cfg)
+    with progress_bar("eval: episodes") as advance:
+        result = run_eval(cfg, policy=policy, on_episode=advance)
+    m = result.metrics
+    low, high = m["success_ci95"]
+    summary(
+        f"{result.name}: success {m['success_rate']:.1%} (95% CI {low:.1%}-{high:.1%}) over {m['episodes']} "
+        f"episodes, return {m['return_mean']:.3g}, invalid actions {m['invalid_action_rate']:.1%}; "
+        f"report {result.report}",
+        result.out_dir,
+    )
 
 
 eval_epilog = examples(
     "vlmppo eval --preset probe-color-tiny --ckpt last",
     "vlmppo eval --preset numberline-qwen --ckpt runs/numberline-qwen/ppo/checkpoints/last --seeds 0,1,2",
     "vlmppo eval --preset minigrid-doorkey-qwen --policy expert --episodes 200",
+    "vlmppo eval --compare runs/probe-color-tiny/eval/random runs/probe-color-tiny/eval/ppo-000010",
 )
 
 

@@ -94,13 +94,15 @@ class ActorCritic:
         attention = torch.cat([batch["attention_mask"], mask.long()], dim=1)
         return Sampled(out, attention, prompt_len, mask, extra, texts)
 
-    def score(self, sampled: Sampled, *, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(self, sampled: Sampled, *, temperature: float, return_logits: bool = False):
         """Teacher-forced pass over prompt + answer.
 
         Returns:
             token_logp: [B, T] fp32 log-probs of the answer ids under logits / temperature (0 where
                 answer_mask is False);
-            values: [B] fp32 value of the state (the last prompt token's final hidden state).
+            values: [B] fp32 value of the state (the last prompt token's final hidden state);
+            and with ``return_logits`` a third item, the answer positions' logits / temperature
+            [B, T, V] (for the entropy bonus).
         """
         extra = dict(sampled.extra)
         if "mm_token_type_ids" in extra:  # Qwen2-VL (5.x) needs it over the whole sequence: 0 on answers
@@ -117,4 +119,6 @@ class ActorCritic:
         token_logp = token_logprobs(logits, sampled.sequences[:, p:], temperature)
         token_logp = token_logp.masked_fill(~sampled.answer_mask, 0.0)
         values = self.value_head(out.hidden_states[-1][:, p - 1])
+        if return_logits:
+            return token_logp, values, logits / temperature
         return token_logp, values

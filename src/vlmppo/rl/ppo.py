@@ -1,14 +1,18 @@
 """The PPO loop (RL4VLM): sample thoughts + action for all envs at once, GAE, clipped updates.
 
-Reads top to bottom in phases: 1. collect rollouts, 2. advantages, 3. PPO epochs, 4. log, 5. checkpoint.
-The rollout stores (frame, prompt text, answer ids) per step; the update rebuilds the same inputs with
-the same template (the forward is left-padding invariant) and scores exactly the sampled answer ids.
+Reads top to bottom in phases: 1. collect a rollout (rl/rollout.py), 2. advantages, 3. PPO epochs
+(rl/update.py), 4. log, 5. checkpoint. A checkpoint holds everything the loop needs to continue exactly:
+the adapter, the value head, the optimizer and scheduler, every RNG stream, the vector env (pickled mid-
+episode), the current observations and the counters — so ``--resume`` continues the same run, and 4
+updates straight equal 2 updates + resume + 2 (tested).
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,131 +21,26 @@ import torch
 
 from vlmppo.config import Config, config_to_yaml, run_dir
 from vlmppo.config.plan import ppo_counts
+from vlmppo.errors import CheckpointError, ConfigError
 from vlmppo.rl.gae import compute_gae, normalize_advantages
-from vlmppo.rl.logprob import action_token_mask, mixed_action_logprob
-from vlmppo.rl.losses import explained_variance, policy_loss, value_loss
-from vlmppo.rl.policy import ActorCritic, Sampled, ValueHead, hidden_size
-from vlmppo.rl.schedule import make_cosine_scheduler
+from vlmppo.rl.losses import explained_variance
+from vlmppo.rl.policy import ActorCritic, ValueHead, hidden_size
+from vlmppo.rl.rollout import Rollout, Step, answer_offsets, collect_rollout, rollout_step, state_values
+from vlmppo.rl.update import BadMinibatchGuard, UpdateTargets, collate, ppo_epochs
 
+__all__ = [
+    "PpoResult",
+    "Step",
+    "answer_offsets",
+    "build_policy",
+    "collate",
+    "find_resume_checkpoint",
+    "rollout_step",
+    "state_values",
+    "train_ppo",
+]
 
-@dataclass
-class Step:
-    """What one env step keeps for the update (answer ids exactly as sampled, eos included)."""
-
-    image: np.ndarray
-    prompt: str
-    answer_ids: list[int]
-    thought_mask: list[bool]
-    action_mask: list[bool]
-    old_logp: float
-    value: float
-
-
-def answer_offsets(tokenizer, ids: list[int]) -> list[tuple[int, int]]:
-    """Character offsets of each answer token in the decoded answer text (special tokens: empty)."""
-    offsets, previous = [], ""
-    for j in range(len(ids)):
-        text = tokenizer.decode(ids[: j + 1], skip_special_tokens=True)
-        offsets.append((len(previous), len(text)) if text.startswith(previous) else (len(text), len(text)))
-        previous = text
-    return offsets
-
-
-def collate(policy: ActorCritic, steps: list[Step]) -> tuple[Sampled, torch.Tensor, torch.Tensor]:
-    """Rebuild the prompt batch and append the answer ids (right-padded): the input the rollout scored."""
-    from vlmppo.models.generation import to_pil
-    from vlmppo.models.inputs import build_inputs
-
-    tok = policy.loaded.tokenizer
-    batch = build_inputs(policy.loaded, [to_pil(s.image) for s in steps], [s.prompt for s in steps])
-    batch = batch.to(policy.device)
-    width = max(len(s.answer_ids) for s in steps)
-    answers = torch.full((len(steps), width), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(steps), width), dtype=torch.bool)
-    thought = torch.zeros_like(mask)
-    action = torch.zeros_like(mask)
-    for i, s in enumerate(steps):
-        n = len(s.answer_ids)
-        answers[i, :n] = torch.tensor(s.answer_ids)
-        mask[i, :n] = True
-        thought[i, :n] = torch.tensor(s.thought_mask)
-        action[i, :n] = torch.tensor(s.action_mask)
-    answers, mask = answers.to(policy.device), mask.to(policy.device)
-    extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
-    sampled = Sampled(
-        sequences=torch.cat([batch["input_ids"], answers], dim=1),
-        attention_mask=torch.cat([batch["attention_mask"], mask.long()], dim=1),
-        prompt_len=batch["input_ids"].shape[1],
-        answer_mask=mask,
-        extra=extra,
-        texts=[],
-    )
-    return sampled, thought.to(policy.device), action.to(policy.device)
-
-
-def build_policy(cfg: Config, device: str) -> ActorCritic:
-    from vlmppo.models import load_model
-
-    if cfg.ppo.init_from:
-        from peft import PeftModel
-
-        from vlmppo.checkpoints import check_family, resolve_checkpoint
-
-        path = resolve_checkpoint(run_dir(cfg), cfg.ppo.init_from)
-        meta = check_family(path, cfg.model.family)
-        base = cfg.model.model_copy(update={"path": meta.get("base_model", cfg.model.path), "lora": None})
-        loaded = load_model(base, device=device, for_training=False)
-        loaded.model = PeftModel.from_pretrained(loaded.model, str(path), is_trainable=True)
-    else:
-        loaded = load_model(cfg.model, device=device, for_training=True)
-    return ActorCritic(loaded, ValueHead(hidden_size(loaded.model)), device)
-
-
-def rollout_step(policy, vec, obs, infos, cfg: Config) -> tuple[list[Step], list, np.ndarray]:
-    """One batched sample + score for all envs; returns the steps, the parsed actions and invalid flags."""
-    p = cfg.ppo
-    prompts = [vec.adapter.prompt(i, action_only=cfg.env.prompt == "action_only") for i in infos]
-    policy.loaded.model.eval()  # no LoRA dropout while sampling and scoring
-    with torch.no_grad():
-        sampled = policy.sample(obs, prompts, temperature=p.temperature, max_new_tokens=p.max_new_tokens)
-        token_logp, values = policy.score(sampled, temperature=p.temperature)
-    tok = policy.loaded.tokenizer
-    steps, actions, invalid = [], [], []
-    answers = sampled.sequences[:, sampled.prompt_len :]
-    for i, text in enumerate(sampled.texts):
-        ids = answers[i][sampled.answer_mask[i]].tolist()
-        parsed = vec.adapter.parse(text, vec.rngs[i])
-        offsets = answer_offsets(tok, ids)
-        thought, action = action_token_mask(offsets, parsed.span, len(ids))
-        logp = mixed_action_logprob(
-            token_logp[i : i + 1, : len(ids)], thought[None], action[None], p.thought_coef
-        )
-        steps.append(
-            Step(
-                np.asarray(obs[i]),
-                prompts[i],
-                ids,
-                thought.tolist(),
-                action.tolist(),
-                float(logp),
-                float(values[i]),
-            )
-        )
-        actions.append(parsed.index)
-        invalid.append(parsed.invalid)
-    return steps, actions, np.asarray(invalid)
-
-
-def state_values(policy, images, infos, adapter, cfg) -> torch.Tensor:
-    """V(s) of observations (for the rollout's bootstrap): a prompt-only forward, [len(images)] fp32."""
-    from vlmppo.models.generation import to_pil
-    from vlmppo.models.inputs import build_inputs
-
-    prompts = [adapter.prompt(i, action_only=cfg.env.prompt == "action_only") for i in infos]
-    batch = build_inputs(policy.loaded, [to_pil(im) for im in images], prompts).to(policy.device)
-    with torch.no_grad():
-        out = policy.loaded.model(**batch, output_hidden_states=True)
-        return policy.value_head(out.hidden_states[-1][:, -1]).float().cpu()
+SAMPLES_PER_LOG = 8  # sample answers written every ppo.log_samples_every updates
 
 
 @dataclass
@@ -150,166 +49,285 @@ class PpoResult:
     updates: int
     env_steps: int
     last_metrics: dict
+    stopped_by: str | None = None  # the signal that stopped the run early, if any
+    checkpoint: Path | None = None
 
 
-def train_ppo(cfg: Config, *, on_update=None) -> PpoResult:
+def _check_lora_layout(path: Path, cfg: Config) -> None:
+    """A resumed adapter must have the layout the config asks for (else the run silently changes)."""
+    adapter = json.loads((path / "adapter_config.json").read_text())
+    want = cfg.model.lora
+    if want is None:
+        raise CheckpointError(
+            f"{path} is a LoRA adapter, but model.lora is null (full fine-tuning).",
+            hint="Resume with the LoRA settings the run started with.",
+        )
+    if (adapter.get("r"), adapter.get("lora_alpha")) != (want.r, want.alpha):
+        raise CheckpointError(
+            f"{path} has LoRA r={adapter.get('r')} alpha={adapter.get('lora_alpha')}, but the config asks for "
+            f"model.lora.r={want.r} alpha={want.alpha}.",
+            hint="Resume with the LoRA settings the run started with, or start a new run (another run.name).",
+        )
+
+
+def build_policy(cfg: Config, device: str, resume_from: Path | None = None) -> ActorCritic:
+    """The actor-critic: base model + LoRA (fresh, from ``ppo.init_from``, or from a checkpoint being
+    resumed) + value head (fresh, or the checkpoint's when resuming)."""
+    from vlmppo.checkpoints import check_family, resolve_checkpoint
+    from vlmppo.models import load_model
+
+    source = resume_from
+    if source is None and cfg.ppo.init_from:
+        source = resolve_checkpoint(run_dir(cfg), cfg.ppo.init_from)
+    if source is None:
+        loaded = load_model(cfg.model, device=device, for_training=True)
+    elif (source / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        meta = check_family(source, cfg.model.family)
+        if resume_from is not None:
+            _check_lora_layout(source, cfg)
+        base = cfg.model.model_copy(update={"path": meta.get("base_model", cfg.model.path), "lora": None})
+        loaded = load_model(base, device=device, for_training=False)
+        loaded.model = PeftModel.from_pretrained(loaded.model, str(source), is_trainable=True)
+    else:  # a full model folder: train it as configured (fully, or with a fresh LoRA on top)
+        check_family(source, cfg.model.family)
+        loaded = load_model(
+            cfg.model.model_copy(update={"path": str(source)}), device=device, for_training=True
+        )
+    head = ValueHead(hidden_size(loaded.model))
+    if resume_from is not None:
+        from safetensors.torch import load_file
+
+        head.load_state_dict(load_file(str(resume_from / "value_head.safetensors")))
+    return ActorCritic(loaded, head, device)
+
+
+def find_resume_checkpoint(cfg: Config, resume: str | None) -> Path | None:
+    """``--resume auto``: the newest complete PPO checkpoint of this run, or None (start fresh);
+    ``--resume PATH``: that checkpoint, which must exist."""
+    from vlmppo.checkpoints import latest_checkpoint, resolve_checkpoint
+
+    if not resume:
+        return None
+    if resume == "auto":
+        return latest_checkpoint(run_dir(cfg) / "ppo" / "checkpoints")
+    return resolve_checkpoint(run_dir(cfg), resume)
+
+
+def make_optimizer(policy: ActorCritic, cfg: Config) -> torch.optim.Optimizer:
+    p = cfg.ppo
+    lora = [q for q in policy.loaded.model.parameters() if q.requires_grad]
+    groups = [{"params": lora, "lr": p.lr}, {"params": list(policy.value_head.parameters()), "lr": p.lr}]
+    if p.value_head_lr is not None:
+        groups[1]["lr"] = p.value_head_lr
+    return torch.optim.AdamW(groups, lr=p.lr, eps=p.adam_eps)
+
+
+def advantages_and_targets(rollout: Rollout, cfg: Config) -> UpdateTargets:
+    """Phase 2: GAE (bootstrapping through truncation, not termination), advantages normalised."""
+    p = cfg.ppo
+    values = rollout.values
+    adv, returns = compute_gae(
+        rollout.rewards,
+        values,
+        rollout.terminated,
+        rollout.truncated,
+        rollout.next_values,
+        rollout.last_value,
+        p.gamma,
+        p.gae_lambda,
+    )
+    old_logp = torch.tensor([s.old_logp for s in rollout.flat])
+    return UpdateTargets(
+        old_logp, values.reshape(-1), normalize_advantages(adv.reshape(-1)), returns.reshape(-1)
+    )
+
+
+def check_finite_rollout(rollout: Rollout, targets: UpdateTargets, last_checkpoint: Path | None) -> None:
+    from vlmppo.rl.update import TrainingDiverged
+
+    if not (torch.isfinite(targets.old_logp).all() and torch.isfinite(targets.old_values).all()):
+        raise TrainingDiverged(
+            "PPO diverged: the rollout's log-probs or values are NaN/inf, so the model itself is broken; "
+            f"no checkpoint was written from it (last good one: {last_checkpoint or 'none'}).",
+            hint="Resume from the last good checkpoint with a lower ppo.lr or model.dtype=float32.",
+        )
+
+
+def rollout_metrics(rollout: Rollout, recent_episodes: deque, cfg: Config) -> dict:
+    flat = rollout.flat
+    n = len(flat)
+    episodes = list(recent_episodes)
+    return {
+        "rollout/ep_return_mean": float(np.mean([e["return"] for e in episodes])) if episodes else None,
+        "rollout/ep_length_mean": float(np.mean([e["length"] for e in episodes])) if episodes else None,
+        "rollout/success_rate": float(np.mean([e["success"] for e in episodes])) if episodes else None,
+        "rollout/episodes": len(rollout.episodes),
+        "rollout/invalid_action_rate": sum(s.invalid for s in flat) / n,
+        "rollout/reward_mean": float(rollout.rewards.mean()),
+        "rollout/answer_tokens_mean": rollout.answer_tokens / n,
+        # An answer that runs to max_new_tokens without end-of-turn: RL can teach a model to ramble on.
+        "rollout/ended_with_eos_rate": sum(s.ended_with_eos for s in flat) / n,
+        "rollout/value_mean": float(rollout.values.mean()),
+        "time/rollout_s": rollout.seconds,
+        "time/env_steps_per_s": n / max(rollout.seconds, 1e-9),
+        "time/gen_tokens_per_s": rollout.answer_tokens / max(rollout.seconds, 1e-9),
+    }
+
+
+def sample_rows(rollout: Rollout, update: int, adapter) -> list[dict]:
+    """A few answers of this rollout, for people to read what the agent thinks."""
+    rows = []
+    for t, row in enumerate(rollout.steps):
+        for env, step in enumerate(row):
+            if len(rows) >= SAMPLES_PER_LOG:
+                return rows
+            action = adapter.legal_actions[step.action] if step.action is not None else None
+            rows.append(
+                {
+                    "update": update,
+                    "t": t,
+                    "env": env,
+                    "text": step.text,
+                    "action": action,
+                    "invalid": step.invalid,
+                    "reward": step.reward,
+                    "value": step.value,
+                }
+            )
+    return rows
+
+
+def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoResult:
     """Run PPO as configured; metrics every update in ``runs/<name>/ppo/metrics.jsonl``, checkpoints
-    every ``ppo.save_every`` updates and at the end."""
+    every ``ppo.save_every`` updates, at the end, and on SIGTERM/SIGUSR1 (then it returns early with
+    ``stopped_by`` set). ``resume``: None, ``auto`` or a checkpoint path."""
     from vlmppo.checkpoints import save_checkpoint
     from vlmppo.envs import make_vec_env
     from vlmppo.io import JsonlWriter
+    from vlmppo.rl.schedule import make_cosine_scheduler
+    from vlmppo.signals import stop_handlers
     from vlmppo.sysinfo import resolve_device
+    from vlmppo.tracking import Tracker
+    from vlmppo.train_state import load_trainer_state, restore_rng, save_trainer_state
 
     p, counts = cfg.ppo, ppo_counts(cfg)
-    unsupported = {k: v for k, v in (("ent_coef", p.ent_coef), ("kl_coef", p.kl_coef)) if v}
-    unsupported.update({k: v for k, v in (("target_kl", p.target_kl), ("value_head_lr", p.value_head_lr)) if v})
-    if unsupported:
-        from vlmppo.errors import NotBuiltYet
-
-        names = ", ".join(f"ppo.{k}={v}" for k, v in unsupported.items())
-        raise NotBuiltYet(f"{names}: not built yet in this version of the PPO loop (issue 7); set to 0/null.")
+    if p.kl_coef and cfg.model.lora is None:
+        raise ConfigError(
+            "ppo.kl_coef > 0 needs a LoRA model: the KL reference is the base model with the adapter disabled.",
+            hint="Set model.lora (e.g. model.lora.r=64) or ppo.kl_coef=0.",
+        )
     device = resolve_device(cfg)
-    torch.manual_seed(cfg.run.seed)
     out = run_dir(cfg) / "ppo"
     out.mkdir(parents=True, exist_ok=True)
-    policy = build_policy(cfg, device)
-    params = [q for q in policy.loaded.model.parameters() if q.requires_grad]
-    optimizer = torch.optim.AdamW(params + list(policy.value_head.parameters()), lr=p.lr, eps=p.adam_eps)
-    scheduler = make_cosine_scheduler(optimizer, counts["updates"], p.lr, p.min_lr)
-    vec = make_vec_env(
-        cfg.env.id,
-        cfg.env.n_envs,
-        cfg.run.seed,
-        max_episode_steps=cfg.env.max_episode_steps,
-        observation=cfg.env.observation,
-        tile_size=cfg.env.tile_size,
-        **cfg.env.kwargs,
-    )
-    obs, infos = vec.reset()
+    resume_from = find_resume_checkpoint(cfg, resume)
+    torch.manual_seed(cfg.run.seed)
+    policy = build_policy(cfg, device, resume_from)
+    optimizer = make_optimizer(policy, cfg)
+    # The value head's group keeps its ratio to the policy LR as both follow the cosine.
+    scheduler = make_cosine_scheduler(optimizer, counts["updates"], p.lr, p.min_lr, proportional_groups=True)
     rng = np.random.default_rng(cfg.run.seed)
-    env_steps, metrics = 0, {}
-    episode_returns, episode_success = [], []
-    with JsonlWriter(out / "metrics.jsonl") as log:
-        for update in range(1, counts["updates"] + 1):
-            # 1. collect rollouts
-            t0 = time.time()
-            T, N = p.n_steps, cfg.env.n_envs
-            steps: list[list[Step]] = []
-            rewards, terms, truncs = torch.zeros(T, N), torch.zeros(T, N), torch.zeros(T, N)
-            next_values, invalid_count = torch.zeros(T, N), 0
-            for t in range(T):
-                row, actions, invalid = rollout_step(policy, vec, obs, infos, cfg)
-                obs, r, term, trunc, infos = vec.step(actions)
-                rewards[t] = torch.as_tensor(r + p.invalid_action_penalty * invalid, dtype=torch.float32)
-                terms[t], truncs[t] = torch.as_tensor(term).float(), torch.as_tensor(trunc).float()
-                invalid_count += int(invalid.sum())
-                ended = [i for i in range(N) if trunc[i] and not term[i]]
-                if ended:  # bootstrap truncated episodes from the value of their final observation
-                    finals = state_values(
-                        policy,
-                        [infos[i]["final_obs"] for i in ended],
-                        [infos[i]["final_info"] for i in ended],
-                        vec.adapter,
-                        cfg,
-                    )
-                    for k, i in enumerate(ended):
-                        next_values[t, i] = finals[k]
-                for info in infos:
-                    if "episode" in info:
-                        episode_returns.append(info["episode"]["return"])
-                        episode_success.append(float(info["episode"]["success"]))
-                steps.append(row)
-            env_steps += T * N
-            rollout_s = time.time() - t0
-            # 2. advantages
-            values = torch.tensor([[s.value for s in row] for row in steps])
-            last_value = state_values(policy, obs, infos, vec.adapter, cfg)
-            adv, returns = compute_gae(
-                rewards, values, terms.bool(), truncs.bool(), next_values, last_value, p.gamma, p.gae_lambda
+    recent_episodes: deque = deque(maxlen=max(cfg.env.n_envs, 10))
+    start, env_steps, guard = 1, 0, BadMinibatchGuard(p.max_bad_minibatches)
+    if resume_from is not None:
+        state = load_trainer_state(resume_from, stage="ppo")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["loop_rng"]
+        vec = pickle.loads(state["vec_env"])
+        obs, infos = state["obs"], state["infos"]
+        recent_episodes.extend(state["recent_episodes"])
+        start, env_steps = state["update"] + 1, state["env_steps"]
+        restore_rng(state["rng"])
+    else:
+        vec = make_vec_env(
+            cfg.env.id,
+            cfg.env.n_envs,
+            cfg.run.seed,
+            max_episode_steps=cfg.env.max_episode_steps,
+            observation=cfg.env.observation,
+            tile_size=cfg.env.tile_size,
+            **cfg.env.kwargs,
+        )
+        obs, infos = vec.reset()
+    if torch.cuda.is_available() and device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    metrics: dict = {}
+    last_saved: Path | None = resume_from
+    saved_update = start - 1
+
+    def checkpoint(update: int) -> Path:
+        def write(folder: Path) -> None:
+            from safetensors.torch import save_file
+
+            policy.loaded.model.save_pretrained(folder)
+            policy.loaded.processor.save_pretrained(folder)
+            save_file(policy.value_head.state_dict(), str(folder / "value_head.safetensors"))
+            (folder / "config.yaml").write_text(config_to_yaml(cfg))
+            save_trainer_state(
+                folder,
+                {
+                    "stage": "ppo",
+                    "update": update,
+                    "env_steps": env_steps,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "loop_rng": rng.bit_generator.state,
+                    "vec_env": pickle.dumps(vec),
+                    "obs": obs,
+                    "infos": infos,
+                    "recent_episodes": list(recent_episodes),
+                },
             )
-            flat = [s for row in steps for s in row]
-            adv_flat, ret_flat, val_flat = (
-                normalize_advantages(adv.reshape(-1)),
-                returns.reshape(-1),
-                values.reshape(-1),
-            )
-            old_logp = torch.tensor([s.old_logp for s in flat])
-            # 3. PPO epochs
-            t1 = time.time()
-            policy.loaded.model.train()
-            stats = {"policy_loss": [], "value_loss": [], "approx_kl": [], "clip_frac": []}
-            for _ in range(p.n_epochs):
-                order = rng.permutation(len(flat))
-                for start in range(0, len(flat) - p.minibatch_size + 1, p.minibatch_size):
-                    idx = order[start : start + p.minibatch_size]
-                    optimizer.zero_grad(set_to_none=True)
-                    for m in range(0, len(idx), p.micro_batch_size):
-                        micro = idx[m : m + p.micro_batch_size]
-                        sampled, thought, action = collate(policy, [flat[i] for i in micro])
-                        token_logp, new_values = policy.score(sampled, temperature=p.temperature)
-                        new_logp = mixed_action_logprob(token_logp, thought, action, p.thought_coef)
-                        pl, st = policy_loss(
-                            new_logp, old_logp[micro].to(device), adv_flat[micro].to(device), p.clip_range
-                        )
-                        vl = value_loss(
-                            new_values,
-                            val_flat[micro].to(device),
-                            ret_flat[micro].to(device),
-                            p.clip_range_vf,
-                        )
-                        ((pl + p.vf_coef * vl) * len(micro) / len(idx)).backward()
-                        stats["policy_loss"].append(pl.item())
-                        stats["value_loss"].append(vl.item())
-                        stats["approx_kl"].append(st["approx_kl"].item())
-                        stats["clip_frac"].append(st["clip_frac"].item())
-                    torch.nn.utils.clip_grad_norm_(
-                        params + list(policy.value_head.parameters()), p.max_grad_norm
-                    )
-                    optimizer.step()
+
+        meta = {
+            "stage": "ppo",
+            "family": cfg.model.family,
+            "base_model": str(policy.loaded.path),
+            "update": update,
+            "env_steps": env_steps,
+            "metrics": json.loads(json.dumps(metrics, default=str)),
+        }
+        return save_checkpoint(out / "checkpoints", update, meta, write)
+
+    stopped_by = None
+    with (
+        Tracker(
+            out, cfg.tracking, step_key="update", run_name=cfg.run.name, resume_step=saved_update
+        ) as tracker,
+        JsonlWriter(out / "samples.jsonl") as samples,
+        stop_handlers() as stop,
+    ):
+        for update in range(start, counts["updates"] + 1):
+            rollout, obs, infos = collect_rollout(policy, vec, obs, infos, cfg)  # 1. rollout
+            env_steps += rollout.rewards.numel()
+            recent_episodes.extend(rollout.episodes)
+            targets = advantages_and_targets(rollout, cfg)  # 2. advantages
+            check_finite_rollout(rollout, targets, last_saved)
+            t_update = time.time()
+            train_stats = ppo_epochs(policy, optimizer, rollout.flat, targets, cfg, rng, guard)  # 3. epochs
             scheduler.step()
-            # 4. log
-            recent = slice(-max(1, N), None)
-            metrics = {
+            metrics = {  # 4. log
                 "update": update,
                 "env_steps": env_steps,
-                "rollout/ep_return_mean": float(np.mean(episode_returns[recent]))
-                if episode_returns
-                else None,
-                "rollout/success_rate": float(np.mean(episode_success[recent])) if episode_success else None,
-                "rollout/invalid_action_rate": invalid_count / (T * N),
-                "rollout/reward_mean": float(rewards.mean()),
-                **{f"train/{k}": float(np.mean(v)) for k, v in stats.items() if v},
-                "train/explained_variance": explained_variance(val_flat, ret_flat),
+                **rollout_metrics(rollout, recent_episodes, cfg),
+                **train_stats,
+                "train/explained_variance": explained_variance(targets.old_values, targets.returns),
                 "train/lr": optimizer.param_groups[0]["lr"],
-                "time/rollout_s": rollout_s,
-                "time/update_s": time.time() - t1,
-                "time/env_steps_per_s": T * N / max(rollout_s, 1e-9),
+                "train/lr_value_head": optimizer.param_groups[1]["lr"],
+                "time/update_s": time.time() - t_update,
             }
-            log.write_many([metrics])
+            if torch.cuda.is_available() and device.startswith("cuda"):
+                metrics["sys/gpu_mem_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            tracker.log(metrics)
+            if update % p.log_samples_every == 0 or update == start:
+                samples.write_many(sample_rows(rollout, update, vec.adapter))
             if on_update:
                 on_update(update, counts["updates"], metrics)
-            # 5. checkpoint
-            if update % p.save_every == 0 or update == counts["updates"]:
-
-                def write(folder: Path, policy=policy) -> None:
-                    from safetensors.torch import save_file
-
-                    policy.loaded.model.save_pretrained(folder)
-                    policy.loaded.processor.save_pretrained(folder)
-                    save_file(policy.value_head.state_dict(), str(folder / "value_head.safetensors"))
-                    (folder / "config.yaml").write_text(config_to_yaml(cfg))
-
-                save_checkpoint(
-                    out / "checkpoints",
-                    update,
-                    {
-                        "stage": "ppo",
-                        "family": cfg.model.family,
-                        "base_model": str(policy.loaded.path),
-                        "update": update,
-                        "env_steps": env_steps,
-                        "metrics": json.loads(json.dumps(metrics)),
-                    },
-                    write,
-                )
-    return PpoResult(out, counts["updates"], env_steps, metrics)
+            if update % p.save_every == 0 or update == counts["updates"] or stop.requested:  # 5. checkpoint
+                last_saved, saved_update = checkpoint(update), update
+            if stop.requested:
+                stopped_by = stop.signal_name
+                break
+    return PpoResult(out, saved_update, env_steps, metrics, stopped_by, last_saved)

@@ -45,6 +45,8 @@ def make_cosine_scheduler(
     lr: float,
     min_lr: float,
     warmup_steps: int = 0,
+    *,
+    proportional_groups: bool = False,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` that sets every param group's LR to ``cosine_lr(step, ...)``.
 
@@ -59,6 +61,8 @@ def make_cosine_scheduler(
         lr: peak learning rate, > 0.
         min_lr: final learning rate, ≥ 0.
         warmup_steps: linear warm-up length in updates.
+        proportional_groups: Groups after the first may start at another LR (e.g. a value head's);
+            each follows the same curve scaled by its own initial LR.
 
     Returns:
         The scheduler; construction already applies the step-0 LR to the optimizer.
@@ -69,6 +73,8 @@ def make_cosine_scheduler(
     for i, group in enumerate(optimizer.param_groups):
         # After a resume the optimizer state carries initial_lr; that is the base LambdaLR scales.
         base = group.get("initial_lr", group["lr"])
+        if i and proportional_groups:
+            continue  # this group follows the same curve scaled by its own initial LR
         if not math.isclose(base, lr, rel_tol=1e-9):
             raise ValueError(f"optimizer param group {i} has lr={base}, expected lr={lr}")
 

@@ -1,0 +1,197 @@
+"""PPO checkpoints continue the run exactly; signals stop it cleanly; non-finite losses never train."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from tests.helpers import run_cli
+
+from vlmppo.config import load_config
+from vlmppo.rl import ppo
+from vlmppo.rl.update import BadMinibatchGuard, TrainingDiverged, ppo_epochs
+
+SMALL = [
+    "env.n_envs=2",
+    "ppo.n_steps=4",
+    "ppo.minibatch_size=4",
+    "ppo.micro_batch_size=2",
+    "ppo.n_epochs=2",
+    "ppo.max_new_tokens=8",
+    "ppo.save_every=100",
+    "ppo.total_env_steps=32",  # 4 updates of 2 envs x 4 steps
+]
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "ppo/metrics.jsonl").read_text().splitlines()]
+
+
+def stop_at(update_to_stop):
+    """on_update callback that sends this process SIGUSR1 after the given update (as SLURM would)."""
+
+    def on_update(update, total, m):
+        if update == update_to_stop:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    return on_update
+
+
+def test_four_updates_straight_equal_two_then_resume_two(tmp_path):
+    straight = load_config("numberline-tiny", overrides=[*SMALL, f"run.output_dir={tmp_path / 'a'}"])
+    ppo.train_ppo(straight)
+    split = load_config("numberline-tiny", overrides=[*SMALL, f"run.output_dir={tmp_path / 'b'}"])
+    first = ppo.train_ppo(split, on_update=stop_at(2))
+    assert first.stopped_by == "SIGUSR1" and first.updates == 2
+    assert first.checkpoint.name == "000002"
+    second = ppo.train_ppo(split, resume="auto")
+    assert second.stopped_by is None and second.updates == 4
+
+    a, b = metrics(tmp_path / "a/numberline-tiny"), metrics(tmp_path / "b/numberline-tiny")
+    assert [m["update"] for m in b] == [1, 2, 3, 4]
+    for ma, mb in zip(a, b, strict=True):
+        for key in (
+            "train/policy_loss",
+            "train/value_loss",
+            "train/approx_kl",
+            "rollout/reward_mean",
+            "train/lr",
+        ):
+            assert ma[key] == pytest.approx(mb[key], rel=1e-6, abs=1e-7), (ma["update"], key)
+        assert ma["env_steps"] == mb["env_steps"]
+    from safetensors.torch import load_file
+
+    wa = load_file(str(tmp_path / "a/numberline-tiny/ppo/checkpoints/last/adapter_model.safetensors"))
+    wb = load_file(str(tmp_path / "b/numberline-tiny/ppo/checkpoints/last/adapter_model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_refuses_a_checkpoint_with_another_lora_layout(tmp_path):
+    cfg = load_config(
+        "numberline-tiny", overrides=[*SMALL, "ppo.total_env_steps=8", f"run.output_dir={tmp_path}"]
+    )
+    ppo.train_ppo(cfg)
+    out = run_cli(
+        "ppo",
+        "--preset",
+        "numberline-tiny",
+        *SMALL,
+        f"run.output_dir={tmp_path}",
+        "model.lora.r=4",
+        "--resume",
+        "auto",
+    )
+    assert out.returncode == 1, out.stderr
+    assert "LoRA r=8" in out.stderr and "model.lora.r=4" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_resume_from_a_missing_path_is_a_clear_error(tmp_path):
+    out = run_cli(
+        "ppo", "--preset", "numberline-tiny", f"run.output_dir={tmp_path}", "--resume", str(tmp_path / "nope")
+    )
+    assert out.returncode == 1 and "does not exist" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_sigterm_from_outside_saves_a_checkpoint_exits_0_and_resume_finishes_the_run(tmp_path):
+    args = [
+        "ppo",
+        "--preset",
+        "minigrid-doorkey-tiny",
+        f"run.output_dir={tmp_path}",
+        *SMALL,
+        "ppo.total_env_steps=48",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "160"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vlmppo", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log = tmp_path / "minigrid-doorkey-tiny/ppo/metrics.jsonl"
+    deadline = time.time() + 300
+    while not (log.is_file() and log.read_text().strip()) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert "stopped on SIGTERM" in stdout
+    done = len(metrics(tmp_path / "minigrid-doorkey-tiny"))
+    assert 1 <= done < 6
+    ckpt = json.loads((tmp_path / "minigrid-doorkey-tiny/ppo/checkpoints/last/vlmppo.json").read_text())
+    assert ckpt["update"] == done
+    out = run_cli(*args, "--resume", "auto", env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert "resuming from" in out.stdout
+    assert [m["update"] for m in metrics(tmp_path / "minigrid-doorkey-tiny")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_non_finite_losses_skip_the_step_and_abort_after_max_bad_minibatches_in_a_row(tmp_path):
+    from vlmppo.envs import make_vec_env
+    from vlmppo.rl.rollout import collect_rollout
+
+    cfg = load_config(
+        "probe-color-tiny", overrides=[*SMALL, f"run.output_dir={tmp_path}", "ppo.max_bad_minibatches=3"]
+    )
+    torch.manual_seed(0)
+    policy = ppo.build_policy(cfg, "cpu")
+    vec = make_vec_env(cfg.env.id, cfg.env.n_envs, 0)
+    obs, infos = vec.reset()
+    rollout, _, _ = collect_rollout(policy, vec, obs, infos, cfg)
+    targets = ppo.advantages_and_targets(rollout, cfg)
+    optimizer = ppo.make_optimizer(policy, cfg)
+    with torch.no_grad():  # a broken value head: every loss is NaN from here on
+        policy.value_head.net[-1].weight.fill_(float("nan"))
+    before = {n: q.detach().clone() for n, q in policy.loaded.model.named_parameters() if q.requires_grad}
+    guard = BadMinibatchGuard(cfg.ppo.max_bad_minibatches)
+    with pytest.raises(TrainingDiverged, match="3 minibatches in a row"):
+        ppo_epochs(policy, optimizer, rollout.flat, targets, cfg, np.random.default_rng(0), guard)
+    assert guard.total == 3
+    for name, param in policy.loaded.model.named_parameters():
+        if param.requires_grad:
+            assert torch.equal(param.detach(), before[name]), f"{name} was stepped with a NaN gradient"
+
+
+def test_a_good_minibatch_resets_the_bad_streak():
+    guard = BadMinibatchGuard(limit=2)
+    guard.bad("the loss")
+    guard.good()
+    guard.bad("the loss")  # 1 in a row again, not 2
+    assert guard.total == 2 and guard.consecutive == 1
+    with pytest.raises(TrainingDiverged):
+        guard.bad("the loss")
+
+
+def test_kl_entropy_target_kl_and_value_head_lr_options_are_used(tmp_path):
+    cfg = load_config(
+        "probe-color-tiny",
+        overrides=[
+            *SMALL,
+            f"run.output_dir={tmp_path}",
+            "ppo.total_env_steps=8",
+            "ppo.n_epochs=3",
+            "ppo.kl_coef=0.1",
+            "ppo.ent_coef=0.01",
+            "ppo.target_kl=1e-9",  # any movement stops the update after its first minibatch
+            "ppo.value_head_lr=0.5",
+        ],
+    )
+    result = ppo.train_ppo(cfg)
+    m = result.last_metrics
+    # one minibatch ran: before its step the LoRA B matrices are zero, so the policy IS the base model
+    assert m["train/optimizer_steps"] == 1 and m["train/early_stopped"] == 1.0
+    assert m["train/kl_ref"] == 0.0
+    assert m["train/entropy"] >= 0.0  # over action tokens; 0 when no answer parsed (random tiny model)
+    assert m["train/lr_value_head"] == pytest.approx(0.5 * m["train/lr"] / cfg.ppo.lr)
+    samples = [json.loads(x) for x in (result.out_dir / "samples.jsonl").read_text().splitlines()]
+    assert samples and {"text", "action", "reward", "invalid"} <= samples[0].keys()

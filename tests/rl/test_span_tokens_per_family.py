@@ -1,0 +1,67 @@
+"""Span → token mapping with each tiny family's own tokenizer, exactly as the rollout does it.
+
+The rollout decodes the sampled ids, the env's parser finds the action value's character span in that
+text, ``answer_offsets`` maps the span to token positions by decoding growing prefixes, and
+``action_token_mask`` splits thought and action tokens. These tests encode answers the way a model would
+emit them (the ids of the answer text followed by the end-of-turn id) and check the split decodes back to
+exactly the text before the action part and the text from it on — for Qwen2-VL, Qwen2.5-VL, LLaVA and
+LLaVA-NeXT tokenizers (SentencePiece-like prefix handling and byte-level BPE alike).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vlmppo.envs import get_adapter
+from vlmppo.models import load_model
+from vlmppo.models.families import FAMILIES
+from vlmppo.rl.logprob import action_token_mask
+from vlmppo.rl.rollout import answer_offsets
+
+ANSWERS = {
+    # (answer text, the action value the parser must find)
+    "thoughts then action at the end": (
+        '{"thoughts": "The goal is on my left, go left.", "action": "left"}',
+        "left",
+    ),
+    "action only": ('{"action": "right"}', "right"),
+    "action in the middle": ('{"action": "left", "thoughts": "The frame is red."}', "left"),
+    "unparseable": ("I would go somewhere else entirely.", None),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def tokenizer(request):
+    from vlmppo.config.schema import ModelConfig
+
+    loaded = load_model(
+        ModelConfig(family=request.param, path=f"tiny:{request.param}", lora=None), for_training=False
+    )
+    return loaded.tokenizer
+
+
+@pytest.mark.parametrize("case", sorted(ANSWERS))
+def test_thought_and_action_tokens_decode_to_the_text_before_and_from_the_action(tokenizer, case):
+    text, value = ANSWERS[case]
+    ids = tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+    decoded = tokenizer.decode(ids, skip_special_tokens=True)
+    assert decoded == text  # the parser sees exactly this text
+    parsed = get_adapter("probe/Color-v0").parse(decoded, np.random.default_rng(0))
+    thought, action = action_token_mask(answer_offsets(tokenizer, ids), parsed.span, len(ids))
+    assert not (thought & action).any() and (thought | action).all()
+    thought_ids = [i for i, t in zip(ids, thought.tolist(), strict=True) if t]
+    action_ids = [i for i, a in zip(ids, action.tolist(), strict=True) if a]
+    if value is None:
+        assert parsed.invalid and parsed.span is None
+        assert thought.all() and thought_ids == ids  # the whole answer, end-of-turn included, is "thought"
+        return
+    start, end = parsed.span
+    assert decoded[start:end] == value
+    assert action_ids[-1] == tokenizer.eos_token_id  # end-of-turn belongs to the action part
+    before = tokenizer.decode(thought_ids, skip_special_tokens=True)
+    after = tokenizer.decode(action_ids, skip_special_tokens=True)
+    assert before + after == text
+    # the action part starts at the value, or at most at the quote merged into its first token
+    assert text[len(before) : start] in ("", '"', ' "')
+    assert value in after and after.endswith("}")

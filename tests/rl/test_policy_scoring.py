@@ -31,7 +31,8 @@ def test_teacher_forced_logprobs_match_generation_logits(family):
     temperature = 0.7
     torch.manual_seed(1)
     sampled = policy.sample(images, prompts, temperature=temperature, max_new_tokens=12)
-    # The same sampling again, now asking generate for its raw logits at every step.
+    # The same sampling again, now asking generate for the scores it sampled from at every step
+    # (after temperature and the suppression of image/video placeholder tokens).
     torch.manual_seed(1)
     from vlmppo.models.generation import to_pil
     from vlmppo.models.inputs import build_inputs
@@ -47,15 +48,16 @@ def test_teacher_forced_logprobs_match_generation_logits(family):
         top_p=1.0,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        output_logits=True,
+        suppress_tokens=policy.suppressed,
+        output_scores=True,
         return_dict_in_generate=True,
     )
     assert torch.equal(gen.sequences, sampled.sequences)
     answers = gen.sequences[:, sampled.prompt_len :]
     gen_logp = torch.stack(
         [
-            torch.log_softmax(step.float() / temperature, -1).gather(1, answers[:, t : t + 1]).squeeze(1)
-            for t, step in enumerate(gen.logits)
+            torch.log_softmax(step.float(), -1).gather(1, answers[:, t : t + 1]).squeeze(1)
+            for t, step in enumerate(gen.scores)
         ],
         dim=1,
     ).masked_fill(~sampled.answer_mask, 0.0)
@@ -63,4 +65,8 @@ def test_teacher_forced_logprobs_match_generation_logits(family):
         token_logp, values = policy.score(sampled, temperature=temperature)
     assert token_logp.shape == gen_logp.shape and values.shape == (3,)
     assert sampled.answer_mask.sum() > 3
+    assert (
+        policy.suppressed
+        and not torch.isin(answers[sampled.answer_mask], torch.tensor(policy.suppressed)).any()
+    )
     torch.testing.assert_close(token_logp, gen_logp, atol=1e-4, rtol=0)

@@ -19,6 +19,27 @@ def to_pil(image) -> Image.Image:
     return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
 
 
+MEDIA_TOKEN_KEYS = (
+    "image_token_id",
+    "image_token_index",
+    "video_token_id",
+    "vision_start_token_id",
+    "vision_end_token_id",
+)
+
+
+def media_token_ids(model) -> list[int]:
+    """Ids of the image/video placeholder tokens, which an answer must never contain.
+
+    A sampled ``<|image_pad|>`` in an answer makes the next forward count one more image token than
+    there are image features and crash; an untrained model samples them now and then. Generation
+    suppresses these ids, and PPO scoring masks them the same way so both see one distribution.
+    """
+    config = model.config
+    found = {getattr(config, key, None) for key in MEDIA_TOKEN_KEYS}
+    return sorted(int(i) for i in found if isinstance(i, int) and i >= 0)
+
+
 @dataclass
 class Generator:
     loaded: LoadedModel
@@ -51,6 +72,7 @@ class Generator:
                 max_new_tokens=max_new_tokens,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
+                suppress_tokens=media_token_ids(self.loaded.model) or None,
                 **sampling,
             )
         new_tokens = out[:, batch["input_ids"].shape[1] :]

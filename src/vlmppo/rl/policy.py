@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vlmppo.models.generation import to_pil
+from vlmppo.models.generation import media_token_ids, to_pil
 from vlmppo.models.inputs import build_inputs
 from vlmppo.models.loading import LoadedModel
 from vlmppo.rl.logprob import token_logprobs
@@ -69,6 +69,8 @@ def hidden_size(model) -> int:
 class ActorCritic:
     def __init__(self, loaded: LoadedModel, value_head: ValueHead, device: str = "cpu"):
         self.loaded, self.value_head, self.device = loaded, value_head.to(device), device
+        # Never sampled (see media_token_ids), so also masked when scoring: one distribution for both.
+        self.suppressed = media_token_ids(loaded.model)
 
     @torch.no_grad()
     def sample(self, images, prompts: list[str], *, temperature: float, max_new_tokens: int) -> Sampled:
@@ -83,6 +85,7 @@ class ActorCritic:
             top_p=1.0,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            suppress_tokens=self.suppressed or None,
         )
         prompt_len = batch["input_ids"].shape[1]
         answers = out[:, prompt_len:]
@@ -116,6 +119,8 @@ class ActorCritic:
         )
         p = sampled.prompt_len
         logits = out.logits[:, p - 1 : -1]
+        if self.suppressed:
+            logits = logits.index_fill(-1, torch.tensor(self.suppressed, device=logits.device), float("-inf"))
         token_logp = token_logprobs(logits, sampled.sequences[:, p:], temperature)
         token_logp = token_logp.masked_fill(~sampled.answer_mask, 0.0)
         values = self.value_head(out.hidden_states[-1][:, p - 1])

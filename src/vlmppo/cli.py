@@ -12,7 +12,7 @@ import sys
 import typer
 
 from vlmppo import __version__
-from vlmppo.commands import env, model, presets, slurm, stages
+from vlmppo.commands import bench, env, model, presets, slurm, stages
 
 app = typer.Typer(
     name="vlmppo",
@@ -37,6 +37,7 @@ for _name, _func in (
     ("pipeline", stages.pipeline),
 ):
     app.command(_name, epilog=getattr(stages, f"{_name}_epilog"))(_func)
+app.command("bench", epilog=bench.bench_epilog)(bench.bench)
 app.add_typer(slurm.app, name="slurm")
 app.add_typer(presets.app, name="presets")
 app.add_typer(model.app, name="model")

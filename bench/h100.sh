@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The H100 figures of bench/RESULTS.md: vlmppo bench on the Qwen2-VL-2B shape (random bf16 weights).
+# Run from the repository root on a GPU machine with torch + transformers (+ the wheels in .whl/ where
+# gymnasium, minigrid and pydantic are missing). Results go to $OUT (default bench/out/).
+set -euo pipefail
+OUT=${OUT:-bench/out}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+export VLMPPO_CACHE=${VLMPPO_CACHE:-/tmp/vlmppo-cache} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SDL_VIDEODRIVER=dummy
+export COLUMNS=200
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -m vlmppo env | tee "$OUT/versions.txt"
+NEW=${NEW_TOKENS:-128}
+python3 -m vlmppo bench --preset numberline-qwen --shape qwen2-vl-2b --n-envs "${N_ENVS:-1,8,16,32,64}" \
+  --repeats "${REPEATS:-3}" --out "$OUT/numberline-2b.json" "ppo.max_new_tokens=$NEW" 2>&1 | tee "$OUT/log.txt"
+if [ -n "${DOORKEY:-1}" ]; then
+  python3 -m vlmppo bench --preset minigrid-doorkey-qwen --shape qwen2-vl-2b --n-envs "${DOORKEY_N_ENVS:-1,32}" \
+    --repeats "${REPEATS:-3}" --out "$OUT/doorkey-2b.json" "ppo.max_new_tokens=$NEW" 2>&1 | tee -a "$OUT/log.txt"
+fi

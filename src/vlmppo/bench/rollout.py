@@ -1,0 +1,132 @@
+"""Rollout throughput: the PPO loop's own ``rollout_step`` (sample, score, parse) plus the env step.
+
+Two ways to run the same envs are measured in one process, on the same loaded model:
+
+* batch-1 sequential (RL4VLM): one env, one prompt per ``generate`` and one per scoring pass;
+* batched (vlmppo): all ``n_envs`` prompts in one ``generate`` and one scoring pass.
+
+Env-steps/s counts env transitions; generated tokens/s counts answer tokens kept (eos included).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vlmppo.bench.timing import now, peak_memory_gib, reset_peak_memory, timed_policy
+
+
+@dataclass
+class RolloutRow:
+    """One rollout measurement (the timed steps only; warm-up steps excluded).
+
+    Attributes:
+        mode: "batch-1 sequential" or "batched".
+        n_envs: Envs per ``generate`` call.
+        steps: Timed ``rollout_step`` calls.
+        env_steps: Env transitions in them (steps * n_envs).
+        gen_tokens: Answer tokens generated in them.
+        seconds: Wall-clock seconds of the timed steps (model, parsing and env step).
+        generate_s / score_s: Inside ``model.generate`` / ``policy.score`` (the teacher-forced pass).
+        inputs_s: Rest of ``policy.sample``: processor (image resize, patches, tokenizing), decoding.
+        host_s: Everything else: parsing, token offsets, per-step log-probs, env step and render.
+        prompt_tokens: Mean prompt length in tokens (image tokens included).
+        image_tokens: Image tokens per frame.
+        peak_gib: Peak GPU memory allocated during the timed steps (None on CPU).
+    """
+
+    mode: str
+    n_envs: int
+    steps: int
+    env_steps: int
+    gen_tokens: int
+    seconds: float
+    generate_s: float
+    score_s: float
+    inputs_s: float
+    host_s: float
+    prompt_tokens: float
+    image_tokens: float
+    peak_gib: float | None
+
+    @property
+    def env_steps_per_s(self) -> float:
+        return self.env_steps / self.seconds
+
+    @property
+    def gen_tokens_per_s(self) -> float:
+        return self.gen_tokens / self.seconds
+
+
+def make_bench_env(cfg, n_envs: int):
+    """The preset's env, ``n_envs`` copies (``env.n_envs`` of the preset is not used)."""
+    from vlmppo.envs import make_vec_env
+
+    e = cfg.env
+    return make_vec_env(
+        e.id,
+        n_envs,
+        cfg.run.seed,
+        max_episode_steps=e.max_episode_steps,
+        observation=e.observation,
+        tile_size=e.tile_size,
+        **e.kwargs,
+    )
+
+
+def _prompt_stats(sampled, image_token_id: int | None) -> tuple[float, float]:
+    prompt = sampled.attention_mask[:, : sampled.prompt_len]
+    tokens = float(prompt.sum()) / prompt.shape[0]
+    if image_token_id is None:
+        return tokens, float("nan")
+    images = sampled.sequences[:, : sampled.prompt_len] == image_token_id
+    return tokens, float(images.sum()) / images.shape[0]
+
+
+def measure_rollout(policy, cfg, n_envs: int, *, repeats: int, warmup: int = 1, keep=None) -> RolloutRow:
+    """Time `repeats` calls of ``rollout_step`` over `n_envs` envs, after `warmup` untimed ones.
+
+    Args:
+        policy: The ``ActorCritic`` (from ``build_policy``).
+        cfg: The resolved config (env, ``ppo.temperature``, ``ppo.max_new_tokens``, ...).
+        n_envs: Envs stepped together; 1 is the batch-1 sequential baseline.
+        keep: A list that receives the timed steps' ``Step`` records (data for the update benchmark).
+    """
+    from vlmppo.rl.ppo import rollout_step
+
+    device = policy.device
+    vec = make_bench_env(cfg, n_envs)
+    obs, infos = vec.reset()
+    image_token_id = getattr(policy.loaded.model.config, "image_token_id", None)
+    env_steps = gen_tokens = 0
+    with timed_policy(policy, device) as clock:
+        for i in range(warmup + repeats):
+            if i == warmup:  # compile/autotune/allocator warm-up stays out of the figures
+                clock.reset()
+                reset_peak_memory(device)
+                start = now(device)
+            steps, actions, _ = rollout_step(policy, vec, obs, infos, cfg)
+            obs, _, _, _, infos = vec.step(actions)
+            if i >= warmup:
+                env_steps += len(steps)
+                gen_tokens += sum(len(s.answer_ids) for s in steps)
+                if keep is not None:
+                    keep.extend(steps)
+        seconds = now(device) - start
+        prompt_tokens, image_tokens = _prompt_stats(clock.last_result["sample"], image_token_id)
+        s = dict(clock.seconds)
+    vec.close()
+    return RolloutRow(
+        mode="batch-1 sequential" if n_envs == 1 else "batched",
+        n_envs=n_envs,
+        steps=repeats,
+        env_steps=env_steps,
+        gen_tokens=gen_tokens,
+        seconds=seconds,
+        generate_s=s["generate"],
+        score_s=s["score"],
+        inputs_s=s["sample"] - s["generate"],
+        host_s=seconds - s["sample"] - s["score"],
+        prompt_tokens=prompt_tokens,
+        image_tokens=image_tokens,
+        peak_gib=peak_memory_gib(device),
+    )

@@ -1,0 +1,149 @@
+"""``run_bench``: rollout and update throughput and peak memory of the PPO loop, for one preset.
+
+The order matters for honest figures: every measurement runs in the same process on the same loaded
+model, the batch-1 sequential baseline first, so that it is always reported beside the batched runs of
+the same machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+
+from vlmppo.bench.options import check_repeats, check_shape_device
+from vlmppo.bench.rollout import RolloutRow, measure_rollout
+from vlmppo.bench.update import UpdateRow, measure_update
+from vlmppo.errors import ConfigError
+
+
+@dataclass
+class BenchResult:
+    """What ``vlmppo bench`` measured; ``to_dict`` is what the JSON file holds."""
+
+    meta: dict
+    rollout: list[RolloutRow] = field(default_factory=list)
+    update: UpdateRow | None = None
+
+    @property
+    def baseline(self) -> RolloutRow:
+        return next(r for r in self.rollout if r.n_envs == 1)
+
+    def to_dict(self) -> dict:
+        def row(r):
+            out = asdict(r)
+            out.update({k: getattr(r, k) for k in ("env_steps_per_s", "gen_tokens_per_s") if hasattr(r, k)})
+            if isinstance(r, UpdateRow):
+                out.update(samples_per_s=r.samples_per_s, tokens_per_s=r.tokens_per_s)
+            return out
+
+        return {
+            "meta": self.meta,
+            "rollout": [
+                {**row(r), "speedup_vs_batch1": r.env_steps_per_s / self.baseline.env_steps_per_s}
+                for r in self.rollout
+            ],
+            "update": row(self.update) if self.update else None,
+        }
+
+
+def bench_config(cfg, shape: str | None, device: str):
+    """The preset's config with the model to benchmark swapped in (and no checkpoint to start from).
+
+    ``shape`` None keeps ``model.path`` (a real checkpoint); ``tiny`` is the family's tiny random model;
+    a registered shape is built (random weights) and cached on first use.
+    """
+    from vlmppo.bench.shapes import get_shape, shape_model_path
+
+    model = cfg.model
+    if shape == "tiny":
+        model = model.model_copy(update={"path": f"tiny:{model.family}"})
+    elif shape is not None:
+        spec = get_shape(shape)
+        check_shape_device(shape, device)
+        path = shape_model_path(spec, device=device)
+        model = model.model_copy(update={"path": str(path), "family": spec.family})
+    # init_from names an SFT checkpoint of a real run; the benchmark starts from fresh LoRA weights.
+    return cfg.model_copy(update={"model": model, "ppo": cfg.ppo.model_copy(update={"init_from": None})})
+
+
+def fix_answer_length(policy, max_new_tokens: int) -> None:
+    """Make every answer exactly `max_new_tokens` long, so tokens/s compare across runs and models.
+
+    ``min_new_tokens`` bans the end-of-turn token until the limit. It goes through the model's generation
+    config, which ``generate`` merges with the arguments ``policy.sample`` passes (none of which set it).
+    """
+    policy.loaded.model.generation_config.min_new_tokens = max_new_tokens
+
+
+def _meta(cfg, shape, device, policy, n_envs, repeats) -> dict:
+    import torch
+
+    from vlmppo.sysinfo import git_sha, package_versions
+
+    model = policy.loaded.model
+    meta = {
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": device,
+        "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+        "torch_cuda": torch.version.cuda,
+        "versions": {k: v for k, v in package_versions().items() if v != "not installed"},
+        "git_sha": git_sha(),
+        "env": cfg.env.id,
+        "shape": shape or "preset",
+        "model_path": str(policy.loaded.path),
+        "family": cfg.model.family,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "attn_implementation": cfg.model.attn_implementation,
+        "gradient_checkpointing": cfg.model.gradient_checkpointing,
+        "lora_r": cfg.model.lora.r if cfg.model.lora else None,
+        "max_new_tokens": cfg.ppo.max_new_tokens,
+        "forced_answer_length": True,
+        "temperature": cfg.ppo.temperature,
+        "n_envs": n_envs,
+        "repeats": repeats,
+    }
+    if device == "cuda":
+        meta["weights_gib"] = torch.cuda.memory_allocated() / 2**30
+    return meta
+
+
+def run_bench(cfg, *, shape: str | None, n_envs: list[int], repeats: int, on_phase=None) -> BenchResult:
+    """Measure rollout (batch-1 sequential and batched) and update throughput for `cfg`'s env and model.
+
+    Every answer is forced to ``ppo.max_new_tokens`` tokens (``min_new_tokens``): random or untrained
+    weights stop at arbitrary lengths, which would make tokens/s and env-steps/s incomparable between
+    runs. Real answers end earlier, so real env-steps/s are higher by about that ratio.
+
+    Args:
+        cfg: The resolved config (``run.device`` decides the device).
+        shape: None (the preset's model), ``"tiny"`` or a name in ``bench.shapes.SHAPES``.
+        n_envs: Env counts to measure; 1 is the batch-1 sequential baseline.
+        repeats: Timed rollout steps per env count, and timed passes over the recorded steps in the update.
+        on_phase: Called with a short description before each phase (progress output).
+    """
+    import torch
+
+    from vlmppo.rl.ppo import build_policy
+    from vlmppo.sysinfo import resolve_device
+
+    check_repeats(repeats)
+    say = on_phase or (lambda text: None)
+    device = resolve_device(cfg)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device=cuda but no CUDA GPU is visible.", hint="Use run.device=cpu.")
+    say(f"model: {shape or cfg.model.path}")
+    cfg = bench_config(cfg, shape, device)
+    torch.manual_seed(cfg.run.seed)
+    policy = build_policy(cfg, device)
+    fix_answer_length(policy, cfg.ppo.max_new_tokens)
+    result = BenchResult(meta=_meta(cfg, shape, device, policy, n_envs, repeats))
+    recorded: list = []
+    for n in n_envs:
+        say(f"rollout: {'batch-1 sequential' if n == 1 else f'batched, {n} envs'}")
+        keep = recorded if n == max(n_envs) else None
+        result.rollout.append(measure_rollout(policy, cfg, n, repeats=repeats, keep=keep))
+    say(f"update: {len(recorded)} recorded steps, {repeats} passes")
+    result.update = measure_update(policy, cfg, recorded, repeats=repeats)
+    return result

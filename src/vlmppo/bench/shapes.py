@@ -1,0 +1,187 @@
+"""Model shapes to benchmark: a real architecture's config with random weights, built from code.
+
+Throughput and memory depend on the architecture and the sequence lengths, not on the weights, so a
+benchmark of "a Qwen2-VL-2B-shaped model" needs no download: the config below is the released
+checkpoint's (``Qwen/Qwen2-VL-2B-Instruct``'s ``config.json`` and pixel budget), the weights are random,
+and the tokenizer and processor are those of the tiny model of the same family. The model is saved with
+``save_pretrained`` and loaded back by ``load_model`` like any checkpoint, so the benchmark runs the real
+loading path (dtype, attention kernel, LoRA).
+
+What differs from the real checkpoint, and shows in the figures:
+* random weights generate random ids, so the benchmark forces a fixed answer length (see ``runner``);
+* the tiny tokenizer has a small vocabulary, so a prompt's text takes about twice as many tokens as with
+  Qwen's own tokenizer (the image tokens are the real count). The report prints the prompt length.
+
+The built model is cached like the tiny ones (temp folder, completion marker written last, rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlmppo.errors import ConfigError
+
+SHAPE_VERSION = "v1"  # bump when a shape's config changes, so old caches are not reused
+MARKER = "vlmppo-shape-complete.json"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A model architecture to build with random weights.
+
+    Attributes:
+        name: What ``--shape`` takes.
+        family: The vlmppo model family (its tiny model lends the tokenizer and processor).
+        text: Text-config fields (token ids and vocabulary come from the released checkpoint).
+        vision: Vision-config fields.
+        min_pixels: The released processor's pixel budget (image tokens = patches / 4 within it).
+        max_pixels: See `min_pixels`.
+        tie_word_embeddings: As in the released checkpoint.
+    """
+
+    name: str
+    family: str
+    text: dict = field(default_factory=dict)
+    vision: dict = field(default_factory=dict)
+    min_pixels: int = 56 * 56
+    max_pixels: int = 28 * 28 * 1280
+    tie_word_embeddings: bool = True
+
+    def config(self, tokenizer):
+        """The transformers config; special-token ids are the tokenizer's, so its prompts are valid."""
+        from vlmppo.models.adapter import transformers_class
+        from vlmppo.models.families import FAMILIES
+
+        ids = tokenizer.convert_tokens_to_ids
+        text = dict(
+            self.text,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=None,
+        )
+        return transformers_class(FAMILIES[self.family].config_class)(
+            text_config=text,
+            vision_config=dict(self.vision),
+            image_token_id=ids("<|image_pad|>"),
+            video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"),
+            vision_end_token_id=ids("<|vision_end|>"),
+            tie_word_embeddings=self.tie_word_embeddings,
+        )
+
+
+# Qwen/Qwen2-VL-2B-Instruct: 1.54B language model + 0.67B vision tower (2.21B parameters).
+QWEN2_VL_2B = Shape(
+    name="qwen2-vl-2b",
+    family="qwen2-vl",
+    text=dict(
+        vocab_size=151936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        hidden_act="silu",
+        max_position_embeddings=32768,
+        max_window_layers=28,
+        rms_norm_eps=1e-6,
+        initializer_range=0.02,
+        use_sliding_window=False,
+        sliding_window=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+    ),
+    vision=dict(
+        depth=32,
+        embed_dim=1280,
+        hidden_size=1536,
+        hidden_act="quick_gelu",
+        mlp_ratio=4,
+        num_heads=16,
+        in_channels=3,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        initializer_range=0.02,
+    ),
+    min_pixels=56 * 56,
+    max_pixels=28 * 28 * 1280,  # the Instruct processor's default max (1280 image tokens)
+)
+
+SHAPES: dict[str, Shape] = {s.name: s for s in (QWEN2_VL_2B,)}
+SHAPE_CHOICES = ("tiny", *SHAPES)  # "tiny": the preset family's tiny random model
+
+
+def get_shape(name: str) -> Shape:
+    try:
+        return SHAPES[name]
+    except KeyError:
+        raise ConfigError(
+            f"Unknown model shape '{name}' for --shape.",
+            hint=f"Choose one of: {', '.join(SHAPE_CHOICES)} (or leave --shape out to benchmark the "
+            "preset's own model.path).",
+        ) from None
+
+
+def build_shape_model(shape: Shape, out_dir: Path, *, device: str = "cpu") -> Path:
+    """Build `shape` with random bf16 weights (fp32 on CPU) and save it, loadable by ``load_model``.
+
+    The weights are initialised on `device`: drawing 2B random numbers takes a minute on a CPU and
+    under a second on a GPU. The tiny model of the same family lends the tokenizer and processor; the
+    processor gets the released checkpoint's pixel budget, so images take their real number of tokens.
+    """
+    import torch
+    import transformers
+    from transformers import AutoModelForImageTextToText, GenerationConfig
+
+    from vlmppo.models.processors import load_processor
+    from vlmppo.models.tiny import get_family, resolve_model_path
+
+    family = get_family(shape.family)
+    processor = load_processor(resolve_model_path(f"tiny:{shape.family}"), family)
+    family.set_pixel_budget(processor.image_processor, shape.min_pixels, shape.max_pixels)
+    tokenizer = processor.tokenizer
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    start = time.perf_counter()
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(shape.config(tokenizer), dtype=dtype)
+    model.generation_config = GenerationConfig(**family.tiny_generation_kwargs(tokenizer))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    marker = {
+        "shape": shape.name,
+        "shape_version": SHAPE_VERSION,
+        "transformers": transformers.__version__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "build_seconds": round(time.perf_counter() - start, 3),
+    }
+    (out_dir / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return out_dir
+
+
+def shape_model_path(shape: Shape, *, device: str = "cpu") -> Path:
+    """The cached build of `shape` (``$VLMPPO_CACHE/bench/<name>-<version>``), built on first use."""
+    from vlmppo.models.tiny import cache_dir
+
+    final = cache_dir() / "bench" / f"{shape.name}-{SHAPE_VERSION}"
+    if (final / MARKER).is_file():
+        return final
+    shutil.rmtree(final, ignore_errors=True)  # an interrupted build is never loaded
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        build_shape_model(shape, temp, device=device)
+        try:
+            os.rename(temp, final)
+        except OSError:
+            if not (final / MARKER).is_file():  # another process finished first: use its copy
+                raise
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return final

@@ -1,0 +1,121 @@
+"""Update throughput: the PPO update's teacher-forced forward + backward over micro-batches (LoRA).
+
+Runs what an update does per micro-batch (``collate`` rebuilds the prompts and appends the sampled
+answer ids, ``policy.score`` re-scores them, clipped policy + value loss, backward) and an optimizer step
+per minibatch, on steps recorded by the rollout benchmark. Advantages and returns are made up (seeded):
+they change the loss value, not the work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlmppo.bench.timing import now, peak_memory_gib, reset_peak_memory
+
+
+@dataclass
+class UpdateRow:
+    """One update measurement (timed passes only).
+
+    Attributes:
+        micro_batch_size: Samples per forward/backward.
+        minibatch_size: Samples per optimizer step.
+        samples: Samples processed (passes * steps available).
+        tokens: Real (unpadded) prompt + answer tokens processed.
+        padded_tokens: Tokens including padding (what the GPU computed on).
+        seconds: Wall-clock seconds (collate, forward, backward, optimizer steps).
+        collate_s: Of which rebuilding inputs on the host (processor + padding).
+        peak_gib: Peak GPU memory allocated (weights, activations, gradients, optimizer state).
+    """
+
+    micro_batch_size: int
+    minibatch_size: int
+    samples: int
+    tokens: int
+    padded_tokens: int
+    seconds: float
+    collate_s: float
+    peak_gib: float | None
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def _micro_step(policy, steps, targets, idx, cfg, weight: float) -> tuple[int, int, float]:
+    """Forward + backward of one micro-batch; returns (real tokens, padded tokens, collate seconds)."""
+    from vlmppo.rl.logprob import mixed_action_logprob
+    from vlmppo.rl.losses import policy_loss, value_loss
+    from vlmppo.rl.ppo import collate
+
+    p, device = cfg.ppo, policy.device
+    start = now(device)
+    sampled, thought, action = collate(policy, [steps[i] for i in idx])
+    collate_s = now(device) - start
+    token_logp, values = policy.score(sampled, temperature=p.temperature)
+    new_logp = mixed_action_logprob(token_logp, thought, action, p.thought_coef)
+    old_logp, adv, old_values, returns = (t[idx].to(device) for t in targets)
+    pl, _ = policy_loss(new_logp, old_logp, adv, p.clip_range)
+    vl = value_loss(values, old_values, returns, p.clip_range_vf)
+    ((pl + p.vf_coef * vl) * weight).backward()
+    return int(sampled.attention_mask.sum()), sampled.attention_mask.numel(), collate_s
+
+
+def measure_update(policy, cfg, steps: list, *, repeats: int) -> UpdateRow:
+    """Time `repeats` passes over `steps` in minibatches of micro-batches, after one warm-up minibatch.
+
+    Minibatches are ``min(ppo.minibatch_size, len(steps))`` samples (the rollout benchmark records fewer
+    samples than a real rollout), micro-batches ``ppo.micro_batch_size``, as in the PPO loop.
+    """
+    p, device = cfg.ppo, policy.device
+    model = policy.loaded.model
+    params = [q for q in model.parameters() if q.requires_grad] + list(policy.value_head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=p.lr, eps=p.adam_eps)
+    gen = torch.Generator().manual_seed(cfg.run.seed)
+    old_logp = torch.tensor([s.old_logp for s in steps])
+    old_values = torch.tensor([s.value for s in steps])
+    adv = torch.randn(len(steps), generator=gen)
+    targets = (old_logp, adv, old_values, old_values + adv)
+    micro = min(p.micro_batch_size, len(steps))
+    minibatch = max(micro, min(p.minibatch_size, len(steps)) // micro * micro)
+
+    def one_pass(order) -> tuple[int, int, int, float]:
+        samples = tokens = padded = 0
+        collate_s = 0.0
+        for start in range(0, len(order) - minibatch + 1, minibatch):
+            idx = order[start : start + minibatch]
+            optimizer.zero_grad(set_to_none=True)
+            for m in range(0, len(idx), micro):
+                t, pt, c = _micro_step(policy, steps, targets, idx[m : m + micro], cfg, micro / len(idx))
+                samples, tokens, padded, collate_s = samples + micro, tokens + t, padded + pt, collate_s + c
+            torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
+            optimizer.step()
+        return samples, tokens, padded, collate_s
+
+    model.train()
+    one_pass(list(range(minibatch)))  # warm-up: kernels, allocator, and the optimizer state exists
+    reset_peak_memory(device)
+    start = now(device)
+    totals = [0, 0, 0, 0.0]
+    for r in range(repeats):
+        order = torch.randperm(len(steps), generator=gen.manual_seed(cfg.run.seed + r)).tolist()
+        totals = [a + b for a, b in zip(totals, one_pass(order), strict=True)]
+    seconds = now(device) - start
+    model.eval()
+    optimizer.zero_grad(set_to_none=True)
+    return UpdateRow(
+        micro_batch_size=micro,
+        minibatch_size=minibatch,
+        samples=totals[0],
+        tokens=totals[1],
+        padded_tokens=totals[2],
+        seconds=seconds,
+        collate_s=totals[3],
+        peak_gib=peak_memory_gib(device),
+    )

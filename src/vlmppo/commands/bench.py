@@ -1,0 +1,75 @@
+"""`vlmppo bench`: rollout and update throughput and peak memory of the PPO loop for a preset.
+
+Imports no torch at module level: the engine (``vlmppo.bench``) loads inside the command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vlmppo.commands._common import ConfigOpt, OverridesArg, PresetOpt, examples, resolve_config
+
+# Kept here (not imported from vlmppo.bench.shapes) so that --help stays free of heavy imports.
+SHAPE_HELP = (
+    "Model to measure: 'tiny' (the family's tiny random model) or 'qwen2-vl-2b' (Qwen2-VL-2B's real "
+    "config, random bf16 weights; needs a GPU). Default: the preset's model.path."
+)
+
+
+def bench(
+    overrides: OverridesArg = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    shape: Annotated[str | None, typer.Option("--shape", help=SHAPE_HELP)] = None,
+    n_envs: Annotated[
+        str,
+        typer.Option(
+            "--n-envs", help="Comma-separated env counts; 1 (batch-1 sequential baseline) is always run."
+        ),
+    ] = "1,8,32",
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed repeats of each measurement.")] = 3,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Write FILE.json and FILE.md (default: runs/<run.name>/bench/bench-<shape>)."
+        ),
+    ] = None,
+):
+    """Measure env-steps/s and generated tokens/s (batch-1 sequential vs batched), update tokens/s, peak GiB."""
+    from vlmppo.bench.options import check_repeats, check_shape_device, parse_n_envs
+    from vlmppo.bench.shapes import get_shape
+    from vlmppo.sysinfo import resolve_device
+
+    # Bad values fail here, before a model is loaded (and before torch is imported, unless
+    # run.device=auto needs it to look for a GPU).
+    counts, repeats = parse_n_envs(n_envs), check_repeats(repeats)
+    if shape is not None and shape != "tiny":
+        get_shape(shape)
+    cfg = resolve_config(preset, config, overrides)
+    check_shape_device(shape, resolve_device(cfg))
+    from vlmppo.bench.report import print_report, write_report
+    from vlmppo.bench.runner import run_bench
+    from vlmppo.config import run_dir
+    from vlmppo.console import console
+
+    target = out or run_dir(cfg) / "bench" / f"bench-{shape or 'preset'}"
+    result = run_bench(
+        cfg,
+        shape=shape,
+        n_envs=counts,
+        repeats=repeats,
+        on_phase=lambda text: console.print(f"bench: {text}"),
+    )
+    print_report(result, console)
+    json_path, md_path = write_report(result, Path(target))
+    console.print(f"[green]done:[/green] wrote {json_path} and {md_path}", markup=True)
+
+
+bench_epilog = examples(
+    "vlmppo bench --preset numberline-tiny --n-envs 1,4 --repeats 2",
+    "vlmppo bench --preset numberline-qwen --shape qwen2-vl-2b --n-envs 1,8,16,32 ppo.max_new_tokens=128",
+    "vlmppo bench --preset minigrid-doorkey-qwen --out bench/doorkey-h100.json",
+)

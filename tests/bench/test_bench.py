@@ -1,0 +1,169 @@
+"""`vlmppo bench`: the CLI end to end on a tiny preset, clear errors, the fixed answer length, the 2B shape."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from tests.helpers import run_cli
+
+HELP_PROBE = """
+import sys
+from vlmppo.cli import app
+try:
+    app(["bench", "--help"])
+except SystemExit:
+    pass
+print("HEAVY=" + ",".join(m for m in ("torch", "transformers", "gymnasium") if m in sys.modules))
+"""
+
+
+def test_bench_help_imports_no_torch():
+    out = subprocess.run(
+        [sys.executable, "-c", HELP_PROBE], capture_output=True, text=True, env={"COLUMNS": "200"}, timeout=60
+    )
+    assert "--n-envs" in out.stdout and "Examples:" in out.stdout
+    assert out.stdout.strip().endswith("HEAVY=")
+
+
+def test_bench_cli_measures_batch1_and_batched_rows_and_writes_json_and_markdown(tmp_path):
+    out = tmp_path / "tiny.json"
+    proc = run_cli(
+        "bench",
+        "--preset",
+        "numberline-tiny",
+        "--n-envs",
+        "2",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+        "ppo.max_new_tokens=6",
+        env={"OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    rows = {r["mode"]: r for r in data["rollout"]}
+    assert set(rows) == {"batch-1 sequential", "batched"}
+    assert (rows["batch-1 sequential"]["n_envs"], rows["batched"]["n_envs"]) == (1, 2)
+    for row in rows.values():
+        assert row["env_steps_per_s"] > 0 and row["gen_tokens_per_s"] > 0
+        assert row["gen_tokens"] == row["env_steps"] * 6  # every answer forced to max_new_tokens
+    assert rows["batch-1 sequential"]["speedup_vs_batch1"] == pytest.approx(1.0)
+    update = data["update"]
+    assert update["tokens_per_s"] > 0 and update["samples_per_s"] > 0 and update["samples"] == 2
+    assert data["meta"]["max_new_tokens"] == 6 and data["meta"]["device"] == "cpu"
+    markdown = out.with_suffix(".md").read_text()
+    assert "| batch-1 sequential | 1 |" in markdown and "| batched | 2 |" in markdown
+    assert "batch-1 sequential" in proc.stdout and "update" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--shape", "qwen-99b"], "Unknown model shape 'qwen-99b'"),
+        (["--n-envs", "0"], "'0' is not a positive whole number"),
+        (["--n-envs", "1,eight"], "'eight' is not a positive whole number"),
+        (["--repeats", "0"], "need at least 1 timed repeat"),
+        (["--shape", "qwen2-vl-2b"], "needs a CUDA GPU"),
+    ],
+    ids=["unknown-shape", "zero-envs", "not-a-number", "zero-repeats", "2b-on-cpu"],
+)
+def test_bench_bad_input_is_one_clear_error_without_traceback(tmp_path, args, words):
+    proc = run_cli(
+        "bench", "--preset", "numberline-tiny", *args, "--out", str(tmp_path / "b.json"), timeout=120
+    )
+    assert proc.returncode == 1
+    assert "error:" in proc.stderr and words in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.fixture(scope="module")
+def tiny_policy():
+    from vlmppo.config import load_config
+    from vlmppo.rl.ppo import build_policy
+
+    cfg = load_config("numberline-tiny", None, ["ppo.temperature=1.0"])
+    return cfg, build_policy(cfg, "cpu")
+
+
+def _boost_logit(policy, token_id: int):
+    """Make `token_id` the model's overwhelming choice at every position (a forward hook on the LM head)."""
+
+    def hook(module, inputs, output):
+        output[..., token_id] += 1e4
+        return output
+
+    return policy.loaded.model.get_output_embeddings().register_forward_hook(hook)
+
+
+def test_fixed_answer_length_holds_even_when_the_model_wants_to_stop(tiny_policy):
+    from vlmppo.bench.rollout import make_bench_env
+    from vlmppo.bench.runner import fix_answer_length
+    from vlmppo.rl.ppo import rollout_step
+
+    cfg, policy = tiny_policy
+    vec = make_bench_env(cfg, 2)
+    obs, infos = vec.reset()
+    handle = _boost_logit(policy, policy.loaded.tokenizer.eos_token_id)
+    try:
+        cfg5 = cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"max_new_tokens": 5})})
+        steps, _, _ = rollout_step(policy, vec, obs, infos, cfg5)
+        assert [len(s.answer_ids) for s in steps] == [1, 1]  # eos at once: the hook works
+        fix_answer_length(policy, 5)
+        steps, _, _ = rollout_step(policy, vec, obs, infos, cfg5)
+        assert [len(s.answer_ids) for s in steps] == [5, 5]
+    finally:
+        handle.remove()
+
+
+def test_qwen2_vl_2b_shape_has_the_released_checkpoints_size():
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from vlmppo.bench.shapes import QWEN2_VL_2B
+    from vlmppo.models.processors import load_processor
+    from vlmppo.models.tiny import get_family, resolve_model_path
+
+    tokenizer = load_processor(resolve_model_path("tiny:qwen2-vl"), get_family("qwen2-vl")).tokenizer
+    with torch.device("meta"):  # sizes only: no memory, no random numbers
+        model = AutoModelForImageTextToText.from_config(QWEN2_VL_2B.config(tokenizer))
+    total = sum(p.numel() for p in model.parameters())
+    vision = sum(p.numel() for n, p in model.named_parameters() if ".visual." in n)
+    assert 2.20e9 < total < 2.22e9 and 0.66e9 < vision < 0.67e9  # 2.21B and 675M as released
+    text = model.config.text_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads) == (1536, 28, 12)
+    assert (text.num_key_value_heads, text.intermediate_size, text.vocab_size) == (2, 8960, 151936)
+
+
+def test_a_built_shape_loads_like_a_checkpoint_with_the_released_pixel_budget(tmp_path):
+    from PIL import Image
+
+    from vlmppo.bench.shapes import QWEN2_VL_2B, Shape, build_shape_model
+    from vlmppo.config.schema import ModelConfig
+    from vlmppo.models import build_inputs, load_model
+
+    small = Shape(  # the 2B shape's layout at toy widths, built by the same code
+        name="toy",
+        family="qwen2-vl",
+        text=dict(
+            QWEN2_VL_2B.text,
+            vocab_size=1024,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        ),
+        vision=dict(QWEN2_VL_2B.vision, depth=1, embed_dim=32, num_heads=2, hidden_size=64),
+    )
+    path = build_shape_model(small, tmp_path / "toy")
+    loaded = load_model(ModelConfig(family="qwen2-vl", path=str(path), lora=None), for_training=False)
+    batch = build_inputs(loaded, [Image.new("RGB", (300, 300))], ["hi"])
+    # 300 px -> 308 px (multiples of 28) -> 22 x 22 patches -> 121 tokens, as with Qwen2-VL-2B-Instruct.
+    assert int((batch["input_ids"] == loaded.model.config.image_token_id).sum()) == 121
+    assert loaded.model.config.text_config.vocab_size == 1024

@@ -142,7 +142,7 @@ def test_debug_env_var_shows_the_traceback():
     assert out.returncode != 0 and "Traceback" in out.stderr
 
 
-@pytest.mark.parametrize("stage", ["sft", "eval", "pipeline"])
+@pytest.mark.parametrize("stage", ["eval", "pipeline"])
 def test_stages_not_built_yet_say_so_with_exit_2_and_write_nothing(stage, tmp_path):
     out = run_cli(stage, "--preset", "numberline-tiny", f"run.output_dir={tmp_path}")
     assert out.returncode == 2

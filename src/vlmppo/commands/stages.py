@@ -144,8 +144,13 @@ def sft(
             parts.append(f"eval loss {m['eval/loss']:.3f}")
         return " · ".join(parts)
 
+    def on_step(step: int, total: int, m: dict) -> None:
+        # Off a terminal (SLURM logs, CI) a status line is printed per call: about 20 per run, plus evals.
+        shown = console.is_terminal or "eval/loss" in m or step % max(1, total // 20) == 0 or step == total
+        advance(step, total, status(m) if shown else "")
+
     with progress_bar("sft: optimizer steps") as advance:
-        result = train_sft(cfg, on_step=lambda step, total, m: advance(step, total, status(m)), resume=resume)
+        result = train_sft(cfg, on_step=on_step, resume=resume)
     if result.resumed_from:
         console.print(f"resumed from {result.resumed_from}")
     for change in result.resume_changes:

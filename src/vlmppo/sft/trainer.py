@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -54,6 +55,7 @@ class SftResult:
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
     action_samples: list = field(default_factory=list)  # (answer, label action, parsed action)
+    loaded: Any = None  # the trained model (unwrapped) with its processor, for notebooks and tests
 
 
 def dataset_paths(cfg: Config) -> tuple[Path, Path]:
@@ -331,6 +333,8 @@ def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult
             if saved_at != step:  # resumed at the last step: nothing trained, nothing new to save
                 result.checkpoint = save(step, row)
         result.steps, result.last_metrics = step, row
+        loaded.model = accelerator.unwrap_model(model)
+        result.loaded = loaded
         result.eval_loss, result.eval_token_acc = eval_loss, eval_acc
         result.truncated, result.skipped = (
             int(x) for x in _sum(accelerator, collator.truncated, collator.skipped)

@@ -1,0 +1,149 @@
+"""The SFT loop on tiny models: which parameters move, reload with plain peft, exact resume, accumulation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tests.sft.helpers import sft_config, write_color_dataset
+
+from vlmppo.sft.trainer import train_sft
+
+
+def initial_parameters(cfg) -> dict[str, torch.Tensor]:
+    """The parameters a run starts from: train_sft seeds torch with run.seed right before loading."""
+    from vlmppo.models import load_model
+
+    torch.manual_seed(cfg.run.seed)
+    model = load_model(cfg.model, for_training=True).model
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def metrics(cfg) -> list[dict]:
+    path = cfg.run.output_dir + f"/{cfg.run.name}/sft/metrics.jsonl"
+    return [json.loads(line) for line in open(path)]
+
+
+@pytest.mark.parametrize(
+    "extra, trained",
+    [
+        ([], ("lora_",)),
+        (["model.lora.train_projector=true"], ("lora_", "merger.modules_to_save")),
+    ],
+    ids=["lora", "lora+projector"],
+)
+def test_two_steps_change_every_trainable_parameter_and_no_frozen_one(tmp_path, extra, trained):
+    # LoRA B starts at zero, so A gets no gradient on the first step: two steps move every LoRA weight.
+    train, val = write_color_dataset(tmp_path)
+    cfg = sft_config(tmp_path, train, val, "sft.max_steps=2", *extra)
+    before = initial_parameters(cfg)
+    result = train_sft(cfg)
+    after = dict(result.loaded.model.named_parameters())
+    assert after.keys() == before.keys()
+    for name, param in after.items():
+        moved = not torch.equal(param.detach(), before[name])
+        assert moved == any(t in name for t in trained), name
+        assert param.requires_grad == moved, name
+    assert result.steps == 2 and result.final is not None
+
+
+def test_full_fine_tuning_moves_the_weights_and_saves_a_plain_transformers_model(tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    train, val = write_color_dataset(tmp_path)
+    cfg = sft_config(tmp_path, train, val, "sft.max_steps=2", "model.lora=null", "sft.lr=1e-3")
+    before = initial_parameters(cfg)
+    result = train_sft(cfg)
+    after = dict(result.loaded.model.named_parameters())
+    moved = [n for n, p in after.items() if not torch.equal(p.detach(), before[n])]
+    language = [n for n in after if ".language_model." in n]
+    assert set(language) <= set(moved)
+    assert not (result.final / "adapter_config.json").exists()
+    reloaded = AutoModelForImageTextToText.from_pretrained(str(result.final))
+    for name, param in reloaded.named_parameters():
+        assert torch.equal(param, after[name].detach()), name
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl", "llava", "llava-next"])
+def test_final_adapter_reloads_with_plain_peft_and_gives_identical_logits(tmp_path, family):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from vlmppo.sft.dataset import SftCollator, load_sft_examples
+
+    train, val = write_color_dataset(tmp_path)
+    cfg = sft_config(
+        tmp_path, train, val, "sft.max_steps=2", f"model.family={family}", f"model.path=tiny:{family}"
+    )
+    result = train_sft(cfg)
+    meta = json.loads((result.final / "vlmppo.json").read_text())
+    assert meta["stage"] == "sft" and meta["family"] == family and meta["final"] is True
+    assert not (result.final / "trainer_state.pt").exists()
+    base = AutoModelForImageTextToText.from_pretrained(meta["base_model"])
+    plain = PeftModel.from_pretrained(base, str(result.final)).eval()
+    ours = result.loaded.model.eval()
+    batch = SftCollator(result.loaded, 4096)(load_sft_examples(val))
+    batch.pop("labels")
+    with torch.no_grad():
+        assert torch.equal(plain(**batch).logits, ours(**batch).logits)
+
+
+def test_two_steps_then_resume_two_gives_the_same_losses_and_weights_as_four_straight(tmp_path):
+    # Dropout on, 6 samples in micro-batches of 2 with 2-step accumulation: a step crosses an epoch
+    # boundary, so the RNG streams, the data position and the optimizer state must all come back.
+    train, val = write_color_dataset(tmp_path, n_train=6, n_val=3)
+    common = ["sft.max_steps=4", "sft.batch_size=2", "sft.grad_accum=2", "sft.eval_every=1",
+              "model.lora.dropout=0.1", "sft.lr=5e-3", "sft.warmup_ratio=0.3"]  # fmt: skip
+    straight = sft_config(tmp_path, train, val, *common, "run.name=straight")
+    a = train_sft(straight)
+
+    stopped = sft_config(tmp_path, train, val, *common, "run.name=resumed")
+
+    def interrupt(step, total, row):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)  # what SLURM sends before the time limit
+
+    b1 = train_sft(stopped, on_step=interrupt)
+    assert b1.stopped_by == "SIGUSR1" and b1.steps == 2 and b1.final is None
+    assert b1.checkpoint.name == "000002"
+    b2 = train_sft(stopped, resume="auto")
+    assert b2.resumed_from == b1.checkpoint and b2.resume_changes == []
+    keys = ["step", "sft/loss", "sft/grad_norm", "sft/lr", "sft/tokens", "eval/loss", "eval/token_acc"]
+    rows_a = [{k: r.get(k) for k in keys} for r in metrics(straight)]
+    rows_b = [{k: r.get(k) for k in keys} for r in metrics(stopped)]
+    assert [r["step"] for r in rows_a] == [1, 2, 3, 4, 4]  # + the final row
+    assert rows_a == rows_b
+    wa = load_file(str(a.final / "adapter_model.safetensors"))
+    wb = load_file(str(b2.final / "adapter_model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_two_micro_batches_of_two_make_the_same_step_as_one_batch_of_four(tmp_path):
+    # The loss is normalised by the answer tokens of the whole step, so accumulation changes nothing but memory.
+    train, val = write_color_dataset(tmp_path, n_train=8)
+    one = train_sft(sft_config(tmp_path, train, val, "sft.max_steps=2", "run.name=b4"))
+    two = train_sft(sft_config(tmp_path, train, val, "sft.max_steps=2", "sft.batch_size=2", "sft.grad_accum=2",
+                               "run.name=b2x2"))  # fmt: skip
+    assert one.last_metrics["sft/tokens"] == two.last_metrics["sft/tokens"]
+    assert one.last_metrics["sft/loss"] == pytest.approx(two.last_metrics["sft/loss"], rel=1e-5)
+    wa = load_file(str(one.final / "adapter_model.safetensors"))
+    wb = load_file(str(two.final / "adapter_model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
+
+
+def test_early_stopping_ends_the_run_and_still_writes_final(tmp_path):
+    train, val = write_color_dataset(tmp_path)
+    # An LR this high makes the eval loss rise at once; patience 1 stops at the second eval.
+    cfg = sft_config(tmp_path, train, val, "sft.max_steps=50", "sft.eval_every=1", "sft.lr=3.0",
+                     "sft.early_stopping_patience=1", "sft.lr_schedule=constant")  # fmt: skip
+    result = train_sft(cfg)
+    rows = [r for r in metrics(cfg) if not r.get("final")]
+    losses = [r["eval/loss"] for r in rows]
+    assert result.early_stopped and result.steps < 50
+    assert losses[-1] >= min(losses[:-1])
+    assert result.final is not None and result.checkpoint.name == f"{result.steps:06d}"

@@ -98,49 +98,39 @@ class _CheckpointActor:
             head.load_state_dict(load_file(str(head_file)))
             head.eval()
             self.critic = ActorCritic(self.loaded, head, device)
+        self._record_ids()
         e = cfg.eval
         self.temperature = 0.0 if e.greedy else e.temperature
         torch.manual_seed(e.seeds[0])
 
+    def _record_ids(self) -> None:
+        """``Generator.generate_text`` returns text only; keep the ids its ``generate`` call produced, so
+        tokens per answer are counted exactly (re-tokenizing the decoded text of an untrained model's
+        byte soup over-counts by half)."""
+        model = self.loaded.model
+        original = model.generate
+
+        def generate(*args, **kwargs):
+            out = original(*args, **kwargs)
+            self._last = (out, kwargs["input_ids"].shape[1])
+            return out
+
+        model.generate = generate
+
     def answer(self, observations, prompts) -> tuple[list[str], list[int]]:
-        """One batched ``generate``: the answer texts and the number of tokens each one took.
-
-        ``Generator.generate_text`` returns text only; counting tokens of re-tokenized text over-counts
-        badly for the byte soup of an untrained model, so this keeps the generated ids.
-        """
-        import torch
-
-        from vlmppo.models.generation import to_pil
-        from vlmppo.models.inputs import build_inputs
-
-        tok = self.loaded.tokenizer
-        batch = build_inputs(self.loaded, [to_pil(o) for o in observations], list(prompts)).to(self.device)
-        sampling = (
-            {"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0}
-            if self.temperature > 0
-            else {"do_sample": False}
+        """One batched generate: the answer texts and the tokens each took (end-of-turn included)."""
+        texts = self.generator.generate_text(
+            observations, prompts, temperature=self.temperature, max_new_tokens=self.cfg.eval.max_new_tokens
         )
-        with torch.no_grad():
-            out = self.loaded.model.generate(
-                **batch,
-                max_new_tokens=self.cfg.eval.max_new_tokens,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
-                **sampling,
-            )
-        new = out[:, batch["input_ids"].shape[1] :].cpu()
-        counts = []
-        for ids in new.tolist():  # tokens up to and including the end-of-turn token
-            counts.append(ids.index(tok.eos_token_id) + 1 if tok.eos_token_id in ids else len(ids))
-        texts = tok.batch_decode(
-            [ids[:n] for ids, n in zip(new.tolist(), counts, strict=True)], skip_special_tokens=True
-        )
+        out, prompt_len = self._last
+        eos = self.loaded.tokenizer.eos_token_id
+        counts = [ids.index(eos) + 1 if eos in ids else len(ids) for ids in out[:, prompt_len:].tolist()]
         return texts, counts
 
     def values(self, observations, infos, adapter) -> list[float | None]:
         if self.critic is None:
             return [None] * len(observations)
-        from vlmppo.rl.ppo import state_values
+        from vlmppo.rl.rollout import state_values
 
         return [float(v) for v in state_values(self.critic, observations, infos, adapter, self.cfg)]
 

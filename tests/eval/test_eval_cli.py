@@ -1,0 +1,164 @@
+"""`vlmppo eval` from the command line: a tiny checkpoint writes every file, `--compare`, and bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+from PIL import Image
+from tests.helpers import run_cli
+
+PRESET = "numberline-tiny"
+
+
+@pytest.fixture(scope="module")
+def run_with_checkpoint(tmp_path_factory):
+    """runs/run/ppo/checkpoints/000001: a LoRA adapter on the tiny Qwen2-VL and a value head, written
+    with the same ``save_checkpoint`` (and files) as PPO."""
+    from safetensors.torch import save_file
+
+    from vlmppo.checkpoints import save_checkpoint
+    from vlmppo.config import load_config
+    from vlmppo.models import load_model
+    from vlmppo.rl.policy import ValueHead, hidden_size
+
+    out = tmp_path_factory.mktemp("eval-cli")
+    cfg = load_config(PRESET, overrides=[f"run.output_dir={out}", "run.name=run"])
+    loaded = load_model(cfg.model, for_training=True)
+    head = ValueHead(hidden_size(loaded.model))
+
+    def write(folder):
+        loaded.model.save_pretrained(folder)
+        loaded.processor.save_pretrained(folder)
+        save_file(head.state_dict(), str(folder / "value_head.safetensors"))
+
+    meta = {"stage": "ppo", "family": cfg.model.family, "base_model": str(loaded.path), "update": 1}
+    save_checkpoint(out / "run/ppo/checkpoints", 1, meta, write)
+    return out
+
+
+def common(out):
+    return ["--preset", PRESET, f"run.output_dir={out}", "run.name=run"]
+
+
+def links(markdown: str) -> list[str]:
+    return re.findall(r"\]\(([^)]+)\)", markdown)
+
+
+def test_eval_of_a_checkpoint_writes_every_file(run_with_checkpoint):
+    out = run_with_checkpoint
+    result = run_cli(
+        "eval",
+        *common(out),
+        "--ckpt",
+        "last",
+        "--episodes",
+        "3",
+        "--seeds",
+        "0,1",
+        "eval.max_new_tokens=8",
+        "eval.trajectories=2",
+    )
+    assert result.returncode == 0, result.stderr
+    folder = out / "run/eval/ppo-000001"
+    assert "ppo-000001: success" in result.stdout and "eval: episodes: 6/6" in result.stdout
+
+    m = json.loads((folder / "metrics.json").read_text())
+    assert m["episodes"] == 6 and m["seeds"] == [0, 1] and set(m["per_seed"]) == {"0", "1"}
+    assert m["policy"] == "checkpoint" and m["value_head"] is True and m["decoding"] == "greedy"
+    assert 0.0 <= m["success_ci95"][0] <= m["success_rate"] <= m["success_ci95"][1] <= 1.0
+    assert 1 <= m["tokens_per_answer"] <= 8 and m["env_steps_per_s"] > 0 and m["wall_s"] > 0
+
+    steps = [json.loads(line) for line in (folder / "episodes.jsonl").read_text().splitlines()]
+    assert len(steps) == m["env_steps"]
+    for row in steps:
+        assert isinstance(row["answer"], str) and isinstance(row["value"], float)
+        assert 1 <= row["answer_tokens"] <= 8 and isinstance(row["invalid"], bool)
+        assert row["action"] in ("-", "+") and isinstance(row["reward"], float)
+    lengths = {}
+    for row in steps:
+        lengths[row["episode"]] = lengths.get(row["episode"], 0) + 1
+    assert len(lengths) == 6 and sum(lengths.values()) == len(steps)
+    assert m["invalid_action_rate"] == pytest.approx(sum(r["invalid"] for r in steps) / len(steps))
+
+    # Captioned trajectories for the first two episodes: GIF frames = steps + 1.
+    for episode in (0, 1):
+        gif = Image.open(folder / f"trajectories/episode-{episode:03d}.gif")
+        assert gif.n_frames == lengths[episode] + 1
+        assert (folder / f"trajectories/episode-{episode:03d}.png").is_file()
+    assert not (folder / "trajectories/episode-002.gif").exists()
+
+    report = (folder / "report.md").read_text()
+    targets = links(report)
+    assert "actions.png" in targets and "trajectories/episode-000.gif" in targets
+    for target in targets:
+        assert (folder / target).is_file(), target
+    assert "No training metrics in" in report and "| success rate |" in report
+    page = (folder / "report.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert sources and all(s.startswith("data:image/") for s in sources)
+    assert (folder / "manifest.json").is_file()
+
+
+def test_compare_prints_the_evaluations_side_by_side(run_with_checkpoint):
+    out = run_with_checkpoint
+    for policy in ("expert", "random"):
+        done = run_cli("eval", *common(out), "--policy", policy, "--episodes", "20", "eval.trajectories=0")
+        assert done.returncode == 0, done.stderr
+    dirs = [out / "run/eval/expert", out / "run/eval/random"]
+    result = run_cli("eval", "--compare", *map(str, dirs))
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "expert" in text and "random" in text and "success rate" in text and "95% CI" in text
+    for folder in dirs:
+        m = json.loads((folder / "metrics.json").read_text())
+        assert f"{100 * m['success_rate']:.1f}%" in text
+
+
+def test_compare_of_a_folder_without_metrics_is_a_clear_error(tmp_path):
+    result = run_cli("eval", "--compare", str(tmp_path))
+    assert result.returncode == 1 and "has no metrics.json" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def bad(out, *args):
+    result = run_cli("eval", *common(out), *args)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "error:" in result.stderr
+    return " ".join(result.stderr.split())
+
+
+def test_a_checkpoint_path_that_does_not_exist_is_a_clear_error(tmp_path):
+    assert "does not exist" in bad(tmp_path, "--ckpt", str(tmp_path / "nope"))
+
+
+def test_a_folder_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes/readme.txt").write_text("not a model")
+    assert "is not a checkpoint" in bad(tmp_path, "--ckpt", str(tmp_path / "notes"))
+
+
+def test_a_checkpoint_of_another_model_family_is_a_clear_error(run_with_checkpoint, tmp_path):
+    ckpt = tmp_path / "qwen-ckpt"
+    shutil.copytree(run_with_checkpoint / "run/ppo/checkpoints/000001", ckpt)
+    result = run_cli(
+        "eval", "--preset", "numberline-llava-tiny", f"run.output_dir={tmp_path}", "--ckpt", str(ckpt)
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "was trained from a qwen2-vl model" in " ".join(result.stderr.split())
+
+
+def test_no_checkpoint_in_the_run_is_a_clear_error(tmp_path):
+    assert "No complete ppo/sft checkpoint" in bad(tmp_path, "--ckpt", "last")
+
+
+def test_zero_episodes_is_a_clear_error(tmp_path):
+    message = bad(tmp_path, "--policy", "random", "--episodes", "0")
+    assert "eval.episodes" in message
+    assert not (tmp_path / "run/eval").exists()
+
+
+def test_an_unknown_baseline_is_a_clear_error(tmp_path):
+    assert "--policy 'greedy' is not a baseline" in bad(tmp_path, "--policy", "greedy")

@@ -147,3 +147,32 @@ def test_early_stopping_ends_the_run_and_still_writes_final(tmp_path):
     assert result.early_stopped and result.steps < 50
     assert losses[-1] >= min(losses[:-1])
     assert result.final is not None and result.checkpoint.name == f"{result.steps:06d}"
+
+
+def test_gradient_checkpointing_trains_to_the_same_losses(tmp_path):
+    train, val = write_color_dataset(tmp_path)
+    plain = train_sft(sft_config(tmp_path, train, val, "sft.max_steps=2", "run.name=plain"))
+    ckpt = train_sft(
+        sft_config(
+            tmp_path, train, val, "sft.max_steps=2", "run.name=ckpt", "model.gradient_checkpointing=true"
+        )
+    )
+    assert ckpt.loaded.model.base_model.model.is_gradient_checkpointing
+    assert ckpt.last_metrics["sft/loss"] == pytest.approx(plain.last_metrics["sft/loss"], rel=1e-5)
+
+
+def test_samples_over_max_length_are_truncated_and_counted(tmp_path):
+    from vlmppo.models.inputs import IGNORE_INDEX
+    from vlmppo.sft.dataset import SftCollator, load_sft_examples
+
+    train, val = write_color_dataset(tmp_path, n_train=8)
+    examples = load_sft_examples(train)
+    probe = train_sft(sft_config(tmp_path, train, val, "sft.max_steps=1", "run.name=probe")).loaded
+    batch = SftCollator(probe, 4096)(examples[:1])
+    prompt = int(((batch["labels"] == IGNORE_INDEX) & batch["attention_mask"].bool()).sum())
+    cfg = sft_config(tmp_path, train, val, "sft.max_steps=2", f"sft.max_length={prompt + 3}")
+    result = train_sft(cfg)
+    rows = metrics(cfg)
+    assert result.truncated == 8 and result.skipped == 0  # two steps of 4 = every sample once, all cut
+    assert rows[1]["data/truncated"] == 8 and rows[0]["data/truncated"] == 4
+    assert rows[0]["sft/tokens"] == 4 * 3  # what is left of each answer: 3 tokens, all with loss

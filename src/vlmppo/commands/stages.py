@@ -21,7 +21,6 @@ from vlmppo.commands._common import (
     progress_bar,
     resolve_config,
     save_resolved_config,
-    stage_not_built,
     summary,
 )
 
@@ -319,9 +318,34 @@ def pipeline(
 ):
     """Run collect -> label -> preprocess -> sft -> ppo -> eval with one config, skipping finished stages."""
     cfg = resolve_config(preset, config, overrides)
+    from vlmppo.eval.pipeline import run_pipeline, stage_range
+
+    stages = stage_range(from_stage, to_stage)
     if dry_run:
-        return print_dry_run(cfg, "collect", "label", "preprocess", "sft", "ppo", "eval")
-    stage_not_built("pipeline", 8)
+        return print_dry_run(cfg, *stages)
+    from vlmppo.console import console
+
+    save_resolved_config(cfg)
+    numbered = {stage: i for i, stage in enumerate(stages, start=1)}
+
+    def on_stage(stage: str, message: str) -> None:
+        console.print(f"[bold][{numbered[stage]}/{len(stages)}] {stage}[/bold]: {message}", highlight=False)
+
+    result = run_pipeline(
+        cfg,
+        start=from_stage,
+        stop=to_stage,
+        on_stage=on_stage,
+        progress=lambda stage: progress_bar(f"{stage}"),
+    )
+    ran = [o.stage for o in result.outcomes if o.ran]
+    skipped = [o.stage for o in result.outcomes if not o.ran]
+    seconds = sum(o.seconds for o in result.outcomes)
+    summary(
+        f"ran {', '.join(ran) or 'no stage'} in {seconds:.0f} s; skipped {', '.join(skipped) or 'none'}"
+        + (f"\n  report: {result.report}" if result.report else ""),
+        result.run_dir,
+    )
 
 
 pipeline_epilog = examples(

@@ -1,0 +1,313 @@
+"""`vlmppo pipeline`: collect -> label -> preprocess -> sft -> ppo -> eval with one config, in-process.
+
+A stage is skipped when its output is complete and nothing it depends on changed. What it depends on is
+recorded in ``runs/<name>/pipeline.json`` after the stage ran: the SHA-256 of the config sections it reads
+(plus ``run.seed``), of its input files (the previous stage's output) and of its output files. A stage
+re-runs when any of those differ, or its output is missing; because a re-run changes its output files,
+every later stage then re-runs too. Collect, label and preprocess also count as done when their own
+``manifest.json`` (config and input hashes) matches, so a stage run by hand is not repeated.
+
+A stage that re-runs over an older output first moves that output aside to ``<folder>.old-<time>``
+(collect and label would otherwise resume into it, and SFT refuses to start over its checkpoints).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlmppo.config import Config, run_dir
+from vlmppo.config.schema import STAGES
+from vlmppo.errors import ConfigError
+from vlmppo.io import atomic_write_json, file_sha256
+
+# Config sections each stage reads (run.seed is added to all).
+SECTIONS = {
+    "collect": ("env", "collect"),
+    "label": ("env", "label"),
+    "preprocess": ("env", "preprocess"),
+    "sft": ("model", "sft"),
+    "ppo": ("env", "model", "ppo"),
+    "eval": ("env", "model", "eval"),
+}
+# Folder each stage writes (moved aside before a re-run over an old output).
+FOLDERS = {"collect": "collect", "label": "label", "preprocess": "data", "sft": "sft", "ppo": "ppo"}
+RECORD = "pipeline.json"
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    ran: bool
+    reason: str
+    seconds: float = 0.0
+
+
+@dataclass
+class PipelineResult:
+    run_dir: Path
+    outcomes: list[StageOutcome] = field(default_factory=list)
+    report: Path | None = None
+
+
+def stage_range(start: str | None, stop: str | None) -> list[str]:
+    """The stages from ``start`` to ``stop`` (both included), in pipeline order."""
+    for name, value in (("--from", start), ("--to", stop)):
+        if value is not None and value not in STAGES:
+            raise ConfigError(f"{name} {value!r} is not a stage.", hint=f"Stages: {', '.join(STAGES)}.")
+    first = STAGES.index(start) if start else 0
+    last = STAGES.index(stop) if stop else len(STAGES) - 1
+    if first > last:
+        raise ConfigError(
+            f"--from {start} comes after --to {stop}.", hint=f"Stage order: {' -> '.join(STAGES)}."
+        )
+    return list(STAGES[first : last + 1])
+
+
+def stage_config(cfg: Config, stage: str) -> dict:
+    dump = cfg.model_dump(mode="json")
+    return {"seed": dump["run"]["seed"], **{s: dump[s] for s in SECTIONS[stage]}}
+
+
+def config_hash(cfg: Config, stage: str) -> str:
+    text = json.dumps(stage_config(cfg, stage), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _weights(folder: Path | None) -> list[Path]:
+    if folder is None:
+        return []
+    return [folder / f for f in ("adapter_model.safetensors", "model.safetensors", "value_head.safetensors")
+            if (folder / f).is_file()]  # fmt: skip
+
+
+def _latest(root: Path, stage: str) -> Path | None:
+    from vlmppo.checkpoints import latest_checkpoint
+
+    return latest_checkpoint(root / stage / "checkpoints")
+
+
+def _eval_checkpoint(cfg: Config, root: Path) -> Path | None:
+    from vlmppo.checkpoints import resolve_checkpoint
+    from vlmppo.errors import CheckpointError
+
+    try:
+        return resolve_checkpoint(root, cfg.eval.ckpt or "last")
+    except CheckpointError:
+        return None
+
+
+def inputs_of(cfg: Config, stage: str, root: Path) -> list[Path]:
+    """Files a stage reads (missing ones are left out: the stage itself says what is missing)."""
+    files = {
+        "collect": [],
+        "label": [root / "collect/episodes.jsonl"],
+        "preprocess": [root / "collect/episodes.jsonl", root / "label/labels.jsonl"],
+        "sft": [root / "data/train.jsonl", root / "data/val.jsonl"],
+        "ppo": _weights(_latest(root, "sft")) if cfg.ppo.init_from == "sft" else [],
+        "eval": _weights(_eval_checkpoint(cfg, root)),
+    }[stage]
+    return [f for f in files if f.is_file()]
+
+
+def outputs_of(cfg: Config, stage: str, root: Path) -> list[Path] | None:
+    """The files that make a stage's output complete; None when any is missing."""
+    if stage in ("collect", "label", "preprocess"):
+        folder = root / FOLDERS[stage]
+        main = {
+            "collect": ["episodes.jsonl"],
+            "label": ["labels.jsonl"],
+            "preprocess": ["train.jsonl", "val.jsonl"],
+        }
+        files = [folder / f for f in main[stage]]
+        return files if all(f.is_file() for f in files) and (folder / "manifest.json").is_file() else None
+    if stage == "sft":
+        latest = _latest(root, "sft")
+        done = latest is not None and (root / "sft/checkpoints/final").is_dir()
+        return _weights(latest) or None if done else None
+    if stage == "ppo":
+        return _weights(_latest(root, "ppo")) or None
+    from vlmppo.eval.runner import checkpoint_name
+
+    ckpt = _eval_checkpoint(cfg, root)
+    if ckpt is None:
+        return None
+    name = checkpoint_name(root, ckpt) + ("" if cfg.eval.greedy else "-sampled")
+    files = [root / "eval" / name / f for f in ("metrics.json", "report.md")]
+    return files if all(f.is_file() for f in files) else None
+
+
+def _hashes(files: list[Path], root: Path) -> dict[str, str]:
+    return {os.path.relpath(f, root): file_sha256(f) for f in files}
+
+
+def _read_record(root: Path) -> dict:
+    path = root / RECORD
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}  # a damaged record only costs re-running stages
+
+
+def up_to_date(cfg: Config, stage: str, root: Path, record: dict) -> tuple[bool, str]:
+    """Whether ``stage`` can be skipped, and why (or why not)."""
+    outputs = outputs_of(cfg, stage, root)
+    if outputs is None:
+        return False, "no complete output yet"
+    inputs = _hashes(inputs_of(cfg, stage, root), root)
+    entry = record.get("stages", {}).get(stage)
+    if entry is None:
+        return _manifest_matches(cfg, stage, root, inputs)
+    if "outputs" not in entry:
+        return False, "its last run did not finish"
+    if entry.get("config_sha256") != config_hash(cfg, stage):
+        return False, "its config changed"
+    if entry.get("inputs") != inputs:
+        return False, "its inputs changed"
+    if entry.get("outputs") != _hashes(outputs, root):
+        return False, "its output changed since the pipeline wrote it"
+    return True, "up to date"
+
+
+def _manifest_matches(cfg: Config, stage: str, root: Path, inputs: dict[str, str]) -> tuple[bool, str]:
+    """A data stage run by hand (no pipeline record): trust its manifest if config and inputs match."""
+    if stage not in ("collect", "label", "preprocess"):
+        return False, "no record of how its output was made"
+    manifest = json.loads((root / FOLDERS[stage] / "manifest.json").read_text())
+    recorded = manifest.get("config") or {}
+    mine = stage_config(cfg, stage)
+    theirs = {"seed": recorded.get("run", {}).get("seed"), **{s: recorded.get(s) for s in SECTIONS[stage]}}
+    if theirs != mine:
+        return False, "its manifest was written with another config"
+    if sorted(v["sha256"] for v in manifest.get("inputs", {}).values()) != sorted(inputs.values()):
+        return False, "its inputs changed since its manifest was written"
+    return True, "up to date (its manifest matches)"
+
+
+def _move_aside(root: Path, stage: str) -> Path | None:
+    folder = root / FOLDERS.get(stage, "")
+    if stage not in FOLDERS or not folder.exists():
+        return None
+    target = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while target.exists():
+        target = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+        n += 1
+    os.replace(folder, target)
+    return target
+
+
+def _run_stage(cfg: Config, stage: str, progress, resume: bool):
+    """Call the stage's engine function; returns its result."""
+    with progress(stage) if progress else nullcontext(None) as advance:
+
+        def report(done, total, *_):
+            if advance:
+                advance(done, total)
+
+        if stage == "collect":
+            from vlmppo.data.collect import collect
+
+            return collect(cfg, on_episode=report)
+        if stage == "label":
+            from vlmppo.data.label import label
+
+            return label(cfg, on_progress=report)
+        if stage == "preprocess":
+            from vlmppo.data.preprocess import preprocess
+
+            return preprocess(cfg)
+        if stage == "sft":
+            from vlmppo.sft.trainer import train_sft
+
+            return train_sft(cfg, on_step=report, resume="auto" if resume else None)
+        if stage == "ppo":
+            from vlmppo.rl.ppo import train_ppo
+
+            return train_ppo(cfg, on_update=report, resume="auto" if resume else None)
+        from vlmppo.eval.runner import evaluate
+
+        return evaluate(cfg, on_episode=report)
+
+
+def run_pipeline(
+    cfg: Config,
+    *,
+    start: str | None = None,
+    stop: str | None = None,
+    on_stage: Callable[[str, str], None] | None = None,
+    progress=None,
+) -> PipelineResult:
+    """Run the stages from ``start`` to ``stop``, skipping those that are up to date.
+
+    Args:
+        on_stage: Called with (stage, message) when a stage is skipped, starts or ends.
+        progress: A context-manager factory ``progress(stage) -> advance(done, total)`` (a progress bar).
+
+    Returns:
+        What each stage did, and the eval report's path (this run's, when eval ran or was up to date).
+
+    PPO starts from this run's SFT checkpoint when ``ppo.init_from`` is null and SFT is part of the range
+    or has a checkpoint; set ``ppo.init_from`` to choose otherwise.
+    """
+    stages = stage_range(start, stop)
+    root = run_dir(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    if cfg.ppo.init_from is None and ("sft" in stages or _latest(root, "sft") is not None):
+        cfg = cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"init_from": "sft"})})
+    result = PipelineResult(root)
+    say = on_stage or (lambda stage, message: None)
+    for stage in stages:
+        record = _read_record(root)
+        fresh, reason = up_to_date(cfg, stage, root, record)
+        if fresh:
+            say(stage, f"skipped: {reason}")
+            result.outcomes.append(StageOutcome(stage, False, reason))
+            continue
+        inputs = _hashes(inputs_of(cfg, stage, root), root)
+        entry = record.get("stages", {}).get(stage) or {}
+        # A stage the pipeline started with this very config and inputs, and that did not finish (killed,
+        # preempted): continue it instead of starting over (collect/label resume by themselves).
+        resume = "outputs" not in entry and entry.get("config_sha256") == config_hash(cfg, stage)
+        resume = resume and entry.get("inputs") == inputs
+        moved = None if resume else _move_aside(root, stage)
+        detail = "resuming the interrupted run" if resume else reason
+        say(stage, f"running: {detail}" + (f"; the old output was moved to {moved}" if moved else ""))
+        record.setdefault("stages", {})[stage] = {
+            "config_sha256": config_hash(cfg, stage),
+            "config": stage_config(cfg, stage),
+            "inputs": inputs,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write_json(root / RECORD, record)
+        t0 = time.perf_counter()
+        out = _run_stage(cfg, stage, progress, resume)
+        seconds = time.perf_counter() - t0
+        outputs = outputs_of(cfg, stage, root)
+        if outputs is None or getattr(out, "stopped_by", None):
+            say(
+                stage,
+                f"stopped without a complete output after {seconds:.1f} s; run the pipeline again to continue",
+            )
+            result.outcomes.append(StageOutcome(stage, True, detail, seconds))
+            return result
+        record["stages"][stage].update(
+            {
+                "outputs": _hashes(outputs, root),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "seconds": round(seconds, 2),
+            }
+        )
+        atomic_write_json(root / RECORD, record)
+        say(stage, f"done in {seconds:.1f} s")
+        result.outcomes.append(StageOutcome(stage, True, detail, seconds))
+    if "eval" in stages:
+        outputs = outputs_of(cfg, "eval", root)
+        result.report = outputs[1] if outputs else None
+    return result

@@ -147,6 +147,10 @@ def test_early_stopping_ends_the_run_and_still_writes_final(tmp_path):
     assert result.early_stopped and result.steps < 50
     assert losses[-1] >= min(losses[:-1])
     assert result.final is not None and result.checkpoint.name == f"{result.steps:06d}"
+    # --resume auto (a requeued SLURM job) does not train a finished run further, and logs one final row
+    again = train_sft(cfg, resume="auto")
+    assert again.early_stopped and again.steps == result.steps
+    assert [r["step"] for r in metrics(cfg) if r.get("final")] == [result.steps]
 
 
 def test_gradient_checkpointing_trains_to_the_same_losses(tmp_path):

@@ -116,6 +116,23 @@ def config_changes(path: Path, cfg) -> list[str]:
     return changes
 
 
+def drop_final_rows(metrics: Path) -> None:
+    """Remove the ``final: true`` rows of an earlier end of this run from ``metrics.jsonl`` (atomically)."""
+    from vlmppo.io import atomic_write_text
+
+    if not metrics.is_file():
+        return
+    kept = []
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("final"):
+                continue
+        except json.JSONDecodeError:
+            break  # a torn tail: the Tracker cuts it too
+        kept.append(line)
+    atomic_write_text(metrics, "".join(f"{line}\n" for line in kept))
+
+
 def write_final(checkpoint: Path, extra_meta: dict) -> Path:
     """Copy ``checkpoint`` (minus ``trainer_state.pt``) to ``checkpoints/final`` atomically, with
     ``extra_meta`` (final metrics) merged into its ``vlmppo.json``."""

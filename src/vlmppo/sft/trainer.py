@@ -23,7 +23,14 @@ import torch
 
 from vlmppo.config import Config, config_to_yaml, run_dir
 from vlmppo.models.inputs import IGNORE_INDEX
-from vlmppo.sft.checkpointing import checkpoints_dir, config_changes, find_resume, load_weights, write_final
+from vlmppo.sft.checkpointing import (
+    checkpoints_dir,
+    config_changes,
+    drop_final_rows,
+    find_resume,
+    load_weights,
+    write_final,
+)
 from vlmppo.sft.dataset import SftCollator, load_sft_examples
 from vlmppo.sft.launching import check_launch, deepspeed_plugin
 from vlmppo.sft.loss import token_loss
@@ -183,8 +190,10 @@ def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult
         step, micro, samples_seen = state["step"], state["micro"], state["samples_seen"]
         best_eval, bad_evals = state["best_eval"], state["bad_evals"]
         eval_loss, eval_acc = state.get("eval_loss"), state.get("eval_acc")
-        collator.truncated, collator.skipped = state["truncated"], state["skipped"]
+        if accelerator.is_main_process:  # the counts saved are sums over ranks: carry them on rank 0 only
+            collator.truncated, collator.skipped = state["truncated"], state["skipped"]
     result = SftResult(out, step, counts.total_steps, resumed_from=resume_path, notes=notes)
+    result.early_stopped = bool(state and state.get("early_stopped"))  # a finished run stays finished
     if resume_path:
         result.resume_changes = config_changes(resume_path, cfg)
 
@@ -195,6 +204,7 @@ def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult
         if ds_stage:
             accelerator.save_state(str(ds_dir))  # sharded optimizer state: every rank writes its part
         weights = accelerator.get_state_dict(model) if ds_stage == 3 else None  # gathered on all ranks
+        truncated, skipped = (int(x) for x in _sum(accelerator, collator.truncated, collator.skipped))
         path = root / f"{step:06d}"
         if main:
 
@@ -215,8 +225,9 @@ def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult
                         "bad_evals": bad_evals,
                         "eval_loss": eval_loss,
                         "eval_acc": eval_acc,
-                        "truncated": collator.truncated,
-                        "skipped": collator.skipped,
+                        "truncated": truncated,
+                        "skipped": skipped,
+                        "early_stopped": result.early_stopped,
                         "optimizer": None if ds_stage else optimizer.state_dict(),
                         "total_steps": counts.total_steps,
                     },
@@ -234,6 +245,8 @@ def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult
         accelerator.wait_for_everyone()
         return path
 
+    if state is not None and main:
+        drop_final_rows(out / "metrics.jsonl")  # a resumed run writes its own final row
     tracker = (
         Tracker(
             out, cfg.tracking, step_key="step", run_name=cfg.run.name, resume_step=step if state else None
@@ -248,7 +261,7 @@ def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult
     saved_at = step if state else -1
     try:
         with stop_handlers() as stop:
-            while step < counts.total_steps:
+            while step < counts.total_steps and not result.early_stopped:
                 t0 = time.perf_counter()
                 lr = lr_at(step, counts, s.lr, s.lr_schedule)
                 for group in optimizer.param_groups:

@@ -267,6 +267,15 @@ def run_pipeline(
         record = _read_record(root)
         fresh, reason = up_to_date(cfg, stage, root, record)
         if fresh:
+            if stage not in record.get("stages", {}):  # adopted from its own manifest: record it now
+                record.setdefault("stages", {})[stage] = {
+                    "config_sha256": config_hash(cfg, stage),
+                    "config": stage_config(cfg, stage),
+                    "inputs": _hashes(inputs_of(cfg, stage, root), root),
+                    "outputs": _hashes(outputs_of(cfg, stage, root), root),
+                    "adopted": "its manifest matched",
+                }
+                atomic_write_json(root / RECORD, record)
             say(stage, f"skipped: {reason}")
             result.outcomes.append(StageOutcome(stage, False, reason))
             continue

@@ -1,0 +1,117 @@
+"""`vlmppo pipeline`: every stage end to end on numberline-tiny, then a second call skips every stage."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.helpers import run_cli
+
+STAGES = ("collect", "label", "preprocess", "sft", "ppo", "eval")
+# numberline-tiny, shortened so that all six stages run in CI in well under a minute.
+SMALL = [
+    "collect.episodes=8",
+    "sft.max_steps=4",
+    "sft.eval_every=4",
+    "sft.save_every=4",
+    "ppo.total_env_steps=32",
+    "ppo.max_new_tokens=8",
+    "ppo.n_epochs=1",
+    "eval.episodes=4",
+    "eval.max_new_tokens=8",
+    "eval.trajectories=1",
+]
+
+
+def pipeline(out, *args):
+    return run_cli(
+        "pipeline", "--preset", "numberline-tiny", f"run.output_dir={out}", "run.name=run", *SMALL, *args
+    )
+
+
+def statuses(stdout: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for stage, message in re.findall(r"\[\d/\d\] (\w+): (.*)", stdout):
+        found.setdefault(stage, []).append(message)
+    return found
+
+
+def test_pipeline_runs_every_stage_then_a_second_call_skips_them_all(tmp_path):
+    first = pipeline(tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    status = statuses(first.stdout)
+    assert list(status) == list(STAGES)
+    assert all(messages[-1].startswith("done in") for messages in status.values()), status
+    run = tmp_path / "run"
+    report = run / "eval/ppo-000001/report.md"
+    assert f"report:{report}" in "".join(first.stdout.split())  # Rich may wrap the long path
+    assert report.is_file() and (run / "eval/ppo-000001/curves-ppo.png").is_file()
+    assert (run / "eval/ppo-000001/curves-sft.png").is_file()
+    # PPO started from this run's SFT checkpoint, whose hash is recorded as PPO's input.
+    record = json.loads((run / "pipeline.json").read_text())
+    assert set(record["stages"]) == set(STAGES)
+    assert record["stages"]["ppo"]["config"]["ppo"]["init_from"] == "sft"
+    assert "sft/checkpoints/000004/adapter_model.safetensors" in record["stages"]["ppo"]["inputs"]
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != "config.yaml"}
+
+    second = pipeline(tmp_path)
+    assert second.returncode == 0, second.stderr
+    status = statuses(second.stdout)
+    assert list(status) == list(STAGES)
+    assert all(messages == ["skipped: up to date"] for messages in status.values()), status
+    after = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != "config.yaml"}
+    assert after == before  # nothing was rewritten
+
+    # A changed eval setting re-runs eval only.
+    third = pipeline(tmp_path, "eval.episodes=5")
+    assert third.returncode == 0, third.stderr
+    status = statuses(third.stdout)
+    assert [s for s, m in status.items() if m[0].startswith("running")] == ["eval"]
+    assert status["eval"][0] == "running: its config changed"
+    assert json.loads((run / "eval/ppo-000001/metrics.json").read_text())["episodes"] == 5
+
+
+def test_a_data_stage_run_by_hand_is_not_repeated_and_a_changed_one_is_moved_aside(tmp_path):
+    common = [
+        "--preset",
+        "numberline-tiny",
+        f"run.output_dir={tmp_path}",
+        "run.name=run",
+        "collect.episodes=4",
+    ]
+    assert run_cli("collect", *common).returncode == 0
+    out = run_cli("pipeline", *common, "--to", "label")
+    assert out.returncode == 0, out.stderr
+    status = statuses(out.stdout)
+    assert status["collect"] == ["skipped: up to date (its manifest matches)"]
+    assert status["label"][-1].startswith("done in")
+
+    out = run_cli("pipeline", *common[:-1], "collect.episodes=5", "--to", "label")
+    assert out.returncode == 0, out.stderr
+    status = statuses(out.stdout)
+    assert status["collect"][0].startswith("running: its config changed; the old output was moved to")
+    assert status["label"][0].startswith("running: its inputs changed")
+    episodes = {
+        json.loads(x)["episode"] for x in (tmp_path / "run/collect/episodes.jsonl").read_text().splitlines()
+    }
+    assert episodes == set(range(5))
+    moved = [p for p in (tmp_path / "run").iterdir() if p.name.startswith("collect.old-")]
+    assert len(moved) == 1 and (moved[0] / "episodes.jsonl").is_file()
+
+
+def test_a_stage_range_in_the_wrong_order_is_a_clear_error(tmp_path):
+    out = run_cli(
+        "pipeline",
+        "--preset",
+        "numberline-tiny",
+        f"run.output_dir={tmp_path}",
+        "--from",
+        "eval",
+        "--to",
+        "sft",
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "--from eval comes after --to sft" in " ".join(out.stderr.split())
+    out = run_cli("pipeline", "--preset", "numberline-tiny", f"run.output_dir={tmp_path}", "--from", "train")
+    assert out.returncode == 1 and "is not a stage" in out.stderr
+    assert not (tmp_path / "numberline-tiny").exists()

@@ -109,7 +109,9 @@ def progress_bar(description: str):
             if status or tenth != last["tenth"] or done == total:
                 last["tenth"] = tenth
                 console.print(
-                    f"{description}: {done}/{total}" + (f" · {status}" if status else ""), markup=False
+                    f"{description}: {done}/{total}" + (f" · {status}" if status else ""),
+                    markup=False,
+                    soft_wrap=True,
                 )
 
         yield plain

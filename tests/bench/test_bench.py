@@ -167,3 +167,23 @@ def test_a_built_shape_loads_like_a_checkpoint_with_the_released_pixel_budget(tm
     # 300 px -> 308 px (multiples of 28) -> 22 x 22 patches -> 121 tokens, as with Qwen2-VL-2B-Instruct.
     assert int((batch["input_ids"] == loaded.model.config.image_token_id).sum()) == 121
     assert loaded.model.config.text_config.vocab_size == 1024
+
+
+def test_method_clock_times_calls_and_restores_nested_wrappers():
+    from vlmppo.bench.timing import MethodClock
+
+    class Policy:
+        def score(self, x):
+            return x + 1
+
+    policy = Policy()
+    policy.score = lambda x: Policy.score(policy, x) * 10  # e.g. another wrapper's instance attribute
+    clock = MethodClock("cpu")
+    clock.wrap(policy, "score", "score")
+    assert policy.score(1) == 20 and clock.seconds["score"] > 0 and clock.last_result["score"] == 20
+    clock.restore()
+    assert policy.score(1) == 20  # the outer wrapper is back
+    del policy.score
+    clock.wrap(policy, "score", "score")
+    clock.restore()
+    assert "score" not in vars(policy) and policy.score(1) == 2

@@ -34,6 +34,11 @@ def _gib(value: float | None) -> str:
     return "n/a (CPU)" if value is None else f"{value:.1f}"
 
 
+def _training(result: BenchResult) -> str:
+    r = result.meta["lora_r"]
+    return "full fine-tuning" if r is None else f"LoRA r={r}"
+
+
 def rollout_rows(result: BenchResult) -> list[list[str]]:
     base = result.baseline.env_steps_per_s
     return [
@@ -92,7 +97,7 @@ def print_report(result: BenchResult, console) -> None:
     for row in rollout_rows(result):
         table.add_row(*row)
     console.print(table)
-    table = Table(title="update (forward + backward, LoRA)", title_justify="left")
+    table = Table(title=f"update (forward + backward, {_training(result)})", title_justify="left")
     for name in UPDATE_COLUMNS:
         table.add_column(name, justify="right")
     table.add_row(*update_row(result))
@@ -106,7 +111,7 @@ def markdown(result: BenchResult) -> str:
 
     lines = [*(f"{line}  " for line in setup_lines(result)), "", "Rollout:", ""]
     lines += table(ROLLOUT_COLUMNS, rollout_rows(result))
-    lines += ["", "Update (teacher-forced forward + backward over micro-batches, LoRA):", ""]
+    lines += ["", f"Update (teacher-forced forward + backward over micro-batches, {_training(result)}):", ""]
     lines += table(UPDATE_COLUMNS, [update_row(result)])
     return "\n".join(lines) + "\n"
 

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 
 import torch
 
+_MISSING = object()
+
 
 def sync(device: str) -> None:
     if torch.device(device).type == "cuda":
@@ -27,7 +29,7 @@ class MethodClock:
     """Seconds spent inside named methods of some objects, summed over calls.
 
     ``wrap(obj, "generate", key)`` shadows ``obj.generate`` with a timed instance attribute; ``restore``
-    removes it again, so the objects are left exactly as they were (nothing outside vlmppo.bench is
+    puts back what was there before, so the objects are left exactly as they were (nothing outside vlmppo.bench is
     patched, and the class's method is never replaced).
     """
 
@@ -35,7 +37,7 @@ class MethodClock:
         self.device = device
         self.seconds: dict[str, float] = defaultdict(float)
         self.last_result: dict[str, object] = {}
-        self._wrapped: list[tuple[object, str]] = []
+        self._wrapped: list[tuple[object, str, object]] = []
 
     def wrap(self, obj, name: str, key: str) -> None:
         method = getattr(obj, name)
@@ -47,15 +49,19 @@ class MethodClock:
             self.last_result[key] = result
             return result
 
+        previous = vars(obj).get(name, _MISSING)  # an instance attribute another wrapper set, if any
         object.__setattr__(obj, name, timed)  # nn.Module too: a plain attribute, found before the method
-        self._wrapped.append((obj, name))
+        self._wrapped.append((obj, name, previous))
 
     def reset(self) -> None:
         self.seconds.clear()
 
     def restore(self) -> None:
-        for obj, name in reversed(self._wrapped):
-            object.__delattr__(obj, name)
+        for obj, name, previous in reversed(self._wrapped):
+            if previous is _MISSING:
+                object.__delattr__(obj, name)
+            else:
+                object.__setattr__(obj, name, previous)
         self._wrapped.clear()
 
 

@@ -182,3 +182,47 @@ def test_a_deepspeed_launch_without_deepspeed_is_a_clear_error(tmp_path):
     assert out.returncode == 1
     err = " ".join(out.stderr.split())
     assert "sft.launch=zero2 uses DeepSpeed, which is not installed" in err and "Traceback" not in err
+
+
+def test_two_processes_under_ddp_train_like_one_process_with_the_whole_batch(tmp_path):
+    # Two CPU processes (gloo) with 2 samples each must make the steps of one process with 4: the same
+    # samples per step (rank r takes every 2nd of the global micro-batch) and the loss averaged over all
+    # answer tokens of both ranks. Only rank 0 writes metrics, checkpoints and the summary.
+    from safetensors.torch import load_file
+    from tests.sft.helpers import sft_config
+
+    from vlmppo.sft.trainer import train_sft
+
+    train, val = write_color_dataset(tmp_path, n_train=16, n_val=5)
+    steps = ["sft.max_steps=3", "sft.eval_every=3"]
+    one = train_sft(sft_config(tmp_path, train, val, *steps, "sft.batch_size=4", "run.name=one"))
+    cli = ["--preset", "probe-color-tiny", f"run.output_dir={tmp_path / 'runs'}", f"sft.train_file={train}",
+           f"sft.val_file={val}", "sft.warmup_ratio=0", "sft.lr=1e-2", "sft.save_every=1000", *steps,
+           "sft.batch_size=2", "sft.launch=ddp", "run.name=two"]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "vlmppo", "sft", *cli],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "ACCELERATE_USE_CPU": "1", "COLUMNS": "200"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("done:") == 1
+    two = tmp_path / "runs" / "two" / "sft"
+    rows_one = lines(tmp_path / "runs" / "one" / "sft" / "metrics.jsonl")
+    rows_two = lines(two / "metrics.jsonl")
+    assert [r["samples"] for r in rows_two[:-1]] == [r["samples"] for r in rows_one[:-1]] == [4, 8, 12]
+    for a, b in zip(rows_one, rows_two, strict=True):
+        for key in (
+            "sft/loss",
+            "sft/grad_norm",
+            "sft/tokens",
+            "eval/loss",
+            "eval/token_acc",
+            "eval/action_samples",
+        ):
+            assert (a.get(key) is None) == (b.get(key) is None), key
+            if a.get(key) is not None:
+                assert b[key] == pytest.approx(a[key], rel=1e-5), key
+    wa = load_file(str(one.final / "adapter_model.safetensors"))
+    wb = load_file(str(two / "checkpoints" / "final" / "adapter_model.safetensors"))
+    for k in wa:
+        assert (wa[k] - wb[k]).abs().max() < 1e-4, k

@@ -128,6 +128,9 @@ def sft(
     cfg = resolve_config(preset, config, overrides)
     if dry_run:
         return print_dry_run(cfg, "sft")
+    import os
+    from contextlib import nullcontext
+
     from vlmppo.console import console
     from vlmppo.sft.trainer import train_sft
 
@@ -148,8 +151,12 @@ def sft(
         shown = console.is_terminal or "eval/loss" in m or step % max(1, total // 20) == 0 or step == total
         advance(step, total, status(m) if shown else "")
 
-    with progress_bar("sft: optimizer steps") as advance:
+    # Under a launcher (torchrun/accelerate: RANK is set) only the first process draws and prints.
+    main = os.environ.get("RANK", "0") == "0"
+    with progress_bar("sft: optimizer steps") if main else nullcontext(lambda *a: None) as advance:
         result = train_sft(cfg, on_step=on_step, resume=resume)
+    if not main:
+        return
     if result.resumed_from:
         console.print(f"resumed from {result.resumed_from}")
     for change in result.resume_changes:

@@ -150,6 +150,16 @@ def test_a_checkpoint_of_another_model_family_is_a_clear_error(run_with_checkpoi
     assert "was trained from a qwen2-vl model" in " ".join(result.stderr.split())
 
 
+def test_a_plain_peft_adapter_of_another_model_family_is_a_clear_error(tmp_path):
+    from vlmppo.config import load_config
+    from vlmppo.models import load_model
+
+    llava = load_model(load_config("numberline-llava-tiny").model, for_training=True)
+    llava.model.save_pretrained(tmp_path / "llava-adapter")  # no vlmppo.json: only peft's own files
+    message = bad(tmp_path, "--ckpt", str(tmp_path / "llava-adapter"))
+    assert "is a llava-next model but model.family is 'qwen2-vl'" in message
+
+
 def test_no_checkpoint_in_the_run_is_a_clear_error(tmp_path):
     assert "No complete ppo/sft checkpoint" in bad(tmp_path, "--ckpt", "last")
 

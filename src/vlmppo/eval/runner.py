@@ -135,6 +135,21 @@ class _CheckpointActor:
         return [float(v) for v in state_values(self.critic, observations, infos, adapter, self.cfg)]
 
 
+def check_adapter_family(path: Path, family: str) -> None:
+    """A plain PEFT adapter folder (no ``vlmppo.json``, so ``check_family`` cannot tell): ModelError when the
+    base model its ``adapter_config.json`` names is a local model of another family."""
+    from vlmppo.checkpoints import META
+
+    adapter_config = path / "adapter_config.json"
+    if (path / META).is_file() or not adapter_config.is_file():
+        return
+    base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+    if base and (Path(base) / "config.json").is_file():
+        from vlmppo.models.loading import detect_family
+
+        detect_family(base, family)
+
+
 def _check(cfg: Config, policy: str | None) -> None:
     if policy is not None and policy not in BASELINES:
         raise ConfigError(
@@ -175,6 +190,7 @@ def evaluate(
 
         ckpt_path = resolve_checkpoint(root, e.ckpt or "last")
         check_family(ckpt_path, cfg.model.family)
+        check_adapter_family(ckpt_path, cfg.model.family)
         name = checkpoint_name(root, ckpt_path)
         actor = _CheckpointActor(cfg, ckpt_path, resolve_device(cfg))
     else:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 from tests.helpers import run_cli
 
@@ -115,3 +120,32 @@ def test_a_stage_range_in_the_wrong_order_is_a_clear_error(tmp_path):
     out = run_cli("pipeline", "--preset", "numberline-tiny", f"run.output_dir={tmp_path}", "--from", "train")
     assert out.returncode == 1 and "is not a stage" in out.stderr
     assert not (tmp_path / "numberline-tiny").exists()
+
+
+def test_a_stage_stopped_by_sigterm_is_resumed_by_the_next_call(tmp_path):
+    args = ["pipeline", "--preset", "probe-color-tiny", f"run.output_dir={tmp_path}", "run.name=run", "--to", "sft",
+            "collect.episodes=8", "sft.max_steps=60", "sft.batch_size=2", "sft.eval_every=1000", "sft.save_every=1000"]  # fmt: skip
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "vlmppo", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)  # fmt: skip
+    metrics = tmp_path / "run/sft/metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert statuses(stdout)["sft"][-1].startswith("stopped without a complete output")
+    stopped_at = int((tmp_path / "run/sft/checkpoints/last").resolve().name)
+    assert stopped_at < 60
+
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    status = statuses(again.stdout)
+    assert all(status[s] == ["skipped: up to date"] for s in ("collect", "label", "preprocess")), status
+    assert status["sft"][0] == "running: resuming the interrupted run" and status["sft"][-1].startswith(
+        "done in"
+    )
+    steps = [json.loads(x).get("step") for x in metrics.read_text().splitlines()]
+    assert steps[stopped_at] == stopped_at + 1 and (tmp_path / "run/sft/checkpoints/final").is_dir()
+    assert not [p for p in (tmp_path / "run").iterdir() if ".old-" in p.name]  # nothing was moved aside

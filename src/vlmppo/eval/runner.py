@@ -159,57 +159,26 @@ def _check(cfg: Config, policy: str | None) -> None:
         raise ConfigError("Nothing to evaluate: eval.episodes must be at least 1 and eval.seeds not empty.")
 
 
-def evaluate(
-    cfg: Config, *, policy: str | None = None, on_episode: Callable[[int, int], None] | None = None
-) -> EvalResult:
-    """Evaluate ``cfg.eval.ckpt`` (default ``last``), or the ``expert``/``random`` baseline.
+@dataclass
+class _Played:
+    """What the episode loop returns: per-episode and per-step records, captured frames, wall time."""
 
-    Args:
-        policy: None for the checkpoint, or ``"expert"`` / ``"random"``.
-        on_episode: Called with (episodes done, episodes total) after each finished episode.
+    episodes: list[dict]
+    steps: list[dict]
+    captured: dict[int, tuple[list, list, dict]]
+    wall_s: float
 
-    Raises:
-        CheckpointError: The checkpoint does not exist, is not a checkpoint, or is of another family.
-        ConfigError: An unknown baseline, or nothing to evaluate.
-    """
+
+def _play(cfg: Config, adapter, actor: _CheckpointActor | None, policy: str | None, on_episode) -> _Played:
+    """Play every (seed, k) episode to its end, ``env.n_envs`` at a time, one batched generate per step."""
     from vlmppo.data.collect import jsonable
     from vlmppo.data.policies import ExpertPolicy, RandomPolicy
-    from vlmppo.envs import get_adapter, make_env
-    from vlmppo.eval.captions import write_trajectory
-    from vlmppo.eval.metrics import summarize
-    from vlmppo.eval.report import write_report
-    from vlmppo.sysinfo import resolve_device
+    from vlmppo.envs import make_env
 
-    _check(cfg, policy)
     e = cfg.eval
-    root = run_dir(cfg)
-    adapter = get_adapter(cfg.env.id, cfg.env.observation)
-    actor, ckpt_path = None, None
-    if policy is None:
-        from vlmppo.checkpoints import check_family, resolve_checkpoint
-
-        ckpt_path = resolve_checkpoint(root, e.ckpt or "last")
-        check_family(ckpt_path, cfg.model.family)
-        check_adapter_family(ckpt_path, cfg.model.family)
-        name = checkpoint_name(root, ckpt_path)
-        actor = _CheckpointActor(cfg, ckpt_path, resolve_device(cfg))
-    else:
-        name = policy
-    if not e.greedy and policy is None:
-        name += "-sampled"
     action_only = cfg.env.prompt == "action_only"
     queue = [(s, k) for s in e.seeds for k in range(e.episodes)]
     total = len(queue)
-
-    def new_env():
-        return make_env(
-            cfg.env.id,
-            max_episode_steps=cfg.env.max_episode_steps,
-            observation=cfg.env.observation,
-            tile_size=cfg.env.tile_size,
-            **cfg.env.kwargs,
-        )
-
     next_index = iter(range(total))
 
     def start(slot: _Slot) -> bool:
@@ -228,11 +197,11 @@ def evaluate(
         slot.frames = [slot.obs] if slot.index < e.trajectories else None
         return True
 
-    slots = [_Slot(new_env()) for _ in range(min(cfg.env.n_envs, total))]
+    env_kwargs = {"max_episode_steps": cfg.env.max_episode_steps, "observation": cfg.env.observation,
+                  "tile_size": cfg.env.tile_size, **cfg.env.kwargs}  # fmt: skip
+    slots = [_Slot(make_env(cfg.env.id, **env_kwargs)) for _ in range(min(cfg.env.n_envs, total))]
     active = [s for s in slots if start(s)]
-    episodes: list[dict] = []
-    steps: list[dict] = []
-    captured: dict[int, tuple[list, list, dict]] = {}
+    played = _Played([], [], {}, 0.0)
     t0 = time.perf_counter()
     while active:
         prompts = [adapter.prompt(s.info, action_only=action_only) for s in active]
@@ -250,13 +219,9 @@ def evaluate(
                 index, invalid, thoughts = parsed.index, parsed.invalid, parsed.thoughts
             else:
                 decision = slot.policy.act([slot.env], [slot.obs], [slot.info], [prompt])[0]
-                index, invalid = decision.index, False
-                # The expert's reasoning is its "thoughts" in the captions (computed only for those).
-                thoughts = (
-                    adapter.expert(slot.env, slot.info).reasoning
-                    if slot.frames and policy == "expert"
-                    else None
-                )
+                index, invalid, thoughts = decision.index, False, None
+                if slot.frames and policy == "expert":  # its reasoning captions the drawn episodes
+                    thoughts = adapter.expert(slot.env, slot.info).reasoning
             state = jsonable(slot.info)
             obs, reward, terminated, truncated, info = slot.env.step(adapter.to_env_action(index))
             slot.total += float(reward)
@@ -279,76 +244,105 @@ def evaluate(
                 "truncated": bool(truncated),
             }
             slot.rows.append(row)
-            steps.append(row)
+            played.steps.append(row)
             slot.obs, slot.info = obs, info
             if slot.frames is not None:
                 slot.frames.append(obs)
             if terminated or truncated:
                 success = bool(adapter.is_success(slot.total, info))
                 row.update({"episode_return": slot.total, "success": success, "final_state": jsonable(info)})
-                episodes.append(
-                    {
-                        "index": slot.index,
-                        "seed": slot.seed,
-                        "return": slot.total,
-                        "length": len(slot.rows),
-                        "success": success,
-                    }
-                )
+                episode = {"index": slot.index, "seed": slot.seed, "return": slot.total,
+                           "length": len(slot.rows), "success": success}  # fmt: skip
+                played.episodes.append(episode)
                 if slot.frames is not None:
-                    captured[slot.index] = (slot.frames, slot.rows, episodes[-1])
+                    played.captured[slot.index] = (slot.frames, slot.rows, episode)
                 if on_episode:
-                    on_episode(len(episodes), total)
+                    on_episode(len(played.episodes), total)
                 start(slot)
         active = [s for s in active if s.index >= 0]
-    wall_s = time.perf_counter() - t0
+    played.wall_s = time.perf_counter() - t0
     for slot in slots:
         slot.env.close()
+    played.steps.sort(key=lambda r: (r["episode"], r["step"]))
+    played.episodes.sort(key=lambda r: r["index"])
+    return played
 
-    steps.sort(key=lambda r: (r["episode"], r["step"]))
-    episodes.sort(key=lambda r: r["index"])
+
+def _write(folder: Path, cfg: Config, metrics: dict, played: _Played, ckpt_path: Path | None) -> None:
+    """metrics.json, episodes.jsonl, trajectories, report and manifest into ``folder``."""
+    from vlmppo.eval.captions import write_trajectory
+    from vlmppo.eval.report import write_report
+
+    atomic_write_json(folder / "metrics.json", metrics)
+    lines = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in played.steps)
+    atomic_write_text(folder / "episodes.jsonl", lines)
+    trajectories = [
+        write_trajectory(folder / "trajectories", f"episode-{index:03d}", *played.captured[index])
+        for index in sorted(played.captured)
+    ]
+    write_report(folder, metrics, run_dir(cfg), trajectories)
+    weights = ("adapter_model.safetensors", "model.safetensors", "value_head.safetensors")
+    inputs = {f: ckpt_path / f for f in weights if ckpt_path is not None and (ckpt_path / f).is_file()}
+    write_manifest(
+        folder,
+        stage="eval",
+        config=cfg.model_dump(mode="json"),
+        inputs=inputs,
+        policy=metrics["policy"],
+        checkpoint=metrics["checkpoint"],
+        counts={"episodes": len(played.episodes), "steps": len(played.steps)},
+    )
+
+
+def evaluate(
+    cfg: Config, *, policy: str | None = None, on_episode: Callable[[int, int], None] | None = None
+) -> EvalResult:
+    """Evaluate ``cfg.eval.ckpt`` (default ``last``), or the ``expert``/``random`` baseline.
+
+    Args:
+        policy: None for the checkpoint, or ``"expert"`` / ``"random"``.
+        on_episode: Called with (episodes done, episodes total) after each finished episode.
+
+    Raises:
+        CheckpointError: The checkpoint does not exist, is not a checkpoint, or is of another family.
+        ModelError: A plain PEFT adapter whose base model is of another family.
+        ConfigError: An unknown baseline, or nothing to evaluate.
+    """
+    from vlmppo.envs import get_adapter
+    from vlmppo.eval.metrics import summarize
+    from vlmppo.sysinfo import resolve_device
+
+    _check(cfg, policy)
+    e = cfg.eval
+    root = run_dir(cfg)
+    adapter = get_adapter(cfg.env.id, cfg.env.observation)
+    actor, ckpt_path, name = None, None, policy
+    if policy is None:
+        from vlmppo.checkpoints import check_family, resolve_checkpoint
+
+        ckpt_path = resolve_checkpoint(root, e.ckpt or "last")
+        check_family(ckpt_path, cfg.model.family)
+        check_adapter_family(ckpt_path, cfg.model.family)
+        name = checkpoint_name(root, ckpt_path) + ("" if e.greedy else "-sampled")
+        actor = _CheckpointActor(cfg, ckpt_path, resolve_device(cfg))
+
+    played = _play(cfg, adapter, actor, policy, on_episode)
+    decoding = "greedy" if e.greedy else f"sampled at temperature {e.temperature:g}"
     metrics = {
         "name": name,
         "policy": policy or "checkpoint",
         "checkpoint": str(ckpt_path) if ckpt_path else None,
         "value_head": bool(actor is not None and actor.critic is not None),
         "env_id": cfg.env.id,
-        "decoding": None
-        if policy
-        else ("greedy" if e.greedy else f"sampled at temperature {e.temperature:g}"),
+        "decoding": None if policy else decoding,
         "seeds": list(e.seeds),
         "episodes_per_seed": e.episodes,
-        **summarize(episodes, steps, legal_actions=adapter.legal_actions, wall_s=wall_s),
+        **summarize(played.episodes, played.steps, legal_actions=adapter.legal_actions, wall_s=played.wall_s),
     }
-
     final = root / "eval" / name
     tmp = final.with_name(f".{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    atomic_write_json(tmp / "metrics.json", metrics)
-    atomic_write_text(
-        tmp / "episodes.jsonl", "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in steps)
-    )
-    trajectories = []
-    for index in sorted(captured):
-        frames, rows, episode = captured[index]
-        trajectories.append(
-            write_trajectory(tmp / "trajectories", f"episode-{index:03d}", frames, rows, episode)
-        )
-    write_report(tmp, metrics, root, trajectories)
-    inputs = {}
-    if ckpt_path is not None:
-        for file in ("adapter_model.safetensors", "model.safetensors", "value_head.safetensors"):
-            if (ckpt_path / file).is_file():
-                inputs[file] = ckpt_path / file
-    write_manifest(
-        tmp,
-        stage="eval",
-        config=cfg.model_dump(mode="json"),
-        inputs=inputs,
-        policy=metrics["policy"],
-        checkpoint=metrics["checkpoint"],
-        counts={"episodes": len(episodes), "steps": len(steps)},
-    )
+    _write(tmp, cfg, metrics, played, ckpt_path)
     atomic_replace_dir(tmp, final)
     return EvalResult(final, name, metrics, final / "report.md")

@@ -195,3 +195,20 @@ def test_kl_entropy_target_kl_and_value_head_lr_options_are_used(tmp_path):
     assert m["train/lr_value_head"] == pytest.approx(0.5 * m["train/lr"] / cfg.ppo.lr)
     samples = [json.loads(x) for x in (result.out_dir / "samples.jsonl").read_text().splitlines()]
     assert samples and {"text", "action", "reward", "invalid"} <= samples[0].keys()
+
+
+def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused_and_they_stay(tmp_path):
+    args = [
+        "ppo",
+        "--preset",
+        "numberline-tiny",
+        *SMALL,
+        "ppo.total_env_steps=8",
+        f"run.output_dir={tmp_path}",
+    ]
+    assert run_cli(*args).returncode == 0
+    ckpts = tmp_path / "numberline-tiny/ppo/checkpoints"
+    before = sorted(p.name for p in ckpts.iterdir())
+    again = run_cli(*args)
+    assert again.returncode == 1 and "--resume auto" in again.stderr and "Traceback" not in again.stderr
+    assert sorted(p.name for p in ckpts.iterdir()) == before

@@ -10,10 +10,7 @@ Env-steps/s counts env transitions; generated tokens/s counts answer tokens kept
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-
-import torch
 
 from vlmppo.bench.timing import now, peak_memory_gib, reset_peak_memory, timed_policy
 
@@ -85,29 +82,6 @@ def _prompt_stats(sampled, image_token_id: int | None) -> tuple[float, float]:
     return tokens, float(images.sum()) / images.shape[0]
 
 
-@contextmanager
-def scores_on_host(policy):
-    """Hand ``rollout_step`` the scoring pass's outputs on the CPU while the block runs.
-
-    Workaround: ``rollout_step`` (rl/rollout.py) combines the [B, T] token log-probs with thought/action
-    masks it builds on the CPU, which fails on a GPU ("Expected all tensors to be on the same device").
-    Moving the two small outputs ([B, T] and [B] fp32) costs microseconds; the update path is unchanged.
-    """
-    if torch.device(policy.device).type != "cuda":
-        yield
-        return
-    score = policy.score
-
-    def on_host(*args, **kwargs):
-        return tuple(t.cpu() for t in score(*args, **kwargs))
-
-    policy.score = on_host
-    try:
-        yield
-    finally:
-        del policy.score
-
-
 def measure_rollout(policy, cfg, n_envs: int, *, repeats: int, warmup: int = 1, keep=None) -> RolloutRow:
     """Time `repeats` calls of ``rollout_step`` over `n_envs` envs, after `warmup` untimed ones.
 
@@ -124,7 +98,7 @@ def measure_rollout(policy, cfg, n_envs: int, *, repeats: int, warmup: int = 1, 
     obs, infos = vec.reset()
     image_token_id = getattr(policy.loaded.model.config, "image_token_id", None)
     env_steps = gen_tokens = 0
-    with scores_on_host(policy), timed_policy(policy, device) as clock:
+    with timed_policy(policy, device) as clock:
         for i in range(warmup + repeats):
             if i == warmup:  # compile/autotune/allocator warm-up stays out of the figures
                 clock.reset()

@@ -114,8 +114,9 @@ def mixed_action_logprob(
     Returns:
         [B] float32 log π(a|s) (differentiable w.r.t. ``token_logp``).
     """
-    thought_mask = thought_mask.to(torch.bool)
-    action_mask = action_mask.to(torch.bool)
+    # Masks are built on the host from character offsets; the log-probs may live on a GPU.
+    thought_mask = thought_mask.to(device=token_logp.device, dtype=torch.bool)
+    action_mask = action_mask.to(device=token_logp.device, dtype=torch.bool)
     if (thought_mask & action_mask).any():
         raise ValueError("thought_mask and action_mask overlap; a token must be one or the other")
     zero = torch.zeros_like(token_logp)

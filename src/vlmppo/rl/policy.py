@@ -111,14 +111,17 @@ class ActorCritic:
         if "mm_token_type_ids" in extra:  # Qwen2-VL (5.x) needs it over the whole sequence: 0 on answers
             pad = torch.zeros_like(sampled.sequences[:, sampled.prompt_len :])
             extra["mm_token_type_ids"] = torch.cat([extra["mm_token_type_ids"], pad], dim=1)
+        answer_len = sampled.sequences.shape[1] - sampled.prompt_len
         out = self.loaded.model(
             input_ids=sampled.sequences,
             attention_mask=sampled.attention_mask,
             output_hidden_states=True,
+            # Only the positions that predict answer tokens need logits: [B, T+1, V], not [B, P+T, V].
+            logits_to_keep=answer_len + 1,
             **extra,
         )
         p = sampled.prompt_len
-        logits = out.logits[:, p - 1 : -1]
+        logits = out.logits[:, :-1]
         if self.suppressed:
             logits = logits.index_fill(-1, torch.tensor(self.suppressed, device=logits.device), float("-inf"))
         token_logp = token_logprobs(logits, sampled.sequences[:, p:], temperature)

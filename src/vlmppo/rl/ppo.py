@@ -203,7 +203,7 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
     """Run PPO as configured; metrics every update in ``runs/<name>/ppo/metrics.jsonl``, checkpoints
     every ``ppo.save_every`` updates, at the end, and on SIGTERM/SIGUSR1 (then it returns early with
     ``stopped_by`` set). ``resume``: None, ``auto`` or a checkpoint path."""
-    from vlmppo.checkpoints import save_checkpoint
+    from vlmppo.checkpoints import latest_checkpoint, save_checkpoint
     from vlmppo.envs import make_vec_env
     from vlmppo.io import JsonlWriter
     from vlmppo.rl.schedule import make_cosine_scheduler
@@ -222,6 +222,11 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
     out = run_dir(cfg) / "ppo"
     out.mkdir(parents=True, exist_ok=True)
     resume_from = find_resume_checkpoint(cfg, resume)
+    if resume_from is None and latest_checkpoint(out / "checkpoints") is not None:
+        raise CheckpointError(
+            f"{out / 'checkpoints'} already has checkpoints of a PPO run; a fresh run would mix with them.",
+            hint="Continue it with --resume auto, or start a new run with another run.name (or delete the folder).",
+        )
     torch.manual_seed(cfg.run.seed)
     policy = build_policy(cfg, device, resume_from)
     optimizer = make_optimizer(policy, cfg)

@@ -85,6 +85,8 @@ def rollout_step(policy, vec, obs, infos, cfg) -> tuple[list[Step], list, np.nda
     with torch.no_grad():
         sampled = policy.sample(obs, prompts, temperature=p.temperature, max_new_tokens=p.max_new_tokens)
         token_logp, values = policy.score(sampled, temperature=p.temperature)
+    # Per-sample bookkeeping below is many tiny ops: do it on the host, one copy of [B, T] + [B].
+    token_logp, values = token_logp.float().cpu(), values.float().cpu()
     tok = policy.loaded.tokenizer
     steps, actions, invalid = [], [], []
     answers = sampled.sequences[:, sampled.prompt_len :]

@@ -102,7 +102,12 @@ def micro_loss(
     vl = value_loss(
         new_values, targets.old_values[idx].to(device), targets.returns[idx].to(device), p.clip_range_vf
     )
-    entropy = entropy_from_logits(logits.detach() if not p.ent_coef else logits, action)
+    # Entropy of the action tokens only: gather those rows first (not a [B, T, V] pass); without an
+    # entropy bonus it is a diagnostic and carries no gradient.
+    action_logits = (logits if p.ent_coef else logits.detach())[action]
+    entropy = entropy_from_logits(
+        action_logits[None], torch.ones(action_logits.shape[:1], dtype=torch.bool, device=logits.device)[None]
+    )
     loss = pl + p.vf_coef * vl - p.ent_coef * entropy
     stats = {
         "policy_loss": pl.item(),

@@ -149,3 +149,10 @@ def test_a_stage_stopped_by_sigterm_is_resumed_by_the_next_call(tmp_path):
     steps = [json.loads(x).get("step") for x in metrics.read_text().splitlines()]
     assert steps[stopped_at] == stopped_at + 1 and (tmp_path / "run/sft/checkpoints/final").is_dir()
     assert not [p for p in (tmp_path / "run").iterdir() if ".old-" in p.name]  # nothing was moved aside
+
+
+def test_the_dry_run_plans_ppo_from_this_runs_sft_checkpoint_and_runs_nothing(tmp_path):
+    out = run_cli("pipeline", "--preset", "numberline-tiny", f"run.output_dir={tmp_path}", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"starts from\s+│\s+sft\s", out.stdout) and "plan: vlmppo eval" in out.stdout
+    assert not (tmp_path / "numberline-tiny").exists()

@@ -325,11 +325,11 @@ def pipeline(
 ):
     """Run collect -> label -> preprocess -> sft -> ppo -> eval with one config, skipping finished stages."""
     cfg = resolve_config(preset, config, overrides)
-    from vlmppo.eval.pipeline import run_pipeline, stage_range
+    from vlmppo.eval.pipeline import pipeline_config, run_pipeline, stage_range
 
     stages = stage_range(from_stage, to_stage)
     if dry_run:
-        return print_dry_run(cfg, *stages)
+        return print_dry_run(pipeline_config(cfg, stages), *stages)
     from vlmppo.console import console
 
     save_resolved_config(cfg)

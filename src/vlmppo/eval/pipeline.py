@@ -236,6 +236,14 @@ def _run_stage(cfg: Config, stage: str, progress, resume: bool):
         return evaluate(cfg, on_episode=report)
 
 
+def pipeline_config(cfg: Config, stages: list[str]) -> Config:
+    """The config the stages get: PPO starts from this run's SFT checkpoint when ``ppo.init_from`` is null
+    and SFT runs in this pipeline or already has a checkpoint."""
+    if cfg.ppo.init_from is None and ("sft" in stages or _latest(run_dir(cfg), "sft") is not None):
+        return cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"init_from": "sft"})})
+    return cfg
+
+
 def run_pipeline(
     cfg: Config,
     *,
@@ -257,10 +265,9 @@ def run_pipeline(
     or has a checkpoint; set ``ppo.init_from`` to choose otherwise.
     """
     stages = stage_range(start, stop)
+    cfg = pipeline_config(cfg, stages)
     root = run_dir(cfg)
     root.mkdir(parents=True, exist_ok=True)
-    if cfg.ppo.init_from is None and ("sft" in stages or _latest(root, "sft") is not None):
-        cfg = cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"init_from": "sft"})})
     result = PipelineResult(root)
     say = on_stage or (lambda stage, message: None)
     for stage in stages:

@@ -179,7 +179,10 @@ def _manifest_matches(cfg: Config, stage: str, root: Path, inputs: dict[str, str
     """A data stage run by hand (no pipeline record): trust its manifest if config and inputs match."""
     if stage not in ("collect", "label", "preprocess"):
         return False, "no record of how its output was made"
-    manifest = json.loads((root / FOLDERS[stage] / "manifest.json").read_text())
+    try:
+        manifest = json.loads((root / FOLDERS[stage] / "manifest.json").read_text())
+    except ValueError:
+        return False, "its manifest.json cannot be read"
     recorded = manifest.get("config") or {}
     mine = stage_config(cfg, stage)
     theirs = {"seed": recorded.get("run", {}).get("seed"), **{s: recorded.get(s) for s in SECTIONS[stage]}}

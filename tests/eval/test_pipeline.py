@@ -156,3 +156,19 @@ def test_the_dry_run_plans_ppo_from_this_runs_sft_checkpoint_and_runs_nothing(tm
     assert out.returncode == 0, out.stderr
     assert re.search(r"starts from\s+│\s+sft\s", out.stdout) and "plan: vlmppo eval" in out.stdout
     assert not (tmp_path / "numberline-tiny").exists()
+
+
+def test_a_hand_run_stage_with_an_unreadable_manifest_is_run_again(tmp_path):
+    common = [
+        "--preset",
+        "numberline-tiny",
+        f"run.output_dir={tmp_path}",
+        "run.name=run",
+        "collect.episodes=2",
+    ]
+    assert run_cli("collect", *common).returncode == 0
+    (tmp_path / "run/collect/manifest.json").write_text("{torn")
+    out = run_cli("pipeline", *common, "--to", "collect")
+    assert out.returncode == 0, out.stderr
+    assert statuses(out.stdout)["collect"][0].startswith("running: its manifest.json cannot be read")
+    assert json.loads((tmp_path / "run/collect/manifest.json").read_text())["stage"] == "collect"

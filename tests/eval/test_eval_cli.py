@@ -170,5 +170,9 @@ def test_zero_episodes_is_a_clear_error(tmp_path):
     assert not (tmp_path / "run/eval").exists()
 
 
+def test_no_seeds_is_a_clear_error(tmp_path):
+    assert "Nothing to evaluate" in bad(tmp_path, "--policy", "random", "eval.seeds=[]")
+
+
 def test_an_unknown_baseline_is_a_clear_error(tmp_path):
     assert "--policy 'greedy' is not a baseline" in bad(tmp_path, "--policy", "greedy")

@@ -142,14 +142,6 @@ def test_debug_env_var_shows_the_traceback():
     assert out.returncode != 0 and "Traceback" in out.stderr
 
 
-@pytest.mark.parametrize("stage", ["eval", "pipeline"])
-def test_stages_not_built_yet_say_so_with_exit_2_and_write_nothing(stage, tmp_path):
-    out = run_cli(stage, "--preset", "numberline-tiny", f"run.output_dir={tmp_path}")
-    assert out.returncode == 2
-    assert "not built yet" in out.stderr and "Traceback" not in out.stderr
-    assert not any(tmp_path.iterdir())
-
-
 def test_env_show_writes_the_first_frame_and_prints_the_prompt(tmp_path):
     from PIL import Image
 

@@ -52,6 +52,21 @@ class Shape:
     min_pixels: int = 56 * 56
     max_pixels: int = 28 * 28 * 1280
     tie_word_embeddings: bool = True
+    hub_ids: tuple[str, ...] = ()
+    released_ids: dict = field(default_factory=dict)
+
+    def config_for_counting(self):
+        """The released checkpoint's config with its own special-token ids (for the dry-run's memory
+        estimate, which builds the model on the meta device; no tokenizer needed)."""
+        from vlmppo.models.adapter import transformers_class
+        from vlmppo.models.families import FAMILIES
+
+        return transformers_class(FAMILIES[self.family].config_class)(
+            text_config=dict(self.text),
+            vision_config=dict(self.vision),
+            tie_word_embeddings=self.tie_word_embeddings,
+            **self.released_ids,
+        )
 
     def config(self, tokenizer):
         """The transformers config; special-token ids are the tokenizer's, so its prompts are valid."""
@@ -111,9 +126,90 @@ QWEN2_VL_2B = Shape(
     ),
     min_pixels=56 * 56,
     max_pixels=28 * 28 * 1280,  # the Instruct processor's default max (1280 image tokens)
+    hub_ids=("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-2B"),
+    released_ids=dict(
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653
+    ),
 )
 
-SHAPES: dict[str, Shape] = {s.name: s for s in (QWEN2_VL_2B,)}
+# Qwen/Qwen2.5-VL-3B-Instruct: 3.09B language model + 0.67B vision tower (windowed attention).
+QWEN25_VL_3B = Shape(
+    name="qwen2.5-vl-3b",
+    family="qwen2.5-vl",
+    text=dict(
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        hidden_act="silu",
+        max_position_embeddings=128000,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+    ),
+    vision=dict(
+        depth=32,
+        hidden_size=1280,
+        intermediate_size=3420,
+        num_heads=16,
+        out_hidden_size=2048,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[7, 15, 23, 31],
+        hidden_act="silu",
+        in_channels=3,
+    ),
+    hub_ids=("Qwen/Qwen2.5-VL-3B-Instruct",),
+    released_ids=dict(
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653
+    ),
+)
+
+# llava-hf/llava-v1.6-mistral-7b-hf: Mistral-7B + CLIP ViT-L/14-336, "anyres" tiles.
+LLAVA_NEXT_MISTRAL_7B = Shape(
+    name="llava-next-mistral-7b",
+    family="llava-next",
+    text=dict(
+        model_type="mistral",
+        vocab_size=32064,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-5,
+    ),
+    vision=dict(
+        model_type="clip_vision_model",
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+    ),
+    tie_word_embeddings=False,
+    hub_ids=("llava-hf/llava-v1.6-mistral-7b-hf",),
+    released_ids=dict(
+        image_token_index=32000,
+        image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+    ),
+)
+
+SHAPES: dict[str, Shape] = {s.name: s for s in (QWEN2_VL_2B,)}  # shapes `vlmppo bench --shape` builds
+KNOWN_RELEASES: tuple[Shape, ...] = (QWEN2_VL_2B, QWEN25_VL_3B, LLAVA_NEXT_MISTRAL_7B)  # the presets' models
+
+
+def shape_for_hub_id(hub_id: str) -> Shape | None:
+    """The released architecture behind a Hub id the presets use, or None."""
+    return next((s for s in KNOWN_RELEASES if hub_id in s.hub_ids), None)
+
+
 SHAPE_CHOICES = ("tiny", *SHAPES)  # "tiny": the preset family's tiny random model
 
 

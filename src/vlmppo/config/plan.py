@@ -39,6 +39,19 @@ def _common(cfg: Config) -> list[tuple[str, str]]:
     ]
 
 
+def gpu_memory_row(cfg: Config) -> str:
+    """The PPO memory estimate, or why there is none (the model's config is not available offline)."""
+    from vlmppo.memory import estimate_ppo_memory
+
+    est = estimate_ppo_memory(cfg)
+    if est is None:
+        return (
+            f"unknown: no config for {cfg.model.path} offline (point model.path at a local model folder "
+            "to get an estimate)"
+        )
+    return est.describe()
+
+
 def stage_plan(cfg: Config, stage: str) -> list[tuple[str, str]]:
     rows = _common(cfg)
     if stage == "ppo":
@@ -66,6 +79,7 @@ def stage_plan(cfg: Config, stage: str) -> list[tuple[str, str]]:
                 f"every {p.save_every} updates and at the end, in {run_dir(cfg) / 'ppo/checkpoints'}",
             ),
         ]
+        rows.append(("est. GPU memory", gpu_memory_row(cfg)))
         if c["dropped_per_epoch"]:
             rows.append(("note", f"{c['dropped_per_epoch']} samples per epoch do not fill a minibatch"))
     elif stage == "sft":

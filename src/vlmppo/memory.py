@@ -1,0 +1,174 @@
+"""Estimated peak GPU memory of a PPO run, for `vlmppo ppo --dry-run`.
+
+The model is built on PyTorch's ``meta`` device from its config (no weights are read or allocated), and
+wrapped with the same LoRA the run would use, so the parameter counts are exact. Activations follow the
+run's real shapes: prompt length (image tokens of the env's frame + text), ``max_new_tokens``,
+``n_envs`` (rollout), ``micro_batch_size`` (update). It is an estimate of the largest terms, not a
+measurement: compare with `vlmppo bench` on the card (bench/RESULTS.md).
+
+Terms:
+- weights: every parameter in the model's dtype;
+- trainable state: trainable parameters (LoRA adapters are kept in fp32 by peft) + their gradients + two
+  AdamW moments, all in the trainable dtype; the value head likewise;
+- rollout: the KV cache of one batched generate over all envs, and the fp32 log-softmax of the scoring
+  pass's answer logits;
+- update: the saved activations of one micro-batch through the decoder (≈ 8·h + 3·I values per token and
+  layer, or one h per layer plus one full layer with gradient checkpointing), and its answer logits in the
+  model dtype, in fp32, and their gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+GIB = 2**30
+OVERHEAD = 1.10  # CUDA context, allocator fragmentation, small buffers
+
+
+@dataclass
+class MemoryEstimate:
+    params: int
+    trainable: int
+    prompt_tokens: int
+    weights_gb: float
+    trainable_state_gb: float
+    rollout_gb: float
+    update_gb: float
+
+    @property
+    def peak_gb(self) -> float:
+        return OVERHEAD * (self.weights_gb + self.trainable_state_gb + max(self.rollout_gb, self.update_gb))
+
+    def describe(self) -> str:
+        return (
+            f"~{_size(self.peak_gb)} per GPU (weights {_size(self.weights_gb)}, trainable + AdamW "
+            f"{_size(self.trainable_state_gb)}, rollout KV/logits {_size(self.rollout_gb)}, update activations "
+            f"{_size(self.update_gb)}; {_count(self.params)} params, {_count(self.trainable)} trainable, "
+            f"~{self.prompt_tokens} prompt tokens)"
+        )
+
+
+def _size(gib: float) -> str:
+    return f"{gib:.1f} GiB" if gib >= 1 else f"{gib * 1024:.0f} MiB"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+def load_model_config(model_cfg):
+    """The transformers config of ``model.path`` without downloading: a local folder (or ``tiny:``), the
+    Hugging Face cache, or a released architecture vlmppo knows by its Hub id. None if none of these."""
+    from transformers import AutoConfig
+
+    from vlmppo.models.tiny import resolve_model_path
+
+    path = model_cfg.path
+    try:
+        if path.startswith("tiny:"):
+            return AutoConfig.from_pretrained(str(resolve_model_path(path)))
+        return AutoConfig.from_pretrained(
+            path, local_files_only=True, trust_remote_code=model_cfg.trust_remote_code
+        )
+    except (OSError, ValueError):
+        pass
+    from vlmppo.bench.shapes import shape_for_hub_id
+
+    shape = shape_for_hub_id(path)
+    return None if shape is None else shape.config_for_counting()
+
+
+def _text(config):
+    return getattr(config, "text_config", None) or config
+
+
+def image_tokens(
+    config, family: str, height: int, width: int, min_pixels: int | None, max_pixels: int | None
+) -> int:
+    """Image tokens the processor makes of an H×W frame (the families' documented resizing rules)."""
+    if family.startswith("qwen"):
+        vision = config.vision_config
+        unit = vision.patch_size * vision.spatial_merge_size  # 28: one token per 28×28 pixels
+        lo, hi = min_pixels or 56 * 56, max_pixels or 28 * 28 * 1280
+        h, w = max(unit, round(height / unit) * unit), max(unit, round(width / unit) * unit)
+        if h * w > hi:
+            scale = math.sqrt(height * width / hi)
+            h, w = (
+                max(unit, math.floor(height / scale / unit) * unit),
+                max(unit, math.floor(width / scale / unit) * unit),
+            )
+        elif h * w < lo:
+            scale = math.sqrt(lo / (height * width))
+            h, w = math.ceil(height * scale / unit) * unit, math.ceil(width * scale / unit) * unit
+        return (h // unit) * (w // unit)
+    vision = config.vision_config
+    base = (vision.image_size // vision.patch_size) ** 2
+    if family == "llava":
+        return base
+    # LLaVA-NeXT "anyres": the base view plus the tiles of the best grid (at most 2×2 for the released
+    # grids), with one newline token per row of features: an upper estimate.
+    side = vision.image_size // vision.patch_size
+    tiles_h, tiles_w = (2, 2) if max(height, width) > vision.image_size else (1, 1)
+    return base + (tiles_h * side) * (tiles_w * side) + tiles_h * side
+
+
+def count_parameters(config, family_name: str, lora) -> tuple[int, int]:
+    """(all parameters, trainable parameters) of the model as the run builds it, on the meta device."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from vlmppo.models.loading import apply_lora
+    from vlmppo.models.tiny import get_family
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+        total = sum(p.numel() for p in model.parameters())
+        if lora is None:
+            return total, total
+        model = apply_lora(model, get_family(family_name), lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def estimate_ppo_memory(cfg) -> MemoryEstimate | None:
+    """The estimate for ``cfg``'s PPO run on a GPU; None when the model's config is not available offline."""
+    from vlmppo.envs import list_envs
+
+    config = load_model_config(cfg.model)
+    if config is None:
+        return None
+    m, p = cfg.model, cfg.ppo
+    text = _text(config)
+    hidden, layers = text.hidden_size, text.num_hidden_layers
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    inter, vocab = text.intermediate_size, text.vocab_size
+    size = next((e["frame_size"] for e in list_envs() if e["id"] == cfg.env.id), (300, 300))
+    prompt = image_tokens(config, m.family, size[0], size[1], m.min_pixels, m.max_pixels) + 200  # + task text
+    total, trainable = count_parameters(config, m.family, m.lora)
+    bpw = 4 if m.dtype == "float32" else 2
+    if m.lora is not None:  # adapters in fp32 (peft upcasts them): value, gradient, two AdamW moments
+        trainable_state = trainable * 4 * 4
+    else:  # the weights are counted already: gradient and two moments in the model dtype
+        trainable_state = total * bpw * 3
+    trainable_state += (hidden * 1024 + 1024 + 1024 * 512 + 512 + 513) * 16  # value head, fp32
+    seq, answer = prompt + p.max_new_tokens, p.max_new_tokens
+    kv = 2 * layers * cfg.env.n_envs * seq * kv_heads * head_dim * bpw
+    rollout_logits = cfg.env.n_envs * answer * vocab * (bpw + 4)
+    mb = p.micro_batch_size
+    per_layer = seq * mb * (hidden if m.gradient_checkpointing else 8 * hidden + 3 * inter) * bpw
+    full_layer = seq * mb * (8 * hidden + 3 * inter) * bpw
+    update = (
+        layers * per_layer + (full_layer if m.gradient_checkpointing else 0) + mb * answer * vocab * (bpw + 8)
+    )
+    return MemoryEstimate(
+        params=total,
+        trainable=trainable,
+        prompt_tokens=prompt,
+        weights_gb=total * bpw / GIB,
+        trainable_state_gb=trainable_state / GIB,
+        rollout_gb=(kv + rollout_logits) / GIB,
+        update_gb=update / GIB,
+    )

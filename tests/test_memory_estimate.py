@@ -1,0 +1,69 @@
+"""The dry-run's GPU memory estimate: exact counts checked against real models and processors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vlmppo.config import load_config
+from vlmppo.memory import GIB, count_parameters, estimate_ppo_memory, image_tokens, load_model_config
+from vlmppo.models import load_model
+from vlmppo.models.inputs import build_inputs
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
+@pytest.mark.parametrize("size", [(64, 64), (300, 300), (192, 352), (800, 800)])
+def test_qwen_image_token_count_matches_the_real_processor(family, size):
+    from PIL import Image
+
+    from vlmppo.config.schema import ModelConfig
+
+    mcfg = ModelConfig(family=family, path=f"tiny:{family}", lora=None)
+    loaded = load_model(mcfg, for_training=False)
+    frame = Image.fromarray(np.zeros((*size, 3), dtype=np.uint8))
+    ids = build_inputs(loaded, [frame], ["go"])["input_ids"][0]
+    real = int((ids == loaded.model.config.image_token_id).sum())
+    ip = loaded.processor.image_processor
+    lo = getattr(ip, "min_pixels", None) or ip.size.get("shortest_edge")
+    hi = getattr(ip, "max_pixels", None) or ip.size.get("longest_edge")
+    assert image_tokens(loaded.model.config, family, size[0], size[1], lo, hi) == real
+
+
+@pytest.mark.parametrize("preset", ["numberline-tiny", "numberline-llava-tiny"])
+def test_meta_device_counts_equal_the_loaded_models(preset):
+    cfg = load_config(preset)
+    loaded = load_model(cfg.model, for_training=True)
+    real_total = sum(p.numel() for n, p in loaded.model.named_parameters() if "lora_" not in n)
+    real_trainable = sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
+    total, trainable = count_parameters(load_model_config(cfg.model), cfg.model.family, cfg.model.lora)
+    assert (total, trainable) == (real_total, real_trainable)
+
+
+def test_estimate_terms_follow_the_run_shapes():
+    cfg = load_config("numberline-tiny", overrides=["model.dtype=bfloat16"])
+    est = estimate_ppo_memory(cfg)
+    text = load_model_config(cfg.model).text_config
+    assert est.weights_gb == pytest.approx(est.params * 2 / GIB)
+    # doubling the envs doubles the rollout term (KV cache and logits are per env)
+    more = estimate_ppo_memory(
+        load_config("numberline-tiny", overrides=["model.dtype=bfloat16", "env.n_envs=8"])
+    )
+    assert more.rollout_gb == pytest.approx(2 * est.rollout_gb)
+    seq = est.prompt_tokens + cfg.ppo.max_new_tokens
+    head_dim = text.hidden_size // text.num_attention_heads
+    kv = 2 * text.num_hidden_layers * cfg.env.n_envs * seq * text.num_key_value_heads * head_dim * 2
+    logits = cfg.env.n_envs * cfg.ppo.max_new_tokens * text.vocab_size * (2 + 4)
+    assert est.rollout_gb == pytest.approx((kv + logits) / GIB)
+    # gradient checkpointing shrinks the update's activations
+    ckpt = estimate_ppo_memory(
+        load_config(
+            "numberline-tiny", overrides=["model.dtype=bfloat16", "model.gradient_checkpointing=true"]
+        )
+    )
+    assert ckpt.update_gb < est.update_gb
+    assert est.peak_gb > est.weights_gb + est.trainable_state_gb
+
+
+def test_an_unknown_offline_model_gives_no_estimate():
+    cfg = load_config("numberline-tiny", overrides=["model.path=someone/not-a-model-we-know"])
+    assert estimate_ppo_memory(cfg) is None

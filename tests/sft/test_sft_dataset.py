@@ -30,7 +30,7 @@ def end_of_turn(loaded) -> str:
         {"role": "assistant", "content": [{"type": "text", "text": "ANSWERX"}]},
     ]
     text = loaded.processor.apply_chat_template(conv, tokenize=False)
-    return text[text.index("ANSWERX") + len("ANSWERX"):].strip()
+    return text[text.index("ANSWERX") + len("ANSWERX") :].strip()
 
 
 def write_dataset(tmp_path, rows, image_ok=True):
@@ -55,7 +55,13 @@ def row(prompt="Where?", answer='{"action": "+"}', image="../frames/a.png"):
 
 @pytest.fixture
 def examples(tmp_path):
-    path = write_dataset(tmp_path, [row("Short?", '{"a": 1}'), row("A much longer prompt here, please?", '{"action": "-", "why": "left"}')])
+    path = write_dataset(
+        tmp_path,
+        [
+            row("Short?", '{"a": 1}'),
+            row("A much longer prompt here, please?", '{"action": "-", "why": "left"}'),
+        ],
+    )
     return load_sft_examples(path)
 
 
@@ -86,7 +92,9 @@ def test_labels_mask_exact(loaded, examples):
         assert not carry[mask[i] == 0].any()
         pad = ids.shape[1] - lengths[i]
         assert (mask[i][:pad] == 0).all() and (mask[i][pad:] == 1).all()
-        image_ids = {loaded.model.config.image_token_id} if hasattr(loaded.model.config, "image_token_id") else set()
+        image_ids = (
+            {loaded.model.config.image_token_id} if hasattr(loaded.model.config, "image_token_id") else set()
+        )
         image_ids.add(getattr(loaded.model.config, "image_token_index", -1))
         assert not any(t in image_ids for t in labels[i][carry].tolist())
         assert any(t in image_ids for t in ids[i].tolist())
@@ -116,7 +124,8 @@ def test_truncate_cuts_answer_only(loaded, examples):
     assert _image_count(loaded, batch["input_ids"][1]) == _image_count(loaded, full["input_ids"][1])
     labels = batch["labels"][1]
     assert loaded.tokenizer.decode(labels[labels != IGNORE_INDEX]) == loaded.tokenizer.decode(
-        full["labels"][1][full["labels"][1] != IGNORE_INDEX][:-3])
+        full["labels"][1][full["labels"][1] != IGNORE_INDEX][:-3]
+    )
     assert torch.equal(batch["labels"][0], full["labels"][0][-limit:])
     for key, value in full.items():  # per-token keys (e.g. mm_token_type_ids) are cut the same way
         if torch.is_tensor(value) and value.shape == full["input_ids"].shape:
@@ -141,8 +150,10 @@ def test_skip_drops_and_counts(loaded, examples):
     batch = collator(examples)
     assert collator.skipped == 1 and collator.truncated == 0
     assert batch["input_ids"].shape[0] == 1
-    assert loaded.tokenizer.decode(batch["labels"][0][batch["labels"][0] != IGNORE_INDEX]) == \
-        examples[0].answer + loaded.tokenizer.eos_token
+    assert (
+        loaded.tokenizer.decode(batch["labels"][0][batch["labels"][0] != IGNORE_INDEX])
+        == examples[0].answer + loaded.tokenizer.eos_token
+    )
     for key in loaded.family.forward_keys:
         assert key in batch
     with pytest.raises(DataError, match="max_length"):
@@ -187,7 +198,7 @@ def test_length_grouped_indices():
     lengths = [5, 100, 7, 98, 6, 99, 8, 97]
     order = length_grouped_indices(lengths, batch_size=2, seed=1)
     assert sorted(order) == list(range(8))
-    batches = [order[i:i + 2] for i in range(0, 8, 2)]
+    batches = [order[i : i + 2] for i in range(0, 8, 2)]
     for b in batches:
         assert abs(lengths[b[0]] - lengths[b[1]]) <= 3
     assert SftExample("ab", "cde", None).approx_length == 5

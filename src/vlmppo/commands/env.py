@@ -47,7 +47,9 @@ def list_():
         table.add_column(column, overflow="fold")
     for row in list_envs():
         size = row.get("frame_size")
-        frame = f"{size[1]}x{size[0]}" if isinstance(size, (list, tuple)) and len(size) >= 2 else str(size or "")
+        frame = (
+            f"{size[1]}x{size[0]}" if isinstance(size, (list, tuple)) and len(size) >= 2 else str(size or "")
+        )
         table.add_row(str(row["id"]), str(row["family"]), ", ".join(row["legal_actions"]), frame)
     console.print(table)
 

@@ -13,8 +13,14 @@ Terms:
 - rollout: the KV cache of one batched generate over all envs, and the fp32 log-softmax of the scoring
   pass's answer logits;
 - update: the saved activations of one micro-batch through the decoder (≈ 8·h + 3·I values per token and
-  layer, or one h per layer plus one full layer with gradient checkpointing), and its answer logits in the
-  model dtype, in fp32, and their gradient.
+  layer in the model dtype, plus the fp32 inputs peft keeps for each LoRA adapter; with gradient
+  checkpointing one h per layer plus one full layer), and its answer logits in the model dtype, in fp32,
+  and their gradient.
+
+Checked on an H200 with `bench/gpu_ppo.sh` (Qwen2-VL-2B shape, LoRA r=128, 32 envs, micro-batch 8, 128 new
+tokens): `torch.cuda.max_memory_allocated` 26.3 GiB, against 25.5 GiB here before the overhead factor for
+the run's 374-token prompts (the tiny tokenizer it borrows spells the text out longer than Qwen's; with the
+~321 tokens estimated for Qwen's own, 23.6) — bench/results/gpu_ppo_h200.md.
 """
 
 from __future__ import annotations
@@ -158,8 +164,13 @@ def estimate_ppo_memory(cfg) -> MemoryEstimate | None:
     kv = 2 * layers * cfg.env.n_envs * seq * kv_heads * head_dim * bpw
     rollout_logits = cfg.env.n_envs * answer * vocab * (bpw + 4)
     mb = p.micro_batch_size
-    per_layer = seq * mb * (hidden if m.gradient_checkpointing else 8 * hidden + 3 * inter) * bpw
-    full_layer = seq * mb * (8 * hidden + 3 * inter) * bpw
+    layer_values = (8 * hidden + 3 * inter) * bpw  # per token: projections' inputs, norms, MLP activations
+    if m.lora is not None:
+        # peft casts each adapted linear's input to the fp32 adapter dtype and keeps it (plus a dropout mask
+        # with dropout on) for the backward: q, k, v, o, gate, up see h values, down sees I.
+        layer_values += (6 * hidden + inter) * (4 + (1 if m.lora.dropout else 0))
+    per_layer = seq * mb * (hidden * bpw if m.gradient_checkpointing else layer_values)
+    full_layer = seq * mb * layer_values
     update = (
         layers * per_layer + (full_layer if m.gradient_checkpointing else 0) + mb * answer * vocab * (bpw + 8)
     )

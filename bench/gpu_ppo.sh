@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# `vlmppo ppo` itself on a GPU with the Qwen2-VL-2B shape (random bf16 weights): two updates, then a third
+# after `--resume auto`; prints the per-update metrics (env steps/s, generated tokens/s, update time, peak GPU
+# memory) beside the dry-run's memory estimate. Random weights never write a parseable answer, so every
+# answer runs to max_new_tokens and every action is a random legal one: this measures the loop, not learning.
+# Run from the repository root on the GPU machine (the wheels in .whl/ supply what its image lacks).
+set -euo pipefail
+OUT=${OUT:-bench/out}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+export VLMPPO_CACHE=${VLMPPO_CACHE:-/tmp/vlmppo-cache} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 COLUMNS=200
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+MODEL=$(python3 -c "from vlmppo.bench.shapes import QWEN2_VL_2B, shape_model_path; print(shape_model_path(QWEN2_VL_2B, device='cuda'))" | tail -1)
+N_ENVS=${N_ENVS:-32}
+ARGS=(--preset numberline-qwen "model.path=$MODEL" model.family=qwen2-vl ppo.init_from=null "env.n_envs=$N_ENVS"
+  ppo.n_steps=4 ppo.minibatch_size=64 ppo.micro_batch_size=${MICRO:-8} ppo.n_epochs=1 ppo.max_new_tokens=128
+  ppo.save_every=1 "run.output_dir=$OUT/runs" run.name=gpu-ppo)
+python3 -m vlmppo ppo "${ARGS[@]}" "ppo.total_env_steps=$((N_ENVS * 8))" --dry-run 2>&1 | grep -A3 "est. GPU memory" | tee "$OUT/estimate.txt"
+python3 -m vlmppo ppo "${ARGS[@]}" "ppo.total_env_steps=$((N_ENVS * 8))" 2>&1 | tail -5 | tee "$OUT/log.txt"
+python3 -m vlmppo ppo "${ARGS[@]}" "ppo.total_env_steps=$((N_ENVS * 12))" --resume auto 2>&1 | tail -5 | tee -a "$OUT/log.txt"
+cp "$OUT/runs/gpu-ppo/ppo/metrics.jsonl" "$OUT/metrics.jsonl"
+python3 - "$OUT/metrics.jsonl" <<'PY' | tee "$OUT/table.md"
+import json, sys
+keys = ["update", "env_steps", "time/env_steps_per_s", "time/gen_tokens_per_s", "time/rollout_s", "time/update_s",
+        "train/optimizer_steps", "sys/gpu_mem_peak_gb"]
+print("| " + " | ".join(keys) + " |")
+print("|" + "---|" * len(keys))
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    print("| " + " | ".join(f"{m.get(k):.3g}" if isinstance(m.get(k), float) else str(m.get(k)) for k in keys) + " |")
+PY
+rm -rf "$OUT/runs"

@@ -45,9 +45,3 @@ class LaunchError(VlmppoError):
 
 class SlurmError(VlmppoError):
     """SLURM is missing, rejected a job, or the resource request is impossible."""
-
-
-class NotBuiltYet(VlmppoError):
-    """A stage whose engine is not implemented in this version (exit code 2)."""
-
-    exit_code = 2

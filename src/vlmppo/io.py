@@ -20,11 +20,20 @@ from typing import Any
 from vlmppo.errors import DataError
 
 
+def _default_file_mode() -> int:
+    """What ``open()`` would give a new file: 0o666 minus the umask (mkstemp's 0o600 would hide metrics,
+    reports and manifests from the rest of a shared cluster's group)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _default_file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

@@ -73,15 +73,6 @@ def print_dry_run(cfg, *stages: str) -> None:
         console.print(table)
 
 
-def stage_not_built(stage: str, issue: int) -> None:
-    from vlmppo.errors import NotBuiltYet
-
-    raise NotBuiltYet(
-        f"`vlmppo {stage}` is not built yet in this version of vlmppo (tracked as issue {issue}); "
-        "nothing was run or written. `--dry-run` already prints the resolved config and the plan."
-    )
-
-
 def save_resolved_config(cfg) -> None:
     """Write runs/<name>/config.yaml: the resolved config of the last command (re-runnable with --config)."""
     from vlmppo.config import config_to_yaml, run_dir

@@ -7,7 +7,8 @@ run's real shapes: prompt length (image tokens of the env's frame + text), ``max
 measurement: compare with `vlmppo bench` on the card (bench/RESULTS.md).
 
 Terms:
-- weights: every parameter in the model's dtype;
+- weights: every parameter in the model's dtype (twice with LoRA and ``ppo.merged_sampling``, which samples
+  from a merged copy);
 - trainable state: trainable parameters (LoRA adapters are kept in fp32 by peft) + their gradients + two
   AdamW moments, all in the trainable dtype; the value head likewise;
 - rollout: the KV cache of one batched generate over all envs, and the fp32 log-softmax of the scoring
@@ -41,14 +42,18 @@ class MemoryEstimate:
     trainable_state_gb: float
     rollout_gb: float
     update_gb: float
+    sampler_gb: float = 0.0
 
     @property
     def peak_gb(self) -> float:
-        return OVERHEAD * (self.weights_gb + self.trainable_state_gb + max(self.rollout_gb, self.update_gb))
+        resident = self.weights_gb + self.sampler_gb + self.trainable_state_gb
+        return OVERHEAD * (resident + max(self.rollout_gb, self.update_gb))
 
     def describe(self) -> str:
         return (
-            f"~{_size(self.peak_gb)} per GPU (weights {_size(self.weights_gb)}, trainable + AdamW "
+            f"~{_size(self.peak_gb)} per GPU (weights {_size(self.weights_gb)}"
+            + (f" + merged sampling copy {_size(self.sampler_gb)}" if self.sampler_gb else "")
+            + f", trainable + AdamW "
             f"{_size(self.trainable_state_gb)}, rollout KV/logits {_size(self.rollout_gb)}, update activations "
             f"{_size(self.update_gb)}; {_count(self.params)} params, {_count(self.trainable)} trainable, "
             f"~{self.prompt_tokens} prompt tokens)"
@@ -182,4 +187,6 @@ def estimate_ppo_memory(cfg) -> MemoryEstimate | None:
         trainable_state_gb=trainable_state / GIB,
         rollout_gb=(kv + rollout_logits) / GIB,
         update_gb=update / GIB,
+        # ppo.merged_sampling (auto = on, on a GPU): one more copy of the weights, merged, for generate
+        sampler_gb=total * bpw / GIB if m.lora is not None and p.merged_sampling is not False else 0.0,
     )

@@ -100,7 +100,13 @@ def build_policy(cfg: Config, device: str, resume_from: Path | None = None) -> A
         from safetensors.torch import load_file
 
         head.load_state_dict(load_file(str(resume_from / "value_head.safetensors")))
-    return ActorCritic(loaded, head, device)
+    return ActorCritic(loaded, head, device, merged_sampling=uses_merged_sampling(cfg, device))
+
+
+def uses_merged_sampling(cfg: Config, device: str) -> bool:
+    """``ppo.merged_sampling``: auto means on a GPU (where decoding is launch-bound), off on the CPU."""
+    mode = cfg.ppo.merged_sampling
+    return cfg.model.lora is not None and (mode is True or (mode == "auto" and device.startswith("cuda")))
 
 
 def find_resume_checkpoint(cfg: Config, resume: str | None) -> Path | None:
@@ -312,6 +318,7 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
             check_finite_rollout(rollout, targets, last_saved)
             t_update = time.time()
             train_stats = ppo_epochs(policy, optimizer, rollout.flat, targets, cfg, rng, guard)  # 3. epochs
+            policy.weights_changed()
             scheduler.step()
             metrics = {  # 4. log
                 "update": update,

@@ -71,7 +71,9 @@ def timed_policy(policy, device: str):
     clock = MethodClock(device)
     clock.wrap(policy, "sample", "sample")
     clock.wrap(policy, "score", "score")
-    clock.wrap(policy.loaded.model, "generate", "generate")
+    # With ppo.merged_sampling the answers come from the merged copy's generate.
+    sampler = getattr(policy, "sampler", None)
+    clock.wrap(sampler.model if sampler is not None else policy.loaded.model, "generate", "generate")
     try:
         yield clock
     finally:

@@ -14,20 +14,23 @@ from pathlib import Path
 
 import pytest
 from tests.helpers import run_cli
-from tests.slurm.helpers import fake_slurm
+from tests.slurm.helpers import fake_slurm, recording_python, write_executable
 
 from vlmppo.config import load_config
 from vlmppo.errors import SlurmError
+from vlmppo.sft.launching import LAUNCH_DIR, launch_config_path
 from vlmppo.slurm import pipeline_stages, submit_chain, write_job
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden"
 PRESET = str(HERE / "cluster.yaml")
 PROJECT = "/home/user/project"  # what the test's temp folder is shown as in the goldens
+# Where the shipped accelerate configs are shown to live in the goldens (cluster.yaml's venv).
+SHOWN_LAUNCH_DIR = "/opt/venvs/vlmppo/lib/python3.11/site-packages/vlmppo/sft/launch"
 
 
 def normalised(text: str, tmp_path: Path) -> str:
-    return text.replace(str(tmp_path), PROJECT)
+    return text.replace(str(tmp_path), PROJECT).replace(str(LAUNCH_DIR), SHOWN_LAUNCH_DIR)
 
 
 def check_golden(name: str, text: str) -> None:
@@ -55,6 +58,12 @@ CASES = {
         None,
     ),
     "sft-array-3-seeds.sbatch": ("sft", [], [1, 2, 3]),
+    "sft-1node-8gpu-zero2.sbatch": ("sft", ["slurm.gpus_per_node=8", "sft.launch=zero2"], None),
+    "sft-2node-8gpu-zero3-offload.sbatch": (
+        "sft",
+        ["slurm.nodes=2", "slurm.gpus_per_node=8", "sft.launch=zero3-offload"],
+        None,
+    ),
     "collect-cpu.sbatch": (
         "collect",
         ["slurm.gpus_per_node=0", "slurm.setup=[]", "slurm.requeue=false"],
@@ -144,3 +153,138 @@ def test_render_out_option_writes_the_script_where_asked(tmp_path):
     assert out.returncode == 0, out.stderr
     assert target.read_text().startswith("#!/bin/bash")
     assert not (tmp_path / "golden/slurm/collect.sbatch").exists()
+
+
+def run_script(script: Path, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """Execute a rendered script with bash, outside SLURM (with only PATH, HOME and ``env`` set)."""
+    full_env = {"PATH": os.environ["PATH"], "HOME": str(cwd), **env}
+    return subprocess.run(
+        ["bash", str(script)], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=60
+    )
+
+
+def many_node_slurm(folder: Path, nodes: int = 2) -> dict[str, str]:
+    """Fake ``srun`` (runs its command once, as node 1) and ``scontrol show hostnames`` (node1..nodeN, one
+    line each); returns the job's environment."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_executable(folder / "srun", '#!/bin/bash\nwhile [ "$1" != bash ]; do shift; done\nexec "$@"\n')
+    write_executable(folder / "scontrol", f"#!/bin/bash\nfor i in $(seq {nodes}); do echo node$i; done\n")
+    return {
+        "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}",
+        "SLURM_JOB_NODELIST": f"node[1-{nodes}]",
+        "SLURM_NNODES": str(nodes),
+        "SLURM_NODEID": "1",
+        "SLURM_CPUS_PER_TASK": "8",
+    }
+
+
+def launch_recording_python(folder: Path) -> Path:
+    """Like ``recording_python``, but ``-c CODE`` (the free-port lookup) runs in the real interpreter."""
+    argv = shlex.quote(str(folder / "argv.txt"))
+    return write_executable(
+        folder / "python-launch",
+        f'#!/bin/bash\nif [ "$1" = -c ]; then exec {shlex.quote(sys.executable)} "$@"; fi\n'
+        f'printf "%s\\n" "$@" > {argv}\n',
+    )
+
+
+def accelerate_launch_args(argv: list[str]):
+    """What ``accelerate launch`` makes of a launch line (argv after the interpreter), by its own parser and
+    checks, which read the --config_file the line names."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    assert argv[:2] == ["-m", "accelerate.commands.launch"], argv
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv[2:]))
+    return args
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+@pytest.mark.parametrize("launch", ["ddp", "zero2", "zero3", "zero3-offload"])
+def test_sft_launch_passes_the_shipped_accelerate_config_and_accelerate_reads_it(launch, nodes, tmp_path):
+    """The launch that runs names launch_config_path(sft.launch), and accelerate launches what the file says."""
+    python = launch_recording_python(tmp_path)
+    overrides = [f"slurm.nodes={nodes}", "slurm.gpus_per_node=8", f"sft.launch={launch}"]
+    cfg = load_config(
+        PRESET, None, [*overrides, f"slurm.python={python}", f"run.output_dir={tmp_path}", "slurm.setup=[]"]
+    )
+    job = write_job(cfg, "sft", cwd=tmp_path)
+    out = run_script(job.script, tmp_path, **(many_node_slurm(tmp_path / "bin") if nodes > 1 else {}))
+    assert out.returncode == 0, out.stderr
+    argv = (tmp_path / "argv.txt").read_text().splitlines()
+    assert argv[2:4] == ["--config_file", str(launch_config_path(launch))] and "--multi_gpu" not in argv
+    args = accelerate_launch_args(argv)
+    zero = {"ddp": None, "zero2": 2, "zero3": 3, "zero3-offload": 3}[launch]
+    assert (args.use_deepspeed, args.multi_gpu) == ((True, False) if zero else (False, True))
+    assert getattr(args, "zero_stage", None) == zero
+    assert getattr(args, "offload_param_device", None) == (
+        "cpu" if launch == "zero3-offload" else None if not zero else "none"
+    )
+    assert (args.num_processes, args.num_machines, args.machine_rank) == (8 * nodes, nodes, nodes - 1)
+    assert args.main_process_ip == ("node1" if nodes > 1 else "127.0.0.1") and args.main_process_port > 0
+    if zero and nodes > 1:  # torch's launcher on each node that srun started, not pdsh over ssh
+        assert args.deepspeed_multinode_launcher == "standard"
+    assert args.module and args.training_script == "vlmppo"
+    assert args.training_script_args == ["sft", "--config", str(job.configs[0]), "--resume", "auto"]
+
+
+def test_head_node_is_the_first_host_even_of_a_long_host_list(tmp_path):
+    """`scontrol show hostnames` of a big allocation is longer than a pipe holds: reading only its first line
+    must not kill scontrol with SIGPIPE, which `set -o pipefail` would turn into a failed job."""
+    python = launch_recording_python(tmp_path)
+    overrides = ["slurm.nodes=2", f"slurm.python={python}", f"run.output_dir={tmp_path}", "slurm.setup=[]"]
+    job = write_job(load_config(PRESET, None, overrides), "ppo", cwd=tmp_path)
+    out = run_script(job.script, tmp_path, **many_node_slurm(tmp_path / "bin", nodes=20000))
+    assert out.returncode == 0, out.stderr
+    argv = (tmp_path / "argv.txt").read_text().splitlines()
+    assert argv[argv.index("--main_process_ip") + 1] == "node1"
+
+
+def test_a_missing_accelerate_config_stops_the_job_with_one_line(tmp_path):
+    """Rendered with one install and run with another: the job says so instead of accelerate's traceback."""
+    python = recording_python(tmp_path)
+    overrides = ["sft.launch=zero2", f"slurm.python={python}", f"run.output_dir={tmp_path}", "slurm.setup=[]"]
+    cfg = load_config(PRESET, None, overrides)
+    job = write_job(cfg, "sft", cwd=tmp_path)
+    job.script.write_text(job.text.replace(str(launch_config_path("zero2")), str(tmp_path / "gone.yaml")))
+    out = run_script(job.script, tmp_path)
+    assert out.returncode == 1
+    assert f"vlmppo: cannot read {tmp_path}/gone.yaml (sft.launch=zero2) on" in out.stderr
+    assert not (tmp_path / "argv.txt").exists()  # nothing was started
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["sft.launch=single", "slurm.gpus_per_node=8"],  # plain DDP through --multi_gpu, as before
+        [
+            "sft.launch=zero2",
+            "slurm.launcher=torchrun",
+            "slurm.gpus_per_node=8",
+        ],  # the trainer reads the file
+    ],
+)
+def test_no_accelerate_config_where_the_launcher_takes_none(overrides, tmp_path):
+    cfg = load_config(PRESET, None, [*overrides, f"run.output_dir={tmp_path}"])
+    assert "--config_file" not in write_job(cfg, "sft", cwd=tmp_path).text
+    assert "--config_file" not in write_job(cfg, "ppo", cwd=tmp_path).text
+
+
+def test_cpu_jobs_run_one_torch_thread_unless_told_otherwise(tmp_path):
+    seen = tmp_path / "omp.txt"
+    python = write_executable(
+        tmp_path / "python-omp",
+        f'#!/bin/bash\necho "${{OMP_NUM_THREADS-unset}}" > {shlex.quote(str(seen))}\n',
+    )
+    base = [f"slurm.python={python}", f"run.output_dir={tmp_path}", "slurm.setup=[]"]
+
+    def threads(overrides: list[str], **env: str) -> str:
+        job = write_job(load_config(PRESET, None, [*base, *overrides]), "collect", cwd=tmp_path)
+        out = run_script(job.script, tmp_path, **env)
+        assert out.returncode == 0, out.stderr
+        return seen.read_text().strip()
+
+    cpu = ["slurm.gpus_per_node=0"]
+    assert threads(cpu) == "1"
+    assert threads(cpu, OMP_NUM_THREADS="3") == "3"  # exported where sbatch was called: kept
+    assert threads([*cpu, "slurm.setup=['export OMP_NUM_THREADS=2']"]) == "2"
+    assert threads(["slurm.gpus_per_node=1"]) == "unset"  # GPU jobs: torch's and the launchers' own choice

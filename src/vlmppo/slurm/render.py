@@ -20,6 +20,7 @@ from vlmppo.config import config_to_yaml, run_dir
 from vlmppo.config.schema import Config
 from vlmppo.errors import SlurmError
 from vlmppo.io import atomic_write_text
+from vlmppo.sft.launching import launch_config_path
 from vlmppo.slurm.request import TRAINING_STAGES, Layout, check_request, layout
 
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
@@ -122,11 +123,36 @@ def sbatch_header(
     return "\n".join(lines)
 
 
+def accelerate_config(cfg: Config, stage: str) -> Path | None:
+    """The shipped accelerate config file the launch passes as ``--config_file``, or None.
+
+    Only ``vlmppo sft`` with ``sft.launch`` other than ``single`` under the accelerate launcher has one: the file
+    picks the distributed type (DDP, or DeepSpeed ZeRO-2/3 with or without offload) that accelerate launches.
+    torchrun reads no such file; there the trainer builds the same DeepSpeed plugin from it by itself.
+    """
+    if stage != "sft" or cfg.slurm.launcher != "accelerate":
+        return None
+    return launch_config_path(cfg.sft.launch)
+
+
 def run_section(
-    cfg: Config, lay: Layout, *, configs: list[Path], seeds: list[int] | None, python: str
+    cfg: Config,
+    lay: Layout,
+    *,
+    configs: list[Path],
+    seeds: list[int] | None,
+    python: str,
+    launch_config: Path | None = None,
 ) -> str:
     """Shell variables the launch reads: the interpreter, this task's config, the rendezvous of a launcher."""
-    lines = [f"VLMPPO_PYTHON={shlex.quote(python)}"]
+    lines = []
+    if lay.gpus_per_node == 0:
+        lines += [
+            "# A CPU job: one torch thread per process unless the environment or slurm.setup chose otherwise",
+            "# (torch's default thread pool makes small models many times slower on shared cores).",
+            'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"',
+        ]
+    lines.append(f"VLMPPO_PYTHON={shlex.quote(python)}")
     if seeds:
         lines.append(
             f"# Array task i runs the i-th of the seeds {','.join(map(str, seeds))}, in its own run folder."
@@ -137,12 +163,25 @@ def run_section(
         lines.append(f"VLMPPO_CONFIG={shlex.quote(str(configs[0]))}")
     lines.append(f"VLMPPO_REQUEUE={1 if cfg.slurm.requeue else 0}")
     lines.append("export VLMPPO_PYTHON VLMPPO_CONFIG")
-    if lay.distributed:
+    if launch_config is not None:
+        launch = cfg.sft.launch  # one of the schema's fixed names: nothing to quote
+        lines += [
+            f"# sft.launch={launch}: the accelerate config shipped with vlmppo, read by `accelerate launch`.",
+            f"VLMPPO_LAUNCH_CONFIG={shlex.quote(str(launch_config))}",
+            'if [ ! -r "$VLMPPO_LAUNCH_CONFIG" ]; then',
+            f'  echo "vlmppo: cannot read $VLMPPO_LAUNCH_CONFIG (sft.launch={launch}) on $(hostname); render the job'
+            ' with the vlmppo that slurm.python runs." >&2',
+            "  exit 1",
+            "fi",
+            "export VLMPPO_LAUNCH_CONFIG",
+        ]
+    if lay.distributed or launch_config is not None:
         if lay.nodes > 1:
-            lines.append(
-                "# The head node: the first of the allocation, which is also where this script runs."
-            )
-            lines.append('MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"')
+            lines += [
+                "# The head node: the first of the allocation, which is also where this script runs. sed reads",
+                "# the whole list: `head -n1` could exit first, and scontrol's SIGPIPE would fail the job (pipefail).",
+                'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)"',
+            ]
         else:
             lines.append("MASTER_ADDR=127.0.0.1")
         lines.append(f'MASTER_PORT="$("$VLMPPO_PYTHON" -c {shlex.quote(FREE_PORT)})"')
@@ -150,12 +189,16 @@ def run_section(
     return "\n".join(lines)
 
 
-def launch_section(cfg: Config, stage: str, lay: Layout) -> str:
-    """The launch: vlmppo itself, or a launcher that starts one process per GPU (through srun on many nodes)."""
+def launch_section(cfg: Config, stage: str, lay: Layout, launch_config: Path | None = None) -> str:
+    """The launch: vlmppo itself, or a launcher that starts one process per GPU (through srun on many nodes).
+
+    With ``launch_config`` (see ``accelerate_config``) accelerate always launches, even one process, and the
+    file, not ``--multi_gpu``, says how: ``--multi_gpu`` would make accelerate ignore the file's DeepSpeed.
+    """
     vlmppo = f'-m vlmppo {shlex.quote(stage)} --config "$VLMPPO_CONFIG"'
     if stage in TRAINING_STAGES:
         vlmppo += " --resume auto"
-    if not lay.distributed:
+    if not lay.distributed and launch_config is None:
         return f'  exec "$VLMPPO_PYTHON" {vlmppo}'
     many = lay.nodes > 1
     nnodes, rank = ('"$SLURM_NNODES"', '"$SLURM_NODEID"') if many else ("1", "0")
@@ -167,11 +210,16 @@ def launch_section(cfg: Config, stage: str, lay: Layout) -> str:
             '--master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT"',
         ]
     else:
+        how = '--config_file "$VLMPPO_LAUNCH_CONFIG"' if launch_config is not None else "--multi_gpu"
         launcher = [
-            f'"$VLMPPO_PYTHON" -m accelerate.commands.launch --multi_gpu --num_processes {lay.processes}',
+            f'"$VLMPPO_PYTHON" -m accelerate.commands.launch {how} --num_processes {lay.processes}',
             f"--num_machines {nnodes} --machine_rank {rank}",
             '--main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT"',
         ]
+        if launch_config is not None and many and cfg.sft.launch.startswith("zero"):
+            # accelerate's default for DeepSpeed on several nodes is pdsh over ssh from the head node; srun
+            # already started one launcher per node, so each runs its node's processes with torch's launcher.
+            launcher.append("--deepspeed_multinode_launcher standard")
     launcher.append(vlmppo)
     if not many:
         return "  exec " + " \\\n    ".join(launcher)
@@ -209,6 +257,7 @@ def render_script(
     check_request(cfg, stage)
     lay = layout(cfg, stage)
     python = cfg.slurm.python or sys.executable
+    launch_config = accelerate_config(cfg, stage)
     names = f"{cfg.run.name}-seed{{{','.join(map(str, seeds))}}}" if seeds else cfg.run.name
     parts = {
         "title": f"vlmppo {stage} for run {names}: {lay.nodes} node(s) x {lay.gpus_per_node} GPU(s), "
@@ -218,8 +267,10 @@ def render_script(
         ),
         "setup": "\n".join(cfg.slurm.setup)
         or "# (none: the job keeps the environment sbatch was called from)",
-        "run": run_section(cfg, lay, configs=configs, seeds=seeds, python=python),
-        "launch": launch_section(cfg, stage, lay),
+        "run": run_section(
+            cfg, lay, configs=configs, seeds=seeds, python=python, launch_config=launch_config
+        ),
+        "launch": launch_section(cfg, stage, lay, launch_config),
     }
     source = cfg.slurm.template or "shipped with vlmppo"
     return fill_template(load_template(cfg, cwd), parts, source)

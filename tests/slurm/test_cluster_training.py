@@ -3,8 +3,8 @@
 `scontrol requeue` is what preemption does: SLURM sends SIGTERM to every process of the job, the training loop
 finishes its update (or step), saves a checkpoint and exits 0, SLURM puts the job back in the queue, and the
 next start runs `--resume auto` from that checkpoint. Every test submits from an environment without
-OMP_NUM_THREADS, so the rendered script's own CPU default is what keeps the tiny models fast. 5-35 s each
-on 2 cores, most of it interpreter start-up and SLURM's 10 s hold on a requeued job.
+OMP_NUM_THREADS, as a user would, so the job runs on the rendered script's CPU default. 5-35 s each on 2 cores,
+most of it interpreter start-up and SLURM's 10 s hold on a requeued job.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def with_data(tmp_path: Path, run: Path) -> Path:
 
 
 def test_requeue_while_sft_runs_continues_the_step_counter(tmp_path, job_ids, color_data):
-    steps = 150
+    steps = 250  # ~8 s of training: the requeue lands long before the end
     sft = with_data(tmp_path, color_data)
     job_id = submit(tmp_path, job_ids, "sft", "probe-color-tiny", f"sft.max_steps={steps}", *SMALL_SFT)
     wait_for_rows(job_id, sft / "metrics.jsonl")

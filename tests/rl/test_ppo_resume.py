@@ -212,3 +212,33 @@ def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused_and_they_stay(tmp
     again = run_cli(*args)
     assert again.returncode == 1 and "--resume auto" in again.stderr and "Traceback" not in again.stderr
     assert sorted(p.name for p in ckpts.iterdir()) == before
+
+
+def test_ppo_turns_dropout_off_so_the_first_ratio_is_exactly_one(tmp_path):
+    from vlmppo.envs import make_vec_env
+    from vlmppo.rl.rollout import collect_rollout
+    from vlmppo.rl.update import micro_loss
+
+    cfg = load_config(
+        "numberline-tiny", overrides=[*SMALL, f"run.output_dir={tmp_path}", "model.lora.dropout=0.5"]
+    )
+    torch.manual_seed(0)
+    policy = ppo.build_policy(cfg, "cpu")
+    dropouts = [m for m in policy.loaded.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.p == 0.0 for m in dropouts)
+    vec = make_vec_env(cfg.env.id, cfg.env.n_envs, 0)
+    obs, infos = vec.reset()
+    nudge = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # non-zero LoRA B, so dropout on the adapter input would change the output
+        for name, p in policy.loaded.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.1 * torch.randn(p.shape, generator=nudge))
+    rollout, _, _ = collect_rollout(policy, vec, obs, infos, cfg)
+    targets = ppo.advantages_and_targets(rollout, cfg)
+    policy.loaded.model.train()  # as in the update
+    _, stats = micro_loss(policy, rollout.flat, targets, [0, 1, 2, 3], cfg)
+    assert stats["clip_frac"] == 0.0 and abs(stats["approx_kl"]) < 1e-6
+    for m in dropouts:  # with the dropout the config asked for, the same pass would see another policy
+        m.p = 0.5
+    _, noisy = micro_loss(policy, rollout.flat, targets, [0, 1, 2, 3], cfg)
+    assert abs(noisy["approx_kl"]) > 1e-4

@@ -52,7 +52,9 @@ class EnvConfig(Section):
 class LoraConfig(Section):
     r: int = Field(128, ge=1, description="LoRA rank.")
     alpha: int = Field(256, ge=1, description="LoRA alpha (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout (off during rollout scoring).")
+    dropout: float = Field(
+        0.05, ge=0.0, lt=1.0, description="LoRA dropout in SFT (PPO runs without dropout)."
+    )
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear",
         description="Module names (or regex parts) of the language model to adapt, or 'all-linear'.",

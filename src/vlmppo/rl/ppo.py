@@ -95,12 +95,22 @@ def build_policy(cfg: Config, device: str, resume_from: Path | None = None) -> A
         loaded = load_model(
             cfg.model.model_copy(update={"path": str(source)}), device=device, for_training=True
         )
+    disable_dropout(loaded.model)
     head = ValueHead(hidden_size(loaded.model))
     if resume_from is not None:
         from safetensors.torch import load_file
 
         head.load_state_dict(load_file(str(resume_from / "value_head.safetensors")))
     return ActorCritic(loaded, head, device, merged_sampling=uses_merged_sampling(cfg, device))
+
+
+def disable_dropout(model) -> None:
+    """PPO trains without dropout (as TRL does): the update's first forward then scores exactly what the
+    rollout scored, so the ratio starts at 1 and clipping measures the policy's change, not dropout noise.
+    Train mode stays on for the update (gradient checkpointing only runs in train mode)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def uses_merged_sampling(cfg: Config, device: str) -> bool:

@@ -23,7 +23,9 @@ def nudge_lora(model, seed):
 
 @pytest.fixture()
 def policy(tmp_path):
-    cfg = load_config("probe-color-tiny", overrides=[f"run.output_dir={tmp_path}", "ppo.merged_sampling=true"])
+    cfg = load_config(
+        "probe-color-tiny", overrides=[f"run.output_dir={tmp_path}", "ppo.merged_sampling=true"]
+    )
     torch.manual_seed(0)
     policy = ppo.build_policy(cfg, "cpu")
     assert policy.sampler is not None

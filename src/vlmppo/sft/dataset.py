@@ -71,7 +71,9 @@ def load_sft_examples(path) -> list[SftExample]:
                 raise DataError(f"{where}: not a valid JSON object ({str(exc).splitlines()[0]}).") from None
             messages = row.get("messages") or []
             user = next((m for m in messages if isinstance(m, dict) and m.get("role") == "user"), None)
-            assistant = next((m for m in messages if isinstance(m, dict) and m.get("role") == "assistant"), None)
+            assistant = next(
+                (m for m in messages if isinstance(m, dict) and m.get("role") == "assistant"), None
+            )
             if user is None:
                 raise DataError(f"{where}: no user turn in 'messages'.")
             if assistant is None or not _text_of(assistant):
@@ -84,16 +86,22 @@ def load_sft_examples(path) -> list[SftExample]:
                 raise DataError(f"{where}: expected exactly one image in 'images', got {len(images)}.")
             image = (path.parent / images[0]).resolve()
             if not image.is_file():
-                raise DataError(f"{where}: image {image} does not exist.",
-                                hint="Image paths are relative to the dataset file's folder.")
+                raise DataError(
+                    f"{where}: image {image} does not exist.",
+                    hint="Image paths are relative to the dataset file's folder.",
+                )
             try:
                 with Image.open(image) as im:
                     im.verify()
             except Exception as exc:
-                raise DataError(f"{where}: image {image} does not decode ({type(exc).__name__}: {exc}).") from None
+                raise DataError(
+                    f"{where}: image {image} does not decode ({type(exc).__name__}: {exc})."
+                ) from None
             examples.append(SftExample(_text_of(user), _text_of(assistant), image, f"{path}:{number}"))
     if not examples:
-        raise DataError(f"SFT dataset {path} is empty.", hint="Check the preprocess filters and run it again.")
+        raise DataError(
+            f"SFT dataset {path} is empty.", hint="Check the preprocess filters and run it again."
+        )
     return examples
 
 
@@ -153,7 +161,9 @@ class SftCollator:
         if not keep:
             raise DataError(
                 f"Every sample of a batch of {len(examples)} is longer than sft.max_length={self.max_length} "
-                f"(lengths {lengths}).", hint="Raise sft.max_length.")
+                f"(lengths {lengths}).",
+                hint="Raise sft.max_length.",
+            )
         if len(keep) < len(examples):
             batch = self._build([examples[i] for i in keep])
             cut = {keep.index(i): c for i, c in cut.items()}
@@ -177,7 +187,7 @@ class SftCollator:
             for i in range(shape[0]):
                 row = batch[key][i]
                 end = shape[1] - cut.get(i, 0)
-                rows.append(row[end - width:end])  # left padding: valid tokens sit at the right
+                rows.append(row[end - width : end])  # left padding: valid tokens sit at the right
             batch[key] = torch.stack(rows)
         return batch
 
@@ -194,7 +204,7 @@ def length_grouped_indices(lengths: list[int], batch_size: int, seed: int = 0, m
     size = batch_size * mega
     batches = []
     for start in range(0, len(order), size):
-        chunk = sorted(order[start:start + size], key=lambda i: -lengths[i])
-        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+        chunk = sorted(order[start : start + size], key=lambda i: -lengths[i])
+        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return [i for b in batches for i in b]

@@ -180,3 +180,21 @@ def test_samples_over_max_length_are_truncated_and_counted(tmp_path):
     assert result.truncated == 8 and result.skipped == 0  # two steps of 4 = every sample once, all cut
     assert rows[1]["data/truncated"] == 8 and rows[0]["data/truncated"] == 4
     assert rows[0]["sft/tokens"] == 4 * 3  # what is left of each answer: 3 tokens, all with loss
+
+
+def test_resume_weights_load_for_a_cpu_rank_device_like_cpu_0(tmp_path):
+    # accelerate hands CPU ranks a device such as "cpu:0", which safetensors' load_file rejects by name.
+    from vlmppo.checkpoints import latest_checkpoint
+    from vlmppo.config import run_dir
+    from vlmppo.sft.checkpointing import load_weights
+
+    train, val = write_color_dataset(tmp_path)
+    cfg = sft_config(tmp_path, train, val, "sft.max_steps=2")
+    train_sft(cfg)
+    ckpt = latest_checkpoint(run_dir(cfg) / "sft" / "checkpoints")
+    loaded, _ = load_weights(cfg, ckpt, torch.device("cpu", 0))
+    saved = load_file(str(ckpt / "adapter_model.safetensors"))
+    params = dict(loaded.model.named_parameters())
+    for key, value in saved.items():
+        name = next(n for n in params if n.replace(".default", "") == key)
+        torch.testing.assert_close(params[name].detach(), value)

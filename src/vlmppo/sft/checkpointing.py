@@ -74,7 +74,9 @@ def load_weights(cfg, path: Path, device):
     base = meta.get("base_model", cfg.model.path)
     loaded = load_model(cfg.model.model_copy(update={"path": base}), device=device, for_training=True)
     try:
-        result = set_peft_model_state_dict(loaded.model, load_file(str(adapter_file), device=str(device)))
+        # Read on the host, then let peft copy into the parameters wherever they live: safetensors
+        # rejects device strings like "cpu:0" that accelerate hands out to CPU ranks.
+        result = set_peft_model_state_dict(loaded.model, load_file(str(adapter_file), device="cpu"))
     except RuntimeError as exc:  # shape mismatch: another rank or other target modules
         raise CheckpointError(
             f"The adapter in {path} does not fit model.lora ({str(exc).splitlines()[0]}).",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tests.rl.sampling import generate_with_logprobs
 
 from vlmppo.config import load_config
 from vlmppo.models.generation import to_pil
@@ -63,30 +64,10 @@ def test_sampled_answers_score_like_the_distribution_they_were_sampled_from(poli
     sampled = policy.sample(images, prompts, temperature=0.7, max_new_tokens=10)
     assert not policy.sampler.stale  # sample() refreshed the copy first
     torch.manual_seed(3)
-    batch = build_inputs(policy.loaded, [to_pil(i) for i in images], prompts)
-    tok = policy.loaded.tokenizer
-    gen = policy.sampler.model.generate(
-        **batch,
-        max_new_tokens=10,
-        do_sample=True,
-        temperature=0.7,
-        top_k=0,
-        top_p=1.0,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        suppress_tokens=policy.suppressed,
-        output_scores=True,
-        return_dict_in_generate=True,
+    sequences, gen_logp = generate_with_logprobs(
+        policy.sampler.model, policy, images, prompts, temperature=0.7, max_new_tokens=10, sampled=sampled
     )
-    assert torch.equal(gen.sequences, sampled.sequences)
-    answers = gen.sequences[:, sampled.prompt_len :]
-    gen_logp = torch.stack(
-        [
-            torch.log_softmax(s.float(), -1).gather(1, answers[:, t : t + 1]).squeeze(1)
-            for t, s in enumerate(gen.scores)
-        ],
-        dim=1,
-    ).masked_fill(~sampled.answer_mask, 0.0)
+    assert torch.equal(sequences, sampled.sequences)
     with torch.no_grad():
         token_logp, _ = policy.score(sampled, temperature=0.7)  # the training (unmerged) model
     torch.testing.assert_close(token_logp, gen_logp, atol=1e-4, rtol=0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tests.rl.sampling import generate_with_logprobs
 
 from vlmppo.config.schema import ModelConfig
 from vlmppo.models import load_model
@@ -34,33 +35,11 @@ def test_teacher_forced_logprobs_match_generation_logits(family):
     # The same sampling again, now asking generate for the scores it sampled from at every step
     # (after temperature and the suppression of image/video placeholder tokens).
     torch.manual_seed(1)
-    from vlmppo.models.generation import to_pil
-    from vlmppo.models.inputs import build_inputs
-
-    batch = build_inputs(loaded, [to_pil(i) for i in images], prompts)
-    tok = loaded.tokenizer
-    gen = loaded.model.generate(
-        **batch,
-        max_new_tokens=12,
-        do_sample=True,
-        temperature=temperature,
-        top_k=0,
-        top_p=1.0,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        suppress_tokens=policy.suppressed,
-        output_scores=True,
-        return_dict_in_generate=True,
+    sequences, gen_logp = generate_with_logprobs(
+        loaded.model, policy, images, prompts, temperature=temperature, max_new_tokens=12, sampled=sampled
     )
-    assert torch.equal(gen.sequences, sampled.sequences)
-    answers = gen.sequences[:, sampled.prompt_len :]
-    gen_logp = torch.stack(
-        [
-            torch.log_softmax(step.float(), -1).gather(1, answers[:, t : t + 1]).squeeze(1)
-            for t, step in enumerate(gen.scores)
-        ],
-        dim=1,
-    ).masked_fill(~sampled.answer_mask, 0.0)
+    assert torch.equal(sequences, sampled.sequences)
+    answers = sequences[:, sampled.prompt_len :]
     with torch.no_grad():
         token_logp, values = policy.score(sampled, temperature=temperature)
     assert token_logp.shape == gen_logp.shape and values.shape == (3,)

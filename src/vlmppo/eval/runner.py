@@ -98,34 +98,16 @@ class _CheckpointActor:
             head.load_state_dict(load_file(str(head_file)))
             head.eval()
             self.critic = ActorCritic(self.loaded, head, device)
-        self._record_ids()
         e = cfg.eval
         self.temperature = 0.0 if e.greedy else e.temperature
         torch.manual_seed(e.seeds[0])
 
-    def _record_ids(self) -> None:
-        """``Generator.generate_text`` returns text only; keep the ids its ``generate`` call produced, so
-        tokens per answer are counted exactly (re-tokenizing the decoded text of an untrained model's
-        byte soup over-counts by half)."""
-        model = self.loaded.model
-        original = model.generate
-
-        def generate(*args, **kwargs):
-            out = original(*args, **kwargs)
-            self._last = (out, kwargs["input_ids"].shape[1])
-            return out
-
-        model.generate = generate
-
     def answer(self, observations, prompts) -> tuple[list[str], list[int]]:
         """One batched generate: the answer texts and the tokens each took (end-of-turn included)."""
-        texts = self.generator.generate_text(
+        texts, ids = self.generator.generate_answers(
             observations, prompts, temperature=self.temperature, max_new_tokens=self.cfg.eval.max_new_tokens
         )
-        out, prompt_len = self._last
-        eos = self.loaded.tokenizer.eos_token_id
-        counts = [ids.index(eos) + 1 if eos in ids else len(ids) for ids in out[:, prompt_len:].tolist()]
-        return texts, counts
+        return texts, [len(answer) for answer in ids]
 
     def values(self, observations, infos, adapter) -> list[float | None]:
         if self.critic is None:

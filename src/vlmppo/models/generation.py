@@ -40,14 +40,39 @@ def media_token_ids(model) -> list[int]:
     return sorted(int(i) for i in found if isinstance(i, int) and i >= 0)
 
 
+def generate_ids(model, tokenizer, batch, *, temperature: float, max_new_tokens: int):
+    """One batched ``generate`` over a left-padded prompt batch; returns prompt + answer ids ``[B, P + T]``.
+
+    ``temperature`` 0 is greedy; otherwise plain sampling from ``softmax(logits / temperature)`` (no top-k,
+    no top-p), which is the distribution PPO's scoring pass recomputes. Image/video placeholder ids are
+    never sampled (``media_token_ids``).
+    """
+    import torch
+
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        if temperature > 0
+        else {"do_sample": False}
+    )
+    with torch.no_grad():
+        return model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            suppress_tokens=media_token_ids(model) or None,
+            **sampling,
+        )
+
+
 @dataclass
 class Generator:
     loaded: LoadedModel
     device: str = "cpu"
 
-    def generate_text(
+    def generate_answers(
         self, images, prompts: list[str], *, temperature: float, max_new_tokens: int
-    ) -> list[str]:
+    ) -> tuple[list[str], list[list[int]]]:
         """Answer each (image, prompt) pair; ``temperature`` 0 is greedy.
 
         Args:
@@ -55,28 +80,26 @@ class Generator:
             prompts: the task texts (the chat template is applied here).
 
         Returns:
-            The answer texts, without special tokens.
+            The answer texts (without special tokens) and each answer's generated ids, through its
+            end-of-turn token (padding after it dropped).
         """
-        import torch
-
         tokenizer = self.loaded.tokenizer
         batch = build_inputs(self.loaded, [to_pil(im) for im in images], list(prompts)).to(self.device)
-        sampling = (
-            {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-            if temperature > 0
-            else {"do_sample": False}
+        out = generate_ids(
+            self.loaded.model, tokenizer, batch, temperature=temperature, max_new_tokens=max_new_tokens
         )
-        with torch.no_grad():
-            out = self.loaded.model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                suppress_tokens=media_token_ids(self.loaded.model) or None,
-                **sampling,
-            )
         new_tokens = out[:, batch["input_ids"].shape[1] :]
-        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        eos = tokenizer.eos_token_id
+        ids = [row[: row.index(eos) + 1] if eos in row else row for row in new_tokens.tolist()]
+        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True), ids
+
+    def generate_text(
+        self, images, prompts: list[str], *, temperature: float, max_new_tokens: int
+    ) -> list[str]:
+        """The answer texts only (see ``generate_answers``)."""
+        return self.generate_answers(images, prompts, temperature=temperature, max_new_tokens=max_new_tokens)[
+            0
+        ]
 
 
 def load_generator(model_cfg, *, device: str = "cpu") -> Generator:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vlmppo.models.generation import media_token_ids, to_pil
+from vlmppo.models.generation import generate_ids, media_token_ids, to_pil
 from vlmppo.models.inputs import build_inputs
 from vlmppo.models.loading import LoadedModel
 from vlmppo.rl.logprob import token_logprobs
@@ -106,16 +106,8 @@ class ActorCritic:
             if self.sampler.stale:
                 self.sampler.refresh(self.loaded.model)
             generator = self.sampler.model
-        out = generator.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=True,
-            temperature=temperature,
-            top_k=0,
-            top_p=1.0,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            suppress_tokens=self.suppressed or None,
+        out = generate_ids(
+            generator, tokenizer, batch, temperature=temperature, max_new_tokens=max_new_tokens
         )
         prompt_len = batch["input_ids"].shape[1]
         answers = out[:, prompt_len:]

@@ -14,7 +14,7 @@ fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 export VLMPPO_CACHE=${VLMPPO_CACHE:-/tmp/vlmppo-cache} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 COLUMNS=200
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-MODEL=$(python3 -c "from vlmppo.bench.shapes import QWEN2_VL_2B, shape_model_path; print(shape_model_path(QWEN2_VL_2B, device='cuda'))" | tail -1)
+MODEL=$(python3 -c "from vlmppo.models.shapes import QWEN2_VL_2B, shape_model_path; print(shape_model_path(QWEN2_VL_2B, device='cuda'))" | tail -1)
 N_ENVS=${N_ENVS:-32}
 ARGS=(--preset numberline-qwen "model.path=$MODEL" model.family=qwen2-vl ppo.init_from=null "env.n_envs=$N_ENVS"
   ppo.n_steps=4 ppo.minibatch_size=64 ppo.micro_batch_size=${MICRO:-8} ppo.n_epochs=1 ppo.max_new_tokens=128

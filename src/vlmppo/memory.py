@@ -84,10 +84,10 @@ def load_model_config(model_cfg):
         )
     except (OSError, ValueError):
         pass
-    from vlmppo.bench.shapes import shape_for_hub_id
+    from vlmppo.models.shapes import shape_for_hub_id
 
     shape = shape_for_hub_id(path)
-    return None if shape is None else shape.config_for_counting()
+    return None if shape is None else shape.config()
 
 
 def _text(config):

@@ -125,8 +125,8 @@ def test_qwen2_vl_2b_shape_has_the_released_checkpoints_size():
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from vlmppo.bench.shapes import QWEN2_VL_2B
     from vlmppo.models.processors import load_processor
+    from vlmppo.models.shapes import QWEN2_VL_2B
     from vlmppo.models.tiny import get_family, resolve_model_path
 
     tokenizer = load_processor(resolve_model_path("tiny:qwen2-vl"), get_family("qwen2-vl")).tokenizer
@@ -143,9 +143,9 @@ def test_qwen2_vl_2b_shape_has_the_released_checkpoints_size():
 def test_a_built_shape_loads_like_a_checkpoint_with_the_released_pixel_budget(tmp_path):
     from PIL import Image
 
-    from vlmppo.bench.shapes import QWEN2_VL_2B, Shape, build_shape_model
     from vlmppo.config.schema import ModelConfig
     from vlmppo.models import build_inputs, load_model
+    from vlmppo.models.shapes import QWEN2_VL_2B, Shape, build_shape_model
 
     small = Shape(  # the 2B shape's layout at toy widths, built by the same code
         name="toy",

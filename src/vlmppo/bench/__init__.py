@@ -1,7 +1,8 @@
 """``vlmppo bench``: rollout and update throughput and peak GPU memory of the PPO loop (DESIGN.md §10).
 
-Modules: ``options`` (CLI values), ``shapes`` (real architectures with random weights), ``timing`` (synchronised timers, peak
-memory), ``rollout`` and ``update`` (the measurements), ``runner`` (``run_bench``), ``report`` (tables).
+Modules: ``options`` (CLI values), ``timing`` (synchronised timers, peak
+memory), ``rollout`` and ``update`` (the measurements), ``runner`` (``run_bench``), ``report`` (tables). The
+model architectures it builds with random weights live in ``vlmppo.models.shapes``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ _LAZY = {
     "run_bench": "vlmppo.bench.runner",
     "parse_n_envs": "vlmppo.bench.options",
     "write_report": "vlmppo.bench.report",
-    "SHAPES": "vlmppo.bench.shapes",
+    "SHAPES": "vlmppo.models.shapes",
 }
 
 __all__ = list(_LAZY)

@@ -52,7 +52,7 @@ def bench_config(cfg, shape: str | None, device: str):
     ``shape`` None keeps ``model.path`` (a real checkpoint); ``tiny`` is the family's tiny random model;
     a registered shape is built (random weights) and cached on first use.
     """
-    from vlmppo.bench.shapes import get_shape, shape_model_path
+    from vlmppo.models.shapes import get_shape, shape_model_path
 
     model = cfg.model
     if shape == "tiny":
@@ -118,7 +118,7 @@ def run_bench(cfg, *, shape: str | None, n_envs: list[int], repeats: int, on_pha
 
     Args:
         cfg: The resolved config (``run.device`` decides the device).
-        shape: None (the preset's model), ``"tiny"`` or a name in ``bench.shapes.SHAPES``.
+        shape: None (the preset's model), ``"tiny"`` or a name in ``models.shapes.SHAPES``.
         n_envs: Env counts to measure; 1 is the batch-1 sequential baseline.
         repeats: Timed rollout steps per env count, and timed passes over the recorded steps in the update.
         on_phase: Called with a short description before each phase (progress output).

@@ -12,7 +12,7 @@ import typer
 
 from vlmppo.commands._common import ConfigOpt, OverridesArg, PresetOpt, examples, resolve_config
 
-# Kept here (not imported from vlmppo.bench.shapes) so that --help stays free of heavy imports.
+# Kept here (not imported from vlmppo.models.shapes) so that --help stays free of heavy imports.
 SHAPE_HELP = (
     "Model to measure: 'tiny' (the family's tiny random model) or 'qwen2-vl-2b' (Qwen2-VL-2B's real "
     "config, random bf16 weights; needs a GPU). Default: the preset's model.path."
@@ -40,7 +40,7 @@ def bench(
 ):
     """Measure env-steps/s and generated tokens/s (batch-1 sequential vs batched), update tokens/s, peak GiB."""
     from vlmppo.bench.options import check_repeats, check_shape_device, parse_n_envs
-    from vlmppo.bench.shapes import get_shape
+    from vlmppo.models.shapes import get_shape
     from vlmppo.sysinfo import resolve_device
 
     # Bad values fail here, before a model is loaded (and before torch is imported, unless

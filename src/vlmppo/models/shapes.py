@@ -31,6 +31,17 @@ SHAPE_VERSION = "v1"  # bump when a shape's config changes, so old caches are no
 MARKER = "vlmppo-shape-complete.json"
 
 
+# The config fields that hold a special token's id, and the token each names.
+MEDIA_TOKENS = {
+    "image_token_id": "<|image_pad|>",
+    "video_token_id": "<|video_pad|>",
+    "vision_start_token_id": "<|vision_start|>",
+    "vision_end_token_id": "<|vision_end|>",
+    "image_token_index": "<image>",
+}
+QWEN_MEDIA_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+
+
 @dataclass(frozen=True)
 class Shape:
     """A model architecture to build with random weights.
@@ -55,39 +66,28 @@ class Shape:
     hub_ids: tuple[str, ...] = ()
     released_ids: dict = field(default_factory=dict)
 
-    def config_for_counting(self):
-        """The released checkpoint's config with its own special-token ids (for the dry-run's memory
-        estimate, which builds the model on the meta device; no tokenizer needed)."""
+    def config(self, tokenizer=None):
+        """The transformers config.
+
+        With a tokenizer (the benchmark builds the model around the tiny model's tokenizer), the special-token
+        ids are that tokenizer's, so its prompts are valid; without one (the dry-run's parameter count on the
+        meta device), they are the released checkpoint's.
+        """
         from vlmppo.models.adapter import transformers_class
         from vlmppo.models.families import FAMILIES
 
-        return transformers_class(FAMILIES[self.family].config_class)(
-            text_config=dict(self.text),
-            vision_config=dict(self.vision),
-            tie_word_embeddings=self.tie_word_embeddings,
-            **self.released_ids,
-        )
-
-    def config(self, tokenizer):
-        """The transformers config; special-token ids are the tokenizer's, so its prompts are valid."""
-        from vlmppo.models.adapter import transformers_class
-        from vlmppo.models.families import FAMILIES
-
-        ids = tokenizer.convert_tokens_to_ids
-        text = dict(
-            self.text,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=None,
-        )
+        ids, text = dict(self.released_ids), dict(self.text)
+        if tokenizer is not None:
+            keys = QWEN_MEDIA_KEYS if self.family.startswith("qwen") else ("image_token_index",)
+            ids.update({k: tokenizer.convert_tokens_to_ids(MEDIA_TOKENS[k]) for k in keys})
+            text.update(
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None
+            )
         return transformers_class(FAMILIES[self.family].config_class)(
             text_config=text,
             vision_config=dict(self.vision),
-            image_token_id=ids("<|image_pad|>"),
-            video_token_id=ids("<|video_pad|>"),
-            vision_start_token_id=ids("<|vision_start|>"),
-            vision_end_token_id=ids("<|vision_end|>"),
             tie_word_embeddings=self.tie_word_embeddings,
+            **ids,
         )
 
 

@@ -65,3 +65,26 @@ def test_thought_and_action_tokens_decode_to_the_text_before_and_from_the_action
     # the action part starts at the value, or at most at the quote merged into its first token
     assert text[len(before) : start] in ("", '"', ' "')
     assert value in after and after.endswith("}")
+
+
+@pytest.mark.parametrize("case", sorted(ANSWERS))
+def test_the_fast_offsets_split_exactly_like_prefix_decoding(tokenizer, case):
+    from vlmppo.rl.rollout import offsets_by_prefix_decoding
+
+    text, _ = ANSWERS[case]
+    ids = tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+    span = get_adapter("probe/Color-v0").parse(text, np.random.default_rng(0)).span
+    fast = action_token_mask(answer_offsets(tokenizer, ids), span, len(ids))
+    slow = action_token_mask(offsets_by_prefix_decoding(tokenizer, ids), span, len(ids))
+    assert all(a.tolist() == b.tolist() for a, b in zip(fast, slow, strict=True))
+
+
+def test_ids_that_do_not_re_tokenize_to_themselves_fall_back_to_prefix_decoding(tokenizer):
+    from vlmppo.rl.rollout import offsets_by_prefix_decoding
+
+    text = '{"action": "left"}'
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    # spell the text one character per token: decodes to the same text, re-tokenizes differently
+    chars = [i for c in text for i in tokenizer.encode(c, add_special_tokens=False)]
+    assert tokenizer.decode(chars) == text and chars != ids
+    assert answer_offsets(tokenizer, chars) == offsets_by_prefix_decoding(tokenizer, chars)

@@ -60,11 +60,24 @@ class Rollout:
 
 
 def answer_offsets(tokenizer, ids: list[int]) -> list[tuple[int, int]]:
-    """Character offsets of each answer token in the decoded answer text (special tokens: empty).
+    """Character offsets of the answer tokens in the decoded answer text (special tokens: empty).
 
-    Decoding growing prefixes works for every tokenizer (byte-level BPE and SentencePiece alike) and
-    matches the text the parser saw, which ``return_offsets_mapping`` of a re-tokenization would not.
+    Fast path, O(T): when re-tokenizing the decoded text gives back exactly the sampled ids (a trailing
+    end-of-turn aside, which ``action_token_mask`` counts as action), the tokenizer's own offsets are
+    those of the sampled tokens. Otherwise (an untrained model's byte soup often re-tokenizes
+    differently) decode growing prefixes, O(T²), which works for every tokenizer and matches the text
+    the parser saw.
     """
+    body = ids[:-1] if ids and ids[-1] == tokenizer.eos_token_id else ids
+    text = tokenizer.decode(body, skip_special_tokens=True)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if encoded["input_ids"] == body:
+        return [tuple(pair) for pair in encoded["offset_mapping"]]
+    return offsets_by_prefix_decoding(tokenizer, ids)
+
+
+def offsets_by_prefix_decoding(tokenizer, ids: list[int]) -> list[tuple[int, int]]:
+    """Offsets from decoding ``ids[:1]``, ``ids[:2]``, …: each token spans what it added to the text."""
     offsets, previous = [], ""
     for j in range(len(ids)):
         text = tokenizer.decode(ids[: j + 1], skip_special_tokens=True)

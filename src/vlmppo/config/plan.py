@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 
 from vlmppo.config.loader import run_dir
-from vlmppo.config.schema import Config
+from vlmppo.config.schema import STAGES, Config
+from vlmppo.errors import ConfigError
 
 
 def ppo_counts(cfg: Config) -> dict[str, int]:
@@ -107,3 +108,19 @@ def stage_plan(cfg: Config, stage: str) -> list[tuple[str, str]]:
             ("decoding", "greedy" if e.greedy else f"sampled at {e.temperature:g}"),
         ]
     return rows
+
+
+def stage_range(start: str | None, stop: str | None, *, error: type[Exception] = ConfigError) -> list[str]:
+    """The stages from ``start`` to ``stop`` (both included), in pipeline order (``--from``/``--to``).
+
+    Raises:
+        ``error`` (ConfigError; SlurmError for `vlmppo slurm`): an unknown stage, or --from after --to.
+    """
+    for name, value in (("--from", start), ("--to", stop)):
+        if value is not None and value not in STAGES:
+            raise error(f"{name} {value!r} is not a stage.", hint=f"Stages, in order: {', '.join(STAGES)}.")
+    first = STAGES.index(start) if start else 0
+    last = STAGES.index(stop) if stop else len(STAGES) - 1
+    if first > last:
+        raise error(f"--from {start} comes after --to {stop}.", hint=f"Stage order: {' -> '.join(STAGES)}.")
+    return list(STAGES[first : last + 1])

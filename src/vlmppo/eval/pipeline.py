@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlmppo.config import Config, run_dir
-from vlmppo.config.schema import STAGES
-from vlmppo.errors import ConfigError
+from vlmppo.config.plan import stage_range
 from vlmppo.io import atomic_write_json, file_sha256
 
 # Config sections each stage reads (run.seed is added to all).
@@ -54,20 +53,6 @@ class PipelineResult:
     run_dir: Path
     outcomes: list[StageOutcome] = field(default_factory=list)
     report: Path | None = None
-
-
-def stage_range(start: str | None, stop: str | None) -> list[str]:
-    """The stages from ``start`` to ``stop`` (both included), in pipeline order."""
-    for name, value in (("--from", start), ("--to", stop)):
-        if value is not None and value not in STAGES:
-            raise ConfigError(f"{name} {value!r} is not a stage.", hint=f"Stages: {', '.join(STAGES)}.")
-    first = STAGES.index(start) if start else 0
-    last = STAGES.index(stop) if stop else len(STAGES) - 1
-    if first > last:
-        raise ConfigError(
-            f"--from {start} comes after --to {stop}.", hint=f"Stage order: {' -> '.join(STAGES)}."
-        )
-    return list(STAGES[first : last + 1])
 
 
 def stage_config(cfg: Config, stage: str) -> dict:

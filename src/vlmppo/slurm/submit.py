@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlmppo.config.schema import STAGES, Config
+from vlmppo.config.schema import Config
 from vlmppo.errors import SlurmError
 from vlmppo.io import JsonlWriter
 from vlmppo.slurm.render import JobFiles, write_job
@@ -145,13 +145,6 @@ def submit_chain(
 
 def pipeline_stages(from_stage: str | None = None, to_stage: str | None = None) -> list[str]:
     """The stages from ``from_stage`` to ``to_stage`` (inclusive) in pipeline order."""
-    for name in (from_stage, to_stage):
-        if name is not None and name not in STAGES:
-            raise SlurmError(f"Unknown stage '{name}'.", hint=f"Stages, in order: {', '.join(STAGES)}.")
-    first = STAGES.index(from_stage) if from_stage else 0
-    last = STAGES.index(to_stage) if to_stage else len(STAGES) - 1
-    if first > last:
-        raise SlurmError(
-            f"--from {from_stage} comes after --to {to_stage}.", hint=f"Order: {' -> '.join(STAGES)}."
-        )
-    return list(STAGES[first : last + 1])
+    from vlmppo.config.plan import stage_range
+
+    return stage_range(from_stage, to_stage, error=SlurmError)

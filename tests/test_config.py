@@ -163,3 +163,19 @@ def test_ppo_counts_derive_updates_and_optimizer_steps():
         "micro_steps_per_optimizer_step": 4,
         "dropped_per_epoch": 0,
     }
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("false", False), ("auto", "auto")])
+def test_merged_sampling_takes_true_false_or_auto(value, expected):
+    assert (
+        load_config("numberline-tiny", overrides=[f"ppo.merged_sampling={value}"]).ppo.merged_sampling
+        == expected
+    )
+
+
+def test_a_bad_merged_sampling_value_names_the_key_the_choices_and_the_command_line():
+    with pytest.raises(ConfigError) as info:
+        load_config("numberline-tiny", overrides=["ppo.merged_sampling=maybe"])
+    message = str(info.value)
+    assert "'ppo.merged_sampling'" in message and "'auto', True or False" in message
+    assert "from the command line" in message

@@ -206,7 +206,7 @@ class PpoConfig(Section):
         0.2, gt=0, description="Sampling temperature (the same divides the scoring logits)."
     )
     max_new_tokens: int = Field(256, ge=1, description="Answer length limit.")
-    merged_sampling: bool | Literal["auto"] = Field(
+    merged_sampling: Literal["auto", True, False] = Field(
         "auto",
         description="Sample from a merged copy of the LoRA model (about 2x decode speed on a GPU, one more copy "
         "of the weights): true, false, or auto = true when the device is a GPU.",

@@ -179,3 +179,24 @@ def test_a_bad_merged_sampling_value_names_the_key_the_choices_and_the_command_l
     message = str(info.value)
     assert "'ppo.merged_sampling'" in message and "'auto', True or False" in message
     assert "from the command line" in message
+
+
+@pytest.mark.parametrize(
+    "override, line",
+    [
+        # a union field: one line for the key, every accepted form, no branch tags
+        (
+            "model.lora.target_modules=5",
+            "'model.lora.target_modules': Input should be a valid list, or input should be 'all-linear' (got 5) "
+            "(from the command line).",
+        ),
+        # an item of a list: the user's own layer, not "the defaults"
+        ("eval.seeds=[a]", "'eval.seeds.0': Input should be a valid integer"),
+        ("model.lora.bogus=1", "unknown key 'model.lora.bogus' (from the command line)."),
+    ],
+)
+def test_errors_name_the_users_key_and_the_layer_it_came_from(override, line):
+    with pytest.raises(ConfigError) as info:
+        load_config("numberline-tiny", overrides=[override])
+    problems = str(info.value).splitlines()[1:]
+    assert len(problems) == 1 and line in problems[0] and "from the command line" in problems[0]

@@ -7,6 +7,8 @@ command line) that set it, and what would be valid.
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,8 @@ def _source_of(loc: tuple, layers: list[Layer]) -> str:
         for part in loc:
             if isinstance(node, dict) and part in node:
                 node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]  # an item of a list value (e.g. eval.seeds.0)
             else:
                 found = False
                 break
@@ -166,11 +170,42 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+def _key_loc(loc: tuple) -> tuple:
+    """``loc`` without the branch tags pydantic inserts after a union field ("list[str]",
+    "literal['all-linear']", a model's class name, ...): walk the schema, and after a field whose type is a
+    union of two or more non-None types skip the next part (the tag)."""
+    model: type[BaseModel] | None = Config
+    kept: list = []
+    union_args: tuple = ()
+    for part in loc:
+        if union_args and isinstance(part, str):
+            model = next((c for c in union_args if isinstance(c, type) and c.__name__ == part), None)
+            model = model if model is not None and issubclass(model, BaseModel) else None
+            union_args = ()
+            continue
+        kept.append(part)
+        field = model.model_fields.get(part) if model is not None and isinstance(part, str) else None
+        if field is None:
+            model, union_args = None, ()
+            continue
+        args = typing.get_args(field.annotation)
+        is_union = typing.get_origin(field.annotation) in (typing.Union, types.UnionType)
+        union_args = args if is_union and sum(a is not type(None) for a in args) > 1 else ()
+        model = next(
+            (c for c in (field.annotation, *args) if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+    return tuple(kept)
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
 def _describe_errors(exc: ValidationError, layers: list[Layer]) -> str:
-    problems = []
+    problems: list[str] = []
+    by_key: dict[tuple, int] = {}  # one line per key: a value no union branch accepts lists every branch
     for err in exc.errors():
-        # Pydantic appends the union branch name (e.g. "LoraConfig") to loc; drop it for the user.
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper()))
+        loc = _key_loc(err["loc"])
         key = ".".join(str(p) for p in loc) or "(config)"
         source = _source_of(loc, layers)
         if err["type"] == "extra_forbidden":
@@ -183,9 +218,14 @@ def _describe_errors(exc: ValidationError, layers: list[Layer]) -> str:
             )
         elif err["type"] == "value_error" and not loc:
             problems.append(f"{err['msg'].removeprefix('Value error, ')} (from {source}).")
+        elif loc in by_key:
+            problems[by_key[loc]] = problems[by_key[loc]].replace(
+                " (got ", f", or {_lower_first(err['msg'])} (got ", 1
+            )
         else:
             given = err.get("input")
             shown = f" (got {given!r})" if not isinstance(given, dict) else ""
+            by_key[loc] = len(problems)
             problems.append(f"'{key}': {err['msg']}{shown} (from {source}).")
     count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
     return f"Invalid configuration, {count}:\n  - " + "\n  - ".join(problems)

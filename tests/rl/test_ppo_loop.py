@@ -33,8 +33,8 @@ def test_one_update_changes_every_lora_parameter_and_the_value_head_and_no_froze
     captured = {}
     original = ppo.build_policy
 
-    def spy(cfg, device, resume_from=None):
-        policy = original(cfg, device, resume_from)
+    def spy(*args, **kwargs):
+        policy = original(*args, **kwargs)
         captured["policy"] = policy
         captured["before"] = {n: q.detach().clone() for n, q in policy.loaded.model.named_parameters()}
         captured["head"] = {n: q.detach().clone() for n, q in policy.value_head.named_parameters()}

@@ -77,7 +77,7 @@ def setup_lines(result: BenchResult) -> list[str]:
     where = m["gpu"] or "CPU"
     return [
         f"{m['env']} | model {m['model_path'] if m['shape'] == 'preset' else m['shape']} ({m['family']}, {m['parameters'] / 1e6:,.1f}M parameters, "
-        f"{m['dtype']}, {m['attn_implementation']}, LoRA r={m['lora_r']}) | {where} | {m['date_utc']}",
+        f"{m['dtype']}, autocast {m.get('mixed_precision', 'no')}, {m['attn_implementation']}, LoRA r={m['lora_r']}) | {where} | {m['date_utc']}",
         f"Prompt {base.prompt_tokens:.0f} tokens ({base.image_tokens:.0f} image tokens); every answer forced "
         f"to {m['max_new_tokens']} new tokens (random weights: no natural stop); {m['repeats']} timed "
         "repeats after 1 warm-up.",

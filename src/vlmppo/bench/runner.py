@@ -78,6 +78,7 @@ def fix_answer_length(policy, max_new_tokens: int) -> None:
 def _meta(cfg, shape, device, policy, n_envs, repeats) -> dict:
     import torch
 
+    from vlmppo.accel import precision_for
     from vlmppo.sysinfo import git_sha, package_versions
 
     model = policy.loaded.model
@@ -95,6 +96,7 @@ def _meta(cfg, shape, device, policy, n_envs, repeats) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "mixed_precision": precision_for(cfg.ppo.mixed_precision, device),
         "attn_implementation": cfg.model.attn_implementation,
         "gradient_checkpointing": cfg.model.gradient_checkpointing,
         "lora_r": cfg.model.lora.r if cfg.model.lora else None,
@@ -125,6 +127,7 @@ def run_bench(cfg, *, shape: str | None, n_envs: list[int], repeats: int, on_pha
     """
     import torch
 
+    from vlmppo.accel import make_accelerator, precision_for
     from vlmppo.rl.ppo import build_policy
     from vlmppo.sysinfo import resolve_device
 
@@ -136,7 +139,9 @@ def run_bench(cfg, *, shape: str | None, n_envs: list[int], repeats: int, on_pha
     say(f"model: {shape or cfg.model.path}")
     cfg = bench_config(cfg, shape, device)
     torch.manual_seed(cfg.run.seed)
-    policy = build_policy(cfg, device)
+    # The same Accelerator as the PPO loop, so the bench measures its bf16 autocast (or its absence).
+    accelerator = make_accelerator(device, precision_for(cfg.ppo.mixed_precision, device))
+    policy = build_policy(cfg, device, accelerator=accelerator)
     fix_answer_length(policy, cfg.ppo.max_new_tokens)
     result = BenchResult(meta=_meta(cfg, shape, device, policy, n_envs, repeats))
     recorded: list = []

@@ -211,6 +211,11 @@ class PpoConfig(Section):
         description="Sample from a merged copy of the LoRA model (about 2x decode speed on a GPU, one more copy "
         "of the weights): true, false, or auto = true when the device is a GPU.",
     )
+    mixed_precision: Literal["auto", "bf16", "no"] = Field(
+        "auto",
+        description="bf16 autocast of the model's forward passes (sampling, scoring, update): auto = bf16 on "
+        "a GPU, none on the CPU. The value head and all log-probs stay in fp32.",
+    )
     invalid_action_penalty: float = Field(
         0.0, le=0.0, description="Added to the reward when no action parses."
     )

@@ -6,6 +6,8 @@ sampled), so the log-probs the PPO update computes are those of the answers the 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,8 +29,9 @@ class ValueHead(nn.Module):
         )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: [B, H] (any dtype) -> values [B] fp32."""
-        return self.net(hidden.float()).squeeze(-1)
+        """hidden: [B, H] (any dtype) -> values [B] fp32, also inside a bf16 autocast region."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.net(hidden.float()).squeeze(-1)
 
 
 @dataclass
@@ -73,6 +76,8 @@ class ActorCritic:
         merged_sampling: Sample from a merged copy of the LoRA model (``rl/merged.py``): about twice the
             decode speed on a GPU for one more copy of the weights. Call ``weights_changed()`` after each
             optimizer phase so the copy is refreshed before the next ``sample``.
+        autocast: A context factory wrapped around the model's forward passes (``Accelerator.autocast``
+            for bf16 mixed precision); the value head and the log-probs are computed outside it, in fp32.
     """
 
     def __init__(
@@ -82,8 +87,10 @@ class ActorCritic:
         device: str = "cpu",
         *,
         merged_sampling: bool = False,
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     ):
         self.loaded, self.value_head, self.device = loaded, value_head.to(device), device
+        self.autocast = autocast
         self.sampler = None
         if merged_sampling and hasattr(loaded.model, "merge_and_unload"):
             from vlmppo.rl.merged import MergedSampler
@@ -106,9 +113,10 @@ class ActorCritic:
             if self.sampler.stale:
                 self.sampler.refresh(self.loaded.model)
             generator = self.sampler.model
-        out = generate_ids(
-            generator, tokenizer, batch, temperature=temperature, max_new_tokens=max_new_tokens
-        )
+        with self.autocast():
+            out = generate_ids(
+                generator, tokenizer, batch, temperature=temperature, max_new_tokens=max_new_tokens
+            )
         prompt_len = batch["input_ids"].shape[1]
         answers = out[:, prompt_len:]
         mask = answer_mask_from_ids(answers, tokenizer.eos_token_id, tokenizer.pad_token_id)
@@ -134,14 +142,15 @@ class ActorCritic:
             pad = torch.zeros_like(sampled.sequences[:, sampled.prompt_len :])
             extra["mm_token_type_ids"] = torch.cat([extra["mm_token_type_ids"], pad], dim=1)
         answer_len = sampled.sequences.shape[1] - sampled.prompt_len
-        out = self.loaded.model(
-            input_ids=sampled.sequences,
-            attention_mask=sampled.attention_mask,
-            output_hidden_states=True,
-            # Only the positions that predict answer tokens need logits: [B, T+1, V], not [B, P+T, V].
-            logits_to_keep=answer_len + 1,
-            **extra,
-        )
+        with self.autocast():
+            out = self.loaded.model(
+                input_ids=sampled.sequences,
+                attention_mask=sampled.attention_mask,
+                output_hidden_states=True,
+                # Only the positions that predict answer tokens need logits: [B, T+1, V], not [B, P+T, V].
+                logits_to_keep=answer_len + 1,
+                **extra,
+            )
         p = sampled.prompt_len
         logits = out.logits[:, :-1]
         if self.suppressed:

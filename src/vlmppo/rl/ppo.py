@@ -9,6 +9,7 @@ updates straight equal 2 updates + resume + 2 (tested).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import time
@@ -70,9 +71,10 @@ def _check_lora_layout(path: Path, cfg: Config) -> None:
         )
 
 
-def build_policy(cfg: Config, device: str, resume_from: Path | None = None) -> ActorCritic:
+def build_policy(cfg: Config, device: str, resume_from: Path | None = None, accelerator=None) -> ActorCritic:
     """The actor-critic: base model + LoRA (fresh, from ``ppo.init_from``, or from a checkpoint being
-    resumed) + value head (fresh, or the checkpoint's when resuming)."""
+    resumed) + value head (fresh, or the checkpoint's when resuming). With an ``accelerator``, its
+    autocast (bf16 mixed precision) wraps the model's forward passes."""
     from vlmppo.checkpoints import check_family, resolve_checkpoint
     from vlmppo.models import load_model
 
@@ -90,6 +92,8 @@ def build_policy(cfg: Config, device: str, resume_from: Path | None = None) -> A
         base = cfg.model.model_copy(update={"path": meta.get("base_model", cfg.model.path), "lora": None})
         loaded = load_model(base, device=device, for_training=False)
         loaded.model = PeftModel.from_pretrained(loaded.model, str(source), is_trainable=True)
+        if cfg.model.gradient_checkpointing:  # load_model only turns it on for a model it trains
+            loaded.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:  # a full model folder: train it as configured (fully, or with a fresh LoRA on top)
         check_family(source, cfg.model.family)
         loaded = load_model(
@@ -101,7 +105,10 @@ def build_policy(cfg: Config, device: str, resume_from: Path | None = None) -> A
         from safetensors.torch import load_file
 
         head.load_state_dict(load_file(str(resume_from / "value_head.safetensors")))
-    return ActorCritic(loaded, head, device, merged_sampling=uses_merged_sampling(cfg, device))
+    autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
+    return ActorCritic(
+        loaded, head, device, merged_sampling=uses_merged_sampling(cfg, device), autocast=autocast
+    )
 
 
 def disable_dropout(model) -> None:
@@ -234,7 +241,12 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
             "ppo.kl_coef > 0 needs a LoRA model: the KL reference is the base model with the adapter disabled.",
             hint="Set model.lora (e.g. model.lora.r=64) or ppo.kl_coef=0.",
         )
+    from vlmppo.accel import make_accelerator, precision_for
+
     device = resolve_device(cfg)
+    # Single process for now (one GPU or the CPU); the Accelerator gives bf16 autocast on a GPU, and its
+    # backward/clipping are what a launched multi-process run will need.
+    accelerator = make_accelerator(device, precision_for(p.mixed_precision, device))
     out = run_dir(cfg) / "ppo"
     out.mkdir(parents=True, exist_ok=True)
     resume_from = find_resume_checkpoint(cfg, resume)
@@ -244,7 +256,7 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
             hint="Continue it with --resume auto, or start a new run with another run.name (or delete the folder).",
         )
     torch.manual_seed(cfg.run.seed)
-    policy = build_policy(cfg, device, resume_from)
+    policy = build_policy(cfg, device, resume_from, accelerator)
     optimizer = make_optimizer(policy, cfg)
     # The value head's group keeps its ratio to the policy LR as both follow the cosine.
     scheduler = make_cosine_scheduler(optimizer, counts["updates"], p.lr, p.min_lr, proportional_groups=True)
@@ -327,7 +339,9 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
             targets = advantages_and_targets(rollout, cfg)  # 2. advantages
             check_finite_rollout(rollout, targets, last_saved)
             t_update = time.time()
-            train_stats = ppo_epochs(policy, optimizer, rollout.flat, targets, cfg, rng, guard)  # 3. epochs
+            train_stats = ppo_epochs(
+                policy, optimizer, rollout.flat, targets, cfg, rng, guard, accelerator
+            )  # 3. epochs
             policy.weights_changed()
             scheduler.step()
             metrics = {  # 4. log

@@ -133,9 +133,16 @@ def ppo_epochs(
     cfg,
     rng: np.random.Generator,
     guard: BadMinibatchGuard,
+    accelerator=None,
 ) -> dict:
-    """``ppo.n_epochs`` passes of shuffled minibatches; returns mean statistics of this update."""
+    """``ppo.n_epochs`` passes of shuffled minibatches; returns mean statistics of this update.
+
+    ``accelerator``: the run's `accelerate.Accelerator`; its backward and gradient clipping are used
+    (what a launched multi-process run needs). None: plain torch, as in the unit tests.
+    """
     p = cfg.ppo
+    backward = accelerator.backward if accelerator is not None else torch.Tensor.backward
+    clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
     params = [q for group in optimizer.param_groups for q in group["params"]]
     stats: dict[str, list[float]] = {}
     optimizer_steps, stopped_early = 0, False
@@ -153,7 +160,7 @@ def ppo_epochs(
                 if not torch.isfinite(loss):
                     finite = False
                     break
-                (loss * len(micro) / len(idx)).backward()
+                backward(loss * len(micro) / len(idx))
                 for k, v in st.items():
                     minibatch.setdefault(k, []).append(v)
             if not finite:
@@ -166,7 +173,7 @@ def ppo_epochs(
                 optimizer.zero_grad(set_to_none=True)
                 stopped_early = True
                 break
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm))
+            grad_norm = float(clip(params, p.max_grad_norm))
             if not math.isfinite(grad_norm):
                 optimizer.zero_grad(set_to_none=True)
                 guard.bad("the gradient norm")

@@ -78,15 +78,16 @@ def load_val(path: Path, explicit: bool) -> list:
 
 
 def make_accelerator(cfg: Config, device: str):
-    from accelerate import Accelerator
+    from vlmppo.accel import make_accelerator as accelerator_for
+    from vlmppo.accel import precision_for
 
     s = cfg.sft
     plugin = deepspeed_plugin(
         s.launch, grad_accum=s.grad_accum, max_grad_norm=s.max_grad_norm, batch_size=s.batch_size
     )
-    return Accelerator(
-        cpu=device == "cpu",
-        mixed_precision="bf16" if device == "cuda" else "no",
+    return accelerator_for(
+        device,
+        precision_for("auto", device),
         gradient_accumulation_steps=s.grad_accum,
         deepspeed_plugin=plugin,
     )

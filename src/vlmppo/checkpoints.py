@@ -68,16 +68,26 @@ def save_checkpoint(
         link_tmp.unlink(missing_ok=True)
         link_tmp.symlink_to(final.name)
         os.replace(link_tmp, root / "last")
-    except OSError as exc:
+    except (OSError, *_writer_errors()) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        reason = getattr(exc, "strerror", None) or str(exc)
         raise CheckpointError(
-            f"Could not write checkpoint {final} ({exc.strerror or exc}).",
-            hint="Free disk space or fix permissions of the run directory; earlier checkpoints are intact.",
+            f"Could not write checkpoint {final} ({reason}).",
+            hint="Free disk space (or raise a file-size limit) or fix permissions of the run directory; "
+            "earlier checkpoints are intact.",
         ) from None
     if keep_last:
         for old in sorted(complete_checkpoints(root))[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _writer_errors() -> tuple[type[BaseException], ...]:
+    """What the weight writers raise on a failed write instead of OSError: safetensors its own error,
+    ``torch.save`` a RuntimeError ("unexpected pos ..." on a full disk)."""
+    from safetensors import SafetensorError
+
+    return (SafetensorError, RuntimeError)
 
 
 def complete_checkpoints(root: Path) -> list[Path]:

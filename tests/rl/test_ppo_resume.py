@@ -242,3 +242,41 @@ def test_ppo_turns_dropout_off_so_the_first_ratio_is_exactly_one(tmp_path):
         m.p = 0.5
     _, noisy = micro_loss(policy, rollout.flat, targets, [0, 1, 2, 3], cfg)
     assert abs(noisy["approx_kl"]) > 1e-4
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_clear_error_and_the_previous_one_stays(tmp_path):
+    # A real write failure: the resumed run may write no file over 1 MiB (RLIMIT_FSIZE; Python ignores
+    # SIGXFSZ, so the write fails with EFBIG as a full disk fails with ENOSPC). The value head (2.4 MB)
+    # cannot be written, so update 2's checkpoint fails half-way.
+    import resource
+    import subprocess
+    import sys
+
+    args = ["ppo", "--preset", "numberline-tiny", *SMALL, "ppo.save_every=1", f"run.output_dir={tmp_path}"]
+    first = run_cli(*args, "ppo.total_env_steps=8")
+    assert first.returncode == 0, first.stderr
+    ckpts = tmp_path / "numberline-tiny/ppo/checkpoints"
+    saved = {p.name: p.stat().st_mtime_ns for p in (ckpts / "000001").iterdir()}
+
+    def small_files_only():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, resource.RLIM_INFINITY))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "160"}
+    full = subprocess.run(
+        [sys.executable, "-m", "vlmppo", *args, "ppo.total_env_steps=16", "--resume", "auto"],
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files_only,
+        timeout=600,
+    )
+    assert full.returncode == 1, full.stderr
+    assert "Could not write checkpoint" in full.stderr and "000002" in full.stderr
+    assert "Traceback" not in full.stderr
+    assert sorted(p.name for p in ckpts.iterdir()) == ["000001", "last"]  # no half-written folder
+    assert (ckpts / "last").resolve().name == "000001"
+    assert {p.name: p.stat().st_mtime_ns for p in (ckpts / "000001").iterdir()} == saved
+    # The intact checkpoint resumes, and update 2 is in the metrics once.
+    again = run_cli(*args, "ppo.total_env_steps=16", "--resume", "auto", env={"OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr
+    assert [m["update"] for m in metrics(tmp_path / "numberline-tiny")] == [1, 2]

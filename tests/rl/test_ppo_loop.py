@@ -95,3 +95,43 @@ def test_ppo_runs_on_minigrid_doorkey_tiny_from_the_cli(tmp_path):
     metrics = (tmp_path / "minigrid-doorkey-tiny/ppo/metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 1
     assert (tmp_path / "minigrid-doorkey-tiny/ppo/checkpoints/last/vlmppo.json").is_file()
+
+
+def test_init_from_sft_starts_from_the_adapter_trainable_with_a_fresh_value_head(tmp_path):
+    from safetensors.torch import save_file
+
+    from vlmppo.checkpoints import save_checkpoint
+    from vlmppo.models import load_model
+    from vlmppo.rl import ppo
+    from vlmppo.rl.policy import ValueHead, hidden_size
+
+    cfg = load_config("probe-color-tiny", overrides=[f"run.output_dir={tmp_path}", "run.name=r"])
+    torch.manual_seed(0)
+    sft = load_model(cfg.model, for_training=True)
+    with torch.no_grad():  # an adapter unlike a fresh one (a fresh LoRA B is zero)
+        for name, p in sft.model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn_like(p))
+    trained = {n: p.detach().clone() for n, p in sft.model.named_parameters() if "lora_" in n}
+    head = ValueHead(hidden_size(sft.model))
+    for p in head.parameters():
+        torch.nn.init.constant_(p, 7.0)
+
+    def write(folder):
+        sft.model.save_pretrained(folder)
+        sft.processor.save_pretrained(folder)
+        save_file(head.state_dict(), str(folder / "value_head.safetensors"))  # must not be picked up
+
+    meta = {"stage": "sft", "family": cfg.model.family, "base_model": str(sft.path)}
+    save_checkpoint(tmp_path / "r/sft/checkpoints", 5, meta, write)
+
+    policy = ppo.build_policy(
+        cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"init_from": "sft"})}), "cpu"
+    )
+    loaded = {n: p for n, p in policy.loaded.model.named_parameters() if "lora_" in n}
+    assert loaded.keys() == trained.keys()
+    for name, p in loaded.items():
+        assert torch.equal(p.detach(), trained[name]), name
+        assert p.requires_grad, name
+    assert not any(p.requires_grad for n, p in policy.loaded.model.named_parameters() if "lora_" not in n)
+    assert all((p != 7.0).any() for p in policy.value_head.parameters())  # a fresh head, not the file's

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from vlmppo.errors import ModelError
 from vlmppo.models.adapter import FamilyAdapter
+from vlmppo.models.end_of_turn import align_eos_with_template
 from vlmppo.models.processors import load_processor
 from vlmppo.models.tiny import check_supported, resolve_model_path
 
@@ -186,6 +187,7 @@ def load_model(
     family = detect_family(path, cfg.family, trust_remote_code=cfg.trust_remote_code)
     attn = check_attention(cfg.attn_implementation, device)
     processor = load_processor(path, family, trust_remote_code=cfg.trust_remote_code)
+    align_eos_with_template(processor)
     family.set_pixel_budget(processor.image_processor, cfg.min_pixels, cfg.max_pixels)
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"  # batched generation

@@ -7,6 +7,8 @@ small jobs (1 CPU, 500 MB), bounded polling, leftovers cancelled in teardown.
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
@@ -88,6 +90,56 @@ def test_chain_collect_label_preprocess_runs_in_order(tmp_path, job_ids):
     assert (tmp_path / "runs/numberline-tiny/data/train.jsonl").is_file()
 
 
+def init_from_python(folder: Path) -> Path:
+    """A stand-in for ``slurm.python`` that prints the ``ppo.init_from`` of the config its job was given.
+
+    The job runs ``$VLMPPO_PYTHON -m vlmppo STAGE --config PATH ...``: the config is the fifth argument.
+    """
+    read = 'import sys, yaml; print("init_from:", yaml.safe_load(open(sys.argv[1]))["ppo"]["init_from"])'
+    return write_executable(
+        folder / "python-init-from",
+        f'#!/bin/bash\nexec {shlex.quote(sys.executable)} -c {shlex.quote(read)} "$5"\n',
+    )
+
+
+def test_chained_ppo_starts_from_the_chains_sft_only_when_sft_is_in_the_chain(tmp_path, job_ids):
+    """As in `vlmppo pipeline`: with ppo.init_from unset, PPO after SFT starts from it; `--from ppo` does not."""
+    with_sft, from_ppo = tmp_path / "with-sft", tmp_path / "from-ppo"
+    for folder in (with_sft, from_ppo):
+        folder.mkdir()
+    python = f"slurm.python={init_from_python(tmp_path)}"
+    sft_id, ppo_id = submit(with_sft, job_ids, "pipeline", "--from", "sft", "--to", "ppo", python)
+    (alone_id,) = submit(from_ppo, job_ids, "pipeline", "--from", "ppo", "--to", "ppo", python)
+    (ppo_after_sft,) = completed(ppo_id)
+    (ppo_alone,) = completed(alone_id)
+    assert "init_from: sft" in log_text(ppo_after_sft), log_text(ppo_after_sft)
+    assert "init_from: None" in log_text(ppo_alone), log_text(ppo_alone)
+
+
+def status_row(text: str, job_id: str) -> list[str]:
+    """The cells of the one row of `vlmppo slurm status`'s table whose job column is ``job_id``."""
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines()]
+    (row,) = [cells for cells in rows if cells and cells[0] == job_id]
+    return row
+
+
+def test_status_of_a_job_id_shows_that_jobs_stage_state_and_node(tmp_path, job_ids):
+    stub = write_executable(tmp_path / "python-sleep", "#!/bin/bash\nsleep 120\n")
+    (job_id,) = submit(tmp_path, job_ids, "collect", f"slurm.python={stub}")
+    (job,) = wait_for_state(job_id, {"RUNNING"}, timeout=60)
+    wide = {"COLUMNS": "250"}
+    recorded = run_cli("slurm", "status", job_id, cwd=tmp_path, env=wide)
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    _, stage, state, _, node, _ = status_row(recorded.stdout, job_id)
+    assert (stage, state, node) == ("collect", "RUNNING", job["NodeList"]), recorded.stdout
+    # A job id vlmppo has no record of (another folder, another tool) is still shown, with its state.
+    unrecorded = run_cli(
+        "slurm", "status", job_id, "--runs-dir", str(tmp_path / "elsewhere"), cwd=tmp_path, env=wide
+    )
+    assert unrecorded.returncode == 0, unrecorded.stdout + unrecorded.stderr
+    assert status_row(unrecorded.stdout, job_id)[1:3] == ["?", "RUNNING"], unrecorded.stdout
+
+
 # Engine checks that do not need the stages themselves: the job runs the real CLI with --dry-run appended.
 
 
@@ -154,7 +206,7 @@ def test_cancel_stops_a_runs_running_job(tmp_path, job_ids):
     wait_for_state(job_id, {"CANCELLED"}, timeout=60)
 
 
-def test_unknown_partition_is_rejected_with_slurms_message(tmp_path):
+def test_unknown_partition_is_rejected_with_slurms_message(tmp_path, local_slurm):
     out = run_cli(
         "slurm", "submit", "collect", "--preset", PRESET, *SMALL, "slurm.partition=nope", cwd=tmp_path
     )

@@ -18,6 +18,7 @@ from tests.slurm.helpers import fake_slurm, recording_python, write_executable
 
 from vlmppo.config import load_config
 from vlmppo.errors import SlurmError
+from vlmppo.eval.pipeline import pipeline_config
 from vlmppo.sft.launching import LAUNCH_DIR, launch_config_path
 from vlmppo.slurm import pipeline_stages, submit_chain, write_job
 
@@ -97,6 +98,35 @@ def test_pipeline_submits_a_chain_of_afterok_jobs_and_records_each(tmp_path, mon
     check_golden(
         "pipeline-chain.txt", normalised(calls + "\n".join(json.dumps(r) for r in rows) + "\n", tmp_path)
     )
+
+
+@pytest.mark.parametrize(
+    ("first", "overrides", "sft_checkpoint", "init_from"),
+    [
+        ("collect", [], False, "sft"),
+        ("sft", [], False, "sft"),
+        ("ppo", [], False, None),
+        ("ppo", [], True, "sft"),  # SFT ran before: `vlmppo pipeline --from ppo` starts from it too
+        ("sft", ["ppo.init_from=/models/adapter"], False, "/models/adapter"),  # a chosen start is kept
+    ],
+)
+def test_chained_ppo_starts_from_sft_as_vlmppo_pipeline_does(
+    first, overrides, sft_checkpoint, init_from, tmp_path
+):
+    cfg = load_config(PRESET, None, overrides)
+    if sft_checkpoint:
+        checkpoint = tmp_path / "runs/golden/sft/checkpoints/000004"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "vlmppo.json").write_text("{}")
+    stages = pipeline_stages(first)
+    job = write_job(cfg, "ppo", cwd=tmp_path, pipeline=stages)
+    assert load_config(None, job.configs[0]).ppo.init_from == init_from
+    # The same rule as the in-process pipeline's (asked from the run's folder, as it runs there).
+    located = load_config(PRESET, None, [*overrides, f"run.output_dir={tmp_path / 'runs'}"])
+    assert pipeline_config(located, stages).ppo.init_from == init_from
+    # A stage submitted on its own is not a pipeline: `vlmppo ppo` keeps what the config says.
+    alone = write_job(cfg, "ppo", cwd=tmp_path)
+    assert load_config(None, alone.configs[0]).ppo.init_from == cfg.ppo.init_from
 
 
 def test_launch_uses_the_rendering_interpreter_when_slurm_python_is_unset(tmp_path):

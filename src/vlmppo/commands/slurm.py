@@ -84,7 +84,8 @@ def render(
     seeds = parse_seeds(array_seeds)
     for name in stages:
         check_request(cfg, name)
-    jobs = [write_job(cfg, name, seeds=seeds, out=out) for name in stages]
+    chain = stages if stage == "pipeline" else None
+    jobs = [write_job(cfg, name, seeds=seeds, out=out, pipeline=chain) for name in stages]
     for path in jobs[0].configs:
         _print_file(path, path.read_text(encoding="utf-8"), "yaml")
     for job in jobs:
@@ -124,7 +125,9 @@ def submit(
 
     cfg = resolve_config(preset, config, overrides)
     stages = _stages(stage, from_stage, to_stage)
-    submissions = submit_chain(cfg, stages, seeds=parse_seeds(array_seeds), after=after)
+    submissions = submit_chain(
+        cfg, stages, seeds=parse_seeds(array_seeds), after=after, pipeline=stage == "pipeline"
+    )
     for sub in submissions:
         if parsable:
             typer.echo(sub.job_id)

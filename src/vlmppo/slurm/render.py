@@ -60,6 +60,24 @@ def seed_configs(cfg: Config, seeds: list[int] | None) -> list[Config]:
     return configs
 
 
+def pipeline_run_config(cfg: Config, stages: list[str], cwd: Path) -> Config:
+    """``cfg`` as ``vlmppo pipeline`` hands it to its stages (``eval.pipeline.pipeline_config``): PPO starts from
+    this run's SFT checkpoint when ``ppo.init_from`` is null and SFT is one of ``stages`` or has a checkpoint.
+
+    That rule looks for the checkpoint relative to the process's folder; the job runs in ``cwd``, so the run
+    folder is looked up there and only ``ppo.init_from`` is taken from the answer.
+    """
+    from vlmppo.eval.pipeline import pipeline_config
+
+    located = cfg.model_copy(
+        update={"run": cfg.run.model_copy(update={"output_dir": str(cwd / cfg.run.output_dir)})}
+    )
+    init_from = pipeline_config(located, stages).ppo.init_from
+    if init_from == cfg.ppo.init_from:
+        return cfg
+    return cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"init_from": init_from})})
+
+
 def load_template(cfg: Config, cwd: Path) -> str:
     """The user's ``slurm.template`` if set, else the one shipped in the package."""
     if cfg.slurm.template is None:
@@ -283,14 +301,19 @@ def write_job(
     seeds: list[int] | None = None,
     out: Path | None = None,
     cwd: Path | None = None,
+    pipeline: list[str] | None = None,
 ) -> JobFiles:
     """Write each run's ``config.yaml`` and the stage's sbatch file (atomically); nothing is submitted.
 
     The script goes to ``<run>/slurm/<stage>.sbatch`` (or ``out``); with seeds, each task's run is
-    ``<name>-seed<k>`` and the script, logs and jobs.jsonl stay in ``<name>/slurm/``.
+    ``<name>-seed<k>`` and the script, logs and jobs.jsonl stay in ``<name>/slurm/``. ``pipeline``: the stages
+    of the chain this job is part of; each run's config then follows ``vlmppo pipeline``'s rule for
+    ``ppo.init_from`` (see ``pipeline_run_config``).
     """
     cwd = Path(os.path.abspath(cwd or Path.cwd()))
     runs = seed_configs(cfg, seeds)
+    if pipeline is not None:
+        runs = [pipeline_run_config(c, pipeline, cwd) for c in runs]
     run_dirs = [Path(os.path.abspath(cwd / run_dir(c))) for c in runs]
     slurm_dir = Path(os.path.abspath(cwd / run_dir(cfg))) / "slurm"
     configs = [d / "config.yaml" for d in run_dirs]
@@ -304,6 +327,11 @@ def write_job(
     script.chmod(0o755)
     pattern = "%A_%a" if seeds else "%j"
     notes = []
+    if stage == "ppo" and cfg.ppo.init_from is None and any(c.ppo.init_from for c in runs):
+        notes.append(
+            "PPO starts from this run's SFT checkpoint (ppo.init_from=sft), as in `vlmppo pipeline`; "
+            "set ppo.init_from to choose otherwise."
+        )
     if stage not in TRAINING_STAGES and cfg.slurm.nodes > 1:
         notes.append(
             f"`vlmppo {stage}` is one process, so its job asks for 1 node, not slurm.nodes={cfg.slurm.nodes}."

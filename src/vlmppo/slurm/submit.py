@@ -113,17 +113,22 @@ def submit_chain(
     seeds: list[int] | None = None,
     after: str | None = None,
     cwd: Path | None = None,
+    pipeline: bool = False,
 ) -> list[Submission]:
     """Submit ``stages`` in order, each starting only after the one before it succeeded (``afterok``).
 
     Everything is checked and rendered before the first submission; if SLURM refuses a later job, the jobs
-    already submitted for this chain are cancelled so no half chain is left waiting.
+    already submitted for this chain are cancelled so no half chain is left waiting. ``pipeline``: the stages
+    are a ``vlmppo pipeline`` run, so PPO starts from this run's SFT checkpoint as it does there (when
+    ``ppo.init_from`` is null and SFT is in the chain or has a checkpoint).
     """
     dependency = f"afterok:{check_job_id(after)}" if after else None
     for stage in stages:
         check_request(cfg, stage)
     slurm_tool("sbatch")
-    jobs = [write_job(cfg, stage, seeds=seeds, cwd=cwd) for stage in stages]
+    jobs = [
+        write_job(cfg, stage, seeds=seeds, cwd=cwd, pipeline=stages if pipeline else None) for stage in stages
+    ]
     submitted: list[Submission] = []
     for job in jobs:
         try:

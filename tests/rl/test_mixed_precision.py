@@ -82,3 +82,8 @@ def test_ppo_from_the_cli_trains_under_bf16_autocast(tmp_path):
         assert np.isfinite([r["train/policy_loss"], r["train/value_loss"], r["train/grad_norm"]]).all()
         assert r["train/optimizer_steps"] > 0 and r["train/bad_minibatches"] == 0
     assert (run / "checkpoints/last/value_head.safetensors").is_file()
+
+
+def test_mixed_precision_no_on_the_command_line_is_no_not_yaml_false():
+    cfg = load_config("probe-color-tiny", overrides=["ppo.mixed_precision=no"])
+    assert cfg.ppo.mixed_precision == "no"

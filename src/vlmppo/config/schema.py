@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FAMILIES = ("qwen2-vl", "qwen2.5-vl", "llava", "llava-next")
 Family = Literal["qwen2-vl", "qwen2.5-vl", "llava", "llava-next"]
@@ -227,6 +227,12 @@ class PpoConfig(Section):
     value_head_lr: float | None = Field(
         None, gt=0, description="Separate LR for the value head (default: lr)."
     )
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no_is_false(cls, value):
+        # YAML reads a bare `no` (ppo.mixed_precision=no on the command line) as the boolean false.
+        return "no" if value is False else value
 
     @property
     def batch_size_per_env(self) -> int:

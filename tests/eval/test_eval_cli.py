@@ -96,10 +96,144 @@ def test_eval_of_a_checkpoint_writes_every_file(run_with_checkpoint):
     for target in targets:
         assert (folder / target).is_file(), target
     assert "No training metrics in" in report and "| success rate |" in report
+    # No baseline in this run yet: the report says how to make them.
+    assert "No expert or random baseline of this task" in report
+    assert "`vlmppo eval --preset P --policy expert` and `vlmppo eval --preset P --policy random`" in report
     page = (folder / "report.html").read_text()
     sources = re.findall(r'<img src="([^"]+)"', page)
     assert sources and all(s.startswith("data:image/") for s in sources)
     assert (folder / "manifest.json").is_file()
+
+
+def percent(cell: str) -> float:
+    return float(cell.rstrip("%")) / 100
+
+
+def table_rows(markdown: str) -> dict[str, list[str]]:
+    """``| a | b | c |`` lines of a Markdown report, keyed by their first cell."""
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in markdown.splitlines()
+        if line.startswith("| ")
+    ]
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_the_report_places_the_checkpoint_between_the_baselines_of_its_run(run_with_checkpoint):
+    from vlmppo.config import load_config
+    from vlmppo.eval.runner import evaluate
+
+    out = run_with_checkpoint
+    cfg = load_config(PRESET, overrides=[f"run.output_dir={out}", "run.name=ranked", "eval.episodes=40",
+                                         "eval.trajectories=0", "env.n_envs=8"])  # fmt: skip
+    baselines = {policy: evaluate(cfg, policy=policy).metrics for policy in ("expert", "random")}
+    assert baselines["expert"]["success_rate"] == 1.0 and baselines["random"]["success_rate"] < 1.0
+
+    ckpt = out / "run/ppo/checkpoints/000001"
+    result = run_cli("eval", "--preset", PRESET, f"run.output_dir={out}", "run.name=ranked", "--ckpt", str(ckpt),
+                     "--episodes", "3", "eval.max_new_tokens=8", "eval.trajectories=0")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    folder = out / "ranked/eval/000001"
+    agent = json.loads((folder / "metrics.json").read_text())
+    report = (folder / "report.md").read_text()
+    section = report.split("## Against the baselines")[1].split("\n## ")[0]
+    rows = table_rows(section)
+    assert list(rows) == ["policy", "000001", "expert (baseline)", "random (baseline)"]
+    assert rows["policy"] == [
+        "episodes",
+        "success rate",
+        "95% CI (Wilson)",
+        "mean return",
+        "invalid-action rate",
+    ]
+    for label, m in (("000001", agent), ("expert (baseline)", baselines["expert"]),
+                     ("random (baseline)", baselines["random"])):  # fmt: skip
+        written = json.loads((out / "ranked/eval" / m["name"] / "metrics.json").read_text())
+        episodes, rate, ci, ret, invalid = rows[label]
+        low, high = ci.split(" - ")
+        assert int(episodes) == written["episodes"]
+        assert percent(rate) == pytest.approx(written["success_rate"], abs=5e-4)
+        assert [percent(low), percent(high)] == pytest.approx(written["success_ci95"], abs=5e-4)
+        assert float(ret) == pytest.approx(written["return_mean"], rel=5e-3, abs=5e-4)
+        assert percent(invalid) == pytest.approx(written["invalid_action_rate"], abs=5e-4)
+    a, r = agent["success_rate"], baselines["random"]["success_rate"]
+    where = "below random" if a < r else f"{100 * (a - r) / (1.0 - r):.0f}% of the way from random to expert"
+    assert f"(baselines: expert 100.0%, random {100 * r:.1f}%), {where}. Its 95% interval" in section
+    assert "No expert or random baseline" not in report
+    page = (folder / "report.html").read_text()
+    assert "<td>expert (baseline)</td>" in page and "<td>random (baseline)</td>" in page
+
+
+def test_a_baseline_played_on_another_task_is_left_out(tmp_path):
+    from vlmppo.config import load_config
+    from vlmppo.eval.report import read_baselines
+    from vlmppo.eval.runner import evaluate
+
+    common = [f"run.output_dir={tmp_path}", "run.name=run", "eval.episodes=2", "eval.trajectories=0"]
+    evaluate(load_config(PRESET, overrides=[*common, "env.n_envs=2"]), policy="expert")  # same task
+    evaluate(load_config(PRESET, overrides=[*common, "env.max_episode_steps=3"]), policy="random")
+    env = load_config(PRESET, overrides=common).env.model_dump(mode="json")
+    found, notes = read_baselines(tmp_path / "run", env)
+    assert list(found) == ["expert"] and found["expert"]["policy"] == "expert"
+    assert len(notes) == 1 and "The random baseline in" in notes[0]
+    assert "other env settings (env.max_episode_steps)" in notes[0]
+
+
+def test_sampled_answers_go_to_their_own_folder_at_the_given_temperature(run_with_checkpoint):
+    out = run_with_checkpoint
+    ckpt = out / "run/ppo/checkpoints/000001"
+    common = ["--preset", PRESET, f"run.output_dir={out}", "run.name=sampling", "--ckpt", str(ckpt),
+              "--episodes", "3", "eval.max_new_tokens=8", "eval.trajectories=0"]  # fmt: skip
+    greedy = run_cli("eval", *common)
+    sampled = run_cli("eval", *common, "--sample", "eval.temperature=1.5")
+    assert greedy.returncode == 0 and sampled.returncode == 0, greedy.stderr + sampled.stderr
+    folders = {p.name for p in (out / "sampling/eval").iterdir()}
+    assert folders == {"000001", "000001-sampled"}
+    m = json.loads((out / "sampling/eval/000001-sampled/metrics.json").read_text())
+    assert m["name"] == "000001-sampled" and m["decoding"] == "sampled at temperature 1.5"
+    assert (
+        "sampled at temperature 1.5 decoding" in (out / "sampling/eval/000001-sampled/report.md").read_text()
+    )
+    assert json.loads((out / "sampling/eval/000001/metrics.json").read_text())["decoding"] == "greedy"
+
+    def first_answers(name):
+        lines = (out / "sampling/eval" / name / "episodes.jsonl").read_text().splitlines()
+        return {r["episode"]: (r["state"], r["answer"]) for r in map(json.loads, lines) if r["step"] == 0}
+
+    # Same episodes, so the same first frame and prompt: greedy and sampled answers differ on each one
+    # (eight tokens drawn at temperature 1.5 from a random model's whole vocabulary).
+    greedy_first, sampled_first = first_answers("000001"), first_answers("000001-sampled")
+    assert greedy_first.keys() == sampled_first.keys() == {0, 1, 2}
+    for episode, (state, answer) in greedy_first.items():
+        assert sampled_first[episode][0] == state and sampled_first[episode][1] != answer
+
+
+def test_a_full_model_checkpoint_from_sft_is_evaluated_from_the_cli(tmp_path):
+    """``model.lora=null``: SFT saves a plain transformers model (no adapter), which eval loads as it is."""
+    from tests.sft.helpers import sft_config, write_color_dataset
+
+    from vlmppo.sft.trainer import train_sft
+
+    train, val = write_color_dataset(tmp_path)
+    # Twenty steps at lr 1e-3 teach the tiny model the answer format (a random one writes none).
+    cfg = sft_config(tmp_path, train, val, "sft.max_steps=20", "model.lora=null", "sft.lr=1e-3")
+    final = train_sft(cfg).final
+    assert (final / "model.safetensors").is_file() and not (final / "adapter_config.json").exists()
+
+    result = run_cli("eval", "--preset", "probe-color-tiny", f"run.output_dir={tmp_path / 'runs'}", "model.lora=null",
+                     "--ckpt", "sft", "--episodes", "6", "eval.trajectories=1")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "runs/probe-color-tiny/eval/sft-000020"
+    m = json.loads((folder / "metrics.json").read_text())
+    assert m["policy"] == "checkpoint" and m["value_head"] is False and m["episodes"] == 6
+    assert m["checkpoint"].endswith("sft/checkpoints/000020")
+    # The fine-tuned weights answered: every answer is in the trained format (thoughts + a legal action).
+    assert m["invalid_action_rate"] == 0.0
+    steps = [json.loads(line) for line in (folder / "episodes.jsonl").read_text().splitlines()]
+    assert len(steps) == 6 and all(row["thoughts"].startswith("the image is ") for row in steps)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert list(manifest["inputs"]) == ["model.safetensors"]
+    assert (folder / "trajectories/episode-000.gif").is_file() and (folder / "report.html").is_file()
 
 
 def test_compare_prints_the_evaluations_side_by_side(run_with_checkpoint):

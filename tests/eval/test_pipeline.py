@@ -52,6 +52,12 @@ def test_pipeline_runs_every_stage_then_a_second_call_skips_them_all(tmp_path):
     assert f"report:{report}" in "".join(first.stdout.split())  # Rich may wrap the long path
     assert report.is_file() and (run / "eval/ppo-000001/curves-ppo.png").is_file()
     assert (run / "eval/ppo-000001/curves-sft.png").is_file()
+    # The eval stage played the baselines first, and the report places the agent between them.
+    expert, random = (json.loads((run / f"eval/{p}/metrics.json").read_text()) for p in ("expert", "random"))
+    assert expert["success_rate"] == 1.0 and expert["episodes"] == random["episodes"] == 4
+    text = report.read_text()
+    assert "| expert (baseline) | 4 | 100.0% |" in text
+    assert f"| random (baseline) | 4 | {100 * random['success_rate']:.1f}% |" in text
     # PPO started from this run's SFT checkpoint, whose hash is recorded as PPO's input.
     record = json.loads((run / "pipeline.json").read_text())
     assert set(record["stages"]) == set(STAGES)
@@ -74,6 +80,8 @@ def test_pipeline_runs_every_stage_then_a_second_call_skips_them_all(tmp_path):
     assert [s for s, m in status.items() if m[0].startswith("running")] == ["eval"]
     assert status["eval"][0] == "running: its config changed"
     assert json.loads((run / "eval/ppo-000001/metrics.json").read_text())["episodes"] == 5
+    # The baselines were played on the same task, so they were kept.
+    assert (run / "eval/expert/metrics.json").stat().st_mtime_ns == before[run / "eval/expert/metrics.json"]
 
 
 def test_a_data_stage_run_by_hand_is_not_repeated_and_a_changed_one_is_moved_aside(tmp_path):

@@ -7,6 +7,9 @@ re-runs when any of those differ, or its output is missing; because a re-run cha
 every later stage then re-runs too. Collect, label and preprocess also count as done when their own
 ``manifest.json`` (config and input hashes) matches, so a stage run by hand is not repeated.
 
+The eval stage first evaluates the expert and random baselines (``eval/expert``, ``eval/random``) when
+this run has none for the same task, so that the report shows where the agent stands between them.
+
 A stage that re-runs over an older output first moves that output aside to ``<folder>.old-<time>``
 (collect and label would otherwise resume into it, and SFT refuses to start over its checkpoints).
 """
@@ -219,8 +222,15 @@ def _run_stage(cfg: Config, stage: str, progress, resume: bool):
             from vlmppo.rl.ppo import train_ppo
 
             return train_ppo(cfg, on_update=report, resume="auto" if resume else None)
-        from vlmppo.eval.runner import evaluate
+        from vlmppo.eval.report import read_baselines
+        from vlmppo.eval.runner import BASELINES, evaluate
 
+        # The expert and random baselines the report places the agent between: played once per task
+        # (no model, so seconds), again only when missing or made with other env settings.
+        found, _ = read_baselines(run_dir(cfg), cfg.env.model_dump(mode="json"))
+        for policy in BASELINES:
+            if policy not in found:
+                evaluate(cfg, policy=policy)
         return evaluate(cfg, on_episode=report)
 
 

@@ -1,5 +1,6 @@
 """The evaluation report: ``report.md`` (images linked beside it) and ``report.html`` (one file, images
-inline), with the metrics table, the action histogram, learning curves from the run's
+inline), with the metrics table, the agent against the expert and random baselines of the same run
+(``runs/<name>/eval/expert`` and ``.../random``), the action histogram, learning curves from the run's
 ``ppo/metrics.jsonl`` and ``sft/metrics.jsonl``, and the captioned trajectories.
 
 Both files are rendered from one list of blocks, so they always show the same content.
@@ -13,6 +14,7 @@ import json
 import math
 from pathlib import Path
 
+from vlmppo.eval.runner import BASELINES
 from vlmppo.io import atomic_write_text
 
 # Learning curves: (metric key, panel title). The x axis is env steps for PPO and steps for SFT.
@@ -124,7 +126,118 @@ def metrics_table(m: dict) -> list[list[str]]:
     ]
 
 
-def _blocks(metrics: dict, run_root: Path, out: Path, trajectories) -> list[tuple]:
+# The env settings that define the task a success rate is measured on (n_envs, rendering and prompt
+# style change neither the expert's nor the random policy's episodes).
+TASK_KEYS = ("id", "max_episode_steps", "kwargs")
+
+
+def _manifest_env(folder: Path) -> dict | None:
+    """The ``env`` section of an eval folder's manifest.json (None when it has none that can be read)."""
+    try:
+        env = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["config"]["env"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return env if isinstance(env, dict) else None
+
+
+def read_baselines(run_root: Path, env: dict | None) -> tuple[dict[str, dict], list[str]]:
+    """The expert/random evaluations of this run that were played on the same task as ``env``.
+
+    Args:
+        run_root: ``runs/<name>``; a baseline is ``<run_root>/eval/<expert|random>/metrics.json``.
+        env: This evaluation's ``env`` config section (a dict); None compares the env id only.
+
+    Returns:
+        ``{policy: metrics}`` of the usable baselines, and one sentence per baseline left out (unreadable,
+        or played with other env settings).
+    """
+    found, notes = {}, []
+    for policy in BASELINES:
+        folder = Path(run_root) / "eval" / policy
+        if not (folder / "metrics.json").is_file():
+            continue
+        try:
+            metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+            metrics["success_ci95"]  # noqa: B018 (a key every metrics.json has)
+        except (ValueError, KeyError, TypeError):
+            notes.append(f"{folder / 'metrics.json'} cannot be read, so the {policy} baseline is left out.")
+            continue
+        theirs = _manifest_env(folder)
+        if env is None or theirs is None:
+            differ = [] if env is None or metrics.get("env_id") == env.get("id") else ["id"]
+        else:
+            differ = [k for k in TASK_KEYS if theirs.get(k) != env.get(k)]
+        if differ:
+            notes.append(
+                f"The {policy} baseline in {folder} was played with other env settings "
+                f"({', '.join('env.' + k for k in differ)}), so it is left out: evaluate it again."
+            )
+            continue
+        found[policy] = metrics
+    return found, notes
+
+
+def _relation(agent: dict, other: dict, whose: str) -> str:
+    """How the agent's 95% interval lies against a baseline's."""
+    (a_low, a_high), (b_low, b_high) = agent["success_ci95"], other["success_ci95"]
+    if a_low > b_high:
+        return f"lies above {whose}"
+    if a_high < b_low:
+        return f"lies below {whose}"
+    return f"overlaps {whose}"
+
+
+def standing(agent: dict, baselines: dict[str, dict]) -> str:
+    """One or two sentences placing the agent's success rate between the random and expert baselines."""
+    rate = agent["success_rate"]
+    parts = [f"{p} {_pct(baselines[p]['success_rate'])}" for p in BASELINES if p in baselines]
+    text = f"The agent succeeds in {_pct(rate)} of its episodes (baselines: {', '.join(parts)})"
+    if "expert" in baselines and "random" in baselines:
+        low, high = baselines["random"]["success_rate"], baselines["expert"]["success_rate"]
+        if rate < low:
+            text += ", below random"
+        elif high > low:
+            text += f", {100 * (rate - low) / (high - low):.0f}% of the way from random to expert"
+    whose = {"random": "random's", "expert": "the expert's"}
+    relations = [_relation(agent, baselines[p], whose[p]) for p in ("random", "expert") if p in baselines]
+    text += f". Its 95% interval {' and '.join(relations)}"
+    if any(r.startswith("overlaps") for r in relations):
+        text += " (where the intervals overlap, these episodes cannot tell the two apart)"
+    return text + "."
+
+
+def baseline_blocks(metrics: dict, run_root: Path, env: dict | None) -> list[tuple]:
+    """The "Against the baselines" section of a checkpoint's report."""
+    baselines, notes = read_baselines(run_root, env)
+    blocks: list[tuple] = [("h2", "Against the baselines")]
+    if baselines:
+        entries = [(metrics["name"], metrics)] + [
+            (f"{p} (baseline)", baselines[p]) for p in BASELINES if p in baselines
+        ]
+        rows = [
+            [label, str(m["episodes"]), _pct(m["success_rate"]),
+             f"{_pct(m['success_ci95'][0])} - {_pct(m['success_ci95'][1])}", f"{m['return_mean']:.3g}",
+             _pct(m["invalid_action_rate"])]
+            for label, m in entries
+        ]  # fmt: skip
+        header = ["policy", "episodes", "success rate", "95% CI (Wilson)", "mean return", "invalid-action rate"]  # fmt: skip
+        blocks += [("table", header, rows), ("p", standing(metrics, baselines))]
+    blocks += [("p", note) for note in notes]
+    missing = [p for p in BASELINES if p not in baselines]
+    if missing:
+        commands = " and ".join(f"`vlmppo eval --preset P --policy {p}`" for p in missing)
+        blocks.append(
+            (
+                "p",
+                f"No {' or '.join(missing)} baseline of this task in {Path(run_root) / 'eval'}: run {commands} "
+                "with this run's preset P and overrides (or `--config` with the run's config.yaml) to show "
+                "where the agent stands between them.",
+            )
+        )
+    return blocks
+
+
+def _blocks(metrics: dict, run_root: Path, out: Path, trajectories, env: dict | None) -> list[tuple]:
     m = metrics
     what = m["checkpoint"] if m["policy"] == "checkpoint" else f"the {m['policy']} baseline"
     blocks: list[tuple] = [
@@ -138,6 +251,8 @@ def _blocks(metrics: dict, run_root: Path, out: Path, trajectories) -> list[tupl
         ),
         ("table", ["metric", "value"], metrics_table(m)),
     ]
+    if m["policy"] == "checkpoint":
+        blocks += baseline_blocks(m, run_root, env)
     if len(m["per_seed"]) > 1:
         rows = [
             [s, _pct(b["success_rate"]), f"{_pct(b['success_ci95'][0])} - {_pct(b['success_ci95'][1])}",
@@ -241,10 +356,15 @@ def _html(blocks, folder: Path) -> str:
     )
 
 
-def write_report(out: Path, metrics: dict, run_root: Path, trajectories) -> Path:
-    """Write ``report.md`` and ``report.html`` (and the plots they show) into ``out``."""
+def write_report(out: Path, metrics: dict, run_root: Path, trajectories, env: dict | None = None) -> Path:
+    """Write ``report.md`` and ``report.html`` (and the plots they show) into ``out``.
+
+    Args:
+        env: The evaluation's ``env`` config section: a checkpoint's report compares it with the
+            baselines' (None: the env id only).
+    """
     out = Path(out)
-    blocks = _blocks(metrics, run_root, out, trajectories)
+    blocks = _blocks(metrics, run_root, out, trajectories, env)
     atomic_write_text(out / "report.md", _markdown(blocks))
     atomic_write_text(out / "report.html", _html(blocks, out))
     return out / "report.md"

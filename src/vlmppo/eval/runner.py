@@ -262,7 +262,7 @@ def _write(folder: Path, cfg: Config, metrics: dict, played: _Played, ckpt_path:
         write_trajectory(folder / "trajectories", f"episode-{index:03d}", *played.captured[index])
         for index in sorted(played.captured)
     ]
-    write_report(folder, metrics, run_dir(cfg), trajectories)
+    write_report(folder, metrics, run_dir(cfg), trajectories, env=cfg.env.model_dump(mode="json"))
     weights = ("adapter_model.safetensors", "model.safetensors", "value_head.safetensors")
     inputs = {f: ckpt_path / f for f in weights if ckpt_path is not None and (ckpt_path / f).is_file()}
     write_manifest(

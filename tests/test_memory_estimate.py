@@ -62,6 +62,13 @@ def test_estimate_terms_follow_the_run_shapes():
     )
     assert ckpt.update_gb < est.update_gb
     assert est.peak_gb > est.weights_gb + est.trainable_state_gb
+    # without bf16 autocast every adapted linear keeps an fp32 copy of its input: 2 more bytes a value
+    fp32 = estimate_ppo_memory(
+        load_config("numberline-tiny", overrides=["model.dtype=bfloat16", "ppo.mixed_precision=no"])
+    )
+    adapter_inputs = 6 * text.hidden_size + text.intermediate_size
+    per_layer_extra = seq * cfg.ppo.micro_batch_size * adapter_inputs * 2
+    assert fp32.update_gb - est.update_gb == pytest.approx(text.num_hidden_layers * per_layer_extra / GIB)
 
 
 def test_an_unknown_offline_model_gives_no_estimate():

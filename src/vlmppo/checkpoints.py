@@ -150,6 +150,63 @@ def check_family(path: Path, family: str) -> dict:
     return meta
 
 
+# Keys of a transformers config that name or date a model rather than describe it.
+_BOOKKEEPING = {
+    "_name_or_path",
+    "name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "_commit_hash",
+}
+
+
+def _architecture(config) -> dict:
+    def strip(d: dict) -> dict:
+        return {k: strip(v) if isinstance(v, dict) else v for k, v in d.items() if k not in _BOOKKEEPING}
+
+    return strip(config.to_dict())
+
+
+def _same_place(a: str, b: str) -> bool:
+    from vlmppo.models.tiny import resolve_model_path
+
+    ra, rb = resolve_model_path(a), resolve_model_path(b)
+    if isinstance(ra, Path) and isinstance(rb, Path):
+        return ra.resolve() == rb.resolve()
+    return str(ra) == str(rb)
+
+
+def base_model_for(path: Path, meta: dict, model_cfg) -> str:
+    """The base model the adapter in checkpoint ``path`` goes on.
+
+    The base it was trained on (``meta["base_model"]``) when that is ``model.path``; ``model.path`` when
+    the recorded base is another folder with the same architecture (a model moved or copied) or is no
+    longer there (the adapter's shapes are checked when it loads).
+
+    Raises:
+        CheckpointError: ``model.path`` is a different model from the one the checkpoint was trained on.
+    """
+    from vlmppo.memory import load_model_config
+
+    recorded = meta.get("base_model")
+    if not recorded or _same_place(recorded, model_cfg.path):
+        return recorded or model_cfg.path
+    wanted = load_model_config(model_cfg)
+    trained = load_model_config(model_cfg.model_copy(update={"path": recorded}))
+    if wanted is None or trained is None:
+        return model_cfg.path
+    a, b = _architecture(trained), _architecture(wanted)
+    if a != b:
+        differs = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise CheckpointError(
+            f"Checkpoint {path} was trained on {recorded}, but model.path is {model_cfg.path}, another "
+            f"model (its config differs in {', '.join(differs[:4])}).",
+            hint=f"Use model.path={recorded} with this checkpoint, or start a new run (another run.name).",
+        )
+    return model_cfg.path
+
+
 def load_for_inference(cfg, spec: str, *, device: str = "cpu"):
     """The model of a checkpoint (``last|sft|ppo`` or a path), frozen, for generation.
 
@@ -167,7 +224,7 @@ def load_for_inference(cfg, spec: str, *, device: str = "cpu"):
     if (path / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base_cfg = cfg.model.model_copy(update={"path": meta.get("base_model", cfg.model.path), "lora": None})
+        base_cfg = cfg.model.model_copy(update={"path": base_model_for(path, meta, cfg.model), "lora": None})
         loaded = load_model(base_cfg, device=device, for_training=False)
         loaded.model = PeftModel.from_pretrained(loaded.model, str(path), is_trainable=False).eval()
         return loaded

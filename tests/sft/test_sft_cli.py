@@ -226,3 +226,60 @@ def test_two_processes_under_ddp_train_like_one_process_with_the_whole_batch(tmp
     wb = load_file(str(two / "checkpoints" / "final" / "adapter_model.safetensors"))
     for k in wa:
         assert (wa[k] - wb[k]).abs().max() < 1e-4, k
+
+
+@pytest.fixture(scope="module")
+def qwen_checkpoint(tmp_path_factory):
+    """One SFT step on the tiny Qwen2-VL with LoRA: a checkpoint to resume in the cases below."""
+    from tests.sft.helpers import sft_config
+
+    from vlmppo.sft.trainer import train_sft
+
+    tmp = tmp_path_factory.mktemp("resume-cases")
+    train, val = write_color_dataset(tmp)
+    return tmp, train, train_sft(sft_config(tmp, train, val, "sft.max_steps=1")).checkpoint
+
+
+def _copy_of_the_tiny_model(tmp, name, edit=None):
+    import shutil
+
+    from vlmppo.models.tiny import tiny_model_path
+
+    folder = tmp / name
+    shutil.copytree(tiny_model_path("qwen2-vl"), folder)
+    if edit:
+        config = json.loads((folder / "config.json").read_text())
+        edit(config)
+        (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "case, overrides, message",
+    [
+        ("another model", ["model.path={other}"], "but model.path is {other}, another model"),
+        ("another LoRA rank", ["model.lora.r=4"], "does not fit model.lora"),
+        ("full fine-tuning", ["model.lora=null"], "holds a LoRA adapter, but model.lora is null"),
+    ],
+)
+def test_resume_into_another_model_or_lora_layout_is_refused(qwen_checkpoint, case, overrides, message):
+    tmp, train, ckpt = qwen_checkpoint
+    other = _copy_of_the_tiny_model(
+        tmp, case.replace(" ", "-"), lambda c: c["text_config"].update(rms_norm_eps=1e-3)
+    )
+    out = run_cli("sft", "--preset", "probe-color-tiny", f"run.output_dir={tmp / case}", f"sft.train_file={train}",
+                  *[o.format(other=other) for o in overrides], "--resume", str(ckpt))  # fmt: skip
+    assert out.returncode == 1
+    err = " ".join(out.stderr.split())
+    assert message.format(other=other) in err and str(ckpt) in err
+    assert "Traceback" not in out.stderr
+
+
+def test_resume_onto_a_moved_copy_of_the_same_model_continues_there(qwen_checkpoint):
+    tmp, train, ckpt = qwen_checkpoint
+    moved = _copy_of_the_tiny_model(tmp, "moved")
+    out = run_cli("sft", "--preset", "probe-color-tiny", f"run.output_dir={tmp / 'moved-run'}",
+                  f"sft.train_file={train}", "sft.max_steps=2", f"model.path={moved}", "--resume", str(ckpt))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    meta = json.loads((tmp / "moved-run/probe-color-tiny/sft/checkpoints/last/vlmppo.json").read_text())
+    assert meta["base_model"] == str(moved) and meta["step"] == 2

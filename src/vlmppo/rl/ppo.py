@@ -75,7 +75,7 @@ def build_policy(cfg: Config, device: str, resume_from: Path | None = None, acce
     """The actor-critic: base model + LoRA (fresh, from ``ppo.init_from``, or from a checkpoint being
     resumed) + value head (fresh, or the checkpoint's when resuming). With an ``accelerator``, its
     autocast (bf16 mixed precision) wraps the model's forward passes."""
-    from vlmppo.checkpoints import check_family, resolve_checkpoint
+    from vlmppo.checkpoints import base_model_for, check_family, resolve_checkpoint
     from vlmppo.models import load_model
 
     source = resume_from
@@ -89,7 +89,7 @@ def build_policy(cfg: Config, device: str, resume_from: Path | None = None, acce
         meta = check_family(source, cfg.model.family)
         if resume_from is not None:
             _check_lora_layout(source, cfg)
-        base = cfg.model.model_copy(update={"path": meta.get("base_model", cfg.model.path), "lora": None})
+        base = cfg.model.model_copy(update={"path": base_model_for(source, meta, cfg.model), "lora": None})
         loaded = load_model(base, device=device, for_training=False)
         loaded.model = PeftModel.from_pretrained(loaded.model, str(source), is_trainable=True)
         if cfg.model.gradient_checkpointing:  # load_model only turns it on for a model it trains

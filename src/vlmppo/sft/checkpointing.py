@@ -71,7 +71,9 @@ def load_weights(cfg, path: Path, device):
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    base = meta.get("base_model", cfg.model.path)
+    from vlmppo.checkpoints import base_model_for
+
+    base = base_model_for(path, meta, cfg.model)
     loaded = load_model(cfg.model.model_copy(update={"path": base}), device=device, for_training=True)
     try:
         # Read on the host, then let peft copy into the parameters wherever they live: safetensors

@@ -181,3 +181,16 @@ def test_model_init_writes_a_tiny_model_that_model_info_describes(tmp_path):
 def test_model_info_of_a_missing_path_is_a_clear_error(tmp_path):
     out = run_cli("model", "info", str(tmp_path / "nope"))
     assert out.returncode == 1 and "nope" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("stage", ["collect", "ppo"])
+def test_a_run_folder_that_cannot_be_created_is_one_clear_error(tmp_path, stage):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = run_cli(stage, "--preset", "probe-constant-tiny", f"run.output_dir={blocker}/runs",
+                  env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert out.returncode == 1
+    err = " ".join(out.stderr.split())
+    assert f"Could not access {blocker}/runs/probe-constant-tiny: Not a directory" in err
+    assert "run.output_dir" in err and "Traceback" not in out.stderr
+    assert blocker.read_text() == "not a folder"

@@ -73,3 +73,26 @@ def main() -> None:
         text = exc.message if exc.hint is None else f"{exc.message} {exc.hint}"
         err_console.print(f"[bold red]error:[/bold red] {text}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        # A file the user's setup makes unwritable or unreadable (a run folder under a file, no
+        # permission, a full disk): their problem to fix, not a traceback. Other OSErrors are bugs.
+        if not filesystem_problem(exc) or os.environ.get("VLMPPO_DEBUG") == "1":
+            raise
+        from vlmppo.console import err_console
+
+        where = f" {exc.filename}" if exc.filename else ""
+        text = (
+            f"Could not access{where}: {exc.strerror or exc}. Check that the folder exists, is writable and has "
+            "free space (run.output_dir sets where runs go); files already written are intact (they are "
+            "replaced atomically)."
+        )
+        err_console.print(f"[bold red]error:[/bold red] {text}", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+def filesystem_problem(exc: OSError) -> bool:
+    """Errors of the file system the user can fix, as opposed to OSErrors of a bug or a library."""
+    import errno
+
+    fixable = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EFBIG}
+    return exc.errno in fixable or (exc.filename is not None and exc.errno in {errno.ENOENT, errno.EISDIR})

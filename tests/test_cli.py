@@ -173,7 +173,9 @@ def test_model_init_writes_a_tiny_model_that_model_info_describes(tmp_path):
     out = run_cli("model", "init", "llava", "--out", str(tmp_path / "tiny-llava"))
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "tiny-llava" / "config.json").is_file()
-    info = run_cli("model", "info", str(tmp_path / "tiny-llava"), "--image-size", "64", env={"COLUMNS": "200"})
+    info = run_cli(
+        "model", "info", str(tmp_path / "tiny-llava"), "--image-size", "64", env={"COLUMNS": "200"}
+    )
     assert info.returncode == 0, info.stderr
     assert "llava" in info.stdout and "param" in info.stdout.lower()
 

@@ -288,7 +288,9 @@ class TrackingConfig(Section):
     tensorboard: bool = Field(False, description="Also write TensorBoard event files.")
     wandb: bool = Field(False, description="Also log to Weights & Biases (offline when no API key is set).")
     wandb_project: str = Field("vlmppo", description="W&B project.")
-    log_every: int = Field(1, ge=1, description="SFT optimizer steps between metric lines (PPO logs every update).")
+    log_every: int = Field(
+        1, ge=1, description="SFT optimizer steps between metric lines (PPO logs every update)."
+    )
 
 
 class Config(Section):

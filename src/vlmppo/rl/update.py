@@ -109,21 +109,19 @@ def micro_loss(
         action_logits[None], torch.ones(action_logits.shape[:1], dtype=torch.bool, device=logits.device)[None]
     )
     loss = pl + p.vf_coef * vl - p.ent_coef * entropy
-    # Detached tensors, not floats: reading a number off the GPU waits for it, and a wait per micro-batch
-    # leaves the GPU idle while the backward's kernels are queued. ppo_epochs reads them once a minibatch.
     stats = {
-        "policy_loss": pl.detach(),
-        "value_loss": vl.detach(),
-        "entropy": entropy.detach(),
-        "approx_kl": st["approx_kl"].detach(),
-        "clip_frac": st["clip_frac"].detach(),
+        "policy_loss": pl.item(),
+        "value_loss": vl.item(),
+        "entropy": entropy.item(),
+        "approx_kl": st["approx_kl"].item(),
+        "clip_frac": st["clip_frac"].item(),
     }
     if p.kl_coef:
         with torch.no_grad(), policy.loaded.model.disable_adapter():
             ref_logp, _ = policy.score(sampled, temperature=p.temperature)
         kl = kl_to_reference(token_logp, ref_logp, sampled.answer_mask)
         loss = loss + p.kl_coef * kl
-        stats["kl_ref"] = kl.detach()
+        stats["kl_ref"] = kl.item()
     return loss, stats
 
 
@@ -154,24 +152,21 @@ def ppo_epochs(
         for start in range(0, len(steps) - p.minibatch_size + 1, p.minibatch_size):
             idx = order[start : start + p.minibatch_size]
             optimizer.zero_grad(set_to_none=True)
-            micro_stats: dict[str, list[torch.Tensor]] = {}
-            losses = []
+            minibatch: dict[str, list[float]] = {}
+            finite = True
             for m in range(0, len(idx), p.micro_batch_size):
                 micro = idx[m : m + p.micro_batch_size]
                 loss, st = micro_loss(policy, steps, targets, micro, cfg)
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
                 backward(loss * len(micro) / len(idx))
-                losses.append(loss.detach())
                 for k, v in st.items():
-                    micro_stats.setdefault(k, []).append(v)
-            # One read of the GPU per minibatch: a non-finite micro-batch loss voids the whole minibatch
-            # (its gradients were accumulated with the others), which is then skipped.
-            numbers = torch.stack([torch.stack(losses)] + [torch.stack(v) for v in micro_stats.values()])
-            numbers = numbers.float().cpu()
-            if not torch.isfinite(numbers[0]).all():
+                    minibatch.setdefault(k, []).append(v)
+            if not finite:
                 optimizer.zero_grad(set_to_none=True)
                 guard.bad("the loss")
                 continue
-            minibatch = {k: row.tolist() for k, row in zip(micro_stats, numbers[1:], strict=True)}
             # SB3's rule: once the policy has moved too far from the rollout's, stop this update's epochs
             # without taking the step (approx_kl was measured at the current parameters, before it).
             if p.target_kl is not None and np.mean(minibatch["approx_kl"]) > 1.5 * p.target_kl:

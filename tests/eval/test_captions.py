@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from vlmppo.envs.drawing import font
+from vlmppo.envs.drawing import wrap_text as wrap
 from vlmppo.errors import DataError
-from vlmppo.eval.captions import BORDER, GREEN, MAX_PANELS, RED, TEXT, wrap, write_trajectory
+from vlmppo.eval.captions import BORDER, GREEN, MAX_PANELS, RED, TEXT, write_trajectory
 from vlmppo.eval.compare import compare_rows
 
 

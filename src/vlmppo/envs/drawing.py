@@ -47,18 +47,30 @@ def text_centered(draw: ImageDraw.ImageDraw, cx: float, y: float, text: str, siz
     draw.text((cx, y), text, font=font(size), fill=fill, anchor="ma")
 
 
-def wrap_text(text: str, size: int, max_width: int) -> list[str]:
-    """Splits ``text`` on spaces into lines no wider than ``max_width`` pixels (long words stay whole)."""
+def wrap_text(text: str, size: int, width: int) -> list[str]:
+    """Lines of at most ``width`` pixels, breaking at spaces and newlines; words longer than a line are cut
+    (model output can be one long run of characters without spaces)."""
+    f = font(size)
     lines: list[str] = []
-    current = ""
-    for word in text.split(" "):
-        candidate = word if not current else f"{current} {word}"
-        if current and font(size).getlength(candidate) > max_width:
-            lines.append(current)
-            current = word
-        else:
-            current = candidate
-    lines.append(current)
+    for paragraph in text.splitlines() or [""]:
+        current = ""
+        for word in paragraph.split(" "):
+            while f.getlength(word) > width:  # cut an over-long word at the widest prefix that fits
+                cut = 1
+                while cut < len(word) and f.getlength(word[: cut + 1]) <= width:
+                    cut += 1
+                if current:
+                    lines.append(current)
+                    current = ""
+                lines.append(word[:cut])
+                word = word[cut:]
+            candidate = f"{current} {word}" if current else word
+            if current and f.getlength(candidate) > width:
+                lines.append(current)
+                current = word
+            else:
+                current = candidate
+        lines.append(current)
     return lines
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vlmppo.envs.drawing import font
+from vlmppo.envs.drawing import font, wrap_text
 
 FRAME = 256  # the frame's longer side in a panel, in pixels
 PAD = 10
@@ -45,33 +45,6 @@ class Trajectory:
     seed: int
 
 
-def wrap(text: str, size: int, width: int) -> list[str]:
-    """Lines of at most ``width`` pixels; words longer than a line are cut (model output can be one
-    long run of characters without spaces)."""
-    f = font(size)
-    lines: list[str] = []
-    for paragraph in text.splitlines() or [""]:
-        current = ""
-        for word in paragraph.split(" "):
-            while f.getlength(word) > width:  # cut an over-long word at the widest prefix that fits
-                cut = 1
-                while cut < len(word) and f.getlength(word[: cut + 1]) <= width:
-                    cut += 1
-                if current:
-                    lines.append(current)
-                    current = ""
-                lines.append(word[:cut])
-                word = word[cut:]
-            candidate = f"{current} {word}" if current else word
-            if current and f.getlength(candidate) > width:
-                lines.append(current)
-                current = word
-            else:
-                current = candidate
-        lines.append(current)
-    return lines
-
-
 def printable(text: str) -> str:
     """Model output as drawable text: control characters and undecodable bytes become "?"."""
     return "".join(ch if ch.isprintable() and ch != "\ufffd" else "?" for ch in " ".join(text.split()))
@@ -99,7 +72,7 @@ def _caption(row: dict | None, episode: dict, step: int) -> tuple[str, list[tupl
     action = f"action: {row['action']}"
     if row["invalid"]:
         action += "  (invalid answer: random action)"
-    lines = [(line, INK) for line in wrap(action, TEXT, width)]
+    lines = [(line, INK) for line in wrap_text(action, TEXT, width)]
     lines.append(
         (
             f"reward: {row['reward']:+g}"
@@ -114,7 +87,7 @@ def _caption(row: dict | None, episode: dict, step: int) -> tuple[str, list[tupl
     else:
         body, label = "", ""
     if label:
-        wrapped = wrap(label + printable(body), TEXT, width)
+        wrapped = wrap_text(label + printable(body), TEXT, width)
         if len(wrapped) > MAX_THOUGHT_LINES:
             wrapped = [*wrapped[: MAX_THOUGHT_LINES - 1], wrapped[MAX_THOUGHT_LINES - 1][:-3] + "..."]
         lines += [(line, MUTED) for line in wrapped]

@@ -17,11 +17,7 @@ The built model is cached like the tiny ones (temp folder, completion marker wri
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,11 +228,10 @@ def build_shape_model(shape: Shape, out_dir: Path, *, device: str = "cpu") -> Pa
     processor gets the released checkpoint's pixel budget, so images take their real number of tokens.
     """
     import torch
-    import transformers
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
     from vlmppo.models.processors import load_processor
-    from vlmppo.models.tiny import get_family, resolve_model_path
+    from vlmppo.models.tiny import get_family, resolve_model_path, save_build
 
     family = get_family(shape.family)
     processor = load_processor(resolve_model_path(f"tiny:{shape.family}"), family)
@@ -247,37 +242,15 @@ def build_shape_model(shape: Shape, out_dir: Path, *, device: str = "cpu") -> Pa
     with torch.device(device):
         model = AutoModelForImageTextToText.from_config(shape.config(tokenizer), dtype=dtype)
     model.generation_config = GenerationConfig(**family.tiny_generation_kwargs(tokenizer))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    marker = {
-        "shape": shape.name,
-        "shape_version": SHAPE_VERSION,
-        "transformers": transformers.__version__,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "build_seconds": round(time.perf_counter() - start, 3),
-    }
-    (out_dir / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    seconds = round(time.perf_counter() - start, 3)
+    save_build(model, processor, out_dir, {"shape": shape.name, "shape_version": SHAPE_VERSION,
+                                           "build_seconds": seconds}, MARKER)  # fmt: skip
     return out_dir
 
 
 def shape_model_path(shape: Shape, *, device: str = "cpu") -> Path:
     """The cached build of `shape` (``$VLMPPO_CACHE/bench/<name>-<version>``), built on first use."""
-    from vlmppo.models.tiny import cache_dir
+    from vlmppo.models.tiny import cache_dir, cached_build
 
     final = cache_dir() / "bench" / f"{shape.name}-{SHAPE_VERSION}"
-    if (final / MARKER).is_file():
-        return final
-    shutil.rmtree(final, ignore_errors=True)  # an interrupted build is never loaded
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        build_shape_model(shape, temp, device=device)
-        try:
-            os.rename(temp, final)
-        except OSError:
-            if not (final / MARKER).is_file():  # another process finished first: use its copy
-                raise
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    return final
+    return cached_build(final, lambda out: build_shape_model(shape, out, device=device), MARKER)

@@ -59,7 +59,6 @@ def build_tiny_model(family: str, out_dir: Path) -> Path:
         ModelError: Unknown family, or `out_dir` exists and is not empty.
     """
     import torch
-    import transformers
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
     adapter = get_family(family)
@@ -76,42 +75,57 @@ def build_tiny_model(family: str, out_dir: Path) -> Path:
         torch.manual_seed(_SEED)
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
     model.generation_config = GenerationConfig(**adapter.tiny_generation_kwargs(tokenizer))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)  # also writes the tokenizer and the chat template
-    marker = {
-        "family": family,
-        "tiny_version": TINY_VERSION,
-        "transformers": transformers.__version__,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "build_seconds": round(time.perf_counter() - start, 3),
-    }
-    (out_dir / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    seconds = round(time.perf_counter() - start, 3)
+    save_build(
+        model, processor, out_dir, {"family": family, "tiny_version": TINY_VERSION, "build_seconds": seconds}
+    )
     return out_dir
 
 
 def tiny_model_path(family: str) -> Path:
     """The cached tiny model of `family`, built on first use (atomically; see the module docstring)."""
     get_family(family)
-    final = cache_dir() / "tiny" / f"{family}-{TINY_VERSION}"
-    if (final / MARKER).is_file():
+    return cached_build(
+        cache_dir() / "tiny" / f"{family}-{TINY_VERSION}", lambda out: build_tiny_model(family, out)
+    )
+
+
+def cached_build(final: Path, build, marker: str = MARKER) -> Path:
+    """``final`` if it holds a complete build (its ``marker`` file), else ``build(temp)`` into a temp folder
+    beside it, renamed into place. An interrupted build is never loaded; when another process (e.g. another
+    rank) finishes first, its complete copy is used."""
+    if (final / marker).is_file():
         return final
-    if final.exists():  # interrupted build: never load it
-        shutil.rmtree(final, ignore_errors=True)
+    shutil.rmtree(final, ignore_errors=True)  # an interrupted build
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(final)
     temp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        build_tiny_model(family, temp)
+        build(temp)
         try:
             os.rename(temp, final)
         except OSError:
-            # Another process (e.g. another rank) finished first; use its complete copy.
-            if not (final / MARKER).is_file():
+            if not (final / marker).is_file():
                 raise
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return final
+
+
+def save_build(model, processor, out_dir: Path, marker: dict, marker_name: str = MARKER) -> None:
+    """Save a freshly built model and its processor (tokenizer, chat template) to ``out_dir``, the
+    completion marker (with the parameter count and library version) last."""
+    import transformers
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    marker = {
+        **marker,
+        "transformers": transformers.__version__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    (out_dir / marker_name).write_text(json.dumps(marker, indent=2) + "\n")
 
 
 def _remove_stale_temps(final: Path, max_age_s: float = 3600.0) -> None:

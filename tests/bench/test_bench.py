@@ -140,12 +140,12 @@ def test_qwen2_vl_2b_shape_has_the_released_checkpoints_size():
     assert (text.num_key_value_heads, text.intermediate_size, text.vocab_size) == (2, 8960, 151936)
 
 
-def test_a_built_shape_loads_like_a_checkpoint_with_the_released_pixel_budget(tmp_path):
+def test_a_built_shape_loads_like_a_checkpoint_with_the_released_pixel_budget(tmp_path, monkeypatch):
     from PIL import Image
 
     from vlmppo.config.schema import ModelConfig
     from vlmppo.models import build_inputs, load_model
-    from vlmppo.models.shapes import QWEN2_VL_2B, Shape, build_shape_model
+    from vlmppo.models.shapes import QWEN2_VL_2B, Shape, shape_model_path
 
     small = Shape(  # the 2B shape's layout at toy widths, built by the same code
         name="toy",
@@ -161,7 +161,9 @@ def test_a_built_shape_loads_like_a_checkpoint_with_the_released_pixel_budget(tm
         ),
         vision=dict(QWEN2_VL_2B.vision, depth=1, embed_dim=32, num_heads=2, hidden_size=64),
     )
-    path = build_shape_model(small, tmp_path / "toy")
+    monkeypatch.setenv("VLMPPO_CACHE", str(tmp_path))  # built into the cache, as `vlmppo bench` does
+    path = shape_model_path(small)
+    assert shape_model_path(small) == path and path.parent == tmp_path / "bench"  # the second call reuses it
     loaded = load_model(ModelConfig(family="qwen2-vl", path=str(path), lora=None), for_training=False)
     batch = build_inputs(loaded, [Image.new("RGB", (300, 300))], ["hi"])
     # 300 px -> 308 px (multiples of 28) -> 22 x 22 patches -> 121 tokens, as with Qwen2-VL-2B-Instruct.

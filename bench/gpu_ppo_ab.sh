@@ -4,16 +4,11 @@
 # Qwen2-VL-2B shape with random bf16 weights, as bench/gpu_ppo.sh; prints per-update time/update_s and env
 # steps/s of both and their means over updates 2..N (update 1 pays the warm-up). Carry .ab and .whl.
 set -euo pipefail
-OUT=${OUT:-bench/out}
-mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-fi
-export VLMPPO_CACHE=${VLMPPO_CACHE:-/tmp/vlmppo-cache} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 COLUMNS=200
+source bench/gpu_env.sh
 N_ENVS=${N_ENVS:-32} UPDATES=${UPDATES:-5}
 for side in B A; do  # B (the other tree) first, so A does not profit from a warmer card
   src=$PWD/src; [ "$side" = B ] && src=$PWD/.ab/src
-  export PYTHONPATH=$src:/tmp/site
+  export PYTHONPATH=$src:/tmp/site  # gpu_env.sh put this tree's src/ first
   MODEL=$(python3 -c "from vlmppo.models.shapes import QWEN2_VL_2B, shape_model_path; print(shape_model_path(QWEN2_VL_2B, device='cuda'))" | tail -1)
   python3 -m vlmppo ppo --preset numberline-qwen "model.path=$MODEL" model.family=qwen2-vl ppo.init_from=null \
     "env.n_envs=$N_ENVS" ppo.n_steps=4 ppo.minibatch_size=64 ppo.micro_batch_size=${MICRO:-8} ppo.n_epochs=2 \

@@ -4,15 +4,7 @@
 # gymnasium, minigrid and pydantic are missing). Results go to $OUT (default bench/out/).
 # Knobs: N_ENVS, REPEATS, NEW_TOKENS, NAME, EXTRA (overrides, e.g. 'model.lora=null'), DOORKEY=0 to skip.
 set -euo pipefail
-OUT=${OUT:-bench/out}
-mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-export VLMPPO_CACHE=${VLMPPO_CACHE:-/tmp/vlmppo-cache} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SDL_VIDEODRIVER=dummy
-export COLUMNS=200
+source bench/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -m vlmppo env | tee "$OUT/versions.txt"
 NEW=${NEW_TOKENS:-128}

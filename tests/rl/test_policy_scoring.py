@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from tests.rl.sampling import generate_with_logprobs
 
 from vlmppo.config.schema import ModelConfig
@@ -49,3 +50,21 @@ def test_teacher_forced_logprobs_match_generation_logits(family):
         and not torch.isin(answers[sampled.answer_mask], torch.tensor(policy.suppressed)).any()
     )
     torch.testing.assert_close(token_logp, gen_logp, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "llava-next"])
+def test_prompt_only_values_equal_the_values_scored_with_the_answer(family):
+    # The rollout's bootstrap values (prompt only) and its step values (prompt + answer) must be one V(s).
+    from vlmppo.models.inputs import build_inputs
+
+    torch.manual_seed(0)
+    loaded = load_model(ModelConfig(family=family, path=f"tiny:{family}", lora=None), for_training=False)
+    policy = ActorCritic(loaded, ValueHead(hidden_size(loaded.model)))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, size=(s, s, 3), dtype=np.uint8) for s in (64, 96)]
+    prompts = ["Pick left or right.", "A longer prompt, so the first row is left-padded."]
+    sampled = policy.sample(images, prompts, temperature=0.7, max_new_tokens=8)
+    with torch.no_grad():
+        _, scored = policy.score(sampled, temperature=0.7)
+    batch = build_inputs(loaded, [Image.fromarray(im) for im in images], prompts)
+    assert torch.allclose(policy.prompt_values(batch), scored, atol=1e-5)

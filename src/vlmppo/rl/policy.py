@@ -127,6 +127,14 @@ class ActorCritic:
         attention = torch.cat([batch["attention_mask"], mask.long()], dim=1)
         return Sampled(out, attention, prompt_len, mask, extra, texts)
 
+    @torch.no_grad()
+    def prompt_values(self, batch) -> torch.Tensor:
+        """V(s) of a prompt batch (``build_inputs`` output, on the device): the value head on the last
+        prompt token's final hidden state, as ``score`` computes it; [B] fp32. Logits only for that token."""
+        with self.autocast():
+            out = self.loaded.model(**batch, output_hidden_states=True, logits_to_keep=1)
+        return self.value_head(out.hidden_states[-1][:, -1])
+
     def score(self, sampled: Sampled, *, temperature: float, return_logits: bool = False):
         """Teacher-forced pass over prompt + answer.
 

@@ -137,9 +137,7 @@ def state_values(policy, images, infos, adapter, cfg) -> torch.Tensor:
 
     batch = build_inputs(policy.loaded, [to_pil(im) for im in images], prompts_for(adapter, infos, cfg))
     policy.loaded.model.eval()
-    with torch.no_grad():
-        out = policy.loaded.model(**batch.to(policy.device), output_hidden_states=True)
-        return policy.value_head(out.hidden_states[-1][:, -1]).float().cpu()
+    return policy.prompt_values(batch.to(policy.device)).float().cpu()
 
 
 def collect_rollout(policy, vec, obs, infos, cfg) -> tuple[Rollout, object, list]:

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 FAMILIES = ("qwen2-vl", "qwen2.5-vl", "llava", "llava-next")
 Family = Literal["qwen2-vl", "qwen2.5-vl", "llava", "llava-next"]
 STAGES = ("collect", "label", "preprocess", "sft", "ppo", "eval")
+# How eval and the hf labeller decode (models/generation.py); PPO always samples with explicit settings.
+Generation = Literal["explicit", "checkpoint"]
 
 
 class Section(BaseModel):
@@ -123,6 +125,12 @@ class LabelConfig(Section):
     batch_size: int = Field(8, ge=1, description="hf: prompts per generate call.")
     max_new_tokens: int = Field(512, ge=1, description="Answer length limit.")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy.")
+    generation: Generation = Field(
+        "explicit",
+        description="hf: explicit = greedy or plain sampling at label.temperature, nothing else; checkpoint = "
+        "the labeller model's own generation_config.json (its sampling, top-k/top-p, repetition penalty, "
+        "...; label.temperature unused). The manifest records which.",
+    )
 
 
 class PreprocessConfig(Section):
@@ -249,6 +257,12 @@ class EvalConfig(Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature when greedy is false.")
     max_new_tokens: int = Field(256, ge=1, description="Answer length limit.")
     trajectories: int = Field(3, ge=0, description="Episodes drawn as captioned strips and GIFs.")
+    generation: Generation = Field(
+        "explicit",
+        description="explicit = greedy (or plain sampling at eval.temperature), nothing else; checkpoint = the "
+        "checkpoint's own generation_config.json (its sampling, top-k/top-p, repetition penalty, ...; "
+        "eval.greedy and eval.temperature unused). metrics.json and the report say which.",
+    )
 
 
 class SlurmConfig(Section):

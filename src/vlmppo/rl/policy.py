@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vlmppo.models.generation import generate_ids, media_token_ids, to_pil
+from vlmppo.models.generation import explicit_generation_config, generate_ids, media_token_ids, to_pil
 from vlmppo.models.inputs import build_inputs
 from vlmppo.models.loading import LoadedModel
 from vlmppo.rl.logprob import token_logprobs
@@ -91,6 +91,8 @@ class ActorCritic:
     ):
         self.loaded, self.value_head, self.device = loaded, value_head.to(device), device
         self.autocast = autocast
+        # Benchmarks only (bench/runner.py fixes the answer length with it); scoring does not know it.
+        self.min_new_tokens = 0
         self.sampler = None
         if merged_sampling and hasattr(loaded.model, "merge_and_unload"):
             from vlmppo.rl.merged import MergedSampler
@@ -104,8 +106,21 @@ class ActorCritic:
         if self.sampler is not None:
             self.sampler.stale = True
 
+    def sampling_config(self, *, temperature: float, max_new_tokens: int):
+        """The complete ``GenerationConfig`` of ``sample``: plain sampling from ``softmax(logits / T)`` minus
+        the placeholder ids, which is what ``score`` recomputes; nothing comes from the checkpoint's
+        ``generation_config.json`` (``models/generation.py``)."""
+        return explicit_generation_config(
+            self.loaded.tokenizer,
+            self.suppressed,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=self.min_new_tokens,
+        )
+
     @torch.no_grad()
     def sample(self, images, prompts: list[str], *, temperature: float, max_new_tokens: int) -> Sampled:
+        """Answers for all (image, prompt) pairs in one ``generate`` (from the merged copy when there is one)."""
         tokenizer = self.loaded.tokenizer
         batch = build_inputs(self.loaded, [to_pil(im) for im in images], list(prompts)).to(self.device)
         generator = self.loaded.model
@@ -115,7 +130,7 @@ class ActorCritic:
             generator = self.sampler.model
         with self.autocast():
             out = generate_ids(
-                generator, tokenizer, batch, temperature=temperature, max_new_tokens=max_new_tokens
+                generator, batch, self.sampling_config(temperature=temperature, max_new_tokens=max_new_tokens)
             )
         prompt_len = batch["input_ids"].shape[1]
         answers = out[:, prompt_len:]

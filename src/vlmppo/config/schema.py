@@ -196,6 +196,12 @@ class PpoConfig(Section):
     lr: float = Field(1e-5, gt=0, description="Initial learning rate (cosine to min_lr over the run).")
     min_lr: float = Field(1e-9, ge=0, description="Final learning rate.")
     adam_eps: float = Field(1e-7, gt=0, description="AdamW epsilon.")
+    weight_decay: float = Field(
+        0.0,
+        ge=0.0,
+        description="AdamW's decoupled weight decay of the LoRA weights and the value head: 0 = plain Adam, as "
+        "RL4VLM (torch's AdamW default would be 0.01).",
+    )
     gamma: float = Field(0.9, ge=0.0, le=1.0, description="Discount factor.")
     gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="GAE lambda.")
     clip_range: float = Field(0.1, gt=0, description="PPO ratio clip.")
@@ -209,6 +215,13 @@ class PpoConfig(Section):
     max_grad_norm: float = Field(0.01, gt=0, description="Gradient clipping (RL4VLM used 0.01).")
     thought_coef: float = Field(
         0.5, ge=0.0, le=1.0, description="lambda: weight of thought tokens in log pi(a|s)."
+    )
+    action_key_coef: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description='Weight of the "action": key tokens (between the thoughts and the action value) in '
+        "log pi(a|s): 1 counts them with the action, as RL4VLM; set it to thought_coef to count them as thoughts.",
     )
     temperature: float = Field(
         0.2, gt=0, description="Sampling temperature (the same divides the scoring logits)."

@@ -144,7 +144,7 @@ def make_optimizer(policy: ActorCritic, cfg: Config) -> torch.optim.Optimizer:
     groups = [{"params": lora, "lr": p.lr}, {"params": list(policy.value_head.parameters()), "lr": p.lr}]
     if p.value_head_lr is not None:
         groups[1]["lr"] = p.value_head_lr
-    return torch.optim.AdamW(groups, lr=p.lr, eps=p.adam_eps)
+    return torch.optim.AdamW(groups, lr=p.lr, eps=p.adam_eps, weight_decay=p.weight_decay)
 
 
 def advantages_and_targets(rollout: Rollout, cfg: Config) -> UpdateTargets:

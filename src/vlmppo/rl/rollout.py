@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vlmppo.rl.logprob import action_token_mask, mixed_action_logprob
+from vlmppo.rl.logprob import action_key_mask, action_key_start, action_token_mask, mixed_action_logprob
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Step:
     answer_ids: list[int]
     thought_mask: list[bool]
     action_mask: list[bool]
+    key_mask: list[bool]  # the "action": key tokens (weighted by ppo.action_key_coef)
     old_logp: float
     value: float
     text: str = ""
@@ -106,9 +107,17 @@ def rollout_step(policy, vec, obs, infos, cfg) -> tuple[list[Step], list, np.nda
     for i, text in enumerate(sampled.texts):
         ids = answers[i][sampled.answer_mask[i]].tolist()
         parsed = vec.adapter.parse(text, vec.rngs[i])
-        thought, action = action_token_mask(answer_offsets(tok, ids), parsed.span, len(ids))
+        offsets = answer_offsets(tok, ids)
+        thought, action = action_token_mask(offsets, parsed.span, len(ids))
+        key = action_key_mask(offsets, action_key_start(text, parsed.span), thought)
+        thought = thought & ~key
         logp = mixed_action_logprob(
-            token_logp[i : i + 1, : len(ids)], thought[None], action[None], p.thought_coef
+            token_logp[i : i + 1, : len(ids)],
+            thought[None],
+            action[None],
+            p.thought_coef,
+            key[None],
+            p.action_key_coef,
         )
         steps.append(
             Step(
@@ -117,6 +126,7 @@ def rollout_step(policy, vec, obs, infos, cfg) -> tuple[list[Step], list, np.nda
                 answer_ids=ids,
                 thought_mask=thought.tolist(),
                 action_mask=action.tolist(),
+                key_mask=key.tolist(),
                 old_logp=float(logp),
                 value=float(values[i]),
                 text=text,

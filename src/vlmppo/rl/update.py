@@ -35,8 +35,12 @@ class UpdateTargets:
     returns: torch.Tensor
 
 
-def collate(policy: ActorCritic, steps: list[Step]) -> tuple[Sampled, torch.Tensor, torch.Tensor]:
-    """Rebuild the prompt batch and append the answer ids (right-padded): the input the rollout scored."""
+def collate(policy: ActorCritic, steps: list[Step]) -> tuple[Sampled, dict[str, torch.Tensor]]:
+    """Rebuild the prompt batch and append the answer ids (right-padded): the input the rollout scored.
+
+    Returns:
+        The batch to score, and its [B, T] bool token masks ``thought``, ``action``, ``key``.
+    """
     from vlmppo.models.generation import to_pil
     from vlmppo.models.inputs import build_inputs
 
@@ -46,14 +50,13 @@ def collate(policy: ActorCritic, steps: list[Step]) -> tuple[Sampled, torch.Tens
     width = max(len(s.answer_ids) for s in steps)
     answers = torch.full((len(steps), width), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(steps), width), dtype=torch.bool)
-    thought = torch.zeros_like(mask)
-    action = torch.zeros_like(mask)
+    masks = {name: torch.zeros_like(mask) for name in ("thought", "action", "key")}
     for i, s in enumerate(steps):
         n = len(s.answer_ids)
         answers[i, :n] = torch.tensor(s.answer_ids)
         mask[i, :n] = True
-        thought[i, :n] = torch.tensor(s.thought_mask)
-        action[i, :n] = torch.tensor(s.action_mask)
+        for name in masks:
+            masks[name][i, :n] = torch.tensor(getattr(s, f"{name}_mask"), dtype=torch.bool)
     answers, mask = answers.to(policy.device), mask.to(policy.device)
     extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
     sampled = Sampled(
@@ -64,7 +67,7 @@ def collate(policy: ActorCritic, steps: list[Step]) -> tuple[Sampled, torch.Tens
         extra=extra,
         texts=[],
     )
-    return sampled, thought.to(policy.device), action.to(policy.device)
+    return sampled, {name: m.to(policy.device) for name, m in masks.items()}
 
 
 class BadMinibatchGuard:
@@ -93,9 +96,12 @@ def micro_loss(
 ) -> tuple[torch.Tensor, dict]:
     """The PPO loss of one micro-batch (a mean over its samples) and its statistics."""
     p, device = cfg.ppo, policy.device
-    sampled, thought, action = collate(policy, [steps[i] for i in idx])
+    sampled, masks = collate(policy, [steps[i] for i in idx])
+    action = masks["action"]
     token_logp, new_values, logits = policy.score(sampled, temperature=p.temperature, return_logits=True)
-    new_logp = mixed_action_logprob(token_logp, thought, action, p.thought_coef)
+    new_logp = mixed_action_logprob(
+        token_logp, masks["thought"], action, p.thought_coef, masks["key"], p.action_key_coef
+    )
     pl, st = policy_loss(
         new_logp, targets.old_logp[idx].to(device), targets.advantages[idx].to(device), p.clip_range
     )

@@ -208,7 +208,12 @@ class PpoConfig(Section):
     clip_range_vf: float | None = Field(0.1, gt=0, description="Value clip around the old value; null = off.")
     vf_coef: float = Field(0.5, ge=0, description="Value loss weight.")
     ent_coef: float = Field(0.0, ge=0, description="Entropy bonus on the action tokens.")
-    kl_coef: float = Field(0.0, ge=0, description="KL penalty to the frozen base model (adapter disabled).")
+    kl_coef: float = Field(
+        0.0,
+        ge=0,
+        description="KL penalty to the policy PPO started from: the ppo.init_from adapter (a frozen copy), else "
+        "the model with the adapter disabled. Needs LoRA.",
+    )
     target_kl: float | None = Field(
         None, gt=0, description="Stop the epochs early when approx KL exceeds this."
     )

@@ -18,6 +18,9 @@ from vlmppo.models.inputs import build_inputs
 from vlmppo.models.loading import LoadedModel
 from vlmppo.rl.logprob import token_logprobs
 
+# The peft adapter name of the KL reference when PPO starts from an adapter (see reference_logprobs).
+REFERENCE_ADAPTER = "reference"
+
 
 class ValueHead(nn.Module):
     """MLP hidden -> 1024 -> 512 -> 1 in fp32, on the final hidden state of the last prompt token."""
@@ -141,6 +144,34 @@ class ActorCritic:
         )
         attention = torch.cat([batch["attention_mask"], mask.long()], dim=1)
         return Sampled(out, attention, prompt_len, mask, extra, texts)
+
+    @torch.no_grad()
+    def reference_logprobs(self, sampled: Sampled, *, temperature: float) -> torch.Tensor:
+        """[B, T] fp32 log-probs of the answer ids under the KL reference: the policy PPO started from.
+
+        Starting from an adapter (``ppo.init_from``, e.g. SFT), the reference is that adapter, loaded a second
+        time as a frozen peft adapter named ``reference`` (``build_policy``) and switched in for this pass;
+        starting from a fresh LoRA (whose B is zero), it is the base model with the adapter disabled, which is
+        exactly the starting policy. Disabling the adapter of an SFT start would instead pull PPO back toward
+        the untrained base model.
+
+        Why a second adapter, computed once per sample at rollout time: it costs one adapter's weights (a
+        second full model would cost the base again), is saved in every PPO checkpoint (``reference/``, by
+        peft's ``save_pretrained``), so ``--resume`` keeps the same reference even if the SFT folder has changed
+        since, and the rollout stores its per-token log-probs so the update needs no reference pass per
+        epoch. The rollout's own ``score`` runs in the same mode, so at update 0 of an SFT start the reference
+        log-probs equal the policy's exactly.
+        """
+        model = self.loaded.model
+        if REFERENCE_ADAPTER not in getattr(model, "peft_config", {}):
+            with model.disable_adapter():
+                return self.score(sampled, temperature=temperature)[0]
+        trained = model.active_adapter
+        model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+        try:
+            return self.score(sampled, temperature=temperature)[0]
+        finally:
+            model.set_adapter(trained)  # trainable again (peft's set_adapter sets requires_grad)
 
     @torch.no_grad()
     def prompt_values(self, batch) -> torch.Tensor:

@@ -25,7 +25,7 @@ from vlmppo.config.plan import ppo_counts
 from vlmppo.errors import CheckpointError, ConfigError
 from vlmppo.rl.gae import compute_gae, normalize_advantages
 from vlmppo.rl.losses import explained_variance
-from vlmppo.rl.policy import ActorCritic, ValueHead, hidden_size
+from vlmppo.rl.policy import REFERENCE_ADAPTER, ActorCritic, ValueHead, hidden_size
 from vlmppo.rl.rollout import Rollout, Step, answer_offsets, collect_rollout, rollout_step, state_values
 from vlmppo.rl.update import BadMinibatchGuard, UpdateTargets, collate, ppo_epochs
 
@@ -99,6 +99,9 @@ def build_policy(cfg: Config, device: str, resume_from: Path | None = None, acce
         loaded = load_model(
             cfg.model.model_copy(update={"path": str(source)}), device=device, for_training=True
         )
+    if cfg.ppo.kl_coef and (reference := reference_adapter(cfg, resume_from)) is not None:
+        # The KL anchor: the adapter PPO started from, frozen (ActorCritic.reference_logprobs says why).
+        loaded.model.load_adapter(str(reference), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
     disable_dropout(loaded.model)
     head = ValueHead(hidden_size(loaded.model))
     if resume_from is not None:
@@ -109,6 +112,21 @@ def build_policy(cfg: Config, device: str, resume_from: Path | None = None, acce
     return ActorCritic(
         loaded, head, device, merged_sampling=uses_merged_sampling(cfg, device), autocast=autocast
     )
+
+
+def reference_adapter(cfg: Config, resume_from: Path | None) -> Path | None:
+    """The folder of the KL reference adapter: the resumed checkpoint's ``reference/`` (peft saves it with
+    every checkpoint), else the ``ppo.init_from`` adapter; None when PPO started from a fresh LoRA (or a
+    full model folder), whose reference is the model with the adapter disabled."""
+    from vlmppo.checkpoints import resolve_checkpoint
+
+    if resume_from is not None and (resume_from / REFERENCE_ADAPTER / "adapter_config.json").is_file():
+        return resume_from / REFERENCE_ADAPTER
+    if cfg.ppo.init_from:
+        start = resolve_checkpoint(run_dir(cfg), cfg.ppo.init_from)
+        if (start / "adapter_config.json").is_file():
+            return start
+    return None
 
 
 def disable_dropout(model) -> None:
@@ -238,7 +256,8 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
     p, counts = cfg.ppo, ppo_counts(cfg)
     if p.kl_coef and cfg.model.lora is None:
         raise ConfigError(
-            "ppo.kl_coef > 0 needs a LoRA model: the KL reference is the base model with the adapter disabled.",
+            "ppo.kl_coef > 0 needs a LoRA model: the KL reference is the starting adapter (or the model with "
+            "the adapter disabled), and full fine-tuning keeps no frozen copy of the starting model.",
             hint="Set model.lora (e.g. model.lora.r=64) or ppo.kl_coef=0.",
         )
     from vlmppo.accel import make_accelerator, precision_for

@@ -2,7 +2,8 @@
 update needs to re-score exactly the same input.
 
 Per step the buffer keeps the frame (once), the prompt text, the answer ids exactly as sampled (eos
-included), the thought/action token masks, the old log-prob and value, the reward and the done flags. The
+included), the thought/key/action token masks, the old log-prob and value, the reward and the done flags, and
+with a KL penalty the answer's per-token log-probs under the reference (``ActorCritic.reference_logprobs``). The
 update rebuilds the same inputs with the same template (the forward is left-padding invariant) and scores
 exactly the sampled answer ids.
 """
@@ -35,6 +36,7 @@ class Step:
     invalid: bool = False
     ended_with_eos: bool = True
     reward: float = 0.0
+    ref_logp: list[float] | None = None  # per answer token, under the KL reference (ppo.kl_coef > 0 only)
 
 
 @dataclass
@@ -99,6 +101,7 @@ def rollout_step(policy, vec, obs, infos, cfg) -> tuple[list[Step], list, np.nda
     with torch.no_grad():
         sampled = policy.sample(obs, prompts, temperature=p.temperature, max_new_tokens=p.max_new_tokens)
         token_logp, values = policy.score(sampled, temperature=p.temperature)
+        ref_logp = policy.reference_logprobs(sampled, temperature=p.temperature).cpu() if p.kl_coef else None
     # Per-sample bookkeeping below is many tiny ops: do it on the host, one copy of [B, T] + [B].
     token_logp, values = token_logp.float().cpu(), values.float().cpu()
     tok = policy.loaded.tokenizer
@@ -133,6 +136,7 @@ def rollout_step(policy, vec, obs, infos, cfg) -> tuple[list[Step], list, np.nda
                 action=parsed.index,
                 invalid=bool(parsed.invalid),
                 ended_with_eos=bool(ids) and ids[-1] == tok.eos_token_id,
+                ref_logp=ref_logp[i, : len(ids)].tolist() if ref_logp is not None else None,
             )
         )
         actions.append(parsed.index)

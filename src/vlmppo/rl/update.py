@@ -1,9 +1,10 @@
 """Phase 3 of a PPO update: epochs of shuffled minibatches, micro-batches with gradient accumulation.
 
 Loss per minibatch = clipped policy loss + vf_coef · clipped value loss − ent_coef · entropy of the action
-tokens + kl_coef · KL(π ‖ base) over the answer tokens (the base is the same model with the adapter
-disabled). A minibatch whose loss or gradient is NaN/inf is skipped (no optimizer step) and counted;
-``ppo.max_bad_minibatches`` in a row abort the run before anything non-finite can be checkpointed.
+tokens + kl_coef · KL(π ‖ π_ref) over the answer tokens, π_ref being the policy PPO started from (its
+log-probs come with the rollout: ``ActorCritic.reference_logprobs``). A minibatch whose loss or gradient is
+NaN/inf is skipped (no optimizer step) and counted; ``ppo.max_bad_minibatches`` in a row abort the run before
+anything non-finite can be checkpointed.
 """
 
 from __future__ import annotations
@@ -122,9 +123,10 @@ def micro_loss(
         "approx_kl": st["approx_kl"].item(),
         "clip_frac": st["clip_frac"].item(),
     }
-    if p.kl_coef:
-        with torch.no_grad(), policy.loaded.model.disable_adapter():
-            ref_logp, _ = policy.score(sampled, temperature=p.temperature)
+    if p.kl_coef:  # the reference's log-probs were computed once, at rollout time
+        ref_logp = torch.zeros_like(token_logp)
+        for row, i in enumerate(idx):
+            ref_logp[row, : len(steps[i].ref_logp)] = torch.tensor(steps[i].ref_logp)
         kl = kl_to_reference(token_logp, ref_logp, sampled.answer_mask)
         loss = loss + p.kl_coef * kl
         stats["kl_ref"] = kl.item()

@@ -207,12 +207,14 @@ def ppo(
     if dry_run:
         return print_dry_run(cfg, "ppo")
     from vlmppo.console import console
-    from vlmppo.rl.ppo import find_resume_checkpoint, train_ppo
+    from vlmppo.rl.ppo import check_resume_config, find_resume_checkpoint, train_ppo
 
     save_resolved_config(cfg)
     start = find_resume_checkpoint(cfg, resume)
     if start is not None:
         console.print(f"resuming from {start}")
+        for change in check_resume_config(start, cfg):  # a change the checkpoint fixes is an error
+            console.print(f"[yellow]changed since the checkpoint:[/yellow] {change}", highlight=False)
     with progress_bar("ppo: updates") as advance:
         result = train_ppo(cfg, on_update=lambda u, total, m: advance(u, total, ppo_status(m)), resume=resume)
     m = result.last_metrics

@@ -14,7 +14,7 @@ import json
 import pickle
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,7 @@ class PpoResult:
     last_metrics: dict
     stopped_by: str | None = None  # the signal that stopped the run early, if any
     checkpoint: Path | None = None
+    resume_changes: list[str] = field(default_factory=list)  # settings changed since the resumed checkpoint
 
 
 def _check_lora_layout(path: Path, cfg: Config) -> None:
@@ -142,6 +143,36 @@ def uses_merged_sampling(cfg: Config, device: str) -> bool:
     """``ppo.merged_sampling``: auto means on a GPU (where decoding is launch-bound), off on the CPU."""
     mode = cfg.ppo.merged_sampling
     return cfg.model.lora is not None and (mode is True or (mode == "auto" and device.startswith("cuda")))
+
+
+# Settings the checkpoint fixes: the vector env is pickled mid-episode (its count, task, time limit and
+# rendering) and the rollout tensors are laid out [n_steps, n_envs] for it.
+FIXED_ON_RESUME = (
+    "env.id",
+    "env.n_envs",
+    "env.kwargs",
+    "env.max_episode_steps",
+    "env.observation",
+    "env.tile_size",
+)
+
+
+def check_resume_config(checkpoint: Path, cfg: Config) -> list[str]:
+    """The ``env``/``model``/``ppo`` settings changed since ``checkpoint`` was saved (``key: old -> new``), for
+    the resumed run to report; CheckpointError when one of them is fixed by the checkpoint."""
+    from vlmppo.sft.checkpointing import config_changes
+
+    changes = config_changes(checkpoint, cfg, sections=("env", "model", "ppo"))
+    fixed = [c for c in changes if c.split(":")[0].startswith(FIXED_ON_RESUME)]
+    if fixed:
+        others = [c for c in changes if c not in fixed]
+        raise CheckpointError(
+            f"Cannot resume {checkpoint} with {'; '.join(fixed)}: the checkpoint holds that run's vector env "
+            "(pickled mid-episode) and its rollouts are shaped for it."
+            + (f" Also changed: {'; '.join(others)}." if others else ""),
+            hint="Resume with the env settings the run started with, or start a new run (another run.name).",
+        )
+    return changes
 
 
 def find_resume_checkpoint(cfg: Config, resume: str | None) -> Path | None:
@@ -274,6 +305,7 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
             f"{out / 'checkpoints'} already has checkpoints of a PPO run; a fresh run would mix with them.",
             hint="Continue it with --resume auto, or start a new run with another run.name (or delete the folder).",
         )
+    changes = check_resume_config(resume_from, cfg) if resume_from is not None else []
     torch.manual_seed(cfg.run.seed)
     policy = build_policy(cfg, device, resume_from, accelerator)
     optimizer = make_optimizer(policy, cfg)
@@ -385,4 +417,4 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
             if stop.requested:
                 stopped_by = stop.signal_name
                 break
-    return PpoResult(out, saved_update, env_steps, metrics, stopped_by, last_saved)
+    return PpoResult(out, saved_update, env_steps, metrics, stopped_by, last_saved, changes)

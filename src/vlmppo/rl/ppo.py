@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pickle
 import time
 from collections import deque
@@ -22,7 +23,7 @@ import torch
 
 from vlmppo.config import Config, config_to_yaml, run_dir
 from vlmppo.config.plan import ppo_counts
-from vlmppo.errors import CheckpointError, ConfigError
+from vlmppo.errors import CheckpointError, ConfigError, LaunchError
 from vlmppo.rl.gae import compute_gae, normalize_advantages
 from vlmppo.rl.losses import explained_variance
 from vlmppo.rl.policy import REFERENCE_ADAPTER, ActorCritic, ValueHead, hidden_size
@@ -175,6 +176,22 @@ def check_resume_config(checkpoint: Path, cfg: Config) -> list[str]:
     return changes
 
 
+def check_single_process(accelerator=None) -> None:
+    """LaunchError when started as several processes (torchrun / ``accelerate launch``: ``WORLD_SIZE`` > 1):
+    PPO has no data-parallel rollouts or updates yet, so each process would run its own copy of the run
+    and all would write the same run folder."""
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if accelerator is not None:
+        world = max(world, accelerator.num_processes)
+    if world > 1:
+        raise LaunchError(
+            f"`vlmppo ppo` runs as one process (multi-GPU PPO is not built yet), but it was launched as {world} "
+            "processes, which would each run the whole run into the same folder.",
+            hint="Start it without a launcher (`vlmppo ppo ...`: one GPU or the CPU); for SLURM, render the "
+            "job with slurm.nodes=1 slurm.gpus_per_node=1.",
+        )
+
+
 def find_resume_checkpoint(cfg: Config, resume: str | None) -> Path | None:
     """``--resume auto``: the newest complete PPO checkpoint of this run, or None (start fresh);
     ``--resume PATH``: that checkpoint, which must exist."""
@@ -284,6 +301,7 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
     from vlmppo.tracking import Tracker
     from vlmppo.train_state import load_trainer_state, restore_rng, save_trainer_state
 
+    check_single_process()
     p, counts = cfg.ppo, ppo_counts(cfg)
     if p.kl_coef and cfg.model.lora is None:
         raise ConfigError(
@@ -294,9 +312,10 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
     from vlmppo.accel import make_accelerator, precision_for
 
     device = resolve_device(cfg)
-    # Single process for now (one GPU or the CPU); the Accelerator gives bf16 autocast on a GPU, and its
-    # backward/clipping are what a launched multi-process run will need.
+    # Single process for now (one GPU or the CPU; check_single_process); the Accelerator gives bf16 autocast
+    # on a GPU, and its backward/clipping are what a launched multi-process run will need.
     accelerator = make_accelerator(device, precision_for(p.mixed_precision, device))
+    check_single_process(accelerator)
     out = run_dir(cfg) / "ppo"
     out.mkdir(parents=True, exist_ok=True)
     resume_from = find_resume_checkpoint(cfg, resume)

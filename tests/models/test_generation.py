@@ -71,3 +71,20 @@ def test_explicit_settings_are_plain_greedy_or_plain_sampling():
         assert (config.repetition_penalty, config.no_repeat_ngram_size, config.min_p) == (1.0, 0, None)
         assert config.suppress_tokens == [7] and config.eos_token_id == 2 and config.num_beams == 1
     assert (sampled.top_k, sampled.top_p) == (0, 1.0)
+
+
+def test_a_checkpoint_without_decoding_settings_is_described_as_what_generate_runs():
+    from transformers import GenerationConfig
+
+    from vlmppo.models.generation import checkpoint_generation_config
+
+    class Tok:
+        eos_token_id, pad_token_id, bos_token_id = 2, 0, None
+
+    class Bare:  # a checkpoint whose generation_config.json sets no decoding field
+        generation_config = GenerationConfig(eos_token_id=3)
+
+    config = checkpoint_generation_config(Bare, Tok, [7], max_new_tokens=4)
+    assert describe_generation(config) == "greedy" and config.top_k == 50  # transformers' own defaults
+    assert config.eos_token_id == 2 and config.suppress_tokens == [7] and config.max_new_tokens == 4
+    assert Bare.generation_config.eos_token_id == 3  # the model's own config is not changed

@@ -115,7 +115,13 @@ def checkpoint_generation_config(model, tokenizer, suppressed: list[int], *, max
     never samples from it (its scoring would not match)."""
     import copy
 
+    from transformers import GenerationConfig
+
     config = copy.deepcopy(_owner(model).generation_config)
+    # What generate does with the fields the file leaves unset, done here so the config says what runs.
+    defaults = getattr(GenerationConfig, "_get_default_generation_params", None)
+    if defaults is not None:
+        config.update(**defaults(), defaults_only=True)
     config.max_new_tokens = max_new_tokens
     config.max_length = None
     config.eos_token_id, config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id

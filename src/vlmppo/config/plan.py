@@ -83,9 +83,7 @@ def stage_plan(cfg: Config, stage: str) -> list[tuple[str, str]]:
         ]
         if p.kl_coef:
             anchor = (
-                f"the {p.init_from} adapter (frozen copy)"
-                if p.init_from
-                else "the base model (adapter disabled)"
+                f"the starting policy ({p.init_from})" if p.init_from else "the base model (adapter disabled)"
             )
             rows.append(("KL penalty", f"{p.kl_coef:g} x KL to {anchor}"))
         rows.append(("est. GPU memory", gpu_memory_row(cfg)))

@@ -30,3 +30,4 @@ def test_hf_labeller_labels_every_step_and_keeps_unparseable_answers(tmp_path):
         assert (row["action"] is None) == (row["status"] == "parse_error")
     manifest = json.loads((tmp_path / "run/label/manifest.json").read_text())
     assert manifest["counts"]["steps"] == len(steps)
+    assert manifest["generation"] == "explicit"  # not the tiny model's hostile generation_config.json

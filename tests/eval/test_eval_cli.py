@@ -208,6 +208,33 @@ def test_sampled_answers_go_to_their_own_folder_at_the_given_temperature(run_wit
         assert sampled_first[episode][0] == state and sampled_first[episode][1] != answer
 
 
+def test_the_checkpoints_own_generation_config_is_used_only_when_asked_and_recorded(run_with_checkpoint):
+    """The tiny model ships a hostile generation_config.json (repetition penalty, top-k, min-p, ...): eval
+    ignores it by default and uses it, in a folder of its own, with eval.generation=checkpoint."""
+    from vlmppo.config import load_config
+    from vlmppo.eval.runner import evaluate
+
+    out = run_with_checkpoint
+    common = [f"run.output_dir={out}", "run.name=generation", f"eval.ckpt={out}/run/ppo/checkpoints/000001",
+              "eval.episodes=2", "eval.max_new_tokens=6", "eval.trajectories=0"]  # fmt: skip
+    explicit = evaluate(load_config(PRESET, overrides=common))
+    own = evaluate(load_config(PRESET, overrides=[*common, "eval.generation=checkpoint"]))
+    assert (explicit.name, own.name) == ("000001", "000001-checkpoint-generation")
+    assert explicit.metrics["generation"] == "explicit" and explicit.metrics["decoding"] == "greedy"
+    assert own.metrics["generation"] == "checkpoint"
+    for setting in (
+        "do_sample=True",
+        "top_k=20",
+        "min_p=0.05",
+        "repetition_penalty=1.05",
+        "no_repeat_ngram_size=3",
+    ):
+        assert setting in own.metrics["decoding"]
+    manifest = json.loads((own.out_dir / "manifest.json").read_text())
+    assert manifest["generation"] == "checkpoint" and manifest["decoding"] == own.metrics["decoding"]
+    assert "checkpoint generation_config (" in own.report.read_text()
+
+
 def test_a_full_model_checkpoint_from_sft_is_evaluated_from_the_cli(tmp_path):
     """``model.lora=null``: SFT saves a plain transformers model (no adapter), which eval loads as it is."""
     from tests.sft.helpers import sft_config, write_color_dataset

@@ -9,6 +9,7 @@ from PIL import Image
 from vlmppo.config.schema import LoraConfig, ModelConfig
 from vlmppo.errors import ModelError
 from vlmppo.models import build_inputs, chat_prompt, load_model, model_info
+from vlmppo.models.generation import explicit_generation_config, generate_ids
 
 PROMPTS = [
     "Which way?",
@@ -72,8 +73,9 @@ def test_batched_generate_with_left_padding_matches_one_by_one(frozen_models, fa
     imgs = images()
     batch = build_inputs(loaded, imgs, PROMPTS)
     assert (batch["attention_mask"][:, 0] == 0).any() and (batch["attention_mask"][:, -1] == 1).all()
+    greedy = explicit_generation_config(loaded.tokenizer, [], temperature=0, max_new_tokens=8)
     with torch.no_grad():
-        batched = loaded.model.generate(**batch, max_new_tokens=8, do_sample=False)
+        batched = generate_ids(loaded.model, batch, greedy)
         batched_logits = loaded.model(**batch).logits[:, -1]
     prompt_len = batch["input_ids"].shape[1]
     eos = loaded.model.generation_config.eos_token_id
@@ -86,7 +88,7 @@ def test_batched_generate_with_left_padding_matches_one_by_one(frozen_models, fa
     for i in range(len(PROMPTS)):
         alone = build_inputs(loaded, [imgs[i]], [PROMPTS[i]])
         with torch.no_grad():
-            single = loaded.model.generate(**alone, max_new_tokens=8, do_sample=False)
+            single = generate_ids(loaded.model, alone, greedy)
             single_logits = loaded.model(**alone).logits[:, -1]
         torch.testing.assert_close(batched_logits[i], single_logits[0], atol=1e-4, rtol=1e-4)
         assert until_eos(batched[i, prompt_len:]) == until_eos(single[0, alone["input_ids"].shape[1] :])

@@ -9,7 +9,7 @@ import pytest
 
 from vlmppo.errors import ModelError
 from vlmppo.models import FAMILIES, build_tiny_model, resolve_model_path
-from vlmppo.models.tiny import MARKER
+from vlmppo.models.tiny import MARKER, TINY_VERSION
 
 SAMPLE = '{"thoughts": "The target is 7, so I move right: (3 + 4) * 2 = 14.", "action": "turn left"} é ✓'
 
@@ -27,10 +27,10 @@ def test_tiny_model_is_cached_with_completion_marker(tiny_dirs, tiny_cache, fami
 
 def test_half_written_cache_folder_is_rebuilt_not_loaded(tmp_path, monkeypatch):
     monkeypatch.setenv("VLMPPO_CACHE", str(tmp_path))
-    broken = tmp_path / "tiny" / "llava-v1"
+    broken = tmp_path / "tiny" / f"llava-{TINY_VERSION}"
     broken.mkdir(parents=True)
     (broken / "config.json").write_text('{"model_type": "interrupted"}')  # no completion marker
-    stale = tmp_path / "tiny" / ".llava-v1.tmp-999999-deadbeef"  # a killed build's temp folder
+    stale = tmp_path / "tiny" / f".llava-{TINY_VERSION}.tmp-999999-deadbeef"  # a killed build's temp folder
     stale.mkdir()
     os.utime(stale, (0, 0))
     folder = resolve_model_path("tiny:llava")
@@ -98,3 +98,14 @@ def test_tiny_tokenizer_knows_the_answer_vocabulary_and_gives_offsets(tiny_dirs,
     start, end = enc["offset_mapping"][0][0], enc["offset_mapping"][-1][1]
     assert (start, end) == (0, len(SAMPLE))
     assert tokenizer.decode(enc["input_ids"]) == SAMPLE
+
+
+def test_tiny_models_ship_a_hostile_generation_config_that_loading_keeps(frozen_models, tiny_dirs, family):
+    """Like a released checkpoint's defaults, on purpose: tests that generate prove vlmppo's settings win."""
+    from vlmppo.models.adapter import HOSTILE_GENERATION
+
+    saved = json.loads((tiny_dirs[family] / "generation_config.json").read_text())
+    assert {k: saved[k] for k in HOSTILE_GENERATION} == HOSTILE_GENERATION
+    assert {"repetition_penalty", "top_k", "no_repeat_ngram_size", "min_p"} <= saved.keys()
+    loaded = frozen_models[family].model.generation_config  # through load_model, as a real checkpoint
+    assert {k: getattr(loaded, k) for k in HOSTILE_GENERATION} == HOSTILE_GENERATION

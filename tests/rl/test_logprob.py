@@ -7,7 +7,13 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from vlmppo.rl.logprob import action_token_mask, mixed_action_logprob, token_logprobs
+from vlmppo.rl.logprob import (
+    action_key_mask,
+    action_key_start,
+    action_token_mask,
+    mixed_action_logprob,
+    token_logprobs,
+)
 
 END = "<|end|>"
 
@@ -196,6 +202,43 @@ def test_real_tokenizer_generated_eos_beyond_text_offsets_is_action(tokenizer):
     assert thought.sum() + action.sum() == len(enc.ids) + 1
 
 
+# ---------------------------------------------------------------- the "action": key (ppo.action_key_coef)
+
+
+@pytest.mark.parametrize(
+    ("answer", "key"),
+    [
+        ('{"thoughts": "go", "action": "left"}', '"action": "'),
+        ("{'thoughts': 'go', 'Action' : 'left'}", "'Action' : '"),
+        ('{"thoughts": "go", action: left}', "action: "),
+        ('{"thoughts": "the action: left", "action":"left"}', '"action":"'),
+    ],
+)
+def test_action_key_start_finds_the_key_the_parser_read_before_the_value(answer, key):
+    value = answer.rindex("left")
+    start = action_key_start(answer, (value, value + 4))
+    assert answer[start:value] == key
+
+
+def test_action_key_start_is_none_without_a_parsed_action_or_a_key():
+    assert action_key_start('{"action": "left"}', None) is None
+    assert action_key_start("left", (0, 4)) is None
+
+
+def test_key_tokens_are_the_thought_tokens_from_the_key_on(tokenizer):
+    answer = '{"thoughts": "The goal is on my left.", "action": "left"}'
+    enc = tokenizer.encode(answer)
+    span = action_value_span(answer)
+    thought, action = action_token_mask(enc.offsets, span, answer_len=len(enc.ids))
+    key = action_key_mask(enc.offsets, action_key_start(answer, span), thought)
+    ids = torch.tensor(enc.ids)
+    key_text = tokenizer.decode(ids[key].tolist(), skip_special_tokens=False)
+    before = tokenizer.decode(ids[thought & ~key].tolist(), skip_special_tokens=False)
+    assert key_text.strip().startswith('"action":') and answer.startswith(before + key_text)
+    assert before.endswith('left.",') and not (key & action).any() and (key <= thought).all()
+    assert not action_key_mask(enc.offsets, None, thought).any()
+
+
 # ---------------------------------------------------------------- mixed_action_logprob
 
 # two answers of 5 positions: row 0 = 2 thought + 2 action + 1 pad; row 1 = 1 thought + 1 action + 3 pad.
@@ -236,3 +279,18 @@ def test_mixed_logprob_rejects_overlapping_masks():
         mixed_action_logprob(
             torch.zeros(1, 2), torch.tensor([[True, True]]), torch.tensor([[False, True]]), 0.5
         )
+
+
+def test_mixed_logprob_weights_the_action_key_by_its_own_coef():
+    # row 0: tokens 0 thought, 1 key, 2-3 action; row 1: token 0 key, 1 action.
+    thought = torch.tensor([[True, False, False, False, False], [False] * 5])
+    key = torch.tensor([[False, True, False, False, False], [True, False, False, False, False]])
+    # RL4VLM (key weight 1): row 0: 0.5·(−1) + (−2) + (−0.5 − 0.25) = −3.25; row 1: −3 − 1 = −4
+    out = mixed_action_logprob(TOKEN_LOGP, thought, ACTION, 0.5, key, key_coef=1.0)
+    torch.testing.assert_close(out, torch.tensor([-3.25, -4.0]))
+    # key weighted like the thoughts, λ = 0.5: the value without a key mask (−2.25, −2.5)
+    out = mixed_action_logprob(TOKEN_LOGP, thought, ACTION, 0.5, key, key_coef=0.5)
+    torch.testing.assert_close(out, mixed_action_logprob(TOKEN_LOGP, thought | key, ACTION, 0.5))
+    torch.testing.assert_close(out, torch.tensor([-2.25, -2.5]))
+    with pytest.raises(ValueError, match="overlap"):
+        mixed_action_logprob(TOKEN_LOGP, THOUGHT, ACTION, 0.5, THOUGHT, 1.0)

@@ -94,6 +94,30 @@ def test_resume_refuses_a_checkpoint_with_another_lora_layout(tmp_path):
     assert "LoRA r=8" in out.stderr and "model.lora.r=4" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_resume_with_another_n_envs_is_one_clear_error_and_other_changes_are_listed(tmp_path):
+    cfg = load_config(
+        "numberline-tiny", overrides=[*SMALL, "ppo.total_env_steps=8", f"run.output_dir={tmp_path}"]
+    )
+    first = ppo.train_ppo(cfg)
+    args = ["ppo", "--preset", "numberline-tiny", *SMALL, f"run.output_dir={tmp_path}", "--resume", "auto",
+            "ppo.total_env_steps=16"]  # fmt: skip
+    refused = run_cli(*args, "env.n_envs=4", "ppo.clip_range=0.2")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    message = " ".join(refused.stderr.split())
+    assert (
+        "env.n_envs: 2 -> 4" in message
+        and "vector env" in message
+        and "ppo.clip_range: 0.1 -> 0.2" in message
+    )
+    assert [p.name for p in (first.out_dir / "checkpoints").iterdir() if p.name.isdigit()] == ["000001"]
+    resumed = run_cli(*args, "ppo.clip_range=0.2")
+    assert resumed.returncode == 0, resumed.stderr
+    out = " ".join(resumed.stdout.split())
+    assert "changed since the checkpoint: ppo.clip_range: 0.1 -> 0.2" in out
+    assert "changed since the checkpoint: ppo.total_env_steps: 8 -> 16" in out and "env.n_envs" not in out
+    assert [m["update"] for m in metrics(tmp_path / "numberline-tiny")] == [1, 2]
+
+
 def test_resume_from_a_missing_path_is_a_clear_error(tmp_path):
     out = run_cli(
         "ppo", "--preset", "numberline-tiny", f"run.output_dir={tmp_path}", "--resume", str(tmp_path / "nope")

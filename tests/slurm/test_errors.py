@@ -65,6 +65,12 @@ def test_a_refused_job_in_a_chain_cancels_the_jobs_before_it(tmp_path, monkeypat
         (["slurm.mem=lots"], "collect", "slurm.mem 'lots' is not a SLURM memory size"),
         (["slurm.extra_sbatch=[constraint=h100]"], "eval", "is not an sbatch option"),
         (['slurm.partition="gpu\\nrm -rf ~"'], "ppo", "holds a line break"),
+        (["slurm.gpus_per_node=2"], "ppo", "`vlmppo ppo` runs as one process"),
+        (
+            ["slurm.nodes=2", "slurm.gpus_per_node=8"],
+            "ppo",
+            "slurm.nodes x slurm.gpus_per_node = 2 x 8 asks for 16",
+        ),
     ],
 )
 def test_impossible_requests_are_refused_before_anything_is_written(tmp_path, overrides, stage, expected):
@@ -97,6 +103,15 @@ def test_cli_shows_an_impossible_request_as_one_message(tmp_path):
     )  # fmt: skip
     assert out.returncode == 1
     assert "needs GPUs" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_multi_gpu_ppo_job_is_refused_at_render_time_in_one_line_and_sft_is_not(tmp_path):
+    overrides = ["slurm.nodes=2", "slurm.gpus_per_node=8", f"run.output_dir={tmp_path}"]
+    out = run_cli("slurm", "render", "ppo", "--preset", PRESET, *overrides)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "multi-GPU PPO is not built yet" in out.stderr and "slurm.gpus_per_node=1" in out.stderr
+    assert not (tmp_path / "golden").exists()  # nothing written
+    assert write_job(cfg_with(tmp_path, *overrides[:2]), "sft", cwd=tmp_path).text  # SFT runs on 16 GPUs
 
 
 def test_single_process_stages_ask_for_one_node_and_say_so(tmp_path):

@@ -51,8 +51,7 @@ def bash_accepts(text: str) -> None:
 
 CASES = {
     "ppo-1gpu.sbatch": ("ppo", [], None),
-    "ppo-1node-8gpu.sbatch": ("ppo", ["slurm.gpus_per_node=8"], None),
-    "ppo-2node-8gpu.sbatch": ("ppo", ["slurm.nodes=2", "slurm.gpus_per_node=8"], None),
+    "sft-2node-8gpu.sbatch": ("sft", ["slurm.nodes=2", "slurm.gpus_per_node=8"], None),
     "sft-2node-8gpu-torchrun.sbatch": (
         "sft",
         ["slurm.nodes=2", "slurm.gpus_per_node=8", "slurm.launcher=torchrun"],
@@ -262,7 +261,7 @@ def test_head_node_is_the_first_host_even_of_a_long_host_list(tmp_path):
     must not kill scontrol with SIGPIPE, which `set -o pipefail` would turn into a failed job."""
     python = launch_recording_python(tmp_path)
     overrides = ["slurm.nodes=2", f"slurm.python={python}", f"run.output_dir={tmp_path}", "slurm.setup=[]"]
-    job = write_job(load_config(PRESET, None, overrides), "ppo", cwd=tmp_path)
+    job = write_job(load_config(PRESET, None, overrides), "sft", cwd=tmp_path)
     out = run_script(job.script, tmp_path, **many_node_slurm(tmp_path / "bin", nodes=20000))
     assert out.returncode == 0, out.stderr
     argv = (tmp_path / "argv.txt").read_text().splitlines()
@@ -296,7 +295,6 @@ def test_a_missing_accelerate_config_stops_the_job_with_one_line(tmp_path):
 def test_no_accelerate_config_where_the_launcher_takes_none(overrides, tmp_path):
     cfg = load_config(PRESET, None, [*overrides, f"run.output_dir={tmp_path}"])
     assert "--config_file" not in write_job(cfg, "sft", cwd=tmp_path).text
-    assert "--config_file" not in write_job(cfg, "ppo", cwd=tmp_path).text
 
 
 def test_cpu_jobs_run_one_torch_thread_unless_told_otherwise(tmp_path):

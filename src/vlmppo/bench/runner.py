@@ -69,10 +69,10 @@ def bench_config(cfg, shape: str | None, device: str):
 def fix_answer_length(policy, max_new_tokens: int) -> None:
     """Make every answer exactly `max_new_tokens` long, so tokens/s compare across runs and models.
 
-    ``min_new_tokens`` bans the end-of-turn token until the limit. It goes through the model's generation
-    config, which ``generate`` merges with the arguments ``policy.sample`` passes (none of which set it).
+    ``min_new_tokens`` bans the end-of-turn token until the limit; ``policy.sample`` puts it in its
+    generation config (``ActorCritic.sampling_config``).
     """
-    policy.loaded.model.generation_config.min_new_tokens = max_new_tokens
+    policy.min_new_tokens = max_new_tokens
 
 
 def _meta(cfg, shape, device, policy, n_envs, repeats) -> dict:

@@ -56,10 +56,12 @@ def _micro_step(policy, steps, targets, idx, cfg, weight: float) -> tuple[int, i
 
     p, device = cfg.ppo, policy.device
     start = now(device)
-    sampled, thought, action = collate(policy, [steps[i] for i in idx])
+    sampled, masks = collate(policy, [steps[i] for i in idx])
     collate_s = now(device) - start
     token_logp, values = policy.score(sampled, temperature=p.temperature)
-    new_logp = mixed_action_logprob(token_logp, thought, action, p.thought_coef)
+    new_logp = mixed_action_logprob(
+        token_logp, masks["thought"], masks["action"], p.thought_coef, masks["key"], p.action_key_coef
+    )
     old_logp, adv, old_values, returns = (t[idx].to(device) for t in targets)
     pl, _ = policy_loss(new_logp, old_logp, adv, p.clip_range)
     vl = value_loss(values, old_values, returns, p.clip_range_vf)
@@ -76,7 +78,7 @@ def measure_update(policy, cfg, steps: list, *, repeats: int) -> UpdateRow:
     p, device = cfg.ppo, policy.device
     model = policy.loaded.model
     params = [q for q in model.parameters() if q.requires_grad] + list(policy.value_head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=p.lr, eps=p.adam_eps)
+    optimizer = torch.optim.AdamW(params, lr=p.lr, eps=p.adam_eps, weight_decay=p.weight_decay)
     gen = torch.Generator().manual_seed(cfg.run.seed)
     old_logp = torch.tensor([s.old_logp for s in steps])
     old_values = torch.tensor([s.value for s in steps])

@@ -57,7 +57,7 @@ def _print_file(path: Path, text: str, lexer: str) -> None:
 @app.command(
     epilog=examples(
         "vlmppo slurm render ppo --preset numberline-tiny",
-        "vlmppo slurm render ppo --preset numberline-qwen slurm.nodes=2 slurm.gpus_per_node=8",
+        "vlmppo slurm render sft --preset numberline-qwen slurm.nodes=2 slurm.gpus_per_node=8",
     )
 )
 def render(

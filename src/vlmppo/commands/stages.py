@@ -5,6 +5,7 @@ Each resolves the config, prints the plan on --dry-run, and calls one engine fun
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -128,7 +129,6 @@ def sft(
     cfg = resolve_config(preset, config, overrides)
     if dry_run:
         return print_dry_run(cfg, "sft")
-    import os
     from contextlib import nullcontext
 
     from vlmppo.console import console
@@ -207,12 +207,21 @@ def ppo(
     if dry_run:
         return print_dry_run(cfg, "ppo")
     from vlmppo.console import console
-    from vlmppo.rl.ppo import find_resume_checkpoint, train_ppo
+    from vlmppo.errors import LaunchError
+    from vlmppo.rl.ppo import check_resume_config, check_single_process, find_resume_checkpoint, train_ppo
 
+    try:
+        check_single_process()
+    except LaunchError:
+        if os.environ.get("RANK", "0") != "0":
+            raise typer.Exit(1) from None  # the first process says why, once
+        raise
     save_resolved_config(cfg)
     start = find_resume_checkpoint(cfg, resume)
     if start is not None:
         console.print(f"resuming from {start}")
+        for change in check_resume_config(start, cfg):  # a change the checkpoint fixes is an error
+            console.print(f"[yellow]changed since the checkpoint:[/yellow] {change}", highlight=False)
     with progress_bar("ppo: updates") as advance:
         result = train_ppo(cfg, on_update=lambda u, total, m: advance(u, total, ppo_status(m)), resume=resume)
     m = result.last_metrics

@@ -73,13 +73,19 @@ def stage_plan(cfg: Config, stage: str) -> list[tuple[str, str]]:
             ("learning rate", f"{p.lr:g} -> {p.min_lr:g} cosine over {c['updates']} updates"),
             (
                 "log pi(a|s)",
-                f"{p.thought_coef:g} x thought tokens + action tokens; temperature {p.temperature:g}",
+                f'{p.thought_coef:g} x thought tokens + {p.action_key_coef:g} x "action": key tokens + action '
+                f"tokens; plain sampling at temperature {p.temperature:g}",
             ),
             (
                 "checkpoints",
                 f"every {p.save_every} updates and at the end, in {run_dir(cfg) / 'ppo/checkpoints'}",
             ),
         ]
+        if p.kl_coef:
+            anchor = (
+                f"the starting policy ({p.init_from})" if p.init_from else "the base model (adapter disabled)"
+            )
+            rows.append(("KL penalty", f"{p.kl_coef:g} x KL to {anchor}"))
         rows.append(("est. GPU memory", gpu_memory_row(cfg)))
         if c["dropped_per_epoch"]:
             rows.append(("note", f"{c['dropped_per_epoch']} samples per epoch do not fill a minibatch"))
@@ -105,7 +111,14 @@ def stage_plan(cfg: Config, stage: str) -> list[tuple[str, str]]:
         rows += [
             ("checkpoint", e.ckpt or "last"),
             ("episodes", f"{e.episodes} per seed x seeds {e.seeds} = {e.episodes * len(e.seeds)}"),
-            ("decoding", "greedy" if e.greedy else f"sampled at {e.temperature:g}"),
+            (
+                "decoding",
+                "the checkpoint's generation_config.json"
+                if e.generation == "checkpoint"
+                else "greedy"
+                if e.greedy
+                else f"sampled at {e.temperature:g}",
+            ),
         ]
     return rows
 

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 FAMILIES = ("qwen2-vl", "qwen2.5-vl", "llava", "llava-next")
 Family = Literal["qwen2-vl", "qwen2.5-vl", "llava", "llava-next"]
 STAGES = ("collect", "label", "preprocess", "sft", "ppo", "eval")
+# How eval and the hf labeller decode (models/generation.py); PPO always samples with explicit settings.
+Generation = Literal["explicit", "checkpoint"]
 
 
 class Section(BaseModel):
@@ -123,6 +125,12 @@ class LabelConfig(Section):
     batch_size: int = Field(8, ge=1, description="hf: prompts per generate call.")
     max_new_tokens: int = Field(512, ge=1, description="Answer length limit.")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy.")
+    generation: Generation = Field(
+        "explicit",
+        description="hf: explicit = greedy or plain sampling at label.temperature, nothing else; checkpoint = "
+        "the labeller model's own generation_config.json (its sampling, top-k/top-p, repetition penalty, "
+        "...; label.temperature unused). The manifest records which.",
+    )
 
 
 class PreprocessConfig(Section):
@@ -188,19 +196,37 @@ class PpoConfig(Section):
     lr: float = Field(1e-5, gt=0, description="Initial learning rate (cosine to min_lr over the run).")
     min_lr: float = Field(1e-9, ge=0, description="Final learning rate.")
     adam_eps: float = Field(1e-7, gt=0, description="AdamW epsilon.")
+    weight_decay: float = Field(
+        0.0,
+        ge=0.0,
+        description="AdamW's decoupled weight decay of the LoRA weights and the value head: 0 = plain Adam, as "
+        "RL4VLM (torch's AdamW default would be 0.01).",
+    )
     gamma: float = Field(0.9, ge=0.0, le=1.0, description="Discount factor.")
     gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="GAE lambda.")
     clip_range: float = Field(0.1, gt=0, description="PPO ratio clip.")
     clip_range_vf: float | None = Field(0.1, gt=0, description="Value clip around the old value; null = off.")
     vf_coef: float = Field(0.5, ge=0, description="Value loss weight.")
     ent_coef: float = Field(0.0, ge=0, description="Entropy bonus on the action tokens.")
-    kl_coef: float = Field(0.0, ge=0, description="KL penalty to the frozen base model (adapter disabled).")
+    kl_coef: float = Field(
+        0.0,
+        ge=0,
+        description="KL penalty to the policy PPO started from: the ppo.init_from adapter (a frozen copy), else "
+        "the model with the adapter disabled. Needs LoRA.",
+    )
     target_kl: float | None = Field(
         None, gt=0, description="Stop the epochs early when approx KL exceeds this."
     )
     max_grad_norm: float = Field(0.01, gt=0, description="Gradient clipping (RL4VLM used 0.01).")
     thought_coef: float = Field(
         0.5, ge=0.0, le=1.0, description="lambda: weight of thought tokens in log pi(a|s)."
+    )
+    action_key_coef: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description='Weight of the "action": key tokens (between the thoughts and the action value) in '
+        "log pi(a|s): 1 counts them with the action, as RL4VLM; set it to thought_coef to count them as thoughts.",
     )
     temperature: float = Field(
         0.2, gt=0, description="Sampling temperature (the same divides the scoring logits)."
@@ -249,6 +275,12 @@ class EvalConfig(Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature when greedy is false.")
     max_new_tokens: int = Field(256, ge=1, description="Answer length limit.")
     trajectories: int = Field(3, ge=0, description="Episodes drawn as captioned strips and GIFs.")
+    generation: Generation = Field(
+        "explicit",
+        description="explicit = greedy (or plain sampling at eval.temperature), nothing else; checkpoint = the "
+        "checkpoint's own generation_config.json (its sampling, top-k/top-p, repetition penalty, ...; "
+        "eval.greedy and eval.temperature unused). metrics.json and the report say which.",
+    )
 
 
 class SlurmConfig(Section):

@@ -117,6 +117,8 @@ def label(cfg: Config, *, on_progress: Callable[[int, int], None] | None = None)
         env_id=cfg.env.id,
         labeller=label_config["labeller"],
         mode=cfg.label.mode,
+        # hf: explicit settings, or the labeller model's own generation_config.json (label.generation).
+        generation=cfg.label.generation if cfg.label.labeller == "hf" else None,
         counts={
             "labelled_now": result.labelled,
             "kept_from_before": result.skipped_existing,
@@ -155,7 +157,7 @@ def _model_labeller(cfg: Config, adapter, rng):
     model_cfg = cfg.model.model_copy(
         update={"path": lc.model or cfg.model.path, "family": lc.family or cfg.model.family, "lora": None}
     )
-    generator = load_generator(model_cfg, device=resolve_device(cfg))
+    generator = load_generator(model_cfg, device=resolve_device(cfg), generation=lc.generation)
     return lb.HfLabeller(
         generator, adapter, lc.mode, rng, temperature=lc.temperature, max_new_tokens=lc.max_new_tokens
     )

@@ -86,7 +86,7 @@ class _CheckpointActor:
 
         self.cfg, self.device = cfg, device
         self.loaded = load_for_inference(cfg, str(path), device=device)
-        self.generator = Generator(self.loaded, device)
+        self.generator = Generator(self.loaded, device, cfg.eval.generation)
         self.critic = None
         head_file = path / "value_head.safetensors"
         if head_file.is_file():
@@ -101,6 +101,18 @@ class _CheckpointActor:
         e = cfg.eval
         self.temperature = 0.0 if e.greedy else e.temperature
         torch.manual_seed(e.seeds[0])
+
+    def decoding(self) -> str:
+        """What the answers were decoded with, for metrics.json and the report: ``greedy``, ``sampled at
+        temperature T``, or ``checkpoint generation_config (do_sample=True, top_k=20, ...)``."""
+        from vlmppo.models.generation import describe_generation
+
+        config = self.generator.generation_config(
+            temperature=self.temperature, max_new_tokens=self.cfg.eval.max_new_tokens
+        )
+        if self.generator.generation == "checkpoint":
+            return f"checkpoint generation_config ({describe_generation(config)})"
+        return describe_generation(config)
 
     def answer(self, observations, prompts) -> tuple[list[str], list[int]]:
         """One batched generate: the answer texts and the tokens each took (end-of-turn included)."""
@@ -272,6 +284,8 @@ def _write(folder: Path, cfg: Config, metrics: dict, played: _Played, ckpt_path:
         inputs=inputs,
         policy=metrics["policy"],
         checkpoint=metrics["checkpoint"],
+        generation=metrics["generation"],
+        decoding=metrics["decoding"],
         counts={"episodes": len(played.episodes), "steps": len(played.steps)},
     )
 
@@ -305,18 +319,19 @@ def evaluate(
         ckpt_path = resolve_checkpoint(root, e.ckpt or "last")
         check_family(ckpt_path, cfg.model.family)
         check_adapter_family(ckpt_path, cfg.model.family)
-        name = checkpoint_name(root, ckpt_path) + ("" if e.greedy else "-sampled")
+        suffix = "-checkpoint-generation" if e.generation == "checkpoint" else "" if e.greedy else "-sampled"
+        name = checkpoint_name(root, ckpt_path) + suffix
         actor = _CheckpointActor(cfg, ckpt_path, resolve_device(cfg))
 
     played = _play(cfg, adapter, actor, policy, on_episode)
-    decoding = "greedy" if e.greedy else f"sampled at temperature {e.temperature:g}"
     metrics = {
         "name": name,
         "policy": policy or "checkpoint",
         "checkpoint": str(ckpt_path) if ckpt_path else None,
         "value_head": bool(actor is not None and actor.critic is not None),
         "env_id": cfg.env.id,
-        "decoding": None if policy else decoding,
+        "generation": None if policy else e.generation,
+        "decoding": None if policy else actor.decoding(),
         "seeds": list(e.seeds),
         "episodes_per_seed": e.episodes,
         **summarize(played.episodes, played.steps, legal_actions=adapter.legal_actions, wall_s=played.wall_s),

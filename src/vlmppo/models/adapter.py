@@ -20,6 +20,16 @@ from vlmppo.errors import ModelError
 # 2 CPU cores). Weights are drawn with std 0.2 rather than the usual 0.02: at 0.02 a tiny model's output
 # barely depends on its input (greedy decoding repeats one token for every prompt), hiding padding bugs.
 TINY_INIT = 0.2
+# What a released checkpoint's generation_config.json may set (see FamilyAdapter.tiny_generation_kwargs).
+HOSTILE_GENERATION = dict(
+    do_sample=True,
+    temperature=0.7,
+    top_k=20,
+    top_p=0.8,
+    min_p=0.05,
+    repetition_penalty=1.05,
+    no_repeat_ngram_size=3,
+)
 TINY_TEXT = dict(
     hidden_size=64,
     intermediate_size=128,
@@ -93,10 +103,17 @@ class FamilyAdapter(ABC):
         """The processor: image processor set for small images + `tokenizer` + chat template."""
 
     def tiny_generation_kwargs(self, tokenizer) -> dict:
-        """``GenerationConfig`` fields: greedy, stop at the end-of-turn token, pad with the pad token."""
+        """``GenerationConfig`` fields of the tiny model: stop at the end-of-turn token, pad with the pad token,
+        and the sampling defaults a released checkpoint ships, on purpose.
+
+        Qwen2-VL/2.5-VL Instruct ship ``repetition_penalty`` 1.05 with ``top_k``/``top_p``/``temperature``;
+        other checkpoints carry ``min_p`` or ``no_repeat_ngram_size``. Any of them reaching PPO's sampling
+        makes the sampled distribution differ from the one scoring recomputes. The tiny models carry all of
+        them, so every test that generates checks that vlmppo's own settings (``models/generation.py``) win.
+        """
         return dict(
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
-            do_sample=False,
+            **HOSTILE_GENERATION,
         )

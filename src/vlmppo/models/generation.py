@@ -1,8 +1,11 @@
-"""Batched text generation from (frame, prompt) pairs: what `collect --policy checkpoint`, the `hf`
-labeller and evaluation use. One `generate` call for the whole batch, left-padded."""
+"""Batched text generation from (frame, prompt) pairs: PPO's sampling, `collect --policy checkpoint`, the
+`hf` labeller and evaluation. One `generate` call for the whole batch, left-padded, with one complete
+``GenerationConfig`` that vlmppo chose: a checkpoint's ``generation_config.json`` (repetition penalty, top-k,
+...) applies only where a user asks for it (``eval.generation`` / ``label.generation`` = ``checkpoint``)."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,40 +43,168 @@ def media_token_ids(model) -> list[int]:
     return sorted(int(i) for i in found if isinstance(i, int) and i >= 0)
 
 
-def generate_ids(model, tokenizer, batch, *, temperature: float, max_new_tokens: int):
-    """One batched ``generate`` over a left-padded prompt batch; returns prompt + answer ids ``[B, P + T]``.
+# Neutral values of every GenerationConfig field that reshapes the next-token distribution. transformers
+# fills each field left None from the model's generation_config.json (then from its global defaults, where
+# top_k is 50), so "not set" is never neutral: each is set here, and generate_ids hides the checkpoint's file.
+_PLAIN = dict(
+    top_p=1.0,
+    typical_p=1.0,
+    min_p=None,
+    epsilon_cutoff=0.0,
+    eta_cutoff=0.0,
+    repetition_penalty=1.0,
+    encoder_repetition_penalty=1.0,
+    no_repeat_ngram_size=0,
+    encoder_no_repeat_ngram_size=0,
+    bad_words_ids=None,
+    sequence_bias=None,
+    min_length=0,
+    exponential_decay_length_penalty=None,
+    forced_bos_token_id=None,
+    forced_eos_token_id=None,
+    begin_suppress_tokens=None,
+    renormalize_logits=False,
+    remove_invalid_values=False,
+    guidance_scale=None,
+    watermarking_config=None,
+    num_beams=1,
+    num_return_sequences=1,
+)
+# What `describe_generation` reports of a checkpoint's own settings (the fields that change the answers).
+_DESCRIBED = ("do_sample", "temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty",
+              "no_repeat_ngram_size", "bad_words_ids", "num_beams")  # fmt: skip
 
-    ``temperature`` 0 is greedy; otherwise plain sampling from ``softmax(logits / temperature)`` (no top-k,
-    no top-p), which is the distribution PPO's scoring pass recomputes. Image/video placeholder ids are
-    never sampled (``media_token_ids``).
+
+def explicit_generation_config(
+    tokenizer, suppressed: list[int], *, temperature: float, max_new_tokens: int, min_new_tokens: int = 0
+):
+    """The complete decoding of an answer, owing nothing to the checkpoint's ``generation_config.json``.
+
+    ``temperature`` 0 is greedy; otherwise plain sampling from ``softmax(logits / temperature)`` over the
+    whole vocabulary: no top-k/top-p/min-p, no repetition penalty, no banned n-grams. That is exactly the
+    distribution PPO's scoring pass recomputes (``ActorCritic.score``). Stops at the tokenizer's eos (the
+    chat template's end of turn) and never samples ``suppressed`` (image/video placeholders).
+
+    Args:
+        min_new_tokens: Bans the end of turn before this many tokens: benchmarks only (scoring does not
+            know it, so PPO must keep 0).
+
+    Returns:
+        A ``transformers.GenerationConfig`` for ``generate_ids``.
+    """
+    from transformers import GenerationConfig
+
+    sampling = dict(do_sample=True, temperature=float(temperature), top_k=0) if temperature > 0 else {}
+    return GenerationConfig(
+        **_PLAIN,
+        **(sampling or {"do_sample": False}),
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens or None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        suppress_tokens=list(suppressed) or None,
+        use_cache=True,
+    )
+
+
+def checkpoint_generation_config(model, tokenizer, suppressed: list[int], *, max_new_tokens: int):
+    """The checkpoint's own ``generation_config.json`` (sampling, temperature, top-k/top-p, repetition
+    penalty, ... as its authors ship them), with vlmppo's answer length, end of turn, padding and
+    suppressed placeholder ids. For ``eval.generation`` / ``label.generation`` = ``checkpoint`` only: PPO
+    never samples from it (its scoring would not match)."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    config = copy.deepcopy(_owner(model).generation_config)
+    # What generate does with the fields the file leaves unset, done here so the config says what runs.
+    defaults = getattr(GenerationConfig, "_get_default_generation_params", None)
+    if defaults is not None:
+        config.update(**defaults(), defaults_only=True)
+    config.max_new_tokens = max_new_tokens
+    config.max_length = None
+    config.eos_token_id, config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    config.suppress_tokens = sorted(set(config.suppress_tokens or []) | set(suppressed)) or None
+    return config
+
+
+def describe_generation(config) -> str:
+    """``greedy``, ``sampled at temperature 0.7``, or every setting that shapes the answers
+    (``do_sample=True, temperature=0.7, top_k=20, repetition_penalty=1.05, ...``) for other configs."""
+    plain = all(getattr(config, k, None) == v for k, v in _PLAIN.items() if k in _DESCRIBED)
+    if plain and not config.do_sample:
+        return "greedy"
+    if plain and config.top_k in (0, None):
+        return f"sampled at temperature {config.temperature:g}"
+    settings = {k: getattr(config, k, None) for k in _DESCRIBED}
+    return ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None)
+
+
+def _owner(model):
+    """The transformers model whose ``generation_config`` ``generate`` reads (under a PEFT wrapper)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@contextlib.contextmanager
+def _only(model, config):
+    """``generate`` fills every field ``config`` leaves None from the model's own generation config; for the
+    call, that is ``config`` itself, so nothing of the checkpoint's file comes in."""
+    owner = _owner(model)
+    saved = owner.generation_config
+    owner.generation_config = config
+    try:
+        yield
+    finally:
+        owner.generation_config = saved
+
+
+def generate_ids(model, batch, config, **generate_kwargs):
+    """One batched ``generate`` over a left-padded prompt batch with exactly ``config``.
+
+    Args:
+        batch: ``build_inputs`` output on the model's device (``input_ids``: [B, P], ...).
+        config: From ``explicit_generation_config`` or ``checkpoint_generation_config``; the model's own
+            ``generation_config`` is hidden during the call.
+        generate_kwargs: Non-decoding arguments of ``generate`` (e.g. ``synced_gpus``).
+
+    Returns:
+        [B, P + T] prompt + answer ids (or generate's output object when ``config`` asks for one).
     """
     import torch
 
-    sampling = (
-        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-        if temperature > 0
-        else {"do_sample": False}
-    )
-    with torch.no_grad():
-        return model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            suppress_tokens=media_token_ids(model) or None,
-            **sampling,
-        )
+    with torch.no_grad(), _only(model, config):
+        return model.generate(**batch, generation_config=config, **generate_kwargs)
 
 
 @dataclass
 class Generator:
+    """Batched answers of a loaded model.
+
+    Attributes:
+        generation: ``explicit`` (greedy or plain sampling, nothing else: ``explicit_generation_config``) or
+            ``checkpoint`` (the checkpoint's ``generation_config.json``; the temperature is then its own).
+    """
+
     loaded: LoadedModel
     device: str = "cpu"
+    generation: str = "explicit"
+
+    def generation_config(self, *, temperature: float, max_new_tokens: int):
+        """The ``GenerationConfig`` ``generate_answers`` uses for these settings."""
+        model, tokenizer = self.loaded.model, self.loaded.tokenizer
+        if self.generation == "checkpoint":
+            return checkpoint_generation_config(
+                model, tokenizer, media_token_ids(model), max_new_tokens=max_new_tokens
+            )
+        return explicit_generation_config(
+            tokenizer, media_token_ids(model), temperature=temperature, max_new_tokens=max_new_tokens
+        )
 
     def generate_answers(
         self, images, prompts: list[str], *, temperature: float, max_new_tokens: int
     ) -> tuple[list[str], list[list[int]]]:
-        """Answer each (image, prompt) pair; ``temperature`` 0 is greedy.
+        """Answer each (image, prompt) pair; ``temperature`` 0 is greedy (unused with ``checkpoint``).
 
         Args:
             images: one frame per prompt (uint8 ``[H, W, 3]`` arrays or PIL images).
@@ -85,9 +216,8 @@ class Generator:
         """
         tokenizer = self.loaded.tokenizer
         batch = build_inputs(self.loaded, [to_pil(im) for im in images], list(prompts)).to(self.device)
-        out = generate_ids(
-            self.loaded.model, tokenizer, batch, temperature=temperature, max_new_tokens=max_new_tokens
-        )
+        config = self.generation_config(temperature=temperature, max_new_tokens=max_new_tokens)
+        out = generate_ids(self.loaded.model, batch, config)
         new_tokens = out[:, batch["input_ids"].shape[1] :]
         eos = tokenizer.eos_token_id
         ids = [row[: row.index(eos) + 1] if eos in row else row for row in new_tokens.tolist()]
@@ -102,9 +232,9 @@ class Generator:
         ]
 
 
-def load_generator(model_cfg, *, device: str = "cpu") -> Generator:
+def load_generator(model_cfg, *, device: str = "cpu", generation: str = "explicit") -> Generator:
     """Load a model for inference only (no LoRA wrapping, frozen weights) on one device.
 
     Large labeller models go to ``device`` whole; sharding over several GPUs is not built yet.
     """
-    return Generator(load_model(model_cfg, device=device, for_training=False), device)
+    return Generator(load_model(model_cfg, device=device, for_training=False), device, generation)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from vlmppo.models.loading import apply_lora, detect_family
-from vlmppo.models.processors import load_processor
+from vlmppo.models.hub import locate_hub_model
 from vlmppo.models.tiny import resolve_model_path
 
 
@@ -22,15 +21,19 @@ def model_info(path: str, image_size: int = 300) -> dict:
         "image_size", "image_tokens"}``; trainable parameters are those of the default LoRA settings
         (``LoraConfig()``).
     """
+    resolved = resolve_model_path(path)
+    if isinstance(resolved, str):  # a hub id: its cached snapshot, or one clear error when it cannot come
+        resolved = locate_hub_model(resolved)
+
     import torch
     from PIL import Image
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     from vlmppo.config.schema import LoraConfig
     from vlmppo.models.inputs import build_inputs
-    from vlmppo.models.loading import LoadedModel
+    from vlmppo.models.loading import LoadedModel, apply_lora, detect_family
+    from vlmppo.models.processors import load_processor
 
-    resolved = resolve_model_path(path)
     config = AutoConfig.from_pretrained(str(resolved))
     family = detect_family(resolved)
     with torch.device("meta"):

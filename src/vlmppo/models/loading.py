@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from vlmppo.errors import ModelError
 from vlmppo.models.adapter import FamilyAdapter
 from vlmppo.models.end_of_turn import align_eos_with_template
+from vlmppo.models.hub import locate_hub_model
 from vlmppo.models.processors import load_processor
 from vlmppo.models.tiny import check_supported, resolve_model_path
 
@@ -184,16 +185,18 @@ def load_model(
 
     device = torch.device(device)
     path = resolve_model_path(cfg.path)
-    family = detect_family(path, cfg.family, trust_remote_code=cfg.trust_remote_code)
+    # A hub id loads from its cached snapshot when complete; LoadedModel.path keeps the id (checkpoints record it).
+    source = locate_hub_model(path) if isinstance(path, str) else path
+    family = detect_family(source, cfg.family, trust_remote_code=cfg.trust_remote_code)
     attn = check_attention(cfg.attn_implementation, device)
-    processor = load_processor(path, family, trust_remote_code=cfg.trust_remote_code)
+    processor = load_processor(source, family, trust_remote_code=cfg.trust_remote_code)
     align_eos_with_template(processor)
     family.set_pixel_budget(processor.image_processor, cfg.min_pixels, cfg.max_pixels)
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"  # batched generation
     try:
         model = AutoModelForImageTextToText.from_pretrained(
-            str(path),
+            str(source),
             dtype=resolve_dtype(cfg.dtype, device),
             attn_implementation=attn,
             trust_remote_code=cfg.trust_remote_code,

@@ -21,7 +21,7 @@ from vlmppo.models.adapter import FamilyAdapter
 from vlmppo.models.families import FAMILIES, family_for_model_type
 
 TINY_PREFIX = "tiny:"
-TINY_VERSION = "v1"  # bump when the tiny models change, so old caches are not reused
+TINY_VERSION = "v2"  # bump when the tiny models change, so old caches are not reused
 MARKER = "vlmppo-tiny-complete.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SEED = 0

@@ -1,4 +1,4 @@
-"""Token log-probs and the RL4VLM action log-prob ``λ·Σ log p(thought) + Σ log p(action)``.
+"""Token log-probs and the RL4VLM action log-prob ``λ·Σ log p(thought) + w·Σ log p(key) + Σ log p(action)``.
 
 The action span comes from the text (the parser's character span of the ``"action"`` value)
 mapped to tokens through the tokenizer's character offsets, so it works for any model family
@@ -7,6 +7,7 @@ without hard-coded token ids.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -93,15 +94,55 @@ def action_token_mask(
     return thought, action
 
 
+# The key of the action value, as the parser accepts it ("action", 'action' or bare, any case), its colon and
+# the value's opening quote: what stands between the thoughts and the value the parser's span starts at.
+_ACTION_KEY = re.compile(r"""(?:["']action["']|\baction)\s*:\s*["']?\s*\Z""", re.IGNORECASE)
+
+
+def action_key_start(text: str, span: tuple[int, int] | None) -> int | None:
+    """Character offset where the ``"action":`` key of the value at ``span`` begins; None without one
+    (no parsed action, or a value written without a key)."""
+    if span is None:
+        return None
+    match = _ACTION_KEY.search(text, 0, span[0])
+    return match.start() if match else None
+
+
+def action_key_mask(
+    offsets: Sequence[tuple[int, int]], key_start: int | None, thought_mask: Tensor
+) -> Tensor:
+    """The thought tokens that write the ``"action":`` key: those ending after ``key_start``.
+
+    RL4VLM counts the key with the action (weight 1, not λ): ``ppo.action_key_coef``. ``action_token_mask``
+    puts it in the thoughts, since its action part starts at the value.
+
+    Args:
+        offsets: T_off character offsets of the answer tokens (as for ``action_token_mask``).
+        key_start: From ``action_key_start``; None gives an empty mask.
+        thought_mask: [T_ans] bool from ``action_token_mask``.
+
+    Returns:
+        [T_ans] bool, a subset of ``thought_mask`` (its last tokens).
+    """
+    key = torch.zeros_like(thought_mask)
+    if key_start is None:
+        return key
+    for i, (_, end) in enumerate(offsets):
+        key[i] = bool(thought_mask[i]) and end > key_start
+    return key
+
+
 def mixed_action_logprob(
     token_logp: Tensor,
     thought_mask: Tensor,
     action_mask: Tensor,
     thought_coef: float,
+    key_mask: Tensor | None = None,
+    key_coef: float = 1.0,
 ) -> Tensor:
-    """RL4VLM action log-prob ``λ·Σ_thought log p + Σ_action log p`` per sequence.
+    """RL4VLM action log-prob ``λ·Σ_thought log p + w·Σ_key log p + Σ_action log p`` per sequence.
 
-    Positions where both masks are False (padding, prompt) never count, even if their log-prob is
+    Positions where every mask is False (padding, prompt) never count, even if their log-prob is
     -inf or NaN.
 
     Args:
@@ -110,17 +151,19 @@ def mixed_action_logprob(
         action_mask: [B, T] bool, action tokens; must not overlap ``thought_mask``.
         thought_coef: λ ≥ 0 scaling the thought tokens (0 ignores the reasoning, 1 is the full
             sequence log-prob).
+        key_mask: [B, T] bool, the ``"action":`` key tokens (``action_key_mask``); disjoint from both.
+        key_coef: w, their weight (``ppo.action_key_coef``; 1 as RL4VLM).
 
     Returns:
         [B] float32 log π(a|s) (differentiable w.r.t. ``token_logp``).
     """
     # Masks are built on the host from character offsets; the log-probs may live on a GPU.
-    thought_mask = thought_mask.to(device=token_logp.device, dtype=torch.bool)
-    action_mask = action_mask.to(device=token_logp.device, dtype=torch.bool)
-    if (thought_mask & action_mask).any():
-        raise ValueError("thought_mask and action_mask overlap; a token must be one or the other")
+    masks = [thought_mask, action_mask] + ([key_mask] if key_mask is not None else [])
+    masks = [m.to(device=token_logp.device, dtype=torch.bool) for m in masks]
+    if int(sum(m.long() for m in masks).max()) > 1:
+        raise ValueError("thought, action and key masks overlap; a token must be one of them")
     zero = torch.zeros_like(token_logp)
     # where, not multiplication by the mask: 0 · -inf at a padded position would be NaN.
-    thought_sum = torch.where(thought_mask, token_logp, zero).sum(dim=-1)
-    action_sum = torch.where(action_mask, token_logp, zero).sum(dim=-1)
-    return thought_coef * thought_sum + action_sum
+    sums = [torch.where(m, token_logp, zero).sum(dim=-1) for m in masks]
+    out = thought_coef * sums[0] + sums[1]
+    return out + key_coef * sums[2] if key_mask is not None else out

@@ -13,10 +13,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vlmppo.models.generation import generate_ids, media_token_ids, to_pil
+from vlmppo.models.generation import explicit_generation_config, generate_ids, media_token_ids, to_pil
 from vlmppo.models.inputs import build_inputs
 from vlmppo.models.loading import LoadedModel
 from vlmppo.rl.logprob import token_logprobs
+
+# The peft adapter name of the KL reference when PPO starts from an adapter (see reference_logprobs).
+REFERENCE_ADAPTER = "reference"
 
 
 class ValueHead(nn.Module):
@@ -91,6 +94,8 @@ class ActorCritic:
     ):
         self.loaded, self.value_head, self.device = loaded, value_head.to(device), device
         self.autocast = autocast
+        # Benchmarks only (bench/runner.py fixes the answer length with it); scoring does not know it.
+        self.min_new_tokens = 0
         self.sampler = None
         if merged_sampling and hasattr(loaded.model, "merge_and_unload"):
             from vlmppo.rl.merged import MergedSampler
@@ -104,8 +109,21 @@ class ActorCritic:
         if self.sampler is not None:
             self.sampler.stale = True
 
+    def sampling_config(self, *, temperature: float, max_new_tokens: int):
+        """The complete ``GenerationConfig`` of ``sample``: plain sampling from ``softmax(logits / T)`` minus
+        the placeholder ids, which is what ``score`` recomputes; nothing comes from the checkpoint's
+        ``generation_config.json`` (``models/generation.py``)."""
+        return explicit_generation_config(
+            self.loaded.tokenizer,
+            self.suppressed,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=self.min_new_tokens,
+        )
+
     @torch.no_grad()
     def sample(self, images, prompts: list[str], *, temperature: float, max_new_tokens: int) -> Sampled:
+        """Answers for all (image, prompt) pairs in one ``generate`` (from the merged copy when there is one)."""
         tokenizer = self.loaded.tokenizer
         batch = build_inputs(self.loaded, [to_pil(im) for im in images], list(prompts)).to(self.device)
         generator = self.loaded.model
@@ -115,7 +133,7 @@ class ActorCritic:
             generator = self.sampler.model
         with self.autocast():
             out = generate_ids(
-                generator, tokenizer, batch, temperature=temperature, max_new_tokens=max_new_tokens
+                generator, batch, self.sampling_config(temperature=temperature, max_new_tokens=max_new_tokens)
             )
         prompt_len = batch["input_ids"].shape[1]
         answers = out[:, prompt_len:]
@@ -126,6 +144,34 @@ class ActorCritic:
         )
         attention = torch.cat([batch["attention_mask"], mask.long()], dim=1)
         return Sampled(out, attention, prompt_len, mask, extra, texts)
+
+    @torch.no_grad()
+    def reference_logprobs(self, sampled: Sampled, *, temperature: float) -> torch.Tensor:
+        """[B, T] fp32 log-probs of the answer ids under the KL reference: the policy PPO started from.
+
+        Starting from an adapter (``ppo.init_from``, e.g. SFT), the reference is that adapter, loaded a second
+        time as a frozen peft adapter named ``reference`` (``build_policy``) and switched in for this pass;
+        starting from a fresh LoRA (whose B is zero), it is the base model with the adapter disabled, which is
+        exactly the starting policy. Disabling the adapter of an SFT start would instead pull PPO back toward
+        the untrained base model.
+
+        Why a second adapter, computed once per sample at rollout time: it costs one adapter's weights (a
+        second full model would cost the base again), is saved in every PPO checkpoint (``reference/``, by
+        peft's ``save_pretrained``), so ``--resume`` keeps the same reference even if the SFT folder has changed
+        since, and the rollout stores its per-token log-probs so the update needs no reference pass per
+        epoch. The rollout's own ``score`` runs in the same mode, so at update 0 of an SFT start the reference
+        log-probs equal the policy's exactly.
+        """
+        model = self.loaded.model
+        if REFERENCE_ADAPTER not in getattr(model, "peft_config", {}):
+            with model.disable_adapter():
+                return self.score(sampled, temperature=temperature)[0]
+        trained = model.active_adapter
+        model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+        try:
+            return self.score(sampled, temperature=temperature)[0]
+        finally:
+            model.set_adapter(trained)  # trainable again (peft's set_adapter sets requires_grad)
 
     @torch.no_grad()
     def prompt_values(self, batch) -> torch.Tensor:

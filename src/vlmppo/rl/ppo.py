@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pickle
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,10 @@ import torch
 
 from vlmppo.config import Config, config_to_yaml, run_dir
 from vlmppo.config.plan import ppo_counts
-from vlmppo.errors import CheckpointError, ConfigError
+from vlmppo.errors import CheckpointError, ConfigError, LaunchError
 from vlmppo.rl.gae import compute_gae, normalize_advantages
 from vlmppo.rl.losses import explained_variance
-from vlmppo.rl.policy import ActorCritic, ValueHead, hidden_size
+from vlmppo.rl.policy import REFERENCE_ADAPTER, ActorCritic, ValueHead, hidden_size
 from vlmppo.rl.rollout import Rollout, Step, answer_offsets, collect_rollout, rollout_step, state_values
 from vlmppo.rl.update import BadMinibatchGuard, UpdateTargets, collate, ppo_epochs
 
@@ -52,6 +53,7 @@ class PpoResult:
     last_metrics: dict
     stopped_by: str | None = None  # the signal that stopped the run early, if any
     checkpoint: Path | None = None
+    resume_changes: list[str] = field(default_factory=list)  # settings changed since the resumed checkpoint
 
 
 def _check_lora_layout(path: Path, cfg: Config) -> None:
@@ -99,6 +101,9 @@ def build_policy(cfg: Config, device: str, resume_from: Path | None = None, acce
         loaded = load_model(
             cfg.model.model_copy(update={"path": str(source)}), device=device, for_training=True
         )
+    if cfg.ppo.kl_coef and (reference := reference_adapter(cfg, resume_from)) is not None:
+        # The KL anchor: the adapter PPO started from, frozen (ActorCritic.reference_logprobs says why).
+        loaded.model.load_adapter(str(reference), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
     disable_dropout(loaded.model)
     head = ValueHead(hidden_size(loaded.model))
     if resume_from is not None:
@@ -109,6 +114,21 @@ def build_policy(cfg: Config, device: str, resume_from: Path | None = None, acce
     return ActorCritic(
         loaded, head, device, merged_sampling=uses_merged_sampling(cfg, device), autocast=autocast
     )
+
+
+def reference_adapter(cfg: Config, resume_from: Path | None) -> Path | None:
+    """The folder of the KL reference adapter: the resumed checkpoint's ``reference/`` (peft saves it with
+    every checkpoint), else the ``ppo.init_from`` adapter; None when PPO started from a fresh LoRA (or a
+    full model folder), whose reference is the model with the adapter disabled."""
+    from vlmppo.checkpoints import resolve_checkpoint
+
+    if resume_from is not None and (resume_from / REFERENCE_ADAPTER / "adapter_config.json").is_file():
+        return resume_from / REFERENCE_ADAPTER
+    if cfg.ppo.init_from:
+        start = resolve_checkpoint(run_dir(cfg), cfg.ppo.init_from)
+        if (start / "adapter_config.json").is_file():
+            return start
+    return None
 
 
 def disable_dropout(model) -> None:
@@ -124,6 +144,52 @@ def uses_merged_sampling(cfg: Config, device: str) -> bool:
     """``ppo.merged_sampling``: auto means on a GPU (where decoding is launch-bound), off on the CPU."""
     mode = cfg.ppo.merged_sampling
     return cfg.model.lora is not None and (mode is True or (mode == "auto" and device.startswith("cuda")))
+
+
+# Settings the checkpoint fixes: the vector env is pickled mid-episode (its count, task, time limit and
+# rendering) and the rollout tensors are laid out [n_steps, n_envs] for it.
+FIXED_ON_RESUME = (
+    "env.id",
+    "env.n_envs",
+    "env.kwargs",
+    "env.max_episode_steps",
+    "env.observation",
+    "env.tile_size",
+)
+
+
+def check_resume_config(checkpoint: Path, cfg: Config) -> list[str]:
+    """The ``env``/``model``/``ppo`` settings changed since ``checkpoint`` was saved (``key: old -> new``), for
+    the resumed run to report; CheckpointError when one of them is fixed by the checkpoint."""
+    from vlmppo.sft.checkpointing import config_changes
+
+    changes = config_changes(checkpoint, cfg, sections=("env", "model", "ppo"))
+    fixed = [c for c in changes if c.split(":")[0].startswith(FIXED_ON_RESUME)]
+    if fixed:
+        others = [c for c in changes if c not in fixed]
+        raise CheckpointError(
+            f"Cannot resume {checkpoint} with {'; '.join(fixed)}: the checkpoint holds that run's vector env "
+            "(pickled mid-episode) and its rollouts are shaped for it."
+            + (f" Also changed: {'; '.join(others)}." if others else ""),
+            hint="Resume with the env settings the run started with, or start a new run (another run.name).",
+        )
+    return changes
+
+
+def check_single_process(accelerator=None) -> None:
+    """LaunchError when started as several processes (torchrun / ``accelerate launch``: ``WORLD_SIZE`` > 1):
+    PPO has no data-parallel rollouts or updates yet, so each process would run its own copy of the run
+    and all would write the same run folder."""
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if accelerator is not None:
+        world = max(world, accelerator.num_processes)
+    if world > 1:
+        raise LaunchError(
+            f"`vlmppo ppo` runs as one process (multi-GPU PPO is not built yet), but it was launched as {world} "
+            "processes, which would each run the whole run into the same folder.",
+            hint="Start it without a launcher (`vlmppo ppo ...`: one GPU or the CPU); for SLURM, render the "
+            "job with slurm.nodes=1 slurm.gpus_per_node=1.",
+        )
 
 
 def find_resume_checkpoint(cfg: Config, resume: str | None) -> Path | None:
@@ -144,7 +210,7 @@ def make_optimizer(policy: ActorCritic, cfg: Config) -> torch.optim.Optimizer:
     groups = [{"params": lora, "lr": p.lr}, {"params": list(policy.value_head.parameters()), "lr": p.lr}]
     if p.value_head_lr is not None:
         groups[1]["lr"] = p.value_head_lr
-    return torch.optim.AdamW(groups, lr=p.lr, eps=p.adam_eps)
+    return torch.optim.AdamW(groups, lr=p.lr, eps=p.adam_eps, weight_decay=p.weight_decay)
 
 
 def advantages_and_targets(rollout: Rollout, cfg: Config) -> UpdateTargets:
@@ -235,18 +301,21 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
     from vlmppo.tracking import Tracker
     from vlmppo.train_state import load_trainer_state, restore_rng, save_trainer_state
 
+    check_single_process()
     p, counts = cfg.ppo, ppo_counts(cfg)
     if p.kl_coef and cfg.model.lora is None:
         raise ConfigError(
-            "ppo.kl_coef > 0 needs a LoRA model: the KL reference is the base model with the adapter disabled.",
+            "ppo.kl_coef > 0 needs a LoRA model: the KL reference is the starting adapter (or the model with "
+            "the adapter disabled), and full fine-tuning keeps no frozen copy of the starting model.",
             hint="Set model.lora (e.g. model.lora.r=64) or ppo.kl_coef=0.",
         )
     from vlmppo.accel import make_accelerator, precision_for
 
     device = resolve_device(cfg)
-    # Single process for now (one GPU or the CPU); the Accelerator gives bf16 autocast on a GPU, and its
-    # backward/clipping are what a launched multi-process run will need.
+    # Single process for now (one GPU or the CPU; check_single_process); the Accelerator gives bf16 autocast
+    # on a GPU, and its backward/clipping are what a launched multi-process run will need.
     accelerator = make_accelerator(device, precision_for(p.mixed_precision, device))
+    check_single_process(accelerator)
     out = run_dir(cfg) / "ppo"
     out.mkdir(parents=True, exist_ok=True)
     resume_from = find_resume_checkpoint(cfg, resume)
@@ -255,6 +324,7 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
             f"{out / 'checkpoints'} already has checkpoints of a PPO run; a fresh run would mix with them.",
             hint="Continue it with --resume auto, or start a new run with another run.name (or delete the folder).",
         )
+    changes = check_resume_config(resume_from, cfg) if resume_from is not None else []
     torch.manual_seed(cfg.run.seed)
     policy = build_policy(cfg, device, resume_from, accelerator)
     optimizer = make_optimizer(policy, cfg)
@@ -366,4 +436,4 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
             if stop.requested:
                 stopped_by = stop.signal_name
                 break
-    return PpoResult(out, saved_update, env_steps, metrics, stopped_by, last_saved)
+    return PpoResult(out, saved_update, env_steps, metrics, stopped_by, last_saved, changes)

@@ -2,7 +2,8 @@
 update needs to re-score exactly the same input.
 
 Per step the buffer keeps the frame (once), the prompt text, the answer ids exactly as sampled (eos
-included), the thought/action token masks, the old log-prob and value, the reward and the done flags. The
+included), the thought/key/action token masks, the old log-prob and value, the reward and the done flags, and
+with a KL penalty the answer's per-token log-probs under the reference (``ActorCritic.reference_logprobs``). The
 update rebuilds the same inputs with the same template (the forward is left-padding invariant) and scores
 exactly the sampled answer ids.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vlmppo.rl.logprob import action_token_mask, mixed_action_logprob
+from vlmppo.rl.logprob import action_key_mask, action_key_start, action_token_mask, mixed_action_logprob
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Step:
     answer_ids: list[int]
     thought_mask: list[bool]
     action_mask: list[bool]
+    key_mask: list[bool]  # the "action": key tokens (weighted by ppo.action_key_coef)
     old_logp: float
     value: float
     text: str = ""
@@ -34,6 +36,7 @@ class Step:
     invalid: bool = False
     ended_with_eos: bool = True
     reward: float = 0.0
+    ref_logp: list[float] | None = None  # per answer token, under the KL reference (ppo.kl_coef > 0 only)
 
 
 @dataclass
@@ -98,6 +101,7 @@ def rollout_step(policy, vec, obs, infos, cfg) -> tuple[list[Step], list, np.nda
     with torch.no_grad():
         sampled = policy.sample(obs, prompts, temperature=p.temperature, max_new_tokens=p.max_new_tokens)
         token_logp, values = policy.score(sampled, temperature=p.temperature)
+        ref_logp = policy.reference_logprobs(sampled, temperature=p.temperature).cpu() if p.kl_coef else None
     # Per-sample bookkeeping below is many tiny ops: do it on the host, one copy of [B, T] + [B].
     token_logp, values = token_logp.float().cpu(), values.float().cpu()
     tok = policy.loaded.tokenizer
@@ -106,9 +110,17 @@ def rollout_step(policy, vec, obs, infos, cfg) -> tuple[list[Step], list, np.nda
     for i, text in enumerate(sampled.texts):
         ids = answers[i][sampled.answer_mask[i]].tolist()
         parsed = vec.adapter.parse(text, vec.rngs[i])
-        thought, action = action_token_mask(answer_offsets(tok, ids), parsed.span, len(ids))
+        offsets = answer_offsets(tok, ids)
+        thought, action = action_token_mask(offsets, parsed.span, len(ids))
+        key = action_key_mask(offsets, action_key_start(text, parsed.span), thought)
+        thought = thought & ~key
         logp = mixed_action_logprob(
-            token_logp[i : i + 1, : len(ids)], thought[None], action[None], p.thought_coef
+            token_logp[i : i + 1, : len(ids)],
+            thought[None],
+            action[None],
+            p.thought_coef,
+            key[None],
+            p.action_key_coef,
         )
         steps.append(
             Step(
@@ -117,12 +129,14 @@ def rollout_step(policy, vec, obs, infos, cfg) -> tuple[list[Step], list, np.nda
                 answer_ids=ids,
                 thought_mask=thought.tolist(),
                 action_mask=action.tolist(),
+                key_mask=key.tolist(),
                 old_logp=float(logp),
                 value=float(values[i]),
                 text=text,
                 action=parsed.index,
                 invalid=bool(parsed.invalid),
                 ended_with_eos=bool(ids) and ids[-1] == tok.eos_token_id,
+                ref_logp=ref_logp[i, : len(ids)].tolist() if ref_logp is not None else None,
             )
         )
         actions.append(parsed.index)

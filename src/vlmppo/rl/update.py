@@ -1,9 +1,10 @@
 """Phase 3 of a PPO update: epochs of shuffled minibatches, micro-batches with gradient accumulation.
 
 Loss per minibatch = clipped policy loss + vf_coef · clipped value loss − ent_coef · entropy of the action
-tokens + kl_coef · KL(π ‖ base) over the answer tokens (the base is the same model with the adapter
-disabled). A minibatch whose loss or gradient is NaN/inf is skipped (no optimizer step) and counted;
-``ppo.max_bad_minibatches`` in a row abort the run before anything non-finite can be checkpointed.
+tokens + kl_coef · KL(π ‖ π_ref) over the answer tokens, π_ref being the policy PPO started from (its
+log-probs come with the rollout: ``ActorCritic.reference_logprobs``). A minibatch whose loss or gradient is
+NaN/inf is skipped (no optimizer step) and counted; ``ppo.max_bad_minibatches`` in a row abort the run before
+anything non-finite can be checkpointed.
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ class UpdateTargets:
     returns: torch.Tensor
 
 
-def collate(policy: ActorCritic, steps: list[Step]) -> tuple[Sampled, torch.Tensor, torch.Tensor]:
-    """Rebuild the prompt batch and append the answer ids (right-padded): the input the rollout scored."""
+def collate(policy: ActorCritic, steps: list[Step]) -> tuple[Sampled, dict[str, torch.Tensor]]:
+    """Rebuild the prompt batch and append the answer ids (right-padded): the input the rollout scored.
+
+    Returns:
+        The batch to score, and its [B, T] bool token masks ``thought``, ``action``, ``key``.
+    """
     from vlmppo.models.generation import to_pil
     from vlmppo.models.inputs import build_inputs
 
@@ -46,14 +51,13 @@ def collate(policy: ActorCritic, steps: list[Step]) -> tuple[Sampled, torch.Tens
     width = max(len(s.answer_ids) for s in steps)
     answers = torch.full((len(steps), width), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(steps), width), dtype=torch.bool)
-    thought = torch.zeros_like(mask)
-    action = torch.zeros_like(mask)
+    masks = {name: torch.zeros_like(mask) for name in ("thought", "action", "key")}
     for i, s in enumerate(steps):
         n = len(s.answer_ids)
         answers[i, :n] = torch.tensor(s.answer_ids)
         mask[i, :n] = True
-        thought[i, :n] = torch.tensor(s.thought_mask)
-        action[i, :n] = torch.tensor(s.action_mask)
+        for name in masks:
+            masks[name][i, :n] = torch.tensor(getattr(s, f"{name}_mask"), dtype=torch.bool)
     answers, mask = answers.to(policy.device), mask.to(policy.device)
     extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
     sampled = Sampled(
@@ -64,7 +68,7 @@ def collate(policy: ActorCritic, steps: list[Step]) -> tuple[Sampled, torch.Tens
         extra=extra,
         texts=[],
     )
-    return sampled, thought.to(policy.device), action.to(policy.device)
+    return sampled, {name: m.to(policy.device) for name, m in masks.items()}
 
 
 class BadMinibatchGuard:
@@ -93,9 +97,12 @@ def micro_loss(
 ) -> tuple[torch.Tensor, dict]:
     """The PPO loss of one micro-batch (a mean over its samples) and its statistics."""
     p, device = cfg.ppo, policy.device
-    sampled, thought, action = collate(policy, [steps[i] for i in idx])
+    sampled, masks = collate(policy, [steps[i] for i in idx])
+    action = masks["action"]
     token_logp, new_values, logits = policy.score(sampled, temperature=p.temperature, return_logits=True)
-    new_logp = mixed_action_logprob(token_logp, thought, action, p.thought_coef)
+    new_logp = mixed_action_logprob(
+        token_logp, masks["thought"], action, p.thought_coef, masks["key"], p.action_key_coef
+    )
     pl, st = policy_loss(
         new_logp, targets.old_logp[idx].to(device), targets.advantages[idx].to(device), p.clip_range
     )
@@ -116,9 +123,10 @@ def micro_loss(
         "approx_kl": st["approx_kl"].item(),
         "clip_frac": st["clip_frac"].item(),
     }
-    if p.kl_coef:
-        with torch.no_grad(), policy.loaded.model.disable_adapter():
-            ref_logp, _ = policy.score(sampled, temperature=p.temperature)
+    if p.kl_coef:  # the reference's log-probs were computed once, at rollout time
+        ref_logp = torch.zeros_like(token_logp)
+        for row, i in enumerate(idx):
+            ref_logp[row, : len(steps[i].ref_logp)] = torch.tensor(steps[i].ref_logp)
         kl = kl_to_reference(token_logp, ref_logp, sampled.answer_mask)
         loss = loss + p.kl_coef * kl
         stats["kl_ref"] = kl.item()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vlmppo.models.generation import explicit_generation_config, generate_ids, media_token_ids
 from vlmppo.models.inputs import build_inputs
 from vlmppo.sft.dataset import _open_rgb
 
@@ -74,6 +75,10 @@ def greedy_action_accuracy(
     rank = accelerator.process_index if accelerator else 0
     share = usable[rank::world]
     n_batches = -(-len(usable) // (batch_size * world))  # the same on every rank (ZeRO-3 needs lockstep)
+    # Plain greedy decoding, whatever the checkpoint's generation_config.json says.
+    greedy = explicit_generation_config(
+        tok, media_token_ids(model), temperature=0, max_new_tokens=longest + 16
+    )
     counts = torch.zeros(3, dtype=torch.long)  # correct, unparseable, total
     samples = []
     model.eval()
@@ -86,15 +91,7 @@ def greedy_action_accuracy(
             loaded, [_open_rgb(examples[i]) for i in chunk], [examples[i].prompt for i in chunk]
         )
         batch = batch.to(device)
-        with torch.no_grad():
-            out = model.generate(
-                **batch,
-                max_new_tokens=longest + 16,
-                do_sample=False,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
-                synced_gpus=synced_gpus,
-            )
+        out = generate_ids(model, batch, greedy, synced_gpus=synced_gpus)
         texts = tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         for i, text in zip(chunk[:real], texts[:real], strict=True):
             parsed = adapter.parse(text, rng)

@@ -93,9 +93,9 @@ def load_weights(cfg, path: Path, device):
     return loaded, base
 
 
-def config_changes(path: Path, cfg) -> list[str]:
-    """``model``/``sft`` settings that differ between the checkpoint's config.yaml and this run (LeRobot-style
-    resume warning: the run continues, but the user should know)."""
+def config_changes(path: Path, cfg, sections: tuple[str, ...] = ("model", "sft")) -> list[str]:
+    """Settings of ``sections`` that differ between the checkpoint's config.yaml and this run, as
+    ``key: old -> new`` (LeRobot-style resume warning: the run continues, but the user should know)."""
     saved_file = path / "config.yaml"
     if not saved_file.is_file():
         return []
@@ -112,7 +112,7 @@ def config_changes(path: Path, cfg) -> list[str]:
         return out
 
     changes = []
-    for section in ("model", "sft"):
+    for section in sections:
         a, b = flat(saved.get(section), f"{section}."), flat(now.get(section), f"{section}.")
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key):

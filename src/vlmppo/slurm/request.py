@@ -109,6 +109,13 @@ def check_request(cfg: Config, stage: str) -> None:
             f"slurm.nodes={s.nodes} with slurm.gpus_per_node=0: a run over several nodes needs GPUs "
             "(one process per GPU); set slurm.gpus_per_node or slurm.nodes=1"
         )
+    processes = layout(cfg, stage).processes if stage in STAGES else 1
+    if stage == "ppo" and processes > 1:
+        problems.append(
+            f"`vlmppo ppo` runs as one process (multi-GPU PPO is not built yet), but slurm.nodes x "
+            f"slurm.gpus_per_node = {s.nodes} x {s.gpus_per_node} asks for {processes}: each would run the whole "
+            "run into the same folder; set slurm.nodes=1 slurm.gpus_per_node=1 for the PPO job"
+        )
     try:
         limit = time_limit_seconds(s.time)
     except ValueError:

@@ -3,6 +3,7 @@ labeller and evaluation use. One `generate` call for the whole batch, left-padde
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,35 +41,109 @@ def media_token_ids(model) -> list[int]:
     return sorted(int(i) for i in found if isinstance(i, int) and i >= 0)
 
 
-def generate_ids(model, tokenizer, batch, *, temperature: float, max_new_tokens: int):
-    """One batched ``generate`` over a left-padded prompt batch; returns prompt + answer ids ``[B, P + T]``.
+def resolve_decoder(name: str, device) -> str:
+    """``model.decoder``: ``auto`` is the static-cache decoder on a CUDA device, ``generate`` elsewhere."""
+    if name != "auto":
+        return name
+    return "static" if str(device).startswith("cuda") else "generate"
+
+
+_STATIC_DECODERS = weakref.WeakKeyDictionary()
+
+
+def static_decoder_for(model):
+    """The model's ``StaticDecoder`` (buffers and CUDA graphs kept between calls), made on first use."""
+    from vlmppo.models.static_decode import StaticDecoder
+
+    if model not in _STATIC_DECODERS:
+        _STATIC_DECODERS[model] = StaticDecoder(model)
+    return _STATIC_DECODERS[model]
+
+
+def generate_ids(
+    model,
+    tokenizer,
+    batch,
+    *,
+    temperature: float,
+    max_new_tokens: int,
+    decoder: str = "generate",
+    forced_lengths=None,
+):
+    """One batched sampling pass over a left-padded prompt batch; returns prompt + answer ids ``[B, P + T]``.
 
     ``temperature`` 0 is greedy; otherwise plain sampling from ``softmax(logits / temperature)`` (no top-k,
     no top-p), which is the distribution PPO's scoring pass recomputes. Image/video placeholder ids are
     never sampled (``media_token_ids``).
+
+    Args:
+        decoder: ``static`` (``models/static_decode.py``: static KV cache, CUDA graphs on a GPU, early
+            finishers out) or ``generate`` (transformers' ``generate``, the reference).
+        forced_lengths: Benchmarks only: ``[B]`` answer lengths to force (end token banned before the
+            last position and placed there), so throughput compares across runs of random weights.
     """
     import torch
 
-    sampling = (
-        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-        if temperature > 0
-        else {"do_sample": False}
-    )
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     with torch.no_grad():
+        if decoder == "static":
+            from vlmppo.models.static_decode import SamplingSpec
+
+            spec = SamplingSpec(
+                temperature=temperature,
+                max_new_tokens=max_new_tokens,
+                eos_id=eos,
+                pad_id=pad,
+                suppressed=tuple(media_token_ids(model)),
+                forced_lengths=forced_lengths is not None,
+            )
+            return static_decoder_for(model).generate(batch, spec, forced_lengths)
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+            if temperature > 0
+            else {"do_sample": False}
+        )
+        if forced_lengths is not None:
+            from transformers import LogitsProcessorList
+
+            prompt_len = batch["input_ids"].shape[1]
+            sampling["logits_processor"] = LogitsProcessorList(
+                [ForcedLengths(forced_lengths, prompt_len, eos)]
+            )
         return model.generate(
             **batch,
             max_new_tokens=max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos,
+            pad_token_id=pad,
             suppress_tokens=media_token_ids(model) or None,
             **sampling,
         )
 
 
+class ForcedLengths:
+    """A logits processor (benchmarks only): answer ``i`` ends with the end token at position
+    ``lengths[i] - 1`` and nowhere before, as ``SamplingSpec.forced_lengths`` does for the static decoder."""
+
+    def __init__(self, lengths, prompt_len: int, eos_id: int):
+        self.lengths, self.prompt_len, self.eos_id = lengths, prompt_len, eos_id
+
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - self.prompt_len
+        lengths = self.lengths.to(scores.device)
+        scores[step < lengths - 1, self.eos_id] = float("-inf")
+        at_end = step == lengths - 1
+        scores[at_end] = float("-inf")
+        scores[at_end, self.eos_id] = 0.0
+        return scores
+
+
 @dataclass
 class Generator:
+    """Batched answers of a loaded model. ``decoder``: ``model.decoder`` (auto | static | generate)."""
+
     loaded: LoadedModel
     device: str = "cpu"
+    decoder: str = "auto"
 
     def generate_answers(
         self, images, prompts: list[str], *, temperature: float, max_new_tokens: int
@@ -86,7 +161,12 @@ class Generator:
         tokenizer = self.loaded.tokenizer
         batch = build_inputs(self.loaded, [to_pil(im) for im in images], list(prompts)).to(self.device)
         out = generate_ids(
-            self.loaded.model, tokenizer, batch, temperature=temperature, max_new_tokens=max_new_tokens
+            self.loaded.model,
+            tokenizer,
+            batch,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            decoder=resolve_decoder(self.decoder, self.device),
         )
         new_tokens = out[:, batch["input_ids"].shape[1] :]
         eos = tokenizer.eos_token_id
@@ -107,4 +187,4 @@ def load_generator(model_cfg, *, device: str = "cpu") -> Generator:
 
     Large labeller models go to ``device`` whole; sharding over several GPUs is not built yet.
     """
-    return Generator(load_model(model_cfg, device=device, for_training=False), device)
+    return Generator(load_model(model_cfg, device=device, for_training=False), device, model_cfg.decoder)

@@ -42,7 +42,7 @@ def hf_compiled_generate_row(policy, cfg, n_envs: int, repeats: int) -> dict:
                   cache_implementation="static")  # fmt: skip
     times = []
     with torch.no_grad(), policy.autocast():
-        for i in range(repeats + 1):
+        for _ in range(repeats + 1):
             start = now(policy.device)
             model.generate(**batch, **kwargs)
             times.append(now(policy.device) - start)

@@ -148,7 +148,7 @@ def test_bucket_sizes_halve_in_steps_and_the_smallest_fitting_bucket_is_picked()
 
 def test_keeping_rows_moves_them_to_the_front_and_pads_the_bucket():
     buf = DecodeBuffers(6, 8, 4, layers=1, kv_heads=1, head_dim=2, dtype=torch.float32, device="cpu")
-    for i, tensor in enumerate(buf.per_row()):
+    for tensor in buf.per_row():
         tensor.copy_(torch.arange(6).view(-1, *[1] * (tensor.dim() - 1)).expand_as(tensor).to(tensor.dtype))
     buf.finished.fill_(False)
     buf.keep_rows(torch.tensor([4, 1, 5]), bucket=4)

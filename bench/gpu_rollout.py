@@ -65,7 +65,7 @@ def main() -> None:
     import torch
 
     from vlmppo.accel import make_accelerator, precision_for
-    from vlmppo.bench.options import parse_answer_lengths
+    from vlmppo.bench.options import DECODERS, parse_answer_lengths
     from vlmppo.bench.report import markdown
     from vlmppo.bench.rollout import measure_rollout
     from vlmppo.bench.runner import AnswerLengths, BenchResult, _meta, bench_config
@@ -83,13 +83,13 @@ def main() -> None:
     counts = [int(n) for n in args.n_envs.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     span = parse_answer_lengths(args.lengths)
-    plan = [("forced", None, [("generate", 1)] + [(d, n) for d in ("generate", "static") for n in counts]),
-            (args.lengths, span, [("generate", counts[-1])] + [("static", n) for n in counts])]  # fmt: skip
+    plan = [("forced", None, [("generate", 1)] + [(d, n) for d in DECODERS for n in counts]),
+            (args.lengths, span, [("generate", counts[-1])] + [(d, n) for d in DECODERS[1:] for n in counts])]  # fmt: skip
     report, summary, baseline = [], {}, None
     recorded: list = []
     for name, lengths, runs in plan:
         policy.forced_lengths = AnswerLengths(cfg.ppo.max_new_tokens, lengths, cfg.run.seed)
-        meta = _meta(cfg, args.shape, device, policy, counts, args.repeats, ["generate", "static"], lengths)
+        meta = _meta(cfg, args.shape, device, policy, counts, args.repeats, list(DECODERS), lengths)
         # The batch-1 forced-length baseline heads every table (speedups are over it).
         result = BenchResult(meta=meta, rollout=[baseline] if name != "forced" else [])
         for decoder, n in runs:

@@ -37,7 +37,7 @@ def check_shape_device(shape: str | None, device: str) -> None:
     )
 
 
-DECODERS = ("generate", "static")
+DECODERS = ("generate", "static", "static-compiled")
 
 
 def parse_decoders(text: str) -> list[str]:

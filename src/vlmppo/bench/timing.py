@@ -78,7 +78,8 @@ def timed_policy(policy, device: str):
     sampler = getattr(policy, "sampler", None)
     model = sampler.model if sampler is not None else policy.loaded.model
     clock.wrap(model, "generate", "generate")
-    clock.wrap(static_decoder_for(model), "generate", "generate")
+    for compiled in (False, True):
+        clock.wrap(static_decoder_for(model, compile=compiled), "generate", "generate")
     try:
         yield clock
     finally:

@@ -51,13 +51,15 @@ def resolve_decoder(name: str, device) -> str:
 _STATIC_DECODERS = weakref.WeakKeyDictionary()
 
 
-def static_decoder_for(model):
-    """The model's ``StaticDecoder`` (buffers and CUDA graphs kept between calls), made on first use."""
+def static_decoder_for(model, *, compile: bool = False):
+    """The model's ``StaticDecoder`` (buffers and CUDA graphs kept between calls), made on first use;
+    ``compile``: the one whose decode forward goes through ``torch.compile``."""
     from vlmppo.models.static_decode import StaticDecoder
 
-    if model not in _STATIC_DECODERS:
-        _STATIC_DECODERS[model] = StaticDecoder(model)
-    return _STATIC_DECODERS[model]
+    decoders = _STATIC_DECODERS.setdefault(model, {})
+    if compile not in decoders:
+        decoders[compile] = StaticDecoder(model, compile=compile)
+    return decoders[compile]
 
 
 def generate_ids(
@@ -78,7 +80,8 @@ def generate_ids(
 
     Args:
         decoder: ``static`` (``models/static_decode.py``: static KV cache, CUDA graphs on a GPU, early
-            finishers out) or ``generate`` (transformers' ``generate``, the reference).
+            finishers out), ``static-compiled`` (the same with the decode forward through
+            ``torch.compile``) or ``generate`` (transformers' ``generate``, the reference).
         forced_lengths: Benchmarks only: ``[B]`` answer lengths to force (end token banned before the
             last position and placed there), so throughput compares across runs of random weights.
     """
@@ -86,7 +89,7 @@ def generate_ids(
 
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     with torch.no_grad():
-        if decoder == "static":
+        if decoder.startswith("static"):
             from vlmppo.models.static_decode import SamplingSpec
 
             spec = SamplingSpec(
@@ -97,7 +100,8 @@ def generate_ids(
                 suppressed=tuple(media_token_ids(model)),
                 forced_lengths=forced_lengths is not None,
             )
-            return static_decoder_for(model).generate(batch, spec, forced_lengths)
+            compiled = decoder == "static-compiled"
+            return static_decoder_for(model, compile=compiled).generate(batch, spec, forced_lengths)
         sampling = (
             {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
             if temperature > 0

@@ -251,12 +251,17 @@ class StaticDecoder:
         model: A ``*ForConditionalGeneration`` model, or a PEFT model around one.
         use_graphs: Replay decode steps as CUDA graphs (default: when the model is on a CUDA device).
         check_every: Decode steps between the host's looks at which rows have finished.
+        compile: Compile the language model's decode forward with ``torch.compile`` (fuses the many small
+            element-wise kernels of a step; the first call compiles, for a minute or more).
     """
 
-    def __init__(self, model, *, use_graphs: bool | None = None, check_every: int = 8):
+    def __init__(self, model, *, use_graphs: bool | None = None, check_every: int = 8, compile: bool = False):
         inner = _inner_model(model)
         self.model = model
         self.language_model = inner.model.language_model
+        self.forward = self.language_model
+        if compile:  # rows vary by bucket: one dynamic-shape compilation serves them all
+            self.forward = torch.compile(self.language_model, dynamic=True)
         self.lm_head = inner.get_output_embeddings()
         self.device = next(model.parameters()).device
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
@@ -346,7 +351,12 @@ class StaticDecoder:
             and buf.keys[0].dtype == first.dtype
         ):
             return
-        self.buffers = self.graphs = self.caches = None  # free the old ones first
+        # Free the old buffers and graphs first; the graphs' memory pool goes with them (a new capture
+        # into the pool of freed graphs trips the caching allocator).
+        self.buffers = self.graphs = self.caches = self.pool = None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
         length = -(-length // 64) * 64
         self.buffers = DecodeBuffers(
             rows, length, max_new, len(kv.layers), first.shape[1], first.shape[3], first.dtype, self.device
@@ -401,7 +411,7 @@ class StaticDecoder:
         else:
             position_ids = positions.view(bucket, 1)
         with decode_attention(self.language_model.config):
-            hidden = self.language_model(
+            hidden = self.forward(
                 input_ids=buf.tokens[:bucket, None],
                 attention_mask=buf.mask[:bucket],
                 position_ids=position_ids,

@@ -168,3 +168,29 @@ def test_inverse_cdf_sampling_draws_the_tempered_softmax_and_never_a_suppressed_
     # 40k draws: the standard error of each frequency is below 0.0025; 0.01 is four of them.
     torch.testing.assert_close(frequencies, expected, atol=0.01, rtol=0)
     torch.testing.assert_close(logp, expected.log()[ids], atol=1e-5, rtol=0)
+
+
+def test_prompt_embeddings_computed_once_give_the_same_answers_and_scores(loaded):
+    # The vision tower and M-RoPE index run once per rollout step, for the prefill and the scoring pass.
+    from dataclasses import replace
+
+    from vlmppo.models.prompt_embeds import embed_prompts
+
+    batch = _batch(loaded, 4, seed=5)
+    spec = _spec(loaded, 0.0, 10)
+    prompt = embed_prompts(loaded.model, batch)
+    plain = StaticDecoder(loaded.model).generate(batch, spec)
+    reused = StaticDecoder(loaded.model).generate(batch, spec, prompt=prompt)
+    assert torch.equal(plain, reused)
+    prompt_len = batch["input_ids"].shape[1]
+    mask = answer_mask_from_ids(plain[:, prompt_len:], loaded.tokenizer.eos_token_id, None)
+    extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+    sampled = Sampled(
+        plain, torch.cat([batch["attention_mask"], mask.long()], 1), prompt_len, mask, extra, []
+    )
+    policy = ActorCritic(loaded, ValueHead(hidden_size(loaded.model)))
+    with torch.no_grad():
+        logp, values = policy.score(sampled, temperature=0.5)
+        logp_reused, values_reused = policy.score(replace(sampled, prompt=prompt), temperature=0.5)
+    torch.testing.assert_close(logp_reused, logp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(values_reused, values, atol=1e-5, rtol=0)

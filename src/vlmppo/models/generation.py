@@ -71,6 +71,7 @@ def generate_ids(
     max_new_tokens: int,
     decoder: str = "generate",
     forced_lengths=None,
+    prompt=None,
 ):
     """One batched sampling pass over a left-padded prompt batch; returns prompt + answer ids ``[B, P + T]``.
 
@@ -84,6 +85,7 @@ def generate_ids(
             ``torch.compile``) or ``generate`` (transformers' ``generate``, the reference).
         forced_lengths: Benchmarks only: ``[B]`` answer lengths to force (end token banned before the
             last position and placed there), so throughput compares across runs of random weights.
+        prompt: The batch's ``PromptEmbeddings`` (static decoders only): the prefill reuses them.
     """
     import torch
 
@@ -101,7 +103,7 @@ def generate_ids(
                 forced_lengths=forced_lengths is not None,
             )
             compiled = decoder == "static-compiled"
-            return static_decoder_for(model, compile=compiled).generate(batch, spec, forced_lengths)
+            return static_decoder_for(model, compile=compiled).generate(batch, spec, forced_lengths, prompt)
         sampling = (
             {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
             if temperature > 0

@@ -276,16 +276,23 @@ class StaticDecoder:
         self.stats = {"steps": 0, "row_steps": 0, "compactions": 0}
 
     @torch.no_grad()
-    def generate(self, batch, spec: SamplingSpec, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def generate(self, batch, spec: SamplingSpec, lengths: torch.Tensor | None = None, prompt=None):
         """Sample one answer per prompt; returns prompt + answer ids ``[B, P + T]`` (pad after each end
         token, T the longest answer), as ``generate`` would. ``self.last_logp`` [B, T] holds each sampled
         token's log-prob under the distribution it was drawn from (0 on padding). ``lengths`` [B]: the
-        forced answer lengths when ``spec.forced_lengths``."""
+        forced answer lengths when ``spec.forced_lengths``. ``prompt``: the batch's ``PromptEmbeddings``
+        (``models/prompt_embeds.py``), when the caller has them: the prefill then skips the vision tower."""
         input_ids = batch["input_ids"]
         rows, prompt_len = input_ids.shape
-        prefill = self.model(**batch, use_cache=True, logits_to_keep=1)
+        if prompt is not None:
+            from vlmppo.models.prompt_embeds import prefill_inputs
+
+            prefill = self.model(**prefill_inputs(prompt), use_cache=True, logits_to_keep=1)
+            deltas = prompt.rope_deltas
+        else:
+            prefill = self.model(**batch, use_cache=True, logits_to_keep=1)
+            deltas = getattr(prefill, "rope_deltas", None)
         kv = prefill.past_key_values
-        deltas = getattr(prefill, "rope_deltas", None)
         self.mrope = deltas is not None
         self._ensure_buffers(rows, prompt_len + spec.max_new_tokens, spec.max_new_tokens, kv)
         suppressed = (

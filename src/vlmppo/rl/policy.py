@@ -16,6 +16,7 @@ from torch import nn
 from vlmppo.models.generation import generate_ids, media_token_ids, to_pil
 from vlmppo.models.inputs import build_inputs
 from vlmppo.models.loading import LoadedModel
+from vlmppo.models.prompt_embeds import PromptEmbeddings, embed_prompts, inputs_with_answers
 from vlmppo.rl.logprob import token_logprobs
 
 
@@ -46,6 +47,8 @@ class Sampled:
         answer_mask: [B, T] bool, the answer tokens that count (the same as attention_mask[:, P:]).
         extra: the other model inputs of the prompt batch (pixel values, grid sizes, ...).
         texts: the decoded answers, without special tokens.
+        prompt: the prompts' ``PromptEmbeddings`` when sampling computed them (the static decoder):
+            scoring then reuses them instead of running the vision tower again.
     """
 
     sequences: torch.Tensor
@@ -54,6 +57,7 @@ class Sampled:
     answer_mask: torch.Tensor
     extra: dict
     texts: list[str]
+    prompt: PromptEmbeddings | None = None
 
 
 # Logit values per chunk of the rollout's scoring pass (fp32 and the log-softmax: ~1.5 GB at this size).
@@ -131,6 +135,8 @@ class ActorCritic:
             generator = self.sampler.model
         forced = self.forced_lengths(len(prompts)) if self.forced_lengths is not None else None
         with self.autocast():
+            # The static decoder's prefill and the scoring pass share one vision-tower pass.
+            prompt = embed_prompts(self.loaded.model, batch) if self.decoder.startswith("static") else None
             out = generate_ids(
                 generator,
                 tokenizer,
@@ -139,6 +145,7 @@ class ActorCritic:
                 max_new_tokens=max_new_tokens,
                 decoder=self.decoder,
                 forced_lengths=forced,
+                prompt=prompt,
             )
         prompt_len = batch["input_ids"].shape[1]
         answers = out[:, prompt_len:]
@@ -148,7 +155,7 @@ class ActorCritic:
             answers.masked_fill(~mask, tokenizer.pad_token_id), skip_special_tokens=True
         )
         attention = torch.cat([batch["attention_mask"], mask.long()], dim=1)
-        return Sampled(out, attention, prompt_len, mask, extra, texts)
+        return Sampled(out, attention, prompt_len, mask, extra, texts, prompt)
 
     @torch.no_grad()
     def prompt_values(self, batch) -> torch.Tensor:
@@ -176,14 +183,19 @@ class ActorCritic:
             pad = torch.zeros_like(sampled.sequences[:, sampled.prompt_len :])
             extra["mm_token_type_ids"] = torch.cat([extra["mm_token_type_ids"], pad], dim=1)
         p = sampled.prompt_len
+        grad = return_logits or torch.is_grad_enabled()
+        if sampled.prompt is not None and not grad:  # no vision tower or position index again
+            inputs = inputs_with_answers(
+                self.loaded.model, sampled.prompt, sampled.sequences[:, p:], sampled.answer_mask
+            )
+        else:
+            inputs = {"input_ids": sampled.sequences, "attention_mask": sampled.attention_mask, **extra}
         with self.autocast():
-            hidden = self.backbone(
-                input_ids=sampled.sequences, attention_mask=sampled.attention_mask, **extra
-            ).last_hidden_state
+            hidden = self.backbone(**inputs).last_hidden_state
         values = self.value_head(hidden[:, p - 1])
         answer_hidden = hidden[:, p - 1 : -1]  # the positions that predict the answer tokens
         targets = sampled.sequences[:, p:]
-        if return_logits or torch.is_grad_enabled():
+        if grad:
             logits = self._answer_logits(answer_hidden)
             token_logp = token_logprobs(logits, targets, temperature).masked_fill(~sampled.answer_mask, 0.0)
             if return_logits:

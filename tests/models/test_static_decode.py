@@ -194,3 +194,13 @@ def test_prompt_embeddings_computed_once_give_the_same_answers_and_scores(loaded
         logp_reused, values_reused = policy.score(replace(sampled, prompt=prompt), temperature=0.5)
     torch.testing.assert_close(logp_reused, logp, atol=1e-5, rtol=0)
     torch.testing.assert_close(values_reused, values, atol=1e-5, rtol=0)
+
+
+def test_tensors_a_decode_step_reads_live_as_long_as_the_decoder(loaded):
+    # A captured CUDA graph reads its inputs at fixed addresses: the suppressed ids must be one tensor
+    # for every call (a fresh one per call left an H200's graphs reading freed memory).
+    decoder = StaticDecoder(loaded.model)
+    spec = _spec(loaded, 1.0, 4)
+    assert decoder._suppressed(spec) is decoder._suppressed(spec)
+    decoder.generate(_batch(loaded, 2), spec)
+    assert decoder.suppressed_ids[spec.suppressed] is decoder._suppressed(spec)

@@ -270,6 +270,7 @@ class StaticDecoder:
         self.caches: dict[int, object] = {}
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self.pool = None
+        self.suppressed_ids: dict[tuple, torch.Tensor] = {}
         self.mrope = False
         self.last_logp: torch.Tensor | None = None  # [B, T] log-probs of the last call's answers
         # Of the last call: decode steps run, rows computed summed over them, and compactions.
@@ -295,9 +296,7 @@ class StaticDecoder:
         kv = prefill.past_key_values
         self.mrope = deltas is not None
         self._ensure_buffers(rows, prompt_len + spec.max_new_tokens, spec.max_new_tokens, kv)
-        suppressed = (
-            torch.tensor(spec.suppressed, dtype=torch.long, device=self.device) if spec.suppressed else None
-        )
+        suppressed = self._suppressed(spec)
         graph_key = self._ensure_graphs(spec, suppressed)
         buf = self.buffers
         if spec.forced_lengths:
@@ -344,6 +343,18 @@ class StaticDecoder:
         return torch.cat([input_ids, ids[:, :width]], dim=1)
 
     # -- set-up --------------------------------------------------------------------------------------------
+
+    def _suppressed(self, spec: SamplingSpec) -> torch.Tensor | None:
+        """The never-sampled ids as a device tensor that lives as long as the decoder: a captured graph
+        reads it at its address on every replay (a fresh tensor per call would leave the graphs reading
+        freed memory, seen as out-of-range indices on an H200)."""
+        if not spec.suppressed:
+            return None
+        if spec.suppressed not in self.suppressed_ids:
+            self.suppressed_ids[spec.suppressed] = torch.tensor(
+                spec.suppressed, dtype=torch.long, device=self.device
+            )
+        return self.suppressed_ids[spec.suppressed]
 
     def _ensure_buffers(self, rows: int, length: int, max_new: int, kv) -> None:
         """Reuse the buffers (and graphs) when they are large enough; else allocate anew (positions

@@ -111,6 +111,7 @@ def main() -> None:
                 result.update = measure_update(policy, cfg, recorded, repeats=1)
         summary[name] = result.to_dict()
         report.append(f"## answers: {name}\n\n" + markdown(result))
+        write(args.out, summary, report)  # after each group: a lease cut short keeps what it measured
     if args.hf_compile:
         policy.forced_lengths = None
         try:
@@ -123,9 +124,13 @@ def main() -> None:
             "## transformers static cache + compile\n\n" + json.dumps(summary["hf_static_compile"], indent=1)
         )
         print(report[-1], flush=True)
-    (args.out / "rollout.json").write_text(json.dumps(summary, indent=1, default=str))
-    (args.out / "rollout.md").write_text("\n\n".join(report))
+    write(args.out, summary, report)
     print("\n\n".join(report))
+
+
+def write(out: Path, summary: dict, report: list[str]) -> None:
+    (out / "rollout.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "rollout.md").write_text("\n\n".join(report))
 
 
 if __name__ == "__main__":

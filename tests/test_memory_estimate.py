@@ -9,6 +9,7 @@ from vlmppo.config import load_config
 from vlmppo.memory import GIB, count_parameters, estimate_ppo_memory, image_tokens, load_model_config
 from vlmppo.models import load_model
 from vlmppo.models.inputs import build_inputs
+from vlmppo.rl.policy import SCORE_CHUNK_VALUES
 
 
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
@@ -44,16 +45,27 @@ def test_estimate_terms_follow_the_run_shapes():
     est = estimate_ppo_memory(cfg)
     text = load_model_config(cfg.model).text_config
     assert est.weights_gb == pytest.approx(est.params * 2 / GIB)
-    # doubling the envs doubles the rollout term (KV cache and logits are per env)
+    # doubling the envs doubles the per-env rollout terms and the static KV cache (the scoring pass's
+    # logits chunk is the same size at any number of envs)
     more = estimate_ppo_memory(
         load_config("numberline-tiny", overrides=["model.dtype=bfloat16", "env.n_envs=8"])
     )
-    assert more.rollout_gb == pytest.approx(2 * est.rollout_gb)
-    seq = est.prompt_tokens + cfg.ppo.max_new_tokens
+    chunk = SCORE_CHUNK_VALUES * (2 + 8) / GIB
+    assert more.rollout_gb - chunk == pytest.approx(2 * (est.rollout_gb - chunk))
+    assert more.decoder_gb == pytest.approx(2 * est.decoder_gb) and est.decoder_gb > 0
+    seq, envs = est.prompt_tokens + cfg.ppo.max_new_tokens, cfg.env.n_envs
     head_dim = text.hidden_size // text.num_attention_heads
-    kv = 2 * text.num_hidden_layers * cfg.env.n_envs * seq * text.num_key_value_heads * head_dim * 2
-    logits = cfg.env.n_envs * cfg.ppo.max_new_tokens * text.vocab_size * (2 + 4)
-    assert est.rollout_gb == pytest.approx((kv + logits) / GIB)
+    kv_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * 2
+    assert est.decoder_gb == pytest.approx(envs * (-(-seq // 64) * 64) * kv_token / GIB)
+    prefill = envs * est.prompt_tokens * kv_token
+    layer = envs * seq * (3 * text.intermediate_size + 4 * text.hidden_size) * 2
+    assert est.rollout_gb == pytest.approx((prefill + layer) / GIB + chunk)
+    # transformers' generate: no static buffers, but a cache that grows to the whole sequence by copies
+    generate = estimate_ppo_memory(
+        load_config("numberline-tiny", overrides=["model.dtype=bfloat16", "model.decoder=generate"])
+    )
+    assert generate.decoder_gb == 0
+    assert generate.rollout_gb == pytest.approx(est.rollout_gb + 2 * envs * seq * kv_token / GIB)
     # gradient checkpointing shrinks the update's activations
     ckpt = estimate_ppo_memory(
         load_config(

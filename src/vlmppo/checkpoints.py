@@ -242,4 +242,4 @@ def load_policy_for_inference(cfg, spec: str | None, *, device: str = "cpu"):
         raise ConfigError(
             "collect.policy=checkpoint needs a checkpoint: pass --ckpt PATH (or last, sft, ppo)."
         )
-    return Generator(load_for_inference(cfg, spec, device=device), device)
+    return Generator(load_for_inference(cfg, spec, device=device), device, decoder=cfg.model.decoder)

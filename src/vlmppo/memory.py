@@ -11,8 +11,12 @@ Terms:
   from a merged copy);
 - trainable state: trainable parameters (LoRA adapters are kept in fp32 by peft) + their gradients + two
   AdamW moments, all in the trainable dtype; the value head likewise;
-- rollout: the KV cache of one batched generate over all envs, and the fp32 log-softmax of the scoring
-  pass's answer logits;
+- rollout: the prefill's KV cache of all envs' prompts (plus, with transformers' ``generate``, the cache
+  that grows by concatenation to the whole answer, twice at the moment it grows), one layer's
+  activations of the no-grad prefill/scoring forwards over all envs, and one chunk of the scoring
+  pass's fp32 answer logits (``rl/policy.py`` scores a few rows at a time);
+- decoder buffers (``model.decoder=static``, the default on a GPU): the static KV cache of all envs,
+  kept between rollouts, so it sits beside the update's peak too;
 - update: the saved activations of one micro-batch through the decoder (≈ 8·h + 3·I values per token and
   layer in the model dtype, plus the fp32 inputs peft keeps for each LoRA adapter; with gradient
   checkpointing one h per layer plus one full layer), and its answer logits in the model dtype, in fp32,
@@ -43,18 +47,20 @@ class MemoryEstimate:
     rollout_gb: float
     update_gb: float
     sampler_gb: float = 0.0
+    decoder_gb: float = 0.0
 
     @property
     def peak_gb(self) -> float:
-        resident = self.weights_gb + self.sampler_gb + self.trainable_state_gb
+        resident = self.weights_gb + self.sampler_gb + self.decoder_gb + self.trainable_state_gb
         return OVERHEAD * (resident + max(self.rollout_gb, self.update_gb))
 
     def describe(self) -> str:
         return (
             f"~{_size(self.peak_gb)} per GPU (weights {_size(self.weights_gb)}"
             + (f" + merged sampling copy {_size(self.sampler_gb)}" if self.sampler_gb else "")
+            + (f" + static KV cache {_size(self.decoder_gb)}" if self.decoder_gb else "")
             + f", trainable + AdamW "
-            f"{_size(self.trainable_state_gb)}, rollout KV/logits {_size(self.rollout_gb)}, update activations "
+            f"{_size(self.trainable_state_gb)}, rollout prefill/scoring {_size(self.rollout_gb)}, update activations "
             f"{_size(self.update_gb)}; {_count(self.params)} params, {_count(self.trainable)} trainable, "
             f"~{self.prompt_tokens} prompt tokens)"
         )
@@ -165,9 +171,16 @@ def estimate_ppo_memory(cfg) -> MemoryEstimate | None:
     else:  # the weights are counted already: gradient and two moments in the model dtype
         trainable_state = total * bpw * 3
     trainable_state += (hidden * 1024 + 1024 + 1024 * 512 + 512 + 513) * 16  # value head, fp32
-    seq, answer = prompt + p.max_new_tokens, p.max_new_tokens
-    kv = 2 * layers * cfg.env.n_envs * seq * kv_heads * head_dim * bpw
-    rollout_logits = cfg.env.n_envs * answer * vocab * (bpw + 4)
+    seq, answer, envs = prompt + p.max_new_tokens, p.max_new_tokens, cfg.env.n_envs
+    kv_token = 2 * layers * kv_heads * head_dim * bpw
+    from vlmppo.models.generation import resolve_decoder
+    from vlmppo.rl.policy import SCORE_CHUNK_VALUES
+
+    static = resolve_decoder(m.decoder, "cuda").startswith("static")
+    decoder_buffers = envs * (-(-seq // 64) * 64) * kv_token if static else 0
+    growing_cache = 0 if static else 2 * envs * seq * kv_token
+    no_grad_layer = envs * seq * (3 * inter + 4 * hidden) * bpw  # gate, up, act; residual, norm, attention
+    rollout = envs * prompt * kv_token + growing_cache + no_grad_layer + SCORE_CHUNK_VALUES * (bpw + 8)
     mb = p.micro_batch_size
     layer_values = (8 * hidden + 3 * inter) * bpw  # per token: projections' inputs, norms, MLP activations
     if m.lora is not None:
@@ -190,7 +203,8 @@ def estimate_ppo_memory(cfg) -> MemoryEstimate | None:
         prompt_tokens=prompt,
         weights_gb=total * bpw / GIB,
         trainable_state_gb=trainable_state / GIB,
-        rollout_gb=(kv + rollout_logits) / GIB,
+        rollout_gb=rollout / GIB,
+        decoder_gb=decoder_buffers / GIB,
         update_gb=update / GIB,
         # ppo.merged_sampling (auto = on, on a GPU): one more copy of the weights, merged, for generate
         sampler_gb=total * bpw / GIB if m.lora is not None and p.merged_sampling is not False else 0.0,

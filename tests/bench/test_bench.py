@@ -57,8 +57,30 @@ def test_bench_cli_measures_batch1_and_batched_rows_and_writes_json_and_markdown
     assert update["tokens_per_s"] > 0 and update["samples_per_s"] > 0 and update["samples"] == 2
     assert data["meta"]["max_new_tokens"] == 6 and data["meta"]["device"] == "cpu"
     markdown = out.with_suffix(".md").read_text()
-    assert "| batch-1 sequential | 1 |" in markdown and "| batched | 2 |" in markdown
+    assert "| batch-1 sequential | generate | 1 |" in markdown and "| batched | generate | 2 |" in markdown
     assert "batch-1 sequential" in proc.stdout and "update" in proc.stdout
+
+
+def test_bench_cli_measures_both_decoders_with_drawn_answer_lengths(tmp_path):
+    out = tmp_path / "decoders.json"
+    proc = run_cli(
+        "bench", "--preset", "numberline-tiny", "--n-envs", "3", "--repeats", "1", "--out", str(out),
+        "--decoders", "generate,static", "--answer-lengths", "2-5", "ppo.max_new_tokens=6",
+        env={"OMP_NUM_THREADS": "1"}, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    rows = [(r["mode"], r["decoder"], r["n_envs"]) for r in data["rollout"]]
+    assert rows == [
+        ("batch-1 sequential", "generate", 1),
+        ("batched", "generate", 3),
+        ("batched", "static", 3),
+    ]
+    for row in data["rollout"]:
+        assert 2 * row["env_steps"] <= row["gen_tokens"] <= 5 * row["env_steps"]
+        assert row["ms_per_position"] > 0 and row["vision_s"] > 0 and row["floor_ms"] is None  # CPU: no floor
+    assert data["meta"]["answer_lengths"] == "2-5"
+    assert "| batched | static | 3 |" in out.with_suffix(".md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -69,8 +91,10 @@ def test_bench_cli_measures_batch1_and_batched_rows_and_writes_json_and_markdown
         (["--n-envs", "1,eight"], "'eight' is not a positive whole number"),
         (["--repeats", "0"], "need at least 1 timed repeat"),
         (["--shape", "qwen2-vl-2b"], "needs a CUDA GPU"),
+        (["--decoders", "vllm"], "vllm is not a decoder"),
+        (["--answer-lengths", "80-30"], "neither 'forced' nor a range"),
     ],
-    ids=["unknown-shape", "zero-envs", "not-a-number", "zero-repeats", "2b-on-cpu"],
+    ids=["unknown-shape", "zero-envs", "not-a-number", "zero-repeats", "2b-on-cpu", "decoder", "lengths"],
 )
 def test_bench_bad_input_is_one_clear_error_without_traceback(tmp_path, args, words):
     proc = run_cli(
@@ -101,24 +125,32 @@ def _boost_logit(policy, token_id: int):
     return policy.loaded.model.get_output_embeddings().register_forward_hook(hook)
 
 
-def test_fixed_answer_length_holds_even_when_the_model_wants_to_stop(tiny_policy):
+@pytest.mark.parametrize("decoder", ["generate", "static"])
+def test_forced_answer_lengths_hold_even_when_the_model_wants_to_stop(tiny_policy, decoder):
     from vlmppo.bench.rollout import make_bench_env
-    from vlmppo.bench.runner import fix_answer_length
+    from vlmppo.bench.runner import AnswerLengths
     from vlmppo.rl.ppo import rollout_step
 
     cfg, policy = tiny_policy
     vec = make_bench_env(cfg, 2)
     obs, infos = vec.reset()
     handle = _boost_logit(policy, policy.loaded.tokenizer.eos_token_id)
+    policy.decoder = decoder
     try:
         cfg5 = cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"max_new_tokens": 5})})
         steps, _, _ = rollout_step(policy, vec, obs, infos, cfg5)
         assert [len(s.answer_ids) for s in steps] == [1, 1]  # eos at once: the hook works
-        fix_answer_length(policy, 5)
+        policy.forced_lengths = AnswerLengths(5, None, seed=0)
         steps, _, _ = rollout_step(policy, vec, obs, infos, cfg5)
         assert [len(s.answer_ids) for s in steps] == [5, 5]
+        policy.forced_lengths = AnswerLengths(5, (2, 4), seed=0)
+        lengths = [
+            len(s.answer_ids) for _ in range(4) for s in rollout_step(policy, vec, obs, infos, cfg5)[0]
+        ]
+        assert set(lengths) <= {2, 3, 4} and len(set(lengths)) > 1  # drawn in the range, not all alike
     finally:
         handle.remove()
+        policy.forced_lengths, policy.decoder = None, "generate"
 
 
 def test_qwen2_vl_2b_shape_has_the_released_checkpoints_size():

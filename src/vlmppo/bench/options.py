@@ -35,3 +35,32 @@ def check_shape_device(shape: str | None, device: str) -> None:
         f"device is '{device}'.",
         hint="Run it on a GPU machine, or use --shape tiny on a CPU.",
     )
+
+
+DECODERS = ("generate", "static", "static-compiled")
+
+
+def parse_decoders(text: str) -> list[str]:
+    """``"generate,static"`` -> the decoders whose batched rows are measured (``model.decoder`` values)."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    bad = [n for n in names if n not in DECODERS]
+    if bad or not names:
+        raise ConfigError(
+            f"--decoders '{text}': {', '.join(bad) or 'nothing given'} is not a decoder.",
+            hint=f"Choose from {', '.join(DECODERS)}, comma-separated (e.g. --decoders generate,static).",
+        )
+    return list(dict.fromkeys(names))
+
+
+def parse_answer_lengths(text: str) -> tuple[int, int] | None:
+    """``forced`` -> None (every answer ``ppo.max_new_tokens`` long); ``"30-80"`` -> (30, 80): each answer
+    ends with its end-of-turn token after a length drawn uniformly in that range (fixed seed)."""
+    if text == "forced":
+        return None
+    low, _, high = text.partition("-")
+    if not (low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high)):
+        raise ConfigError(
+            f"--answer-lengths '{text}' is neither 'forced' nor a range like 30-80.",
+            hint="Use --answer-lengths forced (every answer ppo.max_new_tokens long) or LOW-HIGH.",
+        )
+    return int(low), int(high)

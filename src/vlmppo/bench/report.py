@@ -9,12 +9,16 @@ from vlmppo.bench.runner import BenchResult
 
 ROLLOUT_COLUMNS = (
     "mode",
+    "decoder",
     "n_envs",
     "env-steps/s",
     "gen tokens/s",
     "speedup",
     "generate s",
+    "ms/position",
+    "floor ms",
     "score s",
+    "vision s",
     "inputs s",
     "host+env s",
     "peak GiB",
@@ -34,6 +38,13 @@ def _gib(value: float | None) -> str:
     return "n/a (CPU)" if value is None else f"{value:.1f}"
 
 
+def _lengths(meta: dict) -> str:
+    span = meta.get("answer_lengths", "forced")
+    if span == "forced":
+        return f"every answer forced to {meta['max_new_tokens']} new tokens"
+    return f"answers end after {span} tokens (uniform, fixed seed; at most {meta['max_new_tokens']})"
+
+
 def _training(result: BenchResult) -> str:
     r = result.meta["lora_r"]
     return "full fine-tuning" if r is None else f"LoRA r={r}"
@@ -44,12 +55,16 @@ def rollout_rows(result: BenchResult) -> list[list[str]]:
     return [
         [
             r.mode,
+            r.decoder,
             str(r.n_envs),
             f"{r.env_steps_per_s:.2f}",
             f"{r.gen_tokens_per_s:,.0f}",
             f"{r.env_steps_per_s / base:.1f}x",
             f"{r.generate_s:.2f}",
+            f"{r.ms_per_position:.1f}",
+            "n/a" if r.floor_ms is None else f"{r.floor_ms:.2f} ({r.floor_ms / r.ms_per_position:.0%})",
             f"{r.score_s:.2f}",
+            "n/a" if r.vision_s is None else f"{r.vision_s:.3f}",
             f"{r.inputs_s:.2f}",
             f"{r.host_s:.2f}",
             _gib(r.peak_gib),
@@ -78,11 +93,12 @@ def setup_lines(result: BenchResult) -> list[str]:
     return [
         f"{m['env']} | model {m['model_path'] if m['shape'] == 'preset' else m['shape']} ({m['family']}, {m['parameters'] / 1e6:,.1f}M parameters, "
         f"{m['dtype']}, autocast {m.get('mixed_precision', 'no')}, {m['attn_implementation']}, LoRA r={m['lora_r']}) | {where} | {m['date_utc']}",
-        f"Prompt {base.prompt_tokens:.0f} tokens ({base.image_tokens:.0f} image tokens); every answer forced "
-        f"to {m['max_new_tokens']} new tokens (random weights: no natural stop); {m['repeats']} timed "
-        "repeats after 1 warm-up.",
+        f"Prompt {base.prompt_tokens:.0f} tokens ({base.image_tokens:.0f} image tokens); {_lengths(m)} "
+        f"(random weights: no natural stop); {m['repeats']} timed repeats after 1 warm-up.",
         "Rollout = the PPO loop's rollout_step (generate + teacher-forced scoring + parsing) + env step; "
-        "speedup is env-steps/s over the batch-1 sequential baseline of this run.",
+        "speedup is env-steps/s over the batch-1 sequential baseline of this run. ms/position: generate "
+        "time per decoded position of the longest answer (prefill included); floor ms: the bytes a decode "
+        "step must read (weights + KV cache) over the card's bandwidth, and the share of ms/position it is.",
     ]
 
 
@@ -111,8 +127,13 @@ def markdown(result: BenchResult) -> str:
 
     lines = [*(f"{line}  " for line in setup_lines(result)), "", "Rollout:", ""]
     lines += table(ROLLOUT_COLUMNS, rollout_rows(result))
-    lines += ["", f"Update (teacher-forced forward + backward over micro-batches, {_training(result)}):", ""]
-    lines += table(UPDATE_COLUMNS, [update_row(result)])
+    if result.update is not None:
+        lines += [
+            "",
+            f"Update (teacher-forced forward + backward over micro-batches, {_training(result)}):",
+            "",
+        ]
+        lines += table(UPDATE_COLUMNS, [update_row(result)])
     return "\n".join(lines) + "\n"
 
 

@@ -21,6 +21,7 @@ class RolloutRow:
 
     Attributes:
         mode: "batch-1 sequential" or "batched".
+        decoder: ``model.decoder`` of the row: "generate" (transformers) or "static".
         n_envs: Envs per ``generate`` call.
         steps: Timed ``rollout_step`` calls.
         env_steps: Env transitions in them (steps * n_envs).
@@ -32,9 +33,15 @@ class RolloutRow:
         prompt_tokens: Mean prompt length in tokens (image tokens included).
         image_tokens: Image tokens per frame.
         peak_gib: Peak GPU memory allocated during the timed steps (None on CPU).
+        positions: Answer positions decoded, summed over the timed steps (each step: its longest answer,
+            the length the batch is decoded for; the prefill is one of them).
+        floor_ms: The decode floor per step (``bench/floor.py``) at the row's batch; None if unknown.
+        vision_s: One pass of the vision tower over a step's frames (the prefill and the scoring pass
+            each run it once).
     """
 
     mode: str
+    decoder: str
     n_envs: int
     steps: int
     env_steps: int
@@ -47,10 +54,18 @@ class RolloutRow:
     prompt_tokens: float
     image_tokens: float
     peak_gib: float | None
+    positions: int = 0
+    floor_ms: float | None = None
+    vision_s: float | None = None
 
     @property
     def env_steps_per_s(self) -> float:
         return self.env_steps / self.seconds
+
+    @property
+    def ms_per_position(self) -> float:
+        """Milliseconds of ``generate`` per decoded answer position (prefill included)."""
+        return 1e3 * self.generate_s / max(1, self.positions)
 
     @property
     def gen_tokens_per_s(self) -> float:
@@ -82,7 +97,9 @@ def _prompt_stats(sampled, image_token_id: int | None) -> tuple[float, float]:
     return tokens, float(images.sum()) / images.shape[0]
 
 
-def measure_rollout(policy, cfg, n_envs: int, *, repeats: int, warmup: int = 1, keep=None) -> RolloutRow:
+def measure_rollout(
+    policy, cfg, n_envs: int, *, repeats: int, warmup: int = 1, keep=None, gpu_name: str | None = None
+) -> RolloutRow:
     """Time `repeats` calls of ``rollout_step`` over `n_envs` envs, after `warmup` untimed ones.
 
     Args:
@@ -90,14 +107,16 @@ def measure_rollout(policy, cfg, n_envs: int, *, repeats: int, warmup: int = 1, 
         cfg: The resolved config (env, ``ppo.temperature``, ``ppo.max_new_tokens``, ...).
         n_envs: Envs stepped together; 1 is the batch-1 sequential baseline.
         keep: A list that receives the timed steps' ``Step`` records (data for the update benchmark).
+        gpu_name: For the decode floor (``bench/floor.py``).
     """
+    from vlmppo.bench.floor import decode_floor_ms
     from vlmppo.rl.ppo import rollout_step
 
     device = policy.device
     vec = make_bench_env(cfg, n_envs)
     obs, infos = vec.reset()
     image_token_id = getattr(policy.loaded.model.config, "image_token_id", None)
-    env_steps = gen_tokens = 0
+    env_steps = gen_tokens = positions = 0
     with timed_policy(policy, device) as clock:
         for i in range(warmup + repeats):
             if i == warmup:  # compile/autotune/allocator warm-up stays out of the figures
@@ -109,14 +128,19 @@ def measure_rollout(policy, cfg, n_envs: int, *, repeats: int, warmup: int = 1, 
             if i >= warmup:
                 env_steps += len(steps)
                 gen_tokens += sum(len(s.answer_ids) for s in steps)
+                positions += max(len(s.answer_ids) for s in steps)
                 if keep is not None:
                     keep.extend(steps)
         seconds = now(device) - start
-        prompt_tokens, image_tokens = _prompt_stats(clock.last_result["sample"], image_token_id)
+        sampled = clock.last_result["sample"]
+        prompt_tokens, image_tokens = _prompt_stats(sampled, image_token_id)
         s = dict(clock.seconds)
     vec.close()
+    sampler = policy.sampler.model if policy.sampler is not None else policy.loaded.model
+    cached = sampled.prompt_len + positions / max(1, repeats) / 2  # mean cache length while decoding
     return RolloutRow(
         mode="batch-1 sequential" if n_envs == 1 else "batched",
+        decoder=policy.decoder,
         n_envs=n_envs,
         steps=repeats,
         env_steps=env_steps,
@@ -129,4 +153,19 @@ def measure_rollout(policy, cfg, n_envs: int, *, repeats: int, warmup: int = 1, 
         prompt_tokens=prompt_tokens,
         image_tokens=image_tokens,
         peak_gib=peak_memory_gib(device),
+        positions=positions,
+        floor_ms=decode_floor_ms(sampler, n_envs, cached, gpu_name),
+        vision_s=time_vision_tower(policy, sampled),
     )
+
+
+def time_vision_tower(policy, sampled) -> float:
+    """Seconds of one vision-tower pass over ``sampled``'s frames (after one untimed pass)."""
+    import torch
+
+    extra = {k: v for k, v in sampled.extra.items() if k in ("pixel_values", "image_grid_thw", "image_sizes")}
+    with torch.no_grad(), policy.autocast():
+        policy.backbone.get_image_features(**extra)
+        start = now(policy.device)
+        policy.backbone.get_image_features(**extra)
+        return now(policy.device) - start

@@ -31,7 +31,8 @@ class BenchResult:
     def to_dict(self) -> dict:
         def row(r):
             out = asdict(r)
-            out.update({k: getattr(r, k) for k in ("env_steps_per_s", "gen_tokens_per_s") if hasattr(r, k)})
+            names = ("env_steps_per_s", "gen_tokens_per_s", "ms_per_position")
+            out.update({k: getattr(r, k) for k in names if hasattr(r, k)})
             if isinstance(r, UpdateRow):
                 out.update(samples_per_s=r.samples_per_s, tokens_per_s=r.tokens_per_s)
             return out
@@ -66,16 +67,31 @@ def bench_config(cfg, shape: str | None, device: str):
     return cfg.model_copy(update={"model": model, "ppo": cfg.ppo.model_copy(update={"init_from": None})})
 
 
-def fix_answer_length(policy, max_new_tokens: int) -> None:
-    """Make every answer exactly `max_new_tokens` long, so tokens/s compare across runs and models.
+class AnswerLengths:
+    """The answer lengths ``ActorCritic.sample`` forces in a benchmark (``forced_lengths``).
 
-    ``min_new_tokens`` bans the end-of-turn token until the limit; ``policy.sample`` puts it in its
-    generation config (``ActorCritic.sampling_config``).
+    Random weights never end an answer by themselves, which would make tokens/s and env-steps/s
+    incomparable between runs. ``span`` None: every answer exactly ``max_new_tokens`` long; ``(low, high)``:
+    each answer ends with its end-of-turn token after a length drawn uniformly in that range, from a
+    fixed-seed generator, as trained policies do (their answers take 30-80 tokens).
     """
-    policy.min_new_tokens = max_new_tokens
+
+    def __init__(self, max_new_tokens: int, span: tuple[int, int] | None, seed: int):
+        import numpy as np
+
+        self.max_new_tokens, self.span = max_new_tokens, span
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, rows: int):
+        import torch
+
+        if self.span is None:
+            return torch.full((rows,), self.max_new_tokens, dtype=torch.long)
+        low, high = self.span[0], min(self.span[1], self.max_new_tokens)
+        return torch.as_tensor(self.rng.integers(low, high + 1, size=rows), dtype=torch.long)
 
 
-def _meta(cfg, shape, device, policy, n_envs, repeats) -> dict:
+def _meta(cfg, shape, device, policy, n_envs, repeats, decoders, answer_lengths) -> dict:
     import torch
 
     from vlmppo.accel import precision_for
@@ -101,7 +117,8 @@ def _meta(cfg, shape, device, policy, n_envs, repeats) -> dict:
         "gradient_checkpointing": cfg.model.gradient_checkpointing,
         "lora_r": cfg.model.lora.r if cfg.model.lora else None,
         "max_new_tokens": cfg.ppo.max_new_tokens,
-        "forced_answer_length": True,
+        "answer_lengths": "forced" if answer_lengths is None else "-".join(map(str, answer_lengths)),
+        "decoders": decoders,
         "temperature": cfg.ppo.temperature,
         "n_envs": n_envs,
         "repeats": repeats,
@@ -111,23 +128,36 @@ def _meta(cfg, shape, device, policy, n_envs, repeats) -> dict:
     return meta
 
 
-def run_bench(cfg, *, shape: str | None, n_envs: list[int], repeats: int, on_phase=None) -> BenchResult:
+def run_bench(
+    cfg,
+    *,
+    shape: str | None,
+    n_envs: list[int],
+    repeats: int,
+    decoders: list[str] | None = None,
+    answer_lengths: tuple[int, int] | None = None,
+    on_phase=None,
+) -> BenchResult:
     """Measure rollout (batch-1 sequential and batched) and update throughput for `cfg`'s env and model.
 
-    Every answer is forced to ``ppo.max_new_tokens`` tokens (``min_new_tokens``): random or untrained
-    weights stop at arbitrary lengths, which would make tokens/s and env-steps/s incomparable between
-    runs. Real answers end earlier, so real env-steps/s are higher by about that ratio.
+    Answer lengths are forced (``AnswerLengths``): every answer ``ppo.max_new_tokens`` tokens, or drawn
+    in ``answer_lengths``. The batch-1 sequential baseline always decodes with transformers' ``generate``
+    (RL4VLM's loop); the batched rows are measured once per decoder in ``decoders`` (default: the
+    config's ``model.decoder``).
 
     Args:
         cfg: The resolved config (``run.device`` decides the device).
         shape: None (the preset's model), ``"tiny"`` or a name in ``models.shapes.SHAPES``.
         n_envs: Env counts to measure; 1 is the batch-1 sequential baseline.
         repeats: Timed rollout steps per env count, and timed passes over the recorded steps in the update.
+        decoders: ``generate`` and/or ``static``.
+        answer_lengths: None (forced to ``ppo.max_new_tokens``) or a (low, high) range.
         on_phase: Called with a short description before each phase (progress output).
     """
     import torch
 
     from vlmppo.accel import make_accelerator, precision_for
+    from vlmppo.models.generation import resolve_decoder
     from vlmppo.rl.ppo import build_policy
     from vlmppo.sysinfo import resolve_device
 
@@ -142,13 +172,18 @@ def run_bench(cfg, *, shape: str | None, n_envs: list[int], repeats: int, on_pha
     # The same Accelerator as the PPO loop, so the bench measures its bf16 autocast (or its absence).
     accelerator = make_accelerator(device, precision_for(cfg.ppo.mixed_precision, device))
     policy = build_policy(cfg, device, accelerator=accelerator)
-    fix_answer_length(policy, cfg.ppo.max_new_tokens)
-    result = BenchResult(meta=_meta(cfg, shape, device, policy, n_envs, repeats))
+    policy.forced_lengths = AnswerLengths(cfg.ppo.max_new_tokens, answer_lengths, cfg.run.seed)
+    decoders = decoders or [resolve_decoder(cfg.model.decoder, device)]
+    meta = _meta(cfg, shape, device, policy, n_envs, repeats, decoders, answer_lengths)
+    result = BenchResult(meta=meta)
     recorded: list = []
-    for n in n_envs:
-        say(f"rollout: {'batch-1 sequential' if n == 1 else f'batched, {n} envs'}")
-        keep = recorded if n == max(n_envs) else None
-        result.rollout.append(measure_rollout(policy, cfg, n, repeats=repeats, keep=keep))
+    runs = [("generate", 1)] + [(d, n) for d in decoders for n in n_envs if n > 1]
+    for decoder, n in runs:
+        say(f"rollout: {'batch-1 sequential' if n == 1 else f'batched, {n} envs'} ({decoder})")
+        policy.decoder = decoder
+        keep = recorded if (decoder, n) == runs[-1] else None
+        row = measure_rollout(policy, cfg, n, repeats=repeats, keep=keep, gpu_name=meta["gpu"])
+        result.rollout.append(row)
     say(f"update: {len(recorded)} recorded steps, {repeats} passes")
     result.update = measure_update(policy, cfg, recorded, repeats=repeats)
     return result

@@ -71,9 +71,15 @@ def timed_policy(policy, device: str):
     clock = MethodClock(device)
     clock.wrap(policy, "sample", "sample")
     clock.wrap(policy, "score", "score")
-    # With ppo.merged_sampling the answers come from the merged copy's generate.
+    # With ppo.merged_sampling the answers come from the merged copy; with model.decoder=static from its
+    # StaticDecoder instead of transformers' generate (one of the two runs per row, both count as generate).
+    from vlmppo.models.generation import static_decoder_for
+
     sampler = getattr(policy, "sampler", None)
-    clock.wrap(sampler.model if sampler is not None else policy.loaded.model, "generate", "generate")
+    model = sampler.model if sampler is not None else policy.loaded.model
+    clock.wrap(model, "generate", "generate")
+    for compiled in (False, True):
+        clock.wrap(static_decoder_for(model, compile=compiled), "generate", "generate")
     try:
         yield clock
     finally:

@@ -31,6 +31,22 @@ def bench(
         ),
     ] = "1,8,32",
     repeats: Annotated[int, typer.Option("--repeats", help="Timed repeats of each measurement.")] = 3,
+    decoders: Annotated[
+        str | None,
+        typer.Option(
+            "--decoders",
+            help="Comma-separated decoders for the batched rows: generate (transformers), static (static KV "
+            "cache + CUDA graphs). Default: the config's model.decoder.",
+        ),
+    ] = None,
+    answer_lengths: Annotated[
+        str,
+        typer.Option(
+            "--answer-lengths",
+            help="'forced' (every answer ppo.max_new_tokens long) or LOW-HIGH: each answer ends after a "
+            "length drawn in that range (fixed seed), as trained policies answer.",
+        ),
+    ] = "forced",
     out: Annotated[
         Path | None,
         typer.Option(
@@ -39,13 +55,21 @@ def bench(
     ] = None,
 ):
     """Measure env-steps/s and generated tokens/s (batch-1 sequential vs batched), update tokens/s, peak GiB."""
-    from vlmppo.bench.options import check_repeats, check_shape_device, parse_n_envs
+    from vlmppo.bench.options import (
+        check_repeats,
+        check_shape_device,
+        parse_answer_lengths,
+        parse_decoders,
+        parse_n_envs,
+    )
     from vlmppo.models.shapes import get_shape
     from vlmppo.sysinfo import resolve_device
 
     # Bad values fail here, before a model is loaded (and before torch is imported, unless
     # run.device=auto needs it to look for a GPU).
     counts, repeats = parse_n_envs(n_envs), check_repeats(repeats)
+    decoder_list = parse_decoders(decoders) if decoders else None
+    span = parse_answer_lengths(answer_lengths)
     if shape is not None and shape != "tiny":
         get_shape(shape)
     cfg = resolve_config(preset, config, overrides)
@@ -61,6 +85,8 @@ def bench(
         shape=shape,
         n_envs=counts,
         repeats=repeats,
+        decoders=decoder_list,
+        answer_lengths=span,
         on_phase=lambda text: console.print(f"bench: {text}"),
     )
     print_report(result, console)
@@ -70,6 +96,8 @@ def bench(
 
 bench_epilog = examples(
     "vlmppo bench --preset numberline-tiny --n-envs 1,4 --repeats 2",
-    "vlmppo bench --preset numberline-qwen --shape qwen2-vl-2b --n-envs 1,8,16,32 ppo.max_new_tokens=128",
+    "vlmppo bench --preset numberline-qwen --shape qwen2-vl-2b --n-envs 1,32,128 --decoders generate,static "
+    "ppo.max_new_tokens=128",
+    "vlmppo bench --preset numberline-tiny --decoders static --answer-lengths 3-8 ppo.max_new_tokens=8",
     "vlmppo bench --preset minigrid-doorkey-qwen --out bench/doorkey-h100.json",
 )

@@ -84,6 +84,13 @@ class ModelConfig(Section):
     min_pixels: int | None = Field(None, ge=1, description="Qwen image processor: minimum pixels per image.")
     max_pixels: int | None = Field(None, ge=1, description="Qwen image processor: maximum pixels per image.")
     trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint folder.")
+    decoder: Literal["auto", "static", "static-compiled", "generate"] = Field(
+        "auto",
+        description="How answers are sampled (PPO rollouts, eval, collect, hf labels): static = a static KV "
+        "cache with CUDA-graph decode steps and finished rows dropped early (models/static_decode.py); "
+        "static-compiled = the same with the decode forward through torch.compile (a minute to compile); "
+        "generate = transformers' generate (the reference); auto = static on a GPU, generate on the CPU.",
+    )
 
     @model_validator(mode="after")
     def _pixels_ordered(self) -> ModelConfig:

@@ -86,7 +86,7 @@ class _CheckpointActor:
 
         self.cfg, self.device = cfg, device
         self.loaded = load_for_inference(cfg, str(path), device=device)
-        self.generator = Generator(self.loaded, device, cfg.eval.generation)
+        self.generator = Generator(self.loaded, device, cfg.eval.generation, cfg.model.decoder)
         self.critic = None
         head_file = path / "value_head.safetensors"
         if head_file.is_file():

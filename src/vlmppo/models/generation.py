@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,19 +77,13 @@ _DESCRIBED = ("do_sample", "temperature", "top_k", "top_p", "min_p", "typical_p"
               "no_repeat_ngram_size", "bad_words_ids", "num_beams")  # fmt: skip
 
 
-def explicit_generation_config(
-    tokenizer, suppressed: list[int], *, temperature: float, max_new_tokens: int, min_new_tokens: int = 0
-):
+def explicit_generation_config(tokenizer, suppressed: list[int], *, temperature: float, max_new_tokens: int):
     """The complete decoding of an answer, owing nothing to the checkpoint's ``generation_config.json``.
 
     ``temperature`` 0 is greedy; otherwise plain sampling from ``softmax(logits / temperature)`` over the
     whole vocabulary: no top-k/top-p/min-p, no repetition penalty, no banned n-grams. That is exactly the
     distribution PPO's scoring pass recomputes (``ActorCritic.score``). Stops at the tokenizer's eos (the
     chat template's end of turn) and never samples ``suppressed`` (image/video placeholders).
-
-    Args:
-        min_new_tokens: Bans the end of turn before this many tokens: benchmarks only (scoring does not
-            know it, so PPO must keep 0).
 
     Returns:
         A ``transformers.GenerationConfig`` for ``generate_ids``.
@@ -99,7 +95,6 @@ def explicit_generation_config(
         **_PLAIN,
         **(sampling or {"do_sample": False}),
         max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens or None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -159,13 +154,59 @@ def _only(model, config):
         owner.generation_config = saved
 
 
-def generate_ids(model, batch, config, **generate_kwargs):
-    """One batched ``generate`` over a left-padded prompt batch with exactly ``config``.
+def resolve_decoder(name: str, device) -> str:
+    """``model.decoder``: ``auto`` is the static-cache decoder on a CUDA device, ``generate`` elsewhere."""
+    if name != "auto":
+        return name
+    return "static" if str(device).startswith("cuda") else "generate"
+
+
+_STATIC_DECODERS = weakref.WeakKeyDictionary()
+
+
+def static_decoder_for(model, *, compile: bool = False):
+    """The model's ``StaticDecoder`` (buffers and CUDA graphs kept between calls), made on first use;
+    ``compile``: the one whose decode forward goes through ``torch.compile``."""
+    from vlmppo.models.static_decode import StaticDecoder
+
+    decoders = _STATIC_DECODERS.setdefault(model, {})
+    if compile not in decoders:
+        decoders[compile] = StaticDecoder(model, compile=compile)
+    return decoders[compile]
+
+
+def static_spec(config):
+    """The ``SamplingSpec`` of ``config`` for the static decoder, or None when ``config`` asks for more than
+    greedy or plain sampling (a checkpoint's own settings: only transformers' ``generate`` applies those)."""
+    from vlmppo.models.static_decode import SamplingSpec
+
+    if describe_generation(config) != "greedy" and not describe_generation(config).startswith("sampled at"):
+        return None
+    return SamplingSpec(
+        temperature=float(config.temperature) if config.do_sample else 0.0,
+        max_new_tokens=int(config.max_new_tokens),
+        eos_id=config.eos_token_id,
+        pad_id=config.pad_token_id,
+        suppressed=tuple(config.suppress_tokens or ()),
+    )
+
+
+def generate_ids(
+    model, batch, config, *, decoder="generate", forced_lengths=None, prompt=None, **generate_kwargs
+):
+    """One batched sampling pass over a left-padded prompt batch with exactly ``config``.
 
     Args:
         batch: ``build_inputs`` output on the model's device (``input_ids``: [B, P], ...).
         config: From ``explicit_generation_config`` or ``checkpoint_generation_config``; the model's own
             ``generation_config`` is hidden during the call.
+        decoder: ``static`` (``models/static_decode.py``: static KV cache, CUDA graphs on a GPU, early
+            finishers out), ``static-compiled`` (the same with the decode forward through
+            ``torch.compile``) or ``generate`` (transformers' ``generate``, the reference). A config the
+            static decoder cannot apply (a checkpoint's top-k, repetition penalty, ...) uses ``generate``.
+        forced_lengths: Benchmarks only: ``[B]`` answer lengths to force (the end token banned before the
+            last position and placed there), so throughput compares across runs of random weights.
+        prompt: The batch's ``PromptEmbeddings`` (static decoders only): the prefill reuses them.
         generate_kwargs: Non-decoding arguments of ``generate`` (e.g. ``synced_gpus``).
 
     Returns:
@@ -173,8 +214,37 @@ def generate_ids(model, batch, config, **generate_kwargs):
     """
     import torch
 
-    with torch.no_grad(), _only(model, config):
-        return model.generate(**batch, generation_config=config, **generate_kwargs)
+    spec = static_spec(config) if decoder.startswith("static") else None
+    with torch.no_grad():
+        if spec is not None:
+            spec = dataclasses.replace(spec, forced_lengths=forced_lengths is not None)
+            decode = static_decoder_for(model, compile=decoder == "static-compiled")
+            return decode.generate(batch, spec, forced_lengths, prompt)
+        if forced_lengths is not None:
+            from transformers import LogitsProcessorList
+
+            prompt_len = batch["input_ids"].shape[1]
+            processor = ForcedLengths(forced_lengths, prompt_len, config.eos_token_id)
+            generate_kwargs["logits_processor"] = LogitsProcessorList([processor])
+        with _only(model, config):
+            return model.generate(**batch, generation_config=config, **generate_kwargs)
+
+
+class ForcedLengths:
+    """A logits processor (benchmarks only): answer ``i`` ends with the end token at position
+    ``lengths[i] - 1`` and nowhere before, as ``SamplingSpec.forced_lengths`` does for the static decoder."""
+
+    def __init__(self, lengths, prompt_len: int, eos_id: int):
+        self.lengths, self.prompt_len, self.eos_id = lengths, prompt_len, eos_id
+
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - self.prompt_len
+        lengths = self.lengths.to(scores.device)
+        scores[step < lengths - 1, self.eos_id] = float("-inf")
+        at_end = step == lengths - 1
+        scores[at_end] = float("-inf")
+        scores[at_end, self.eos_id] = 0.0
+        return scores
 
 
 @dataclass
@@ -184,11 +254,13 @@ class Generator:
     Attributes:
         generation: ``explicit`` (greedy or plain sampling, nothing else: ``explicit_generation_config``) or
             ``checkpoint`` (the checkpoint's ``generation_config.json``; the temperature is then its own).
+        decoder: ``model.decoder`` (auto | static | static-compiled | generate).
     """
 
     loaded: LoadedModel
     device: str = "cpu"
     generation: str = "explicit"
+    decoder: str = "auto"
 
     def generation_config(self, *, temperature: float, max_new_tokens: int):
         """The ``GenerationConfig`` ``generate_answers`` uses for these settings."""
@@ -217,7 +289,8 @@ class Generator:
         tokenizer = self.loaded.tokenizer
         batch = build_inputs(self.loaded, [to_pil(im) for im in images], list(prompts)).to(self.device)
         config = self.generation_config(temperature=temperature, max_new_tokens=max_new_tokens)
-        out = generate_ids(self.loaded.model, batch, config)
+        decoder = resolve_decoder(self.decoder, self.device)
+        out = generate_ids(self.loaded.model, batch, config, decoder=decoder)
         new_tokens = out[:, batch["input_ids"].shape[1] :]
         eos = tokenizer.eos_token_id
         ids = [row[: row.index(eos) + 1] if eos in row else row for row in new_tokens.tolist()]
@@ -237,4 +310,5 @@ def load_generator(model_cfg, *, device: str = "cpu", generation: str = "explici
 
     Large labeller models go to ``device`` whole; sharding over several GPUs is not built yet.
     """
-    return Generator(load_model(model_cfg, device=device, for_training=False), device, generation)
+    generator = load_model(model_cfg, device=device, for_training=False)
+    return Generator(generator, device, generation, model_cfg.decoder)

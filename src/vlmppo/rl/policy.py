@@ -7,6 +7,7 @@ sampled), so the log-probs the PPO update computes are those of the answers the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from torch import nn
 from vlmppo.models.generation import explicit_generation_config, generate_ids, media_token_ids, to_pil
 from vlmppo.models.inputs import build_inputs
 from vlmppo.models.loading import LoadedModel
+from vlmppo.models.prompt_embeds import PromptEmbeddings, embed_prompts, inputs_with_answers
 from vlmppo.rl.logprob import token_logprobs
 
 # The peft adapter name of the KL reference when PPO starts from an adapter (see reference_logprobs).
@@ -49,6 +51,8 @@ class Sampled:
         answer_mask: [B, T] bool, the answer tokens that count (the same as attention_mask[:, P:]).
         extra: the other model inputs of the prompt batch (pixel values, grid sizes, ...).
         texts: the decoded answers, without special tokens.
+        prompt: the prompts' ``PromptEmbeddings`` when sampling computed them (the static decoder):
+            scoring then reuses them instead of running the vision tower again.
     """
 
     sequences: torch.Tensor
@@ -57,6 +61,11 @@ class Sampled:
     answer_mask: torch.Tensor
     extra: dict
     texts: list[str]
+    prompt: PromptEmbeddings | None = None
+
+
+# Logit values per chunk of the rollout's scoring pass (fp32 and the log-softmax: ~1.5 GB at this size).
+SCORE_CHUNK_VALUES = 2**27
 
 
 def answer_mask_from_ids(answer_ids: torch.Tensor, eos_id: int, pad_id: int | None) -> torch.Tensor:
@@ -81,6 +90,11 @@ class ActorCritic:
             optimizer phase so the copy is refreshed before the next ``sample``.
         autocast: A context factory wrapped around the model's forward passes (``Accelerator.autocast``
             for bf16 mixed precision); the value head and the log-probs are computed outside it, in fp32.
+        decoder: How ``sample`` decodes: ``static`` or ``generate`` (``models.generation.generate_ids``).
+
+    Attributes:
+        forced_lengths: Benchmarks only: a function of the batch size returning ``[B]`` answer lengths
+            that ``sample`` forces (random weights never end by themselves). None in training.
     """
 
     def __init__(
@@ -91,11 +105,16 @@ class ActorCritic:
         *,
         merged_sampling: bool = False,
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        decoder: str = "generate",
     ):
         self.loaded, self.value_head, self.device = loaded, value_head.to(device), device
         self.autocast = autocast
-        # Benchmarks only (bench/runner.py fixes the answer length with it); scoring does not know it.
-        self.min_new_tokens = 0
+        self.decoder = decoder
+        self.forced_lengths: Callable[[int], torch.Tensor] | None = None
+        inner = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
+        # The scoring pass runs the backbone and applies the output layer itself: it needs the last
+        # hidden states only (not every layer's) and logits for the answer positions only, in chunks.
+        self.backbone, self.lm_head = inner.model, inner.get_output_embeddings()
         self.sampler = None
         if merged_sampling and hasattr(loaded.model, "merge_and_unload"):
             from vlmppo.rl.merged import MergedSampler
@@ -118,7 +137,6 @@ class ActorCritic:
             self.suppressed,
             temperature=temperature,
             max_new_tokens=max_new_tokens,
-            min_new_tokens=self.min_new_tokens,
         )
 
     @torch.no_grad()
@@ -131,9 +149,17 @@ class ActorCritic:
             if self.sampler.stale:
                 self.sampler.refresh(self.loaded.model)
             generator = self.sampler.model
+        forced = self.forced_lengths(len(prompts)) if self.forced_lengths is not None else None
         with self.autocast():
+            # The static decoder's prefill and the scoring pass share one vision-tower pass.
+            prompt = embed_prompts(self.loaded.model, batch) if self.decoder.startswith("static") else None
             out = generate_ids(
-                generator, batch, self.sampling_config(temperature=temperature, max_new_tokens=max_new_tokens)
+                generator,
+                batch,
+                self.sampling_config(temperature=temperature, max_new_tokens=max_new_tokens),
+                decoder=self.decoder,
+                forced_lengths=forced,
+                prompt=prompt,
             )
         prompt_len = batch["input_ids"].shape[1]
         answers = out[:, prompt_len:]
@@ -143,7 +169,7 @@ class ActorCritic:
             answers.masked_fill(~mask, tokenizer.pad_token_id), skip_special_tokens=True
         )
         attention = torch.cat([batch["attention_mask"], mask.long()], dim=1)
-        return Sampled(out, attention, prompt_len, mask, extra, texts)
+        return Sampled(out, attention, prompt_len, mask, extra, texts, prompt)
 
     @torch.no_grad()
     def reference_logprobs(self, sampled: Sampled, *, temperature: float) -> torch.Tensor:
@@ -163,6 +189,10 @@ class ActorCritic:
         log-probs equal the policy's exactly.
         """
         model = self.loaded.model
+        if sampled.prompt is not None and any(
+            getattr(c, "modules_to_save", None) for c in getattr(model, "peft_config", {}).values()
+        ):  # shared prompt embeddings hold the trained vision tower/projector; the reference has its own
+            sampled = dataclasses.replace(sampled, prompt=None)
         if REFERENCE_ADAPTER not in getattr(model, "peft_config", {}):
             with model.disable_adapter():
                 return self.score(sampled, temperature=temperature)[0]
@@ -178,8 +208,8 @@ class ActorCritic:
         """V(s) of a prompt batch (``build_inputs`` output, on the device): the value head on the last
         prompt token's final hidden state, as ``score`` computes it; [B] fp32. Logits only for that token."""
         with self.autocast():
-            out = self.loaded.model(**batch, output_hidden_states=True, logits_to_keep=1)
-        return self.value_head(out.hidden_states[-1][:, -1])
+            hidden = self.backbone(**batch).last_hidden_state
+        return self.value_head(hidden[:, -1])
 
     def score(self, sampled: Sampled, *, temperature: float, return_logits: bool = False):
         """Teacher-forced pass over prompt + answer.
@@ -190,28 +220,46 @@ class ActorCritic:
             values: [B] fp32 value of the state (the last prompt token's final hidden state);
             and with ``return_logits`` a third item, the answer positions' logits / temperature
             [B, T, V] (for the entropy bonus).
+
+        Without gradients (the rollout) the output layer runs over a few rows at a time: the full
+        ``[B, T, V]`` logits of 128 envs × 128 tokens × 152k words would take 10 GB in fp32.
         """
         extra = dict(sampled.extra)
         if "mm_token_type_ids" in extra:  # Qwen2-VL (5.x) needs it over the whole sequence: 0 on answers
             pad = torch.zeros_like(sampled.sequences[:, sampled.prompt_len :])
             extra["mm_token_type_ids"] = torch.cat([extra["mm_token_type_ids"], pad], dim=1)
-        answer_len = sampled.sequences.shape[1] - sampled.prompt_len
-        with self.autocast():
-            out = self.loaded.model(
-                input_ids=sampled.sequences,
-                attention_mask=sampled.attention_mask,
-                output_hidden_states=True,
-                # Only the positions that predict answer tokens need logits: [B, T+1, V], not [B, P+T, V].
-                logits_to_keep=answer_len + 1,
-                **extra,
-            )
         p = sampled.prompt_len
-        logits = out.logits[:, :-1]
+        grad = return_logits or torch.is_grad_enabled()
+        if sampled.prompt is not None and not grad:  # no vision tower or position index again
+            inputs = inputs_with_answers(
+                self.loaded.model, sampled.prompt, sampled.sequences[:, p:], sampled.answer_mask
+            )
+        else:
+            inputs = {"input_ids": sampled.sequences, "attention_mask": sampled.attention_mask, **extra}
+        with self.autocast():
+            hidden = self.backbone(**inputs).last_hidden_state
+        values = self.value_head(hidden[:, p - 1])
+        answer_hidden = hidden[:, p - 1 : -1]  # the positions that predict the answer tokens
+        targets = sampled.sequences[:, p:]
+        if grad:
+            logits = self._answer_logits(answer_hidden)
+            token_logp = token_logprobs(logits, targets, temperature).masked_fill(~sampled.answer_mask, 0.0)
+            if return_logits:
+                return token_logp, values, logits / temperature
+            return token_logp, values
+        token_logp = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
+        rows = max(1, SCORE_CHUNK_VALUES // max(1, targets.shape[1] * self.lm_head.weight.shape[0]))
+        for start in range(0, targets.shape[0], rows):
+            chunk = slice(start, start + rows)
+            token_logp[chunk] = token_logprobs(
+                self._answer_logits(answer_hidden[chunk]), targets[chunk], temperature
+            )
+        return token_logp.masked_fill(~sampled.answer_mask, 0.0), values
+
+    def _answer_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[b, T, H] -> [b, T, V] logits with the never-sampled placeholder ids at -inf."""
+        with self.autocast():
+            logits = self.lm_head(hidden)
         if self.suppressed:
             logits = logits.index_fill(-1, torch.tensor(self.suppressed, device=logits.device), float("-inf"))
-        token_logp = token_logprobs(logits, sampled.sequences[:, p:], temperature)
-        token_logp = token_logp.masked_fill(~sampled.answer_mask, 0.0)
-        values = self.value_head(out.hidden_states[-1][:, p - 1])
-        if return_logits:
-            return token_logp, values, logits / temperature
-        return token_logp, values
+        return logits

@@ -111,8 +111,15 @@ def build_policy(cfg: Config, device: str, resume_from: Path | None = None, acce
 
         head.load_state_dict(load_file(str(resume_from / "value_head.safetensors")))
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
+    from vlmppo.models.generation import resolve_decoder
+
     return ActorCritic(
-        loaded, head, device, merged_sampling=uses_merged_sampling(cfg, device), autocast=autocast
+        loaded,
+        head,
+        device,
+        merged_sampling=uses_merged_sampling(cfg, device),
+        autocast=autocast,
+        decoder=resolve_decoder(cfg.model.decoder, device),
     )
 
 

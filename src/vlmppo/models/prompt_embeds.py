@@ -1,0 +1,104 @@
+"""A prompt batch embedded once: the vision tower and the M-RoPE position index run once per rollout step.
+
+A rollout step samples answers (a prefill over the prompts) and then scores them (a forward over prompt +
+answer). Both start the same way: the frames through the vision tower, the image features put in place
+of the image placeholder tokens, and for Qwen-VL the 3-D M-RoPE positions of every prompt token (a
+Python loop over the batch in ``transformers``). On the Qwen2-VL-2B shape at 128 envs the vision tower
+alone took 0.44 s of a step; done twice it was a sixth of the rollout.
+
+``embed_prompts`` does that work once; ``inputs_with_answers`` extends it by answer tokens for the
+scoring pass. Both passes then call the model with ``inputs_embeds`` (and explicit positions), which
+every supported family accepts, and the results equal the plain path (tested per family).
+
+The embeddings come from the training model; the merged sampling copy (``rl/merged.py``) has the same
+embedding table, vision tower and projector (none of them carries LoRA; trained ones are copied over on
+every refresh), so they serve its prefill too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PIXEL_KEYS = ("image_grid_thw", "image_sizes")  # what get_image_features needs besides pixel_values
+
+
+@dataclass
+class PromptEmbeddings:
+    """Attributes:
+    embeds: ``[B, P, H]`` token embeddings with each frame's features in place (model dtype).
+    attention_mask: ``[B, P]`` 1 on real tokens, 0 on left padding.
+    position_ids: ``[3, B, P]`` M-RoPE positions (Qwen-VL); None where positions are the token index.
+    rope_deltas: ``[B]`` M-RoPE offset of text positions: a text token's position is the number of real
+        tokens before it plus this (``transformers``' convention); None without M-RoPE.
+    """
+
+    embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor | None
+    rope_deltas: torch.Tensor | None
+
+
+def backbone_of(model):
+    """The ``*Model`` (vision tower + language model, no output layer) of a model or a PEFT model."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.model
+
+
+@torch.no_grad()
+def embed_prompts(model, batch) -> PromptEmbeddings:
+    """Embed a ``build_inputs`` batch (on the model's device) the way the model's forward would."""
+    backbone = backbone_of(model)
+    ids = batch["input_ids"]
+    embeds = backbone.get_input_embeddings()(ids)
+    if batch.get("pixel_values") is not None:
+        extra = {k: batch[k] for k in PIXEL_KEYS if k in batch}
+        out = backbone.get_image_features(pixel_values=batch["pixel_values"], **extra, return_dict=True)
+        features = torch.cat(out.pooler_output, dim=0).to(embeds.device, embeds.dtype)
+        mask = backbone.get_placeholder_mask(ids, inputs_embeds=embeds, image_features=features)
+        mask = mask[0] if isinstance(mask, tuple) else mask  # Qwen: (image mask, video mask)
+        embeds = embeds.masked_scatter(mask, features)
+    positions = deltas = None
+    if hasattr(backbone, "get_rope_index") and "mm_token_type_ids" in batch:
+        positions, deltas = backbone.get_rope_index(
+            ids,
+            batch["mm_token_type_ids"],
+            image_grid_thw=batch.get("image_grid_thw"),
+            attention_mask=batch["attention_mask"],
+        )
+        deltas = deltas.reshape(-1)
+    return PromptEmbeddings(embeds, batch["attention_mask"], positions, deltas)
+
+
+def answer_positions(prompt: PromptEmbeddings, answer_len: int) -> torch.Tensor | None:
+    """``[3, B, T]`` M-RoPE positions of ``answer_len`` text tokens after each prompt; None without M-RoPE."""
+    if prompt.position_ids is None:
+        return None
+    real = prompt.attention_mask.sum(dim=1)  # answer token j follows the prompt's real tokens
+    steps = torch.arange(answer_len, device=real.device)
+    pos = (real + prompt.rope_deltas.to(real))[:, None] + steps[None]
+    return pos[None].expand(3, -1, -1)
+
+
+def inputs_with_answers(model, prompt: PromptEmbeddings, answer_ids, answer_mask) -> dict:
+    """Forward keyword arguments for prompt + answer (``answer_ids`` [B, T], ``answer_mask`` [B, T]):
+    ``inputs_embeds``, ``attention_mask`` and, for M-RoPE, ``position_ids``; no pixels."""
+    backbone = backbone_of(model)
+    answers = backbone.get_input_embeddings()(answer_ids).to(prompt.embeds.dtype)
+    inputs = {
+        "inputs_embeds": torch.cat([prompt.embeds, answers], dim=1),
+        "attention_mask": torch.cat([prompt.attention_mask, answer_mask.to(prompt.attention_mask)], dim=1),
+    }
+    if prompt.position_ids is not None:
+        later = answer_positions(prompt, answer_ids.shape[1]).to(prompt.position_ids)
+        inputs["position_ids"] = torch.cat([prompt.position_ids, later], dim=2)
+    return inputs
+
+
+def prefill_inputs(prompt: PromptEmbeddings) -> dict:
+    """Forward keyword arguments for the prompts alone (the decoder's prefill)."""
+    inputs = {"inputs_embeds": prompt.embeds, "attention_mask": prompt.attention_mask}
+    if prompt.position_ids is not None:
+        inputs["position_ids"] = prompt.position_ids
+    return inputs

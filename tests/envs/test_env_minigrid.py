@@ -33,7 +33,7 @@ def test_bfs_expert_solves_100_seeds(env_id):
             total += reward
             if terminated or truncated:
                 break
-        wins += adapter.is_success(total, info)
+        wins += adapter.is_solved(total, info)
         lengths.append(steps)
     print(f"{env_id}: expert success {wins}/100, mean length {np.mean(lengths):.1f}")
     assert wins == 100

@@ -34,7 +34,7 @@ def test_auto_reset_keeps_the_final_frame_info_and_episode_stats():
         if ref_term or ref_trunc:
             break
     assert np.array_equal(infos[0]["final_obs"], ref_obs) and infos[0]["final_info"] == ref_info
-    assert infos[0]["episode"] == {"return": total, "length": length, "success": True}
+    assert infos[0]["episode"] == {"return": total, "length": length, "success": True, "solved": True}
     # The returned frame is already the next episode's first one, from the env's continued RNG.
     next_obs, next_info = ref.reset()
     assert np.array_equal(obs[0], next_obs) and infos[0]["target"] == next_info["target"]

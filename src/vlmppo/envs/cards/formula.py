@@ -145,26 +145,14 @@ def _apply(op: str, a: Fraction, b: Fraction) -> Fraction | None:
 
 
 def _operands_for(op: str, a: Fraction, target: Fraction) -> list[Fraction]:
-    """Every ``b`` with ``a op b == target`` (none or one, except ``0 * b`` and ``0 / b``)."""
+    """The ``b`` with ``a op b == target``, where one can exist (the targets here are not zero)."""
     if op == "+":
         return [target - a]
     if op == "-":
         return [a - target]
     if op == "*":
-        return [target / a] if a != 0 else []  # 0 * b is never a non-zero target; 0 is no card value
+        return [target / a] if a != 0 else []
     return [a / target] if target != 0 else []
-
-
-def _target_splits(numbers: tuple[int, ...], target: Fraction, ops: tuple[str, ...]):
-    """(left node, op, right node) with ``left op right == target``, for every split of ``numbers``:
-    the right operand is looked up by value, so this costs the left sides' values, not their product."""
-    for left, right in _splits(numbers):
-        right_values = values(right, ops)
-        for a, node in values(left, ops).items():
-            for op in ops:
-                for b in _operands_for(op, a, target):
-                    if b in right_values and _apply(op, a, b) == target:
-                        yield node, op, right_values[b]
 
 
 def is_solvable(numbers: list[int], target: int, ops: tuple[str, ...] = OPS) -> bool:
@@ -174,9 +162,18 @@ def is_solvable(numbers: list[int], target: int, ops: tuple[str, ...] = OPS) -> 
 
 @lru_cache(maxsize=4096)
 def _solvable(key: tuple[int, ...], target: int, ops: tuple[str, ...]) -> bool:
+    # The last operation's right operand is looked up by value: this costs the left sides' values over
+    # each split, not their product with the right sides'.
     if len(key) == 1:
         return key[0] == target
-    return next(_target_splits(key, Fraction(target), ops), None) is not None
+    goal = Fraction(target)
+    for left, right in _splits(key):
+        right_values = values(right, ops)
+        for a in values(left, ops):
+            for op in ops:
+                if any(b in right_values and _apply(op, a, b) == goal for b in _operands_for(op, a, goal)):
+                    return True
+    return False
 
 
 @lru_cache(maxsize=1024)

@@ -15,7 +15,7 @@ from vlmppo.envs.adapter import EnvAdapter
 from vlmppo.envs.base import FrameEnv
 from vlmppo.envs.cards.formula import evaluate, is_solvable, numbers_in
 from vlmppo.envs.cards.python_arith import python_value
-from vlmppo.envs.cards.solver import complete
+from vlmppo.envs.cards.solver import complete, has_solution
 from vlmppo.envs.drawing import FELT, SUITS, WHITE, canvas, draw_card, font, rank_name, to_array, wrap_text
 from vlmppo.envs.parsing import ExpertAction
 
@@ -93,8 +93,8 @@ class PointsEnv(FrameEnv):
         numbers = [card_value(r) for r in ranks]
         if self.exact_arithmetic:
             return is_solvable(numbers, self.target, self.ops)
-        return bool(complete([], numbers, self.target, ops=self.ops, parens=self.parens,
-                             max_tokens=self.max_tokens, exact=False) is not None)  # fmt: skip
+        return has_solution(numbers, self.target, ops=self.ops, parens=self.parens,
+                            max_tokens=self.max_tokens, exact=False)  # fmt: skip
 
     def _transition(self, action: int) -> tuple[float, bool, bool]:
         if len(self.formula) > self.max_tokens:

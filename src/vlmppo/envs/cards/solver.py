@@ -220,6 +220,13 @@ def _solution(
     return None
 
 
+def has_solution(
+    numbers: list[int], target: int, *, ops: tuple[str, ...], parens: bool, max_tokens: int, exact: bool
+) -> bool:
+    """Whether the expert has a solution of this deal under these rules (see ``complete``)."""
+    return _solution(tuple(sorted(numbers)), target, ops, parens, max_tokens, exact) is not None
+
+
 def _complete(prefix, numbers, target, ops, parens, max_tokens) -> tuple[str, ...] | None:
     used = Counter(numbers_in(list(prefix)))
     if used - Counter(numbers):

@@ -152,6 +152,16 @@ def test_env_show_writes_the_first_frame_and_prints_the_prompt(tmp_path):
     assert '"action"' in out.stdout and "Target" in out.stdout
 
 
+def test_env_show_prints_the_paper_style_prompt_with_prompt_rl4vlm(tmp_path):
+    frame = tmp_path / "frame.png"
+    out = run_cli("env", "show", "gym_cards/Points24-v0", "--prompt", "rl4vlm", "--out", str(frame))
+    assert out.returncode == 0, out.stderr
+    assert '"cards": [x, y, z, w]' in out.stdout and '"current formula": ""' in out.stdout
+    assert '"action": "{number}" or "{operator}"' in out.stdout
+    bad = run_cli("env", "show", "MiniGrid-Empty-5x5-v0", "--prompt", "rl4vlm", "--out", str(frame))
+    assert bad.returncode == 1 and "gym_cards tasks only" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_env_list_shows_ids_and_actions():
     out = run_cli("env", "list", env={"COLUMNS": "250"})
     assert out.returncode == 0

@@ -33,7 +33,7 @@ def test_bfs_expert_solves_100_seeds(env_id):
             total += reward
             if terminated or truncated:
                 break
-        wins += adapter.is_success(total, info)
+        wins += adapter.is_solved(total, info)
         lengths.append(steps)
     print(f"{env_id}: expert success {wins}/100, mean length {np.mean(lengths):.1f}")
     assert wins == 100
@@ -145,3 +145,12 @@ def test_expert_abstains_on_missions_without_a_goal_square():
     _, info = env.reset(seed=0)
     choice = envs.get_adapter("MiniGrid-Fetch-5x5-N2-v0").expert(env, info)
     assert choice.index is None and choice.reasoning
+
+
+@pytest.mark.parametrize("name", ["doorkey", "empty", "multiroom"])
+def test_minigrid_presets_state_their_step_limit(name):
+    from vlmppo.config import load_config, presets_dir
+
+    assert load_config(f"minigrid-{name}-qwen").env.max_episode_steps == 100
+    text = (presets_dir() / f"minigrid-{name}-qwen.yaml").read_text()
+    assert "# Step limit per episode" in text and "max_episode_steps: 100" in text

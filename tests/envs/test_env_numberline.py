@@ -56,7 +56,7 @@ def test_expert_always_wins_in_the_fewest_steps(play_expert):
         _, info = env.reset(seed=seed)
         distance = abs(info["current"] - info["target"])
         total, final, adapter, steps = play_expert("gym_cards/NumberLine-v0", seed)
-        assert adapter.is_success(total, final) and steps == distance and total == 1.0
+        assert adapter.is_solved(total, final) and steps == distance and total == 1.0
 
 
 def test_expert_reasoning_names_current_target_and_move():

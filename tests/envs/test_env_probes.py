@@ -26,7 +26,7 @@ def test_color_frame_matches_info_and_only_the_right_answer_pays():
         right = adapter.action_index("left" if info["color"] == "red" else "right")
         assert info["correct_action"] == adapter.legal_actions[right] and info["correct_index"] == right
         _, reward, terminated, _, final = env.step(1 - right)
-        assert (reward, terminated) == (0.0, True) and not adapter.is_success(reward, final)
+        assert (reward, terminated) == (0.0, True) and not adapter.is_solved(reward, final)
         env.reset(seed=seed)
         assert env.step(right)[1] == 1.0
     assert seen == {"red", "blue"}
@@ -55,4 +55,4 @@ def test_probe_prompts_are_short_and_name_the_actions():
     for env_id in ("probe/Constant-v0", "probe/Color-v0", "probe/TwoStep-v0"):
         prompt = envs.get_adapter(env_id).prompt({"step": 1}, action_only=True)
         assert '"left", "right"' in prompt and len(prompt) < 300
-    assert envs.get_adapter("probe/TwoStep-v0").is_success(1.0, {}) is True
+    assert envs.get_adapter("probe/TwoStep-v0").is_solved(1.0, {}) is True

@@ -135,6 +135,8 @@ def test_render_first_frame_writes_the_png_and_returns_the_prompt(tmp_path):
     first, _ = envs.make_env("gym_cards/EZPoints-v0").reset(seed=0)
     assert np.array_equal(np.array(Image.open(out)), first)
     assert '"thoughts"' in prompt and "The formula is still empty." in prompt
-    short = envs.render_first_frame("MiniGrid-DoorKey-6x6-v0", 0, out, action_only=True, tile_size=8)
+    paper = envs.render_first_frame("gym_cards/EZPoints-v0", 0, out, prompt="rl4vlm")
+    assert '"cards": [x, y]' in paper and '"current formula": ""' in paper
+    short = envs.render_first_frame("MiniGrid-DoorKey-6x6-v0", 0, out, prompt="action_only", tile_size=8)
     assert '{"action": "..."}' in short and '"thoughts"' not in short
     assert Image.open(out).size == (48, 48)

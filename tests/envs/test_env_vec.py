@@ -34,7 +34,7 @@ def test_auto_reset_keeps_the_final_frame_info_and_episode_stats():
         if ref_term or ref_trunc:
             break
     assert np.array_equal(infos[0]["final_obs"], ref_obs) and infos[0]["final_info"] == ref_info
-    assert infos[0]["episode"] == {"return": total, "length": length, "success": True}
+    assert infos[0]["episode"] == {"return": total, "length": length, "success": True, "solved": True}
     # The returned frame is already the next episode's first one, from the env's continued RNG.
     next_obs, next_info = ref.reset()
     assert np.array_equal(obs[0], next_obs) and infos[0]["target"] == next_info["target"]
@@ -78,3 +78,14 @@ def test_vec_step_takes_legal_action_indices_and_maps_them_for_minigrid():
     assert rewards[0] > 0 and infos[0]["episode"]["success"]
     with pytest.raises(ValueError, match="indices into the 5 legal actions"):
         vec.step([5])  # MiniGrid's own id for toggle: already mapped, refused
+
+
+def test_episode_stats_tell_rl4vlm_success_from_solved():
+    vec = envs.make_vec_env("gym_cards/NumberLine-v0", n_envs=1, seed=0)
+    vec.reset()
+    env = vec.envs[0].unwrapped
+    env.current, env.target = 2, 3
+    vec.step([0])  # a step away: -1
+    vec.step([1])  # back: 0
+    *_, infos = vec.step([1])  # the target: +1, so the return is 0
+    assert infos[0]["episode"] == {"return": 0.0, "length": 3, "success": False, "solved": True}

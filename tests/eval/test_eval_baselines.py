@@ -42,28 +42,30 @@ def test_every_tiny_preset_is_covered():
     assert len(TINY) >= 11 and "numberline-tiny" in TINY and "probe-color-tiny" in TINY
 
 
-def numberline_random_exact(max_position: int) -> float:
-    """P(success) of uniform random moves: target uniform, start uniform among the other positions, moves
-    clamped to [0, max_position], success on reaching the target within 2 * max_position steps."""
+def numberline_random_exact(max_position: int) -> dict[str, float]:
+    """P(success) and P(solved) of uniform random moves under RL4VLM's start rule: start and target
+    uniform, the target bumped to (target + 1) % max_position when they are equal; moves clamped to
+    [0, max_position]; solved on reaching the target within 2 * max_position steps, success (return > 0)
+    only when every move until then went toward it (any other move costs -1, reaching it pays +1)."""
     positions = max_position + 1
-    total = 0.0
-    for target in range(positions):
-        for start in range(positions):
-            if start == target:
-                continue
-            dist, hit = {start: 1.0}, 0.0
+    rates = {"success": 0.0, "solved": 0.0}
+    for start in range(positions):
+        for drawn in range(positions):
+            target = (drawn + 1) % max_position if drawn == start else drawn
+            dist = {(start, True): 1.0}  # (position, every move so far went toward the target)
             for _ in range(2 * max_position):
-                nxt: dict[int, float] = {}
-                for current, p in dist.items():
+                nxt: dict = {}
+                for (current, straight), p in dist.items():
                     for move in (-1, 1):
                         n = min(max(current + move, 0), max_position)
+                        toward = straight and abs(n - target) < abs(current - target)
                         if n == target:
-                            hit += p / 2
+                            rates["solved"] += p / 2 / positions**2
+                            rates["success"] += p / 2 / positions**2 if toward else 0.0
                         else:
-                            nxt[n] = nxt.get(n, 0.0) + p / 2
+                            nxt[(n, toward)] = nxt.get((n, toward), 0.0) + p / 2
                 dist = nxt
-            total += hit / (positions * max_position)
-    return total
+    return rates
 
 
 @functools.cache
@@ -87,7 +89,7 @@ def blackjack_reference(policy: str, rounds: int = 5000) -> tuple[int, int]:
 
 
 @functools.cache
-def raw_loop_reference(preset: str, policy: str, episodes: int) -> tuple[int, int]:
+def raw_loop_reference(preset: str, policy: str, episodes: int) -> dict[str, tuple[int, int]]:
     """A plain loop over the raw env (MiniGrid: gymnasium's own env, no frame wrapper), no runner."""
     cfg = load_config(preset)
     adapter = get_adapter(cfg.env.id)
@@ -96,7 +98,7 @@ def raw_loop_reference(preset: str, policy: str, episodes: int) -> tuple[int, in
     else:
         env = make_env(cfg.env.id, max_episode_steps=cfg.env.max_episode_steps, **cfg.env.kwargs)
     rng = np.random.default_rng(11)
-    wins = 0
+    success = solved = 0
     for k in range(episodes):
         _, info = env.reset(seed=500_000 + k)
         done, total = False, 0.0
@@ -106,43 +108,56 @@ def raw_loop_reference(preset: str, policy: str, episodes: int) -> tuple[int, in
             _, reward, terminated, truncated, info = env.step(adapter.to_env_action(index))
             total += float(reward)
             done = terminated or truncated
-        # MiniGrid's own success signal is a positive reward; our card envs report it in their info.
-        wins += total > 0 if cfg.env.id.startswith("MiniGrid-") else adapter.is_success(total, info)
-    return wins, episodes
+        success += total > 0
+        # MiniGrid's own goal signal is a positive reward; our card envs report theirs in their info.
+        solved += total > 0 if cfg.env.id.startswith("MiniGrid-") else adapter.is_solved(total, info)
+    return {"success": (success, episodes), "solved": (solved, episodes)}
 
 
-def reference_rate(preset: str, policy: str) -> float | tuple[int, int]:
-    """An exact rate, or (successes, episodes) of a simulation."""
+def reference_rates(preset: str, policy: str) -> dict[str, float | tuple[int, int]]:
+    """Per rate ("success": return > 0, "solved": the task's goal), an exact value or (hits, episodes)
+    of a simulation."""
     env_id = load_config(preset).env.id
     if env_id == "gym_cards/Blackjack-v0":
-        return blackjack_reference(policy)
+        wins = blackjack_reference(policy)
+        return {"success": wins, "solved": wins}  # solved = the round is won
     if env_id == "gym_cards/NumberLine-v0":
         # Expert: it steps toward the target, at most max_position steps < the 2 * max_position limit.
-        return 1.0 if policy == "expert" else numberline_random_exact(5)
+        return {"success": 1.0, "solved": 1.0} if policy == "expert" else numberline_random_exact(5)
     if env_id == "probe/Color-v0":
-        return 1.0 if policy == "expert" else 0.5
+        rate = 1.0 if policy == "expert" else 0.5
+        return {"success": rate, "solved": rate}
     if env_id in ("probe/Constant-v0", "probe/TwoStep-v0"):
-        return 1.0  # every episode pays
-    if env_id in ("gym_cards/EZPoints-v0", "gym_cards/Points24-v0") and policy == "expert":
-        return 1.0  # solvable deals (the default) and an exact solver
-    # MiniGrid (both policies, under the preset's time limit) and random formulas: measured.
+        return {"success": 1.0, "solved": 1.0}  # every episode pays
+    if env_id == "gym_cards/EZPoints-v0" and policy == "expert":
+        return {"success": 1.0, "solved": 1.0}  # RL4VLM's deals are always solvable; an exact solver
+    # MiniGrid (both policies, under the preset's time limit), Points24's expert (RL4VLM's deals include
+    # unsolvable ones, which it plays at random) and random formulas: measured.
     return raw_loop_reference(
         preset, policy, 60 if "Points24" in env_id else 100 if "MultiRoom" in env_id else 200
     )
 
 
-def test_numberline_exact_random_rate_agrees_with_a_plain_simulation():
+def test_numberline_exact_random_rates_agree_with_a_plain_simulation():
     rng = np.random.default_rng(0)
-    wins = 0
+    success = solved = 0
     for _ in range(20000):
-        target = int(rng.integers(6))
-        current = int(rng.choice([p for p in range(6) if p != target]))
+        current, target = int(rng.integers(6)), int(rng.integers(6))
+        if current == target:
+            target = (target + 1) % 5
+        total = 0
         for _ in range(10):
+            before = abs(current - target)
             current = min(max(current + (1 if rng.random() < 0.5 else -1), 0), 5)
             if current == target:
-                wins += 1
+                total += 1
                 break
-    assert wins / 20000 == pytest.approx(numberline_random_exact(5), abs=0.015)
+            total -= abs(current - target) >= before
+        success += total > 0
+        solved += current == target
+    exact = numberline_random_exact(5)
+    assert success / 20000 == pytest.approx(exact["success"], abs=0.015)
+    assert solved / 20000 == pytest.approx(exact["solved"], abs=0.015)
 
 
 @pytest.mark.parametrize("policy", ["expert", "random"])
@@ -154,16 +169,16 @@ def test_baseline_success_rate_matches_the_reference_within_the_ci(preset, polic
     )
     result = evaluate(cfg, policy=policy)
     m = result.metrics
-    reference = reference_rate(preset, policy)
-    low, high = m["success_ci95"]
     assert m["episodes"] == episodes and m["policy"] == policy
-    got = f"{preset} {policy}: {m['success_rate']:.3f} [{low:.3f}, {high:.3f}]"
-    if isinstance(reference, tuple):
-        ref_low, ref_high = wilson_interval(*reference)
-        assert low <= ref_high and ref_low <= high, (
-            f"{got} vs simulated {reference} [{ref_low:.3f}, {ref_high:.3f}]"
-        )
-    else:
-        assert low <= reference <= high, f"{got} vs exact {reference:.3f}"
+    for rate, reference in reference_rates(preset, policy).items():
+        low, high = m[f"{rate}_ci95"]
+        got = f"{preset} {policy} {rate}: {m[f'{rate}_rate']:.3f} [{low:.3f}, {high:.3f}]"
+        if isinstance(reference, tuple):
+            ref_low, ref_high = wilson_interval(*reference)
+            assert low <= ref_high and ref_low <= high, (
+                f"{got} vs simulated {reference} [{ref_low:.3f}, {ref_high:.3f}]"
+            )
+        else:
+            assert low <= reference <= high, f"{got} vs exact {reference:.3f}"
     assert m["invalid_action_rate"] == 0.0 and m["tokens_per_answer"] is None
     assert (result.out_dir / "metrics.json").is_file() and result.out_dir.name == policy

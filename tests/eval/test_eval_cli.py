@@ -95,7 +95,9 @@ def test_eval_of_a_checkpoint_writes_every_file(run_with_checkpoint):
     assert "actions.png" in targets and "trajectories/episode-000.gif" in targets
     for target in targets:
         assert (folder / target).is_file(), target
-    assert "No training metrics in" in report and "| success rate |" in report
+    assert "No training metrics in" in report and "| success rate (return > 0, as RL4VLM) |" in report
+    # Both rates, and which one compares with the paper's figures.
+    assert "| solved rate (the task's goal) |" in report and "the rate to compare with the paper's" in report
     # No baseline in this run yet: the report says how to make them.
     assert "No expert or random baseline of this task" in report
     assert "`vlmppo eval --preset P --policy expert` and `vlmppo eval --preset P --policy random`" in report

@@ -52,14 +52,19 @@ def test_wilson_interval_rejects_impossible_counts(successes, n):
 
 def test_summary_has_per_seed_breakdown_invalid_rate_and_tokens():
     episodes = [
-        {"seed": 0, "return": 1.0, "length": 2, "success": True},
-        {"seed": 0, "return": -1.0, "length": 4, "success": False},
-        {"seed": 1, "return": 1.0, "length": 1, "success": True},
+        {"seed": 0, "return": 1.0, "length": 2, "success": True, "solved": True},
+        {"seed": 0, "return": -1.0, "length": 4, "success": False, "solved": True},  # reached after a detour
+        {"seed": 1, "return": 1.0, "length": 1, "success": True, "solved": True},
     ]
     steps = [{"invalid": i < 2, "action": "+" if i % 3 else "-", "answer_tokens": 10 + i} for i in range(7)]
     m = summarize(episodes, steps, legal_actions=["-", "+"], wall_s=2.0)
     assert m["successes"] == 2 and m["success_rate"] == pytest.approx(2 / 3)
     assert m["success_ci95"] == pytest.approx(list(wilson_interval(2, 3)))
+    assert (
+        m["solved"] == 3
+        and m["solved_rate"] == 1.0
+        and m["solved_ci95"] == pytest.approx([wilson_interval(3, 3)[0], 1])
+    )
     assert m["return_mean"] == pytest.approx(1 / 3) and m["return_median"] == 1.0
     assert m["length_mean"] == pytest.approx(7 / 3)
     assert m["invalid_action_rate"] == pytest.approx(2 / 7)

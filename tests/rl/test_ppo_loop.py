@@ -74,6 +74,8 @@ def test_ppo_runs_from_the_cli_and_writes_metrics_and_checkpoints(tmp_path):
         assert (
             m["rollout/invalid_action_rate"] is not None and m["train/policy_loss"] == m["train/policy_loss"]
         )
+    # NumberLine within 10 steps: success (return > 0) implies solved (the target reached), not the reverse.
+    assert metrics[-1]["rollout/solved_rate"] >= metrics[-1]["rollout/success_rate"] >= 0.0
     last = (run / "checkpoints/last").resolve()
     assert last.name == "000002"
     assert (last / "adapter_config.json").is_file() and (last / "value_head.safetensors").is_file()

@@ -81,6 +81,7 @@ def make_bench_env(cfg, n_envs: int):
         e.id,
         n_envs,
         cfg.run.seed,
+        prompt=e.prompt,
         max_episode_steps=e.max_episode_steps,
         observation=e.observation,
         tile_size=e.tile_size,

@@ -57,6 +57,7 @@ def list_():
 @app.command(
     epilog=examples(
         "vlmppo env show gym_cards/Points24-v0 --seed 3 --out p24.png",
+        "vlmppo env show gym_cards/Points24-v0 --prompt rl4vlm",
         "vlmppo env show MiniGrid-DoorKey-6x6-v0",
     )
 )
@@ -64,10 +65,22 @@ def show(
     env_id: Annotated[str, typer.Argument(help="Environment id, e.g. gym_cards/NumberLine-v0.")],
     seed: Annotated[int, typer.Option(help="Reset seed.")] = 0,
     out: Annotated[Path, typer.Option(help="Where to write the first frame (PNG).")] = Path("frame.png"),
+    prompt: Annotated[
+        str,
+        typer.Option(
+            help="Prompt style (env.prompt): rl4vlm, rl4vlm_action_only (gym_cards only), cot, action_only."
+        ),
+    ] = "cot",
 ):
     """Write the env's first frame as a PNG and print the prompt the model gets with it."""
     from vlmppo.console import console
-    from vlmppo.envs import render_first_frame
+    from vlmppo.envs import PROMPT_STYLES, render_first_frame
+    from vlmppo.errors import EnvError
 
-    prompt = render_first_frame(env_id, seed, out)
-    console.print(f"[bold]frame:[/bold] {out}\n[bold]prompt:[/bold]\n{prompt}", markup=True)
+    if prompt not in PROMPT_STYLES:
+        raise EnvError(
+            f"Unknown prompt style --prompt {prompt!r}.", hint=f"Use one of {', '.join(PROMPT_STYLES)}."
+        )
+    text = render_first_frame(env_id, seed, out, prompt=prompt)
+    console.print(f"[bold]frame:[/bold] {out}\n[bold]prompt:[/bold]", markup=True)
+    console.print(text, markup=False, highlight=False, soft_wrap=True)

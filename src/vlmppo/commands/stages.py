@@ -51,7 +51,8 @@ def collect(
         result = run_collect(cfg, on_episode=advance)
     summary(
         f"collected {result.episodes} episodes, {result.steps} steps "
-        f"({result.resumed} kept from an earlier run); success rate {result.success_rate:.1%}",
+        f"({result.resumed} kept from an earlier run); success rate {result.success_rate:.1%} "
+        f"(return > 0), solved {result.solved_rate:.1%}",
         result.out_dir,
     )
 

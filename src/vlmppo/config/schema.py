@@ -46,9 +46,23 @@ class EnvConfig(Section):
         "full", description="MiniGrid only: the full top-down render or the agent's partial view."
     )
     tile_size: int = Field(32, ge=4, description="MiniGrid only: pixels per grid tile in the rendered frame.")
-    prompt: Literal["cot", "action_only"] = Field(
-        "cot", description="cot: the answer has thoughts and an action; action_only: just the action."
+    prompt: Literal["rl4vlm", "rl4vlm_action_only", "cot", "action_only"] = Field(
+        "cot",
+        description=(
+            "Prompt style (the parser and answer format follow it). rl4vlm: the paper's prompts and JSON "
+            'fields, the action found anywhere after "action": (gym_cards only); cot: our prompts, '
+            "thoughts then an exact action; *action_only: just the action."
+        ),
     )
+
+    @model_validator(mode="after")
+    def _prompt_exists(self) -> EnvConfig:
+        if self.prompt.startswith("rl4vlm") and not self.id.startswith("gym_cards/"):
+            raise ValueError(
+                f"env.prompt '{self.prompt}' is RL4VLM's gym-cards prompt and {self.id!r} has none; "
+                "use env.prompt=cot or env.prompt=action_only"
+            )
+        return self
 
 
 class LoraConfig(Section):
@@ -141,7 +155,9 @@ class LabelConfig(Section):
 
 
 class PreprocessConfig(Section):
-    only_success: bool = Field(False, description="Keep only steps of successful episodes.")
+    only_success: bool = Field(
+        False, description="Keep only steps of episodes that solved the task (its own goal, not return > 0)."
+    )
     min_score: float | None = Field(
         None, description="Keep only transitions scored at least this (score labels)."
     )
@@ -156,7 +172,9 @@ class PreprocessConfig(Section):
         0.1, ge=0.0, lt=1.0, description="Fraction of episodes held out for validation."
     )
     split_seed: int = Field(0, description="Seed of the episode-level train/val split.")
-    action_only: bool = Field(False, description="Answers without thoughts.")
+    action_only: bool = Field(
+        False, description="Answers without thoughts (prompts become the env.prompt style's action-only one)."
+    )
     on_error: Literal["stop", "skip"] = Field("stop", description="A corrupt input line: stop or skip it.")
 
 

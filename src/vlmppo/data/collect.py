@@ -86,10 +86,17 @@ class CollectResult:
     steps: int
     successes: int
     resumed: int
+    solved: int = 0
 
     @property
     def success_rate(self) -> float:
+        """RL4VLM's success rate: episodes with a positive return."""
         return self.successes / max(1, self.episodes)
+
+    @property
+    def solved_rate(self) -> float:
+        """Episodes that reached the task's own goal."""
+        return self.solved / max(1, self.episodes)
 
 
 def _finished_episodes(path: Path) -> dict[int, list[dict]]:
@@ -131,7 +138,7 @@ def collect(cfg: Config, *, on_episode: Callable[[int, int], None] | None = None
     Args:
         on_episode: called with (episodes done, episodes total) after each finished episode.
     """
-    from vlmppo.envs import get_adapter, make_env
+    from vlmppo.envs import get_adapter, is_success, make_env
 
     out = run_dir(cfg) / "collect"
     frames_dir = out / "frames"
@@ -144,10 +151,9 @@ def collect(cfg: Config, *, on_episode: Callable[[int, int], None] | None = None
     resumed = len(done)
     todo = [ep for ep in range(cfg.collect.episodes) if ep not in done]
 
-    adapter = get_adapter(cfg.env.id)
+    adapter = get_adapter(cfg.env.id, cfg.env.observation, cfg.env.prompt)
     rng = np.random.default_rng(cfg.run.seed + 7919 * (1 + resumed))
     policy = make_policy(cfg, adapter, rng, cfg.collect.policy)
-    action_only = cfg.env.prompt == "action_only"
 
     def new_env():
         return make_env(
@@ -160,8 +166,10 @@ def collect(cfg: Config, *, on_episode: Callable[[int, int], None] | None = None
 
     slots = [_Slot(new_env()) for _ in range(min(cfg.env.n_envs, max(1, len(todo))))]
     queue = list(todo)
-    successes = sum(
-        adapter.is_success(sum(r["reward"] for r in rows), rows[-1]["state"]) for rows in done.values()
+    successes = sum(is_success(sum(r["reward"] for r in rows)) for rows in done.values())
+    solved = sum(
+        adapter.is_solved(sum(r["reward"] for r in rows), rows[-1].get("final_state", rows[-1]["state"]))
+        for rows in done.values()
     )
     steps = sum(len(rows) for rows in done.values())
 
@@ -177,7 +185,7 @@ def collect(cfg: Config, *, on_episode: Callable[[int, int], None] | None = None
     active = [s for s in slots if start(s)]
     with JsonlWriter(steps_path) as writer:
         while active:
-            prompts = [adapter.prompt(s.info, action_only=action_only) for s in active]
+            prompts = [adapter.prompt(s.info) for s in active]
             decisions = policy.act(
                 [s.env for s in active], [s.obs for s in active], [s.info for s in active], prompts
             )
@@ -212,7 +220,8 @@ def collect(cfg: Config, *, on_episode: Callable[[int, int], None] | None = None
                     slot.rows[-1]["final_state"] = jsonable(info)
                     _write_frames(frames_dir, slot.episode, slot.frames)
                     writer.write_many(slot.rows)
-                    successes += bool(adapter.is_success(slot.total_reward, info))
+                    successes += is_success(slot.total_reward)
+                    solved += bool(adapter.is_solved(slot.total_reward, info))
                     steps += len(slot.rows)
                     done[slot.episode] = slot.rows
                     if on_episode:
@@ -220,7 +229,7 @@ def collect(cfg: Config, *, on_episode: Callable[[int, int], None] | None = None
                     start(slot)
             active = [s for s in active if s.episode >= 0]
 
-    result = CollectResult(out, len(done), steps, successes, resumed)
+    result = CollectResult(out, len(done), steps, successes, resumed, solved)
     write_manifest(
         out,
         stage="collect",
@@ -232,6 +241,7 @@ def collect(cfg: Config, *, on_episode: Callable[[int, int], None] | None = None
         seeds={"first": cfg.run.seed, "last": cfg.run.seed + cfg.collect.episodes - 1},
         counts={"episodes": result.episodes, "steps": result.steps, "resumed_episodes": resumed},
         success_rate=result.success_rate,
+        solved_rate=result.solved_rate,
     )
     return result
 

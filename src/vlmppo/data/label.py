@@ -71,7 +71,7 @@ def label(cfg: Config, *, on_progress: Callable[[int, int], None] | None = None)
     for row in steps:
         row["key"] = f"{row['episode']:06d}/{row['step']:03d}"
     todo = [row for row in steps if row["key"] not in existing]
-    adapter = get_adapter(cfg.env.id)
+    adapter = get_adapter(cfg.env.id, cfg.env.observation, cfg.env.prompt)
     rng = np.random.default_rng(cfg.run.seed)
     counter = {"done": 0, "parse_errors": 0}
 

@@ -51,8 +51,8 @@ def side_by_side(before: Image.Image, after: Image.Image) -> Image.Image:
 
 
 def task_text(adapter, state: dict) -> str:
-    """The task part of the env prompt, for the score rubric."""
-    return adapter.prompt(state, action_only=True).split("\n")[0]
+    """The task part of our env prompt (whatever the prompt style), for the score rubric."""
+    return adapter.task_text(state).strip()
 
 
 def label_row(key: dict, labeller: str, mode: str, raw: str | None, adapter, rng, **fields) -> dict:
@@ -141,7 +141,7 @@ def expert_action_fields(adapter, env, info) -> dict:
         }
     return {
         "status": "ok",
-        "raw": adapter.format_answer(expert.index, expert.reasoning),
+        "raw": adapter.format_answer(expert.index, expert.reasoning, info),
         "action_index": expert.index,
         "action": adapter.legal_actions[expert.index],
         "thoughts": expert.reasoning,

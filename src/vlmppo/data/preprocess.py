@@ -66,10 +66,10 @@ def preprocess(cfg: Config) -> PreprocessResult:
             f"{cfg.env.id!r}.",
             hint="Label again with this preset, or use the preset the labels were made with.",
         )
-    adapter = get_adapter(cfg.env.id)
+    adapter = get_adapter(cfg.env.id, cfg.env.observation, cfg.env.prompt)
     action_labels = {(r["episode"], r["step"]): r for r in labels if r.get("mode") == "action"}
     scores = {(r["episode"], r["step"]): r.get("score") for r in labels if r.get("mode") == "score"}
-    success = _episode_success(steps.values(), adapter)
+    solved = _episode_solved(steps.values(), adapter)
     data_dir = root / "data"
     dropped: Counter = Counter()
     kept: list[dict] = []
@@ -83,7 +83,7 @@ def preprocess(cfg: Config) -> PreprocessResult:
             if pc.drop_parse_errors or lab.get("action_index") is None:
                 dropped[lab.get("status", "unknown status")] += 1
                 continue
-        if pc.only_success and not success[key[0]]:
+        if pc.only_success and not solved[key[0]]:
             dropped["episode not successful"] += 1
             continue
         if pc.min_score is not None and (scores.get(key) is None or scores[key] < pc.min_score):
@@ -99,7 +99,8 @@ def preprocess(cfg: Config) -> PreprocessResult:
             dropped["frame missing"] += 1
             continue
         thoughts = None if pc.action_only else lab.get("thoughts")
-        answer = adapter.format_answer(lab["action_index"], thoughts)
+        # The answer in the format the prompt asks for (rl4vlm: the state's fields, from the step's state).
+        answer = adapter.format_answer(lab["action_index"], thoughts, step["state"])
         prompt = (
             adapter.prompt(step["state"], action_only=pc.action_only) if pc.action_only else step["prompt"]
         )
@@ -143,7 +144,7 @@ def preprocess(cfg: Config) -> PreprocessResult:
     return result
 
 
-def _episode_success(steps, adapter) -> dict[int, bool]:
+def _episode_solved(steps, adapter) -> dict[int, bool]:
     by_episode: dict[int, list[dict]] = {}
     for row in steps:
         by_episode.setdefault(row["episode"], []).append(row)
@@ -152,7 +153,7 @@ def _episode_success(steps, adapter) -> dict[int, bool]:
         rows.sort(key=lambda r: r["step"])
         last = rows[-1]
         result[episode] = bool(
-            adapter.is_success(sum(r["reward"] for r in rows), last.get("final_state", last["state"]))
+            adapter.is_solved(sum(r["reward"] for r in rows), last.get("final_state", last["state"]))
         )
     return result
 

@@ -5,12 +5,13 @@ Importing this package registers ``gym_cards/*`` and ``probe/*`` with gymnasium 
 
 * ``make_env(env_id, ...)``: one env; observations are ``[H, W, 3] uint8`` RGB frames, ``info`` holds the
   symbolic state (JSON-ready); step it with ``adapter.to_env_action(i)`` for ``legal_actions[i]``.
-* ``get_adapter(env_id)``: prompt, legal actions, parser, expert, success test, transition score.
+* ``get_adapter(env_id, observation, prompt)``: prompt, legal actions, parser, expert, solved test,
+  transition score, all in one prompt style (``PROMPT_STYLES``); ``is_success(return)`` is RL4VLM's success.
 * ``make_vec_env(env_id, n_envs, seed)``: N envs stepped together with auto-reset.
 * ``list_envs()`` and ``render_first_frame(...)``: what ``vlmppo env list|show`` print.
 """
 
-from vlmppo.envs.adapter import EnvAdapter
+from vlmppo.envs.adapter import PROMPT_STYLES, EnvAdapter, is_success
 from vlmppo.envs.parsing import ExpertAction, ParsedAction, format_answer, parse_action
 from vlmppo.envs.registry import (
     get_adapter,
@@ -25,12 +26,14 @@ from vlmppo.envs.vec_env import VecEnv, make_vec_env
 register_envs()
 
 __all__ = [
+    "PROMPT_STYLES",
     "EnvAdapter",
     "ExpertAction",
     "ParsedAction",
     "VecEnv",
     "format_answer",
     "get_adapter",
+    "is_success",
     "list_envs",
     "make_env",
     "make_vec_env",

@@ -12,9 +12,12 @@ from gymnasium import spaces
 class FrameEnv(gym.Env, ABC):
     """An env whose observation is an RGB frame drawn from its symbolic state.
 
-    Subclasses implement ``_draw() -> np.ndarray`` (HxWx3 uint8) and ``_info() -> dict``; ``render()``
-    returns the same frame the agent sees. Info values are plain ints, strings and lists, so collected
-    episodes can be written as JSON as they are.
+    Subclasses implement the rules as ``_new_episode()`` (draw the start state from ``self.np_random``)
+    and ``_transition(action) -> (reward, terminated, truncated)``, and the looks as ``_draw()`` (HxWx3
+    uint8) and ``_info()``. ``reset``/``step`` are those plus a drawn frame; ``reset_state``/``step_state``
+    run the same rules without drawing, for statistics over thousands of episodes (a frame costs
+    milliseconds, a rule step microseconds). ``render()`` returns the frame the agent sees. Info values
+    are plain ints, strings and lists, so collected episodes can be written as JSON as they are.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -24,6 +27,33 @@ class FrameEnv(gym.Env, ABC):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
         self.observation_space = spaces.Box(0, 255, shape=(height, width, 3), dtype=np.uint8)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        info = self.reset_state(seed=seed)
+        return self._draw(), info
+
+    def step(self, action):
+        reward, terminated, truncated, info = self.step_state(action)
+        return self._draw(), reward, terminated, truncated, info
+
+    def reset_state(self, seed: int | None = None) -> dict:
+        """``reset`` without the frame: the same start state for the same seed. Returns the info."""
+        super().reset(seed=seed)
+        self._new_episode()
+        return self._info()
+
+    def step_state(self, action) -> tuple[float, bool, bool, dict]:
+        """``step`` without the frame. Returns (reward, terminated, truncated, info)."""
+        if not self.action_space.contains(action):
+            raise ValueError(f"invalid action {action!r} for {self.action_space}")
+        reward, terminated, truncated = self._transition(int(action))
+        return float(reward), terminated, truncated, self._info()
+
+    @abstractmethod
+    def _new_episode(self) -> None: ...
+
+    @abstractmethod
+    def _transition(self, action: int) -> tuple[float, bool, bool]: ...
 
     @abstractmethod
     def _draw(self) -> np.ndarray: ...

@@ -131,8 +131,8 @@ class MiniGridAdapter(EnvAdapter):
     """Prompt, parser and expert for a MiniGrid env. Expert: BFS over the true grid state (see
     ``vlmppo.envs.gridplan``); it only knows goal-square missions and abstains on others."""
 
-    def __init__(self, env_id: str, observation: str = "full"):
-        super().__init__(env_id)
+    def __init__(self, env_id: str, observation: str = "full", prompt: str = "cot"):
+        super().__init__(env_id, prompt)
         self.family = family_of(env_id)
         self.observation = observation
         self.legal_actions = list(FAMILY_ACTIONS[self.family])
@@ -178,8 +178,8 @@ class MiniGridAdapter(EnvAdapter):
             return f"open the door on the way ({len(steps)} steps to the goal)"
         return f"go to the green goal ({len(steps)} steps)"
 
-    def is_success(self, total_reward: float, info: dict) -> bool:
-        return total_reward > 0
+    def is_solved(self, total_reward: float, info: dict) -> bool:
+        return total_reward > 0  # MiniGrid pays only on reaching the goal
 
     def expert_score(self, info_before, action_index, info_after, reward):
         # Distance = length of the shortest plan. Uses 10 / 8 / 1 / 0.

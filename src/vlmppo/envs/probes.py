@@ -34,10 +34,6 @@ class _ProbeEnv(FrameEnv):
         super().__init__(SIZE, SIZE, render_mode)
         self.action_space = spaces.Discrete(len(PROBE_ACTIONS))
 
-    def _check(self, action) -> None:
-        if not self.action_space.contains(action):
-            raise ValueError(f"invalid action {action!r} for {self.action_space}")
-
 
 class ConstantEnv(_ProbeEnv):
     """Constant probe (``probe/Constant-v0``).
@@ -58,13 +54,11 @@ class ConstantEnv(_ProbeEnv):
         Terminated after the first step.
     """
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        return self._draw(), self._info()
+    def _new_episode(self) -> None:
+        pass
 
-    def step(self, action):
-        self._check(action)
-        return self._draw(), 1.0, True, False, self._info()
+    def _transition(self, action: int) -> tuple[float, bool, bool]:
+        return 1.0, True, False
 
     def _draw(self) -> np.ndarray:
         return _fill("grey")
@@ -98,17 +92,14 @@ class ColorEnv(_ProbeEnv):
         self.color = "red"
         self.done = False
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
+    def _new_episode(self) -> None:
         self.color = "red" if self.np_random.integers(0, 2) == 0 else "blue"
         self.done = False
-        return self._draw(), self._info()
 
-    def step(self, action):
-        self._check(action)
-        reward = 1.0 if int(action) == self._info()["correct_index"] else 0.0
+    def _transition(self, action: int) -> tuple[float, bool, bool]:
+        reward = 1.0 if action == self._info()["correct_index"] else 0.0
         self.done = True
-        return self._draw(), reward, True, False, self._info()
+        return reward, True, False
 
     def _draw(self) -> np.ndarray:
         # The final frame is black so it carries no hint about the next episode.
@@ -143,16 +134,13 @@ class TwoStepEnv(_ProbeEnv):
         super().__init__(render_mode)
         self.step_index = 1
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
+    def _new_episode(self) -> None:
         self.step_index = 1
-        return self._draw(), self._info()
 
-    def step(self, action):
-        self._check(action)
+    def _transition(self, action: int) -> tuple[float, bool, bool]:
         reward = 1.0 if self.step_index == 2 else 0.0
         self.step_index += 1
-        return self._draw(), reward, self.step_index > 2, False, self._info()
+        return reward, self.step_index > 2, False
 
     def _draw(self) -> np.ndarray:
         return _fill({1: "green", 2: "yellow"}.get(self.step_index, "black"))
@@ -181,10 +169,10 @@ class ProbeAdapter(EnvAdapter):
             return ExpertAction(info["correct_index"], f"the image is {info['color']}")
         return ExpertAction(0, "any action is right")
 
-    def is_success(self, total_reward: float, info: dict) -> bool:
+    def is_solved(self, total_reward: float, info: dict) -> bool:
         if self._kind() == "Color":
             return total_reward > 0
-        return True
+        return True  # Constant and TwoStep have no goal to miss
 
     def expert_score(self, info_before, action_index, info_after, reward):
         kind = self._kind()

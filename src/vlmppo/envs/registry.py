@@ -22,14 +22,14 @@ from vlmppo.envs.minigrid import FAMILY_ACTIONS, MINIGRID_ACTIONS, MiniGridAdapt
 from vlmppo.envs.probes import ProbeAdapter
 from vlmppo.errors import EnvError
 
-# id -> (entry point, max_episode_steps, adapter factory)
+# id -> (entry point, max_episode_steps, adapter factory taking (id, prompt style))
 OUR_ENVS = {
     "gym_cards/NumberLine-v0": ("vlmppo.envs.cards.numberline:NumberLineEnv", 300, NumberLineAdapter),
     "gym_cards/Blackjack-v0": ("vlmppo.envs.cards.blackjack:BlackjackEnv", 300, BlackjackAdapter),
     "gym_cards/EZPoints-v0": (
-        "vlmppo.envs.cards.points:EZPointsEnv", 300, lambda i: PointsAdapter(i, EZPointsEnv)),
+        "vlmppo.envs.cards.points:EZPointsEnv", 300, lambda i, p: PointsAdapter(i, EZPointsEnv, p)),
     "gym_cards/Points24-v0": (
-        "vlmppo.envs.cards.points:Points24Env", 300, lambda i: PointsAdapter(i, Points24Env)),
+        "vlmppo.envs.cards.points:Points24Env", 300, lambda i, p: PointsAdapter(i, Points24Env, p)),
     "probe/Constant-v0": ("vlmppo.envs.probes:ConstantEnv", 10, ProbeAdapter),
     "probe/Color-v0": ("vlmppo.envs.probes:ColorEnv", 10, ProbeAdapter),
     "probe/TwoStep-v0": ("vlmppo.envs.probes:TwoStepEnv", 10, ProbeAdapter),
@@ -109,16 +109,26 @@ def make_env(
         raise EnvError(f"Cannot build {env_id!r}: {err}") from err
 
 
-def get_adapter(env_id: str, observation: str = "full") -> EnvAdapter:
-    """The agent-facing adapter (prompt, legal actions, parser, expert, success) for ``env_id``.
+def get_adapter(env_id: str, observation: str = "full", prompt: str = "cot") -> EnvAdapter:
+    """The agent-facing adapter (prompt, legal actions, parser, expert, solved test) for ``env_id``.
+
+    Args:
+        env_id: Any supported id.
+        observation: MiniGrid only: "full" or "agent_view" (the prompt describes what the model sees).
+        prompt: The prompt style (``env.prompt``): ``cot``, ``action_only``, or for gym_cards ``rl4vlm``,
+            ``rl4vlm_action_only``. Prompt, parser and answer format follow it together.
 
     Raises:
-        EnvError: Unknown id.
+        EnvError: Unknown id, or a prompt style this env does not have.
     """
     _check_id(env_id)
-    if env_id.startswith("MiniGrid-"):
-        return MiniGridAdapter(env_id, observation)
-    return OUR_ENVS[env_id][2](env_id)
+    try:
+        if env_id.startswith("MiniGrid-"):
+            return MiniGridAdapter(env_id, observation, prompt)
+        return OUR_ENVS[env_id][2](env_id, prompt)
+    except ValueError as err:
+        raise EnvError(f"Cannot use env.prompt={prompt!r} with {env_id!r}: {err}.",
+                       hint="Use env.prompt=cot or env.prompt=action_only for this env.") from err  # fmt: skip
 
 
 def list_envs(tile_size: int = 32) -> list[dict]:
@@ -151,26 +161,24 @@ def list_envs(tile_size: int = 32) -> list[dict]:
     return rows
 
 
-def render_first_frame(
-    env_id: str, seed: int, out_path: str | Path, *, action_only: bool = False, **kwargs
-) -> str:
+def render_first_frame(env_id: str, seed: int, out_path: str | Path, *, prompt: str = "cot", **kwargs) -> str:
     """Writes the first frame of ``env_id`` after ``reset(seed=seed)`` as a PNG and returns the prompt.
 
     Args:
         env_id: Any supported id.
         seed: Reset seed.
         out_path: Where to write the PNG (parent folders are created).
-        action_only: Return the action-only prompt variant.
+        prompt: The prompt style to return (see ``get_adapter``).
         **kwargs: Passed to ``make_env`` (``observation``, ``tile_size``, env options).
     """
+    adapter = get_adapter(env_id, kwargs.get("observation", "full"), prompt)
     env = make_env(env_id, **kwargs)
     obs, info = env.reset(seed=seed)
     env.close()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(obs).save(out)
-    adapter = get_adapter(env_id, kwargs.get("observation", "full"))
-    return adapter.prompt(info, action_only=action_only)
+    return adapter.prompt(info)
 
 
 __all__ = ["MINIGRID_ACTIONS", "get_adapter", "list_envs", "make_env", "register_envs", "render_first_frame"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vlmppo.envs.adapter import is_success
 from vlmppo.envs.registry import get_adapter, make_env
 
 
@@ -23,7 +24,8 @@ class VecEnv:
 
     * ``final_obs``: the last frame of the finished episode,
     * ``final_info``: the info of its last step,
-    * ``episode``: ``{"return": float, "length": int, "success": bool}`` (success from the adapter).
+    * ``episode``: ``{"return": float, "length": int, "success": bool, "solved": bool}``: success is
+      RL4VLM's (return > 0), solved the task's own goal (``adapter.is_solved``).
 
     ``rewards[i]``, ``terminated[i]`` and ``truncated[i]`` belong to the finished episode's last step,
     so GAE can tell a time limit (bootstrap from ``final_obs``) from a true end (no bootstrap).
@@ -36,12 +38,12 @@ class VecEnv:
             but separate from the env's own RNG, so an unparseable answer does not change the next deal.
     """
 
-    def __init__(self, env_id: str, n_envs: int, seed: int, **make_env_kwargs):
+    def __init__(self, env_id: str, n_envs: int, seed: int, prompt: str = "cot", **make_env_kwargs):
         if n_envs < 1:
             raise ValueError("n_envs must be at least 1")
         self.env_id, self.n_envs, self.seed = env_id, n_envs, seed
+        self.adapter = get_adapter(env_id, make_env_kwargs.get("observation", "full"), prompt)
         self.envs = [make_env(env_id, **make_env_kwargs) for _ in range(n_envs)]
-        self.adapter = get_adapter(env_id, make_env_kwargs.get("observation", "full"))
         self.rngs = [np.random.default_rng([seed + i, 1]) for i in range(n_envs)]
         self._seeded = False
         self._returns = np.zeros(n_envs, dtype=np.float64)
@@ -104,10 +106,12 @@ class VecEnv:
             self._returns[i] += r
             self._lengths[i] += 1
             if term or trunc:
+                total = float(self._returns[i])
                 episode = {
-                    "return": float(self._returns[i]),
+                    "return": total,
                     "length": int(self._lengths[i]),
-                    "success": bool(self.adapter.is_success(float(self._returns[i]), info)),
+                    "success": is_success(total),
+                    "solved": bool(self.adapter.is_solved(total, info)),
                 }
                 final_obs, final_info = o, info
                 o, info = env.reset()
@@ -122,13 +126,14 @@ class VecEnv:
             env.close()
 
 
-def make_vec_env(env_id: str, n_envs: int, seed: int, **make_env_kwargs) -> VecEnv:
+def make_vec_env(env_id: str, n_envs: int, seed: int, prompt: str = "cot", **make_env_kwargs) -> VecEnv:
     """``n_envs`` envs of ``env_id`` stepped together; see ``VecEnv`` for seeding and auto-reset.
 
     Args:
         env_id: Any id ``make_env`` accepts.
         n_envs: Number of envs.
         seed: Env i is seeded ``seed + i`` on the first reset.
+        prompt: The adapter's prompt style (``env.prompt``; see ``get_adapter``).
         **make_env_kwargs: Passed to ``make_env`` for every env.
     """
-    return VecEnv(env_id, n_envs, seed, **make_env_kwargs)
+    return VecEnv(env_id, n_envs, seed, prompt, **make_env_kwargs)

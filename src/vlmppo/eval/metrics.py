@@ -45,13 +45,16 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
 def _rate_block(episodes: list[dict]) -> dict:
     n = len(episodes)
     wins = sum(bool(e["success"]) for e in episodes)
-    low, high = wilson_interval(wins, n)
+    solved = sum(bool(e["solved"]) for e in episodes)
     returns = [float(e["return"]) for e in episodes]
     return {
         "episodes": n,
         "successes": wins,
         "success_rate": wins / n,
-        "success_ci95": [low, high],
+        "success_ci95": list(wilson_interval(wins, n)),
+        "solved": solved,
+        "solved_rate": solved / n,
+        "solved_ci95": list(wilson_interval(solved, n)),
         "return_mean": statistics.fmean(returns),
         "return_median": statistics.median(returns),
         "length_mean": statistics.fmean(e["length"] for e in episodes),
@@ -62,14 +65,15 @@ def summarize(episodes: list[dict], steps: list[dict], *, legal_actions: list[st
     """The numbers of ``metrics.json``.
 
     Args:
-        episodes: One dict per finished episode: ``seed, return, length, success``.
+        episodes: One dict per finished episode: ``seed, return, length, success`` (RL4VLM's: return
+            > 0), ``solved`` (the task's own goal).
         steps: One dict per env step: ``invalid, action`` (the action string) and ``answer_tokens``
             (None for policies that write no text).
         legal_actions: The env's action strings, in order (every action gets a histogram entry).
         wall_s: Wall-clock seconds of the whole evaluation (model loading excluded).
 
     Returns:
-        ``success_rate``, ``success_ci95`` [low, high], ``return_mean``, ``return_median``,
+        ``success_rate``, ``success_ci95`` [low, high], ``solved_rate``, ``solved_ci95``, ``return_mean``, ``return_median``,
         ``length_mean``, ``invalid_action_rate``, ``tokens_per_answer`` (None without text),
         ``action_counts``, ``per_seed`` (the same rate block per seed), ``wall_s``,
         ``env_steps``, ``env_steps_per_s``.

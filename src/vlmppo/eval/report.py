@@ -112,11 +112,32 @@ def plot_actions(counts: dict[str, int], invalid_rate: float, out: Path) -> None
     plt.close(fig)
 
 
+# Which rate a reader may put beside the paper's figures (RL4VLM counts an episode when its return is > 0).
+RATES_NOTE = (
+    "Success is RL4VLM's definition (the episode's return is > 0): this is the rate to compare with the "
+    "paper's. Solved is the task's own goal (e.g. NumberLine reached the target, even after a step back)."
+)
+
+
 def metrics_table(m: dict) -> list[list[str]]:
     low, high = m["success_ci95"]
-    return [
-        ["success rate", f"{_pct(m['success_rate'])} ({m['successes']}/{m['episodes']})"],
+    rows = [
+        [
+            "success rate (return > 0, as RL4VLM)",
+            f"{_pct(m['success_rate'])} ({m['successes']}/{m['episodes']})",
+        ],
         ["95% CI (Wilson)", f"{_pct(low)} - {_pct(high)}"],
+    ]
+    if "solved_rate" in m:  # metrics.json written before solved was measured has none
+        s_low, s_high = m["solved_ci95"]
+        rows.append(
+            [
+                "solved rate (the task's goal)",
+                f"{_pct(m['solved_rate'])} ({m['solved']}/{m['episodes']}; {_pct(s_low)} - {_pct(s_high)})",
+            ]
+        )
+    return [
+        *rows,
         ["return: mean / median", f"{m['return_mean']:.3g} / {m['return_median']:.3g}"],
         ["episode length: mean", f"{m['length_mean']:.3g}"],
         ["invalid-action rate", _pct(m["invalid_action_rate"])],
@@ -250,6 +271,7 @@ def _blocks(metrics: dict, run_root: Path, out: Path, trajectories, env: dict | 
             + ".",
         ),
         ("table", ["metric", "value"], metrics_table(m)),
+        ("p", RATES_NOTE),
     ]
     if m["policy"] == "checkpoint":
         blocks += baseline_blocks(m, run_root, env)

@@ -167,10 +167,9 @@ def _play(cfg: Config, adapter, actor: _CheckpointActor | None, policy: str | No
     """Play every (seed, k) episode to its end, ``env.n_envs`` at a time, one batched generate per step."""
     from vlmppo.data.collect import jsonable
     from vlmppo.data.policies import ExpertPolicy, RandomPolicy
-    from vlmppo.envs import make_env
+    from vlmppo.envs import is_success, make_env
 
     e = cfg.eval
-    action_only = cfg.env.prompt == "action_only"
     queue = [(s, k) for s in e.seeds for k in range(e.episodes)]
     total = len(queue)
     next_index = iter(range(total))
@@ -198,7 +197,7 @@ def _play(cfg: Config, adapter, actor: _CheckpointActor | None, policy: str | No
     played = _Played([], [], {}, 0.0)
     t0 = time.perf_counter()
     while active:
-        prompts = [adapter.prompt(s.info, action_only=action_only) for s in active]
+        prompts = [adapter.prompt(s.info) for s in active]
         observations = [s.obs for s in active]
         if actor is not None:
             answers, token_counts = actor.answer(observations, prompts)
@@ -243,10 +242,11 @@ def _play(cfg: Config, adapter, actor: _CheckpointActor | None, policy: str | No
             if slot.frames is not None:
                 slot.frames.append(obs)
             if terminated or truncated:
-                success = bool(adapter.is_success(slot.total, info))
-                row.update({"episode_return": slot.total, "success": success, "final_state": jsonable(info)})
+                success, solved = is_success(slot.total), bool(adapter.is_solved(slot.total, info))
+                row.update({"episode_return": slot.total, "success": success, "solved": solved,
+                            "final_state": jsonable(info)})  # fmt: skip
                 episode = {"index": slot.index, "seed": slot.seed, "return": slot.total,
-                           "length": len(slot.rows), "success": success}  # fmt: skip
+                           "length": len(slot.rows), "success": success, "solved": solved}  # fmt: skip
                 played.episodes.append(episode)
                 if slot.frames is not None:
                     played.captured[slot.index] = (slot.frames, slot.rows, episode)
@@ -311,7 +311,7 @@ def evaluate(
     _check(cfg, policy)
     e = cfg.eval
     root = run_dir(cfg)
-    adapter = get_adapter(cfg.env.id, cfg.env.observation)
+    adapter = get_adapter(cfg.env.id, cfg.env.observation, cfg.env.prompt)
     actor, ckpt_path, name = None, None, policy
     if policy is None:
         from vlmppo.checkpoints import check_family, resolve_checkpoint

@@ -258,7 +258,9 @@ def rollout_metrics(rollout: Rollout, recent_episodes: deque, cfg: Config) -> di
     return {
         "rollout/ep_return_mean": float(np.mean([e["return"] for e in episodes])) if episodes else None,
         "rollout/ep_length_mean": float(np.mean([e["length"] for e in episodes])) if episodes else None,
+        # success: RL4VLM's (return > 0), the one to compare with the paper; solved: the task's own goal.
         "rollout/success_rate": float(np.mean([e["success"] for e in episodes])) if episodes else None,
+        "rollout/solved_rate": float(np.mean([e["solved"] for e in episodes])) if episodes else None,
         "rollout/episodes": len(rollout.episodes),
         "rollout/invalid_action_rate": sum(s.invalid for s in flat) / n,
         "rollout/reward_mean": float(rollout.rewards.mean()),
@@ -355,6 +357,7 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
             cfg.env.id,
             cfg.env.n_envs,
             cfg.run.seed,
+            prompt=cfg.env.prompt,
             max_episode_steps=cfg.env.max_episode_steps,
             observation=cfg.env.observation,
             tile_size=cfg.env.tile_size,

@@ -90,7 +90,7 @@ def offsets_by_prefix_decoding(tokenizer, ids: list[int]) -> list[tuple[int, int
 
 
 def prompts_for(adapter, infos, cfg) -> list[str]:
-    return [adapter.prompt(i, action_only=cfg.env.prompt == "action_only") for i in infos]
+    return [adapter.prompt(i) for i in infos]  # the adapter's style is env.prompt (make_vec_env)
 
 
 def rollout_step(policy, vec, obs, infos, cfg) -> tuple[list[Step], list, np.ndarray]:

@@ -386,7 +386,7 @@ def _action_accuracy(cfg, model, loaded, val, batch_size, accelerator, ds_stage,
     from vlmppo.sft.accuracy import greedy_action_accuracy
 
     acc = greedy_action_accuracy(
-        accelerator.unwrap_model(model), loaded, val, get_adapter(cfg.env.id), batch_size=batch_size,
+        accelerator.unwrap_model(model), loaded, val, get_adapter(cfg.env.id, cfg.env.observation, cfg.env.prompt), batch_size=batch_size,
         device=accelerator.device, accelerator=accelerator, synced_gpus=ds_stage == 3,
     )  # fmt: skip
     result.action_acc, result.unparseable_rate, result.n_action_eval = (

@@ -89,25 +89,21 @@ class BlackjackEnv(FrameEnv):
         hand.append(rank)
         suits.append(suit)
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
+    def _new_episode(self) -> None:
         self.player, self.dealer, self.player_suits, self.dealer_suits = [], [], [], []
         self.revealed = False
         for _ in range(2):  # Gymnasium's order: the dealer's two cards, then the player's two.
             self._deal(self.dealer, self.dealer_suits)
         for _ in range(2):
             self._deal(self.player, self.player_suits)
-        return self._draw(), self._info()
 
-    def step(self, action):
-        if not self.action_space.contains(action):
-            raise ValueError(f"invalid action {action!r} for {self.action_space}")
-        if int(action) == 1:
+    def _transition(self, action: int) -> tuple[float, bool, bool]:
+        if action == 1:
             self._deal(self.player, self.player_suits)
             if hand_value(self.player)[0] > 21:
                 self.revealed = True
-                return self._draw(), -1.0, True, False, self._info()
-            return self._draw(), 0.0, False, False, self._info()
+                return -1.0, True, False
+            return 0.0, False, False
         self.revealed = True
         while hand_value(self.dealer)[0] < 17:
             self._deal(self.dealer, self.dealer_suits)
@@ -118,7 +114,7 @@ class BlackjackEnv(FrameEnv):
             reward = 1.0
         elif not self.sab and self.natural and is_natural(self.player) and reward == 1.0:
             reward = 1.5
-        return self._draw(), reward, True, False, self._info()
+        return reward, True, False
 
     def _visible_dealer(self) -> list[int]:
         return list(self.dealer) if self.revealed else self.dealer[:1]
@@ -158,6 +154,7 @@ class BlackjackAdapter(EnvAdapter):
     """Prompt, parser and expert for Blackjack. Expert: the basic-strategy table (not always a win)."""
 
     legal_actions = ["stand", "hit"]
+    supports_rl4vlm = True
 
     def task_text(self, info: dict) -> str:
         return (
@@ -180,8 +177,22 @@ class BlackjackAdapter(EnvAdapter):
             f"my cards {cards}: {kind} {info['player_sum']}; dealer shows {up}: basic strategy says {action}",
         )
 
-    def is_success(self, total_reward: float, info: dict) -> bool:
-        return total_reward > 0
+    def is_solved(self, total_reward: float, info: dict) -> bool:
+        return total_reward > 0  # the round is won (a push is not)
+
+    def rl4vlm_task(self, info: dict) -> str:
+        return (
+            "You are a blackjack player looking at the current state of the game in the image. You can "
+            "choose between ['stand', 'hit']."
+        )
+
+    def rl4vlm_thoughts_hint(self) -> str:
+        return (
+            "first say your total points and the dealer's total points, then think about which action to take"
+        )
+
+    def rl4vlm_action_hint(self) -> str:
+        return '"stand" or "hit"'
 
     def expert_score(self, info_before, action_index, info_after, reward):
         # No distance exists in a game of chance: judge the decision against basic strategy, not the card

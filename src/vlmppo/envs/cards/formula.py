@@ -1,14 +1,16 @@
-"""Arithmetic over token lists for EZPoints and Points24: an exact evaluator and the value sets of
-every expression over a multiset of numbers.
+"""Arithmetic over token lists for EZPoints and Points24: an exact evaluator, the value sets of every
+expression over a multiset of numbers, and the expressions that hit a target.
 
-Formulas are lists of tokens ("3", "+", "(", ...). The grammar is the usual one with precedence and
-left associativity, no unary minus::
+Formulas are lists of tokens ("3", "+", "(", ...; a blank " " token, which the RL4VLM rules append for a
+refused number, is skipped). The grammar is the usual one with precedence and left associativity, each
+number token one operand (no joined digits), no unary minus::
 
     expr   := term (("+" | "-") term)*
     term   := factor (("*" | "/") factor)*
     factor := number | "(" expr ")"
 
-Values are ``fractions.Fraction`` so that 8 / (3 - 8 / 3) is exactly 24 (no ``eval``, no floats).
+Values are ``fractions.Fraction`` so that 8 / (3 - 8 / 3) is exactly 24 (no ``eval``, no floats): the
+``exact_arithmetic`` rules. The RL4VLM rules score with ``python_arith.python_value`` instead.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 # --- evaluation ----------------------------------------------------------------------------------------
 def evaluate(tokens: list[str]) -> Fraction | None:
     """Exact value of a complete formula, or None when it is malformed or divides by zero."""
+    tokens = [t for t in tokens if t.strip()]
     pos = 0
 
     def expr() -> Fraction | None:
@@ -135,6 +138,80 @@ def values(numbers: tuple[int, ...], ops: tuple[str, ...] = OPS) -> dict[Fractio
     return out
 
 
+def _apply(op: str, a: Fraction, b: Fraction) -> Fraction | None:
+    if op == "/":
+        return None if b == 0 else a / b
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def _operands_for(op: str, a: Fraction, target: Fraction) -> list[Fraction]:
+    """The ``b`` with ``a op b == target``, where one can exist (the targets here are not zero)."""
+    if op == "+":
+        return [target - a]
+    if op == "-":
+        return [a - target]
+    if op == "*":
+        return [target / a] if a != 0 else []
+    return [a / target] if target != 0 else []
+
+
 def is_solvable(numbers: list[int], target: int, ops: tuple[str, ...] = OPS) -> bool:
-    """Whether some formula uses each number exactly once and equals ``target``."""
-    return Fraction(target) in values(tuple(sorted(numbers)), ops)
+    """Whether some formula uses each number exactly once and equals ``target`` (exact arithmetic)."""
+    return _solvable(tuple(sorted(numbers)), target, ops)
+
+
+@lru_cache(maxsize=4096)
+def _solvable(key: tuple[int, ...], target: int, ops: tuple[str, ...]) -> bool:
+    # The last operation's right operand is looked up by value: this costs the left sides' values over
+    # each split, not their product with the right sides'.
+    if len(key) == 1:
+        return key[0] == target
+    goal = Fraction(target)
+    for left, right in _splits(key):
+        right_values = values(right, ops)
+        for a in values(left, ops):
+            for op in ops:
+                if any(b in right_values and _apply(op, a, b) == goal for b in _operands_for(op, a, goal)):
+                    return True
+    return False
+
+
+@lru_cache(maxsize=1024)
+def _all_exprs(numbers: tuple[int, ...], ops: tuple[str, ...]) -> dict[Fraction, list[Expr]]:
+    """Every expression tree over exactly these numbers, grouped by value (small sets only)."""
+    if len(numbers) == 1:
+        return {Fraction(numbers[0]): [Expr(Fraction(numbers[0]))]}
+    out: dict[Fraction, list[Expr]] = {}
+    for left, right in _splits(numbers):
+        right_exprs = _all_exprs(right, ops)
+        for a, left_nodes in _all_exprs(left, ops).items():
+            for b, right_nodes in right_exprs.items():
+                for op in ops:
+                    v = _apply(op, a, b)
+                    if v is not None:
+                        out.setdefault(v, []).extend(
+                            Expr(v, op, x, y) for x in left_nodes for y in right_nodes
+                        )
+    return out
+
+
+def solutions(numbers: list[int], target: int, ops: tuple[str, ...] = OPS) -> list[tuple[str, ...]]:
+    """The token strings of every expression tree over ``numbers`` (each used once) equal to ``target``,
+    shortest first (then in token order, so the list is deterministic); empty when there is none.
+
+    The last operation is looked up by value over each split, so four numbers take milliseconds; the
+    RL4VLM-rules expert picks the first one its float scoring accepts (``8 / ( 3 - 8 / 3 )`` is not).
+    """
+    key = tuple(sorted(numbers))
+    goal = Fraction(target)
+    if len(key) == 1:
+        return [(str(key[0]),)] if key[0] == target else []
+    found = set()
+    for left, right in _splits(key):
+        right_exprs = _all_exprs(right, ops)
+        for a, left_nodes in _all_exprs(left, ops).items():
+            for op in ops:
+                for b in _operands_for(op, a, goal):
+                    if b in right_exprs and _apply(op, a, b) == goal:
+                        found.update(Expr(goal, op, x, y).tokens for x in left_nodes for y in right_exprs[b])
+    return sorted(found, key=lambda tokens: (len(tokens), tokens))

@@ -9,7 +9,10 @@ any value buildable from a subset of the unused numbers (``a * b / c`` == ``a * 
 Two limits, both documented where they bite: the canonical forms can spend a few more parentheses than
 strictly needed, so a prefix that leaves almost no room under ``max_tokens`` may be judged hopeless when a
 terser completion exists; and without parentheses (EZPoints) operands are single numbers, which is exact
-for two numbers only.
+for two numbers only. Under the RL4VLM rules (``exact=False``) a formula must also score the target in
+Python's float arithmetic: the fixed solution of a deal is the shortest that does, but a prefix off that
+path is completed exactly and then checked, so where float rounding rejects that completion the expert
+gives up although another completion might pass (of the 715 Points24 hands, one has both kinds).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from fractions import Fraction
 from functools import lru_cache
 from itertools import combinations
 
-from vlmppo.envs.cards.formula import OPS, Expr, numbers_in, values
+from vlmppo.envs.cards.formula import OPS, Expr, numbers_in, solutions, values
+from vlmppo.envs.cards.python_arith import python_value
 
 
 @dataclass(frozen=True)
@@ -201,8 +205,26 @@ class _Search:
 
 
 @lru_cache(maxsize=4096)
-def _solution(numbers: tuple[int, ...], target: int, ops: tuple[str, ...], parens: bool, max_tokens: int):
-    return _complete(tuple(), numbers, target, ops, parens, max_tokens)
+def _solution(
+    numbers: tuple[int, ...], target: int, ops: tuple[str, ...], parens: bool, max_tokens: int, exact: bool
+) -> tuple[str, ...] | None:
+    """The expert's one fixed solution of a deal: the shortest expression that the rules score as the
+    target (with ``exact=False``, Python's float arithmetic must also give exactly the target)."""
+    for tokens in solutions(list(numbers), target, tuple(o for o in ops if o in OPS)):
+        if len(tokens) > max_tokens:
+            break
+        if not parens and "(" in tokens:
+            continue
+        if exact or python_value(list(tokens)) == target:
+            return tokens
+    return None
+
+
+def has_solution(
+    numbers: list[int], target: int, *, ops: tuple[str, ...], parens: bool, max_tokens: int, exact: bool
+) -> bool:
+    """Whether the expert has a solution of this deal under these rules (see ``complete``)."""
+    return _solution(tuple(sorted(numbers)), target, ops, parens, max_tokens, exact) is not None
 
 
 def _complete(prefix, numbers, target, ops, parens, max_tokens) -> tuple[str, ...] | None:
@@ -224,24 +246,34 @@ def complete(
     ops: tuple[str, ...] = OPS,
     parens: bool = True,
     max_tokens: int = 20,
+    exact: bool = True,
 ) -> list[str] | None:
     """Tokens that complete ``prefix`` into a correct formula, or None when none exists.
 
     Args:
-        prefix: The formula so far.
+        prefix: The formula so far; blank " " tokens (refused numbers under the RL4VLM rules) take room
+            under ``max_tokens`` but are otherwise spaces.
         numbers: The values of the cards; each must be used exactly once in the whole formula.
         target: The value to reach.
         ops: Allowed operators.
         parens: Whether "(" and ")" may be used.
-        max_tokens: The longest allowed complete formula.
+        max_tokens: The longest formula that may still be submitted.
+        exact: Score with exact fractions; False scores as the original did (Python floats, see
+            ``python_arith``), where e.g. 8 / (3 - 8 / 3) is not 24.
 
     Returns:
         The suffix (empty when the prefix already is a solution), or None.
     """
     key = tuple(sorted(numbers))
+    full = _solution(key, target, ops, parens, max_tokens, exact)
+    if full is None:
+        return None  # no formula of these cards scores the target at all
+    written = [t for t in prefix if t.strip()]
+    budget = max_tokens - (len(prefix) - len(written))
     # The expert follows one fixed solution per deal, so its own prefixes are answered from the cache.
-    full = _solution(key, target, ops, parens, max_tokens)
-    if full is not None and list(full[: len(prefix)]) == list(prefix):
-        return list(full[len(prefix) :])
-    suffix = _complete(tuple(prefix), key, target, ops, parens, max_tokens)
-    return None if suffix is None else list(suffix)
+    if list(full[: len(written)]) == written and len(full) <= budget:
+        return list(full[len(written) :])
+    suffix = _complete(tuple(written), key, target, ops, parens, budget)
+    if suffix is None or (not exact and python_value([*prefix, *suffix]) != target):
+        return None
+    return list(suffix)

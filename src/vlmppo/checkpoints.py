@@ -60,13 +60,11 @@ def save_checkpoint(
     root = Path(root)
     final = root / f"{step:06d}"
     tmp = root / f".{step:06d}.tmp-{os.getpid()}"
-    writing = True
     try:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         write_files(tmp)
-        writing = False
         full_meta = {
             "format": 1,
             "step": step,
@@ -89,7 +87,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     except (OSError, *_writer_errors()) as exc:
-        error = _write_failure(exc, tmp if writing else None, final)
+        error = _write_failure(exc, final)
         shutil.rmtree(tmp, ignore_errors=True)
         raise error from None
     if keep_last:
@@ -97,18 +95,16 @@ def save_checkpoint(
     return final
 
 
-def _write_failure(exc: BaseException, tmp: Path | None, final: Path) -> CheckpointError:
-    """The CheckpointError of a failed save: which file was being written (the newest in ``tmp``, when
-    the failure came while writing them), why, and the space left."""
+def _write_failure(exc: BaseException, final: Path) -> CheckpointError:
+    """The CheckpointError of a failed save: the folder, why, and what limits writing there (the free
+    space, a file-size limit): safetensors and ``torch.save`` raise their own errors without an errno or
+    a file name ("unexpected pos 64 vs 0"), and remove or leave their partial file, so the folder is what
+    can be named for certain."""
     from vlmppo.io import space_notes
 
-    written = [p for p in tmp.rglob("*") if p.is_file()] if tmp is not None and tmp.is_dir() else []
-    last = max(written, key=lambda p: p.stat().st_mtime_ns, default=None)
-    # safetensors and torch.save raise their own errors ("unexpected pos 64 vs 0") without an errno.
     reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
-    where = f", at {last.relative_to(tmp)}" if last is not None else ""
     return CheckpointError(
-        f"Could not write checkpoint {final}{where}: {'; '.join([reason, *space_notes(final)])}.",
+        f"Could not write checkpoint {final}: {'; '.join([reason, *space_notes(final)])}.",
         hint="Free disk space (or raise the quota / file-size limit) or fix permissions of the run directory; "
         "earlier checkpoints are intact.",
     )

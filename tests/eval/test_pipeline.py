@@ -12,6 +12,7 @@ import time
 
 from tests.helpers import run_cli
 
+
 def outputs(run):
     """Modification times of the run's files, but for config.yaml and the lock files every command rewrites."""
     return {

@@ -196,3 +196,17 @@ def test_a_run_folder_that_cannot_be_created_is_one_clear_error(tmp_path, stage)
     assert f"Could not access {blocker}/runs/probe-constant-tiny: Not a directory" in err
     assert "run.output_dir" in err and "Traceback" not in out.stderr
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_failing_command_leaves_no_config_yaml_behind(tmp_path):
+    missing = tmp_path / "nope"
+    args = ["collect", "--preset", "numberline-tiny", f"run.output_dir={tmp_path}", "--policy", "checkpoint",
+            "--ckpt", str(missing)]  # fmt: skip
+    out = run_cli(*args)
+    assert out.returncode == 1 and "does not exist" in out.stderr
+    assert list(tmp_path.rglob("config.yaml")) == []
+    # Over an earlier command's config.yaml, a failing one leaves that file as it was.
+    config = tmp_path / "numberline-tiny/config.yaml"
+    config.write_text("# the last command that ran\n")
+    out = run_cli(*args, "collect.episodes=3")
+    assert out.returncode == 1 and config.read_text() == "# the last command that ran\n"

@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import save_file
 
 from vlmppo.checkpoints import (
-    newest_whole_checkpoint,
     prune_checkpoints,
     read_meta,
     require_whole,
     resolve_checkpoint,
+    resume_auto,
     save_checkpoint,
 )
 from vlmppo.errors import CheckpointError
@@ -89,18 +89,24 @@ def test_a_changed_byte_is_found_by_the_hash_check_only(tmp_path):
     assert "SHA-256" in checkpoint_problem(ckpt, hashes=True)
 
 
-def test_newest_whole_checkpoint_skips_damaged_newer_ones_and_says_why(tmp_path):
+def test_resume_auto_skips_damaged_newer_checkpoints_and_says_why(tmp_path):
     save(tmp_path, 1)
     save(tmp_path, 2)
     third = save(tmp_path, 3)
     (third / "sub" / "state.bin").unlink()
     truncate(tmp_path / "000002" / "adapter_model.safetensors", 100)
-    path, skipped = newest_whole_checkpoint(tmp_path)
+    path, notes = resume_auto(tmp_path, "ppo")
     assert path.name == "000001"
-    assert [(p.name, "state.bin is missing" in why or "adapter_model" in why) for p, why in skipped] == [
-        ("000003", True),
-        ("000002", True),
-    ]
+    assert len(notes) == 2
+    assert "000003" in notes[0] and f"{third / 'sub/state.bin'} is missing" in notes[0]
+    assert "000002/adapter_model.safetensors" in notes[1] and "bytes" in notes[1]
+
+
+def test_resume_auto_with_every_checkpoint_damaged_says_so(tmp_path):
+    assert resume_auto(tmp_path, "ppo") == (None, [])  # none yet: a fresh start
+    truncate(save(tmp_path, 1) / "adapter_model.safetensors", 10)
+    with pytest.raises(CheckpointError, match=r"Every PPO checkpoint in .* is damaged \(.*adapter_model"):
+        resume_auto(tmp_path, "ppo")
 
 
 def test_keep_last_keeps_the_newest_and_what_the_config_names(tmp_path):

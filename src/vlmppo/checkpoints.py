@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from vlmppo.errors import CheckpointError
-from vlmppo.integrity import META, checkpoint_problem, seal_files
+from vlmppo.integrity import META, checkpoint_problem, finish_file, seal_files
 
 # `ppo.init_from`, `--ckpt` and `--resume` take these names besides a folder.
 KEYWORDS = ("last", "sft", "ppo")
@@ -52,8 +52,9 @@ def save_checkpoint(
         protect: Checkpoints never deleted by ``keep_last`` (what ``ppo.init_from`` or ``eval.ckpt`` name).
 
     Raises:
-        CheckpointError: The folder cannot be written (disk full, permissions) or does not read back; the
-            message names the file, and the previous checkpoints and ``last`` are left as they were.
+        CheckpointError: The folder cannot be written (disk full, permissions: the message says why and how
+            much space is left) or a file does not read back (named); the previous checkpoints and ``last``
+            are left as they were.
     """
     from vlmppo.sysinfo import git_sha, package_versions
 
@@ -75,7 +76,7 @@ def save_checkpoint(
             "files": seal_files(tmp),
         }
         (tmp / META).write_text(json.dumps(full_meta, indent=2, default=str) + "\n")
-        seal_files(tmp)  # vlmppo.json's own mode and fsync (it is not in its own record)
+        finish_file(tmp / META)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -153,20 +154,28 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def newest_whole_checkpoint(root: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """What ``--resume auto`` continues from: the newest complete checkpoint whose files all match their
-    recorded sizes and hashes.
+def resume_auto(root: Path, stage: str) -> tuple[Path | None, list[str]]:
+    """What ``--resume auto`` continues from: the newest complete checkpoint in ``root`` whose files all
+    match their recorded sizes and hashes, or None when there is none yet (a fresh start).
 
     Returns:
-        ``(checkpoint or None, [(newer checkpoint skipped, why), ...])``.
+        ``(checkpoint or None, notes)``: a note per newer checkpoint skipped, naming the file and the problem.
+
+    Raises:
+        CheckpointError: Every checkpoint in ``root`` is damaged (starting over would mix with them).
     """
-    skipped = []
+    skipped: list[tuple[Path, str]] = []
     for path in reversed(complete_checkpoints(root)):
         problem = checkpoint_problem(path, hashes=True)
         if problem is None:
-            return path, skipped
+            return path, [f"--resume auto skipped {p} ({why})" for p, why in skipped]
         skipped.append((path, problem))
-    return None, skipped
+    if skipped:
+        raise CheckpointError(
+            f"Every {stage.upper()} checkpoint in {root} is damaged (the newest: {skipped[0][1]}).",
+            hint="Delete the folder to start the run over, or resume from a copy of a whole checkpoint.",
+        )
+    return None, []
 
 
 def require_whole(path: Path, *, hashes: bool = False) -> Path:

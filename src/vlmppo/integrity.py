@@ -43,23 +43,27 @@ def seal_files(folder: Path) -> dict[str, dict]:
         CheckpointError: A ``*.safetensors`` file does not read back as one (named in the message).
     """
     folder = Path(folder)
-    mode = default_file_mode()
     records = {}
     for path in files_of(folder):
-        os.chmod(path, mode)
         problem = safetensors_problem(path) if path.suffix == ".safetensors" else None
         if problem:
             raise CheckpointError(
                 f"Checkpoint file {path} does not read back after writing: {problem}.",
                 hint="Check the disk (free space, errors in `dmesg`); earlier checkpoints are intact.",
             )
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+        finish_file(path)
         records[path.relative_to(folder).as_posix()] = {
             "size": path.stat().st_size,
             "sha256": file_sha256(path),
         }
     return records
+
+
+def finish_file(path: Path) -> None:
+    """Give ``path`` the mode of a new file here and sync it to disk."""
+    os.chmod(path, default_file_mode())
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def safetensors_problem(path: Path) -> str | None:

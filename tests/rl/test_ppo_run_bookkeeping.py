@@ -72,14 +72,6 @@ def test_a_damaged_checkpoint_given_to_eval_is_one_paragraph_naming_the_file(run
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 4
 
 
-def test_resume_with_every_checkpoint_damaged_says_so_instead_of_starting_over(run_copy):
-    for name in ("000001", "000002"):
-        truncate(run_copy / f"numberline-tiny/ppo/checkpoints/{name}/adapter_model.safetensors", 10)
-    cfg = load_config("numberline-tiny", overrides=[*SMALL, f"run.output_dir={run_copy}"])
-    with pytest.raises(CheckpointError, match="Every PPO checkpoint .* is damaged"):
-        ppo.find_resume_checkpoint(cfg, "auto")
-
-
 def test_samples_of_updates_after_the_checkpoint_are_not_repeated_on_resume(tmp_path):
     cfg = load_config(
         "numberline-tiny",

@@ -133,21 +133,15 @@ def uses_merged_sampling(cfg: Config, device: str) -> bool:
 def find_resume_checkpoint(cfg: Config, resume: str | None, notes: list[str] | None = None) -> Path | None:
     """``--resume auto``: the newest whole PPO checkpoint of this run, or None (start fresh), with a line in
     ``notes`` per newer one skipped as damaged; ``--resume PATH``: that checkpoint, which must be whole."""
-    from vlmppo.checkpoints import newest_whole_checkpoint, resolve_checkpoint
+    from vlmppo.checkpoints import resolve_checkpoint, resume_auto
 
     if not resume:
         return None
     if resume != "auto":
         return resolve_checkpoint(run_dir(cfg), resume, key="--resume", hashes=True)
-    root = run_dir(cfg) / "ppo" / "checkpoints"
-    path, skipped = newest_whole_checkpoint(root)
-    if path is None and skipped:
-        raise CheckpointError(
-            f"Every PPO checkpoint in {root} is damaged (newest: {skipped[0][1]}).",
-            hint="Delete the folder to start the run over, or resume from a copy of a whole checkpoint.",
-        )
+    path, skipped = resume_auto(run_dir(cfg) / "ppo" / "checkpoints", "ppo")
     if notes is not None:
-        notes.extend(f"--resume auto skipped {p} ({why})" for p, why in skipped)
+        notes.extend(skipped)
     return path
 
 
@@ -277,8 +271,6 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
     rng = np.random.default_rng(cfg.run.seed)
     recent_episodes: deque = deque(maxlen=max(cfg.env.n_envs, 10))
     start, env_steps, guard = 1, 0, BadMinibatchGuard(p.max_bad_minibatches)
-    if resume_from is None:
-        (out / "samples.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
     if resume_from is not None:
         state = load_trainer_state(resume_from, stage="ppo")
         truncate_jsonl(out / "samples.jsonl", "update", state["update"])  # what followed it is redone
@@ -291,6 +283,7 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
         start, env_steps = state["update"] + 1, state["env_steps"]
         restore_rng(state["rng"])
     else:
+        (out / "samples.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
         vec = make_vec_env(
             cfg.env.id,
             cfg.env.n_envs,

@@ -20,9 +20,9 @@ from vlmppo.checkpoints import (
     META,
     check_family,
     latest_checkpoint,
-    newest_whole_checkpoint,
     read_meta,
     resolve_checkpoint,
+    resume_auto,
 )
 from vlmppo.config import config_to_yaml, run_dir
 from vlmppo.errors import CheckpointError
@@ -53,13 +53,7 @@ def find_resume(cfg, resume: str | None) -> tuple[Path | None, list[str]]:
         return None, []
     notes = []
     if resume == "auto":
-        path, skipped = newest_whole_checkpoint(root)
-        notes = [f"--resume auto skipped {p} ({why})" for p, why in skipped]
-        if path is None and skipped:
-            raise CheckpointError(
-                f"Every SFT checkpoint in {root} is damaged (newest: {skipped[0][1]}).",
-                hint="Delete the folder to start the run over, or resume from a copy of a whole checkpoint.",
-            )
+        path, notes = resume_auto(root, "sft")
     else:
         path = resolve_checkpoint(run_dir(cfg), resume, key="--resume", hashes=True)
     if path is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -170,12 +171,13 @@ def test_unknown_env_id_lists_close_matches(tmp_path):
 
 
 def test_model_init_writes_a_tiny_model_that_model_info_describes(tmp_path):
-    out = run_cli("model", "init", "llava", "--out", str(tmp_path / "tiny-llava"))
+    folder = tmp_path / "tiny llava"
+    out = run_cli("model", "init", "llava", "--out", str(folder), env={"COLUMNS": "300"})
     assert out.returncode == 0, out.stderr
-    assert (tmp_path / "tiny-llava" / "config.json").is_file()
-    info = run_cli(
-        "model", "info", str(tmp_path / "tiny-llava"), "--image-size", "64", env={"COLUMNS": "200"}
-    )
+    assert (folder / "config.json").is_file()
+    # The override it prints pastes onto a command line as one word, space and all.
+    assert shlex.split(out.stdout.split("use it with ", 1)[1]) == [f"model.path={folder.resolve()}"]
+    info = run_cli("model", "info", str(folder), "--image-size", "64", env={"COLUMNS": "200"})
     assert info.returncode == 0, info.stderr
     assert "llava" in info.stdout and "param" in info.stdout.lower()
 

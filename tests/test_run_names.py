@@ -55,3 +55,13 @@ def test_the_printed_sbatch_line_pastes_into_a_shell_as_one_path(tmp_path):
                             capture_output=True, text=True)  # fmt: skip
     assert pasted.stdout == f"{script}\n"
     assert not list(Path(tmp_path).rglob("pwned"))
+
+
+def test_the_printed_command_of_a_copied_preset_pastes_as_one_path(tmp_path):
+    target = tmp_path / "my presets $(touch pwned)" / "mine.yaml"
+    target.parent.mkdir()
+    out = run_cli("presets", "copy", "numberline-tiny", str(target))
+    assert out.returncode == 0, out.stderr
+    line = " ".join(out.stdout.split("\n")).split("run it with: ", 1)[1].strip()
+    assert shlex.split(line) == ["vlmppo", "ppo", "--preset", str(target)]
+    assert not list(Path(tmp_path).rglob("pwned"))

@@ -102,14 +102,14 @@ class JsonlWriter:
 
     A batch goes to the file in one ``write``; if that fails (a full disk, a quota), the file is cut back
     to its size before the batch, so it never ends in half a line, and a StorageError names the file.
-    A torn last line that an earlier process left (a power cut mid-write) is cut off on open:
-    ``repaired`` holds the bytes cut.
+    A torn last line that an earlier process left (a power cut mid-write) is cut off on open, so the
+    lines appended after it stay readable.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.repaired = repair_jsonl_tail(self.path)
+        repair_jsonl_tail(self.path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)  # umask applies
 
     def write_many(self, rows: Iterable[dict]) -> None:

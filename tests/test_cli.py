@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -180,12 +181,13 @@ def test_unknown_env_id_lists_close_matches(tmp_path):
 
 
 def test_model_init_writes_a_tiny_model_that_model_info_describes(tmp_path):
-    out = run_cli("model", "init", "llava", "--out", str(tmp_path / "tiny-llava"))
+    folder = tmp_path / "tiny llava"
+    out = run_cli("model", "init", "llava", "--out", str(folder), env={"COLUMNS": "300"})
     assert out.returncode == 0, out.stderr
-    assert (tmp_path / "tiny-llava" / "config.json").is_file()
-    info = run_cli(
-        "model", "info", str(tmp_path / "tiny-llava"), "--image-size", "64", env={"COLUMNS": "200"}
-    )
+    assert (folder / "config.json").is_file()
+    # The override it prints pastes onto a command line as one word, space and all.
+    assert shlex.split(out.stdout.split("use it with ", 1)[1]) == [f"model.path={folder.resolve()}"]
+    info = run_cli("model", "info", str(folder), "--image-size", "64", env={"COLUMNS": "200"})
     assert info.returncode == 0, info.stderr
     assert "llava" in info.stdout and "param" in info.stdout.lower()
 
@@ -206,3 +208,17 @@ def test_a_run_folder_that_cannot_be_created_is_one_clear_error(tmp_path, stage)
     assert f"Could not access {blocker}/runs/probe-constant-tiny: Not a directory" in err
     assert "run.output_dir" in err and "Traceback" not in out.stderr
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_failing_command_leaves_no_config_yaml_behind(tmp_path):
+    missing = tmp_path / "nope"
+    args = ["collect", "--preset", "numberline-tiny", f"run.output_dir={tmp_path}", "--policy", "checkpoint",
+            "--ckpt", str(missing)]  # fmt: skip
+    out = run_cli(*args)
+    assert out.returncode == 1 and "does not exist" in out.stderr
+    assert list(tmp_path.rglob("config.yaml")) == []
+    # Over an earlier command's config.yaml, a failing one leaves that file as it was.
+    config = tmp_path / "numberline-tiny/config.yaml"
+    config.write_text("# the last command that ran\n")
+    out = run_cli(*args, "collect.episodes=3")
+    assert out.returncode == 1 and config.read_text() == "# the last command that ran\n"

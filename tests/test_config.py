@@ -89,6 +89,40 @@ def test_preset_file_that_is_not_a_mapping(tmp_path):
         load_config(str(bad))
 
 
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n"])
+def test_an_empty_preset_or_config_file_is_refused_not_run_with_defaults(tmp_path, text):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(text)
+    with pytest.raises(ConfigError, match=f"Preset {empty} is empty: it sets nothing"):
+        load_config(str(empty))
+    with pytest.raises(ConfigError, match=f"Config file {empty} is empty"):
+        load_config("numberline-tiny", empty)
+
+
+def test_a_preset_path_to_a_file_that_is_not_yaml_says_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("run:\n  name: x\n")
+    for given in ("notes.txt", str(tmp_path / "notes.txt")):
+        with pytest.raises(ConfigError, match=r"notes.txt is not a YAML file \(a preset ends in .yaml"):
+            load_config(given)
+
+
+def test_a_preset_path_to_a_folder_says_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "myruns").mkdir()
+    for given in ("myruns", "myruns/", str(tmp_path / "myruns")):
+        with pytest.raises(ConfigError, match="myruns is a folder, not a YAML file"):
+            load_config(given)
+    with pytest.raises(ConfigError, match="is a folder, not a YAML file"):
+        load_config("numberline-tiny", tmp_path / "myruns")
+
+
+def test_a_shipped_preset_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "numberline-tiny").mkdir()  # e.g. standing in runs/, where run folders carry preset names
+    assert load_config("numberline-tiny").env.id == "gym_cards/NumberLine-v0"
+
+
 def test_unknown_nested_key_is_named_with_valid_keys_and_source(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config("numberline-tiny", overrides=["ppo.clip_rnge=0.2", "model.lora.rank=4"])

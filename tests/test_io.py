@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
 import pytest
 
-from vlmppo.io import atomic_write_json, atomic_write_text
+from vlmppo.io import JsonlWriter, atomic_write_json, atomic_write_text
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
@@ -29,3 +30,13 @@ def test_an_atomic_write_replaces_the_whole_file_and_leaves_no_temp_file(tmp_pat
     atomic_write_json(target, {"b": 2})
     assert target.read_text() == '{\n  "b": 2\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_appending_after_a_torn_last_line_cuts_it_first(tmp_path):
+    # What a power cut mid-write leaves: a line without its end. Appending to it would glue the next
+    # line onto it and make both unreadable.
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"update": 1}\n{"update": 2, "te')
+    with JsonlWriter(path) as writer:
+        writer.write_many([{"update": 2}])
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"update": 1}, {"update": 2}]

@@ -60,7 +60,22 @@ def _root(
 
 
 def main() -> None:
-    """Console-script entry point: user errors become one clear paragraph and a non-zero exit."""
+    """Console-script entry point: user errors become one clear paragraph and a non-zero exit; a command
+    that fails (however) leaves the run's config.yaml as it found it."""
+    from vlmppo.commands._common import undo_resolved_config
+
+    try:
+        _main()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            undo_resolved_config()
+        raise
+    except BaseException:
+        undo_resolved_config()
+        raise
+
+
+def _main() -> None:
     from vlmppo.errors import VlmppoError
 
     try:

@@ -45,3 +45,15 @@ class LaunchError(VlmppoError):
 
 class SlurmError(VlmppoError):
     """SLURM is missing, rejected a job, or the resource request is impossible."""
+
+
+class StorageError(VlmppoError):
+    """A file cannot be written: the disk is full, a quota or file-size limit is reached, or no permission."""
+
+
+class RunBusyError(VlmppoError):
+    """Another process is writing the same stage of the same run (its lock is held)."""
+
+
+class ResultExistsError(VlmppoError):
+    """A command would replace results that another command wrote (pass ``--overwrite`` to allow it)."""

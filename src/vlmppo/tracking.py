@@ -6,29 +6,11 @@ first, so a run that died after logging step 7 but saving only step 6 does not s
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from vlmppo.errors import ConfigError
-from vlmppo.io import JsonlWriter, atomic_write_text
-
-
-def truncate_metrics(path: Path, key: str, last: int) -> int:
-    """Keep the lines of ``path`` whose ``key`` is ≤ ``last`` (and any torn tail goes); returns lines kept."""
-    path = Path(path)
-    if not path.is_file():
-        return 0
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break  # torn tail of a killed run
-        if row.get(key, 0) <= last:
-            kept.append(line)
-    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-    return len(kept)
+from vlmppo.io import JsonlWriter, truncate_jsonl
 
 
 class Tracker:
@@ -48,7 +30,7 @@ class Tracker:
         self.out_dir, self.step_key = Path(out_dir), step_key
         path = self.out_dir / "metrics.jsonl"
         if resume_step is not None:
-            truncate_metrics(path, step_key, resume_step)
+            truncate_jsonl(path, step_key, resume_step)
         elif path.exists():
             path.unlink()  # a fresh run starts a fresh log
         self._jsonl = JsonlWriter(path)

@@ -158,6 +158,30 @@ def test_collect_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path):
     assert resumed == straight  # same seeds per episode: identical data, nothing lost
 
 
+def test_a_resumed_collect_counts_the_kept_episodes_successes_like_the_new_ones(tmp_path):
+    from vlmppo.config import load_config
+    from vlmppo.data.collect import collect
+
+    cfg = load_config(
+        PRESET, overrides=[f"run.output_dir={tmp_path}", "collect.episodes=8", "collect.epsilon=0"]
+    )
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_5(done, total):
+        if done == 5:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        collect(cfg, on_episode=stop_after_5)
+    result = collect(cfg)
+    assert result.resumed == 5 and result.episodes == 8
+    assert result.success_rate == 1.0  # the exact expert solves every episode, kept or new
+    manifest = json.loads((tmp_path / PRESET / "collect/manifest.json").read_text())
+    assert manifest["success_rate"] == 1.0 and manifest["counts"]["resumed_episodes"] == 5
+
+
 def test_stage_without_its_input_says_which_stage_to_run_first(tmp_path):
     out = stage(tmp_path, "label")
     assert out.returncode == 1 and "Run `vlmppo collect`" in out.stderr

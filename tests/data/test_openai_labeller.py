@@ -148,6 +148,26 @@ def test_server_down_is_a_clear_error(collected):
     assert "Traceback" not in out.stderr
 
 
+def test_a_missing_api_key_is_said_before_the_first_request_and_in_the_final_error(collected):
+    server = ChatServer()
+    server.close()
+    argv = [sys.executable, "-m", "vlmppo", "label", "--preset", PRESET, f"run.output_dir={collected}",
+            "run.name=run", "--labeller", "openai", f"label.base_url={server.url}", "label.model=judge",
+            "label.backoff_s=0.01"]  # fmt: skip
+    env = {**os.environ, "OPENAI_API_KEY": "", "COLUMNS": "300"}
+    out = subprocess.run(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120
+    )
+    assert out.returncode == 1
+    text = " ".join(out.stdout.split())
+    note = text.find("$OPENAI_API_KEY (label.api_key_env) is not set")
+    assert 0 <= note < text.find("Could not get an answer"), text  # said before the retries, not after
+    assert "(and $OPENAI_API_KEY is not set)" in text
+    # With a key, no such note.
+    keyed = label(collected, server, "label.max_retries=0", env={"OPENAI_API_KEY": "sk-test"})
+    assert "is not set" not in keyed.stdout + keyed.stderr
+
+
 def test_client_error_is_not_retried_and_shows_the_server_message(collected):
     server = ChatServer(script=[(404, {"error": "model 'judge' not found"})])
     try:

@@ -12,6 +12,16 @@ import time
 
 from tests.helpers import run_cli
 
+
+def outputs(run):
+    """Modification times of the run's files, but for config.yaml and the lock files every command rewrites."""
+    return {
+        p: p.stat().st_mtime_ns
+        for p in run.rglob("*")
+        if p.is_file() and p.name != "config.yaml" and ".locks" not in p.parts
+    }
+
+
 STAGES = ("collect", "label", "preprocess", "sft", "ppo", "eval")
 # numberline-tiny, shortened so that all six stages run in CI in well under a minute.
 SMALL = [
@@ -63,14 +73,14 @@ def test_pipeline_runs_every_stage_then_a_second_call_skips_them_all(tmp_path):
     assert set(record["stages"]) == set(STAGES)
     assert record["stages"]["ppo"]["config"]["ppo"]["init_from"] == "sft"
     assert "sft/checkpoints/000004/adapter_model.safetensors" in record["stages"]["ppo"]["inputs"]
-    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != "config.yaml"}
+    before = outputs(run)
 
     second = pipeline(tmp_path)
     assert second.returncode == 0, second.stderr
     status = statuses(second.stdout)
     assert list(status) == list(STAGES)
     assert all(messages == ["skipped: up to date"] for messages in status.values()), status
-    after = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != "config.yaml"}
+    after = outputs(run)
     assert after == before  # nothing was rewritten
 
     # A changed eval setting re-runs eval only.

@@ -209,6 +209,9 @@ def test_the_static_decoder_takes_plain_configs_and_leaves_a_checkpoints_own_to_
     spec = static_spec(explicit_generation_config(tok, media, temperature=0.7, max_new_tokens=12))
     assert (spec.temperature, spec.max_new_tokens, spec.eos_id) == (0.7, 12, tok.eos_token_id)
     assert set(spec.suppressed) == set(media)
-    assert static_spec(explicit_generation_config(tok, media, temperature=0.0, max_new_tokens=5)).temperature == 0
+    assert (
+        static_spec(explicit_generation_config(tok, media, temperature=0.0, max_new_tokens=5)).temperature
+        == 0
+    )
     # the tiny checkpoint ships top-k, min-p and a repetition penalty: only transformers' generate applies them
     assert static_spec(checkpoint_generation_config(loaded.model, tok, media, max_new_tokens=5)) is None

@@ -296,6 +296,8 @@ def test_a_checkpoint_that_cannot_be_written_is_a_clear_error_and_the_previous_o
     )
     assert full.returncode == 1, full.stderr
     assert "Could not write checkpoint" in full.stderr and "000002" in full.stderr
+    # It says why, with what limits writing there (not only torch's "unexpected pos 64 vs 0").
+    assert "File too large" in full.stderr and "may write no file over 1.0 MiB" in full.stderr
     assert "Traceback" not in full.stderr
     assert sorted(p.name for p in ckpts.iterdir()) == ["000001", "last"]  # no half-written folder
     assert (ckpts / "last").resolve().name == "000001"

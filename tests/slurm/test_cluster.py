@@ -218,12 +218,12 @@ def test_unknown_partition_is_rejected_with_slurms_message(tmp_path, local_slurm
 def test_hostile_names_reach_slurm_as_plain_text(tmp_path, job_ids):
     python = recording_python(tmp_path)
     (job_id,) = submit(
-        tmp_path, job_ids, "collect", f"slurm.python={python}", "run.name=x; touch pwned-name",
-        "slurm.extra_sbatch=[\"--comment=it's $(touch pwned-comment)\"]",
+        tmp_path, job_ids, "collect", f"slurm.python={python}", "run.output_dir=runs; touch pwned-dir",
+        "run.name=x", "slurm.extra_sbatch=[\"--comment=it's $(touch pwned-comment)\"]",
     )  # fmt: skip
     (job,) = completed(job_id)
-    assert job["JobName"] == "x; touch pwned-name-collect"
+    assert job["JobName"] == "x-collect"  # a hostile run.name is refused before it gets here
     assert job["Comment"] == "it's $(touch pwned-comment)"
     argv = (tmp_path / "argv.txt").read_text().splitlines()
-    assert argv[-1] == str(tmp_path / "runs/x; touch pwned-name/config.yaml")
+    assert argv[-1] == str(tmp_path / "runs; touch pwned-dir/x/config.yaml")
     assert sorted(p.name for p in tmp_path.rglob("pwned*")) == []

@@ -17,7 +17,8 @@ from vlmppo.config import load_config
 from vlmppo.slurm import write_job
 
 HOSTILE = {
-    "run": {"name": "x; touch pwned-name", "output_dir": "runs $(touch pwned-dir)"},
+    # run.name is refused unless it is a plain folder name (tests/test_run_names.py); the folder above is free.
+    "run": {"name": "x", "output_dir": "runs $(touch pwned-dir); touch pwned-dir2"},
     "slurm": {
         "partition": "x; touch pwned-partition",
         "account": "$(touch pwned-account)",
@@ -70,10 +71,10 @@ def test_sbatch_header_values_read_back_exactly_as_given(tmp_path):
     assert options["--partition"] == "x; touch pwned-partition"
     assert options["--account"] == "$(touch pwned-account)"
     assert options["--qos"] == "`touch pwned-qos`"
-    assert options["--job-name"] == "x; touch pwned-name-collect"
+    assert options["--job-name"] == "x-collect"
     assert options["--comment"] == "it's; touch pwned-extra"
     assert (
-        options["--output"] == f"{tmp_path}/runs $(touch pwned-dir)/x; touch pwned-name/slurm/collect-%j.out"
+        options["--output"] == f"{tmp_path}/runs $(touch pwned-dir); touch pwned-dir2/x/slurm/collect-%j.out"
     )
 
 
@@ -92,7 +93,7 @@ def test_array_task_picks_its_own_config_from_quoted_paths(tmp_path):
     out = run_script(job, tmp_path, SLURM_ARRAY_TASK_ID="1")
     assert out.returncode == 0, out.stderr
     argv = (folder / "argv.txt").read_text().splitlines()
-    assert argv[-1] == str(job.configs[1]) and job.configs[1].parent.name == "x; touch pwned-name-seed6"
+    assert argv[-1] == str(job.configs[1]) and job.configs[1].parent.name == "x-seed6"
     assert pwned(tmp_path) == []
 
 

@@ -73,12 +73,44 @@ def print_dry_run(cfg, *stages: str) -> None:
         console.print(table)
 
 
+# What save_resolved_config wrote in this process: (file, its text before or None, folders it created).
+_written_configs: list[tuple[Path, str | None, list[Path]]] = []
+
+
 def save_resolved_config(cfg) -> None:
-    """Write runs/<name>/config.yaml: the resolved config of the last command (re-runnable with --config)."""
+    """Write runs/<name>/config.yaml: the resolved config of the last command (re-runnable with --config).
+
+    If the command then fails, ``cli.main`` calls `undo_resolved_config`: a failed command leaves the
+    run's config.yaml as it was (or absent), not the config of a run that did not happen.
+    """
     from vlmppo.config import config_to_yaml, run_dir
     from vlmppo.io import atomic_write_text
 
-    atomic_write_text(run_dir(cfg) / "config.yaml", config_to_yaml(cfg))
+    path = run_dir(cfg) / "config.yaml"
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    previous = path.read_text(encoding="utf-8") if path.is_file() else None
+    atomic_write_text(path, config_to_yaml(cfg))
+    _written_configs.append((path, previous, created))
+
+
+def undo_resolved_config() -> None:
+    """Put back the config.yaml files this process wrote as they were, and remove the run folders it
+    created for them if nothing else was written there."""
+    from contextlib import suppress
+
+    from vlmppo.errors import VlmppoError
+    from vlmppo.io import atomic_write_text
+
+    while _written_configs:
+        path, previous, created = _written_configs.pop()
+        with suppress(OSError, VlmppoError):
+            if previous is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write_text(path, previous)
+        for folder in created:  # innermost first; rmdir leaves a folder that is not empty
+            with suppress(OSError):
+                folder.rmdir()
 
 
 @contextmanager

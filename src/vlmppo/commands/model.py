@@ -36,10 +36,13 @@ def init(
 
     if family not in FAMILIES:
         raise ModelError(f"Unknown model family '{family}'. Supported families: {', '.join(FAMILIES)}.")
+    import shlex
+
     from vlmppo.models import build_tiny_model
 
     path = build_tiny_model(family, out)
-    console.print(f"wrote a tiny random {family} model to {path}; use it with model.path={path}")
+    override = shlex.quote(f"model.path={path}")  # pasted onto a command line: one word
+    console.print(f"wrote a tiny random {family} model to {path}; use it with {override}", markup=False)
 
 
 @app.command(

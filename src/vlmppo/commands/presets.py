@@ -56,11 +56,14 @@ def copy(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ):
     """Copy a preset to edit it; run it with `--preset PATH`."""
+    import shlex
+
     from vlmppo.config.presets import copy_preset
     from vlmppo.console import console
 
     target = copy_preset(name, dest, force=force)
-    console.print(f"wrote {target}; run it with: vlmppo ppo --preset {target}")
+    paste = shlex.join(["vlmppo", "ppo", "--preset", str(target)])  # a line to paste: quoted
+    console.print(f"wrote {target}; run it with: {paste}", markup=False, soft_wrap=True)
 
 
 @app.command(epilog=examples("vlmppo presets schema > vlmppo-schema.json"))

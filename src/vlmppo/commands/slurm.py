@@ -92,9 +92,14 @@ def render(
         _print_file(job.script, job.text, "bash")
         for note in job.notes:
             console.print(f"[yellow]note:[/yellow] {note}")
+    import shlex
+
+    from rich.markup import escape
+
+    paste = escape(shlex.join(["sbatch", str(jobs[0].script)]))  # a line to paste into a shell: quoted
     console.print(
         f"[green]wrote[/green] {len(jobs[0].configs)} config(s) and {len(jobs)} sbatch file(s); "
-        f"submit with `sbatch {jobs[0].script}` or `vlmppo slurm submit`.",
+        f"submit with `{paste}` or `vlmppo slurm submit`.",
         soft_wrap=True,
     )
 

@@ -80,6 +80,13 @@ def label(
     from vlmppo.data.label import label as run_label
 
     save_resolved_config(cfg)
+    if cfg.label.labeller == "openai":  # said before any request: the retries of a dead server take a minute
+        from vlmppo.console import console
+        from vlmppo.data.openai_client import missing_key_note
+
+        note = missing_key_note(cfg.label.base_url, cfg.label.api_key_env)
+        if note:
+            console.print(f"note: {note}", markup=False, soft_wrap=True)
     with progress_bar(f"label ({cfg.label.labeller}, {cfg.label.mode})") as advance:
         result = run_label(cfg, on_progress=advance)
     summary(
@@ -218,7 +225,10 @@ def ppo(
             raise typer.Exit(1) from None  # the first process says why, once
         raise
     save_resolved_config(cfg)
-    start = find_resume_checkpoint(cfg, resume)
+    notes: list[str] = []
+    start = find_resume_checkpoint(cfg, resume, notes)
+    for note in notes:
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
     if start is not None:
         console.print(f"resuming from {start}")
         for change in check_resume_config(start, cfg):  # a change the checkpoint fixes is an error
@@ -281,6 +291,9 @@ def evaluate(
             "--compare", help="Print the metrics of the eval folders given as arguments side by side."
         ),
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing evaluation of the same checkpoint.")
+    ] = False,
     dry_run: DryRunOpt = False,
 ):
     """Evaluate a checkpoint or a baseline: success rate (95% CI), return, length, invalid actions, report."""
@@ -304,9 +317,9 @@ def evaluate(
         raise ConfigError(f"--policy {policy} and --ckpt {ckpt} exclude each other: evaluate one at a time.")
     from vlmppo.eval.runner import evaluate as run_eval
 
-    save_resolved_config(cfg)
+    # No save_resolved_config: an eval writes its config into its own folder, not over the run's.
     with progress_bar("eval: episodes") as advance:
-        result = run_eval(cfg, policy=policy, on_episode=advance)
+        result = run_eval(cfg, policy=policy, on_episode=advance, overwrite=overwrite)
     m = result.metrics
     low, high = m["success_ci95"]
     summary(

@@ -31,14 +31,20 @@ class Layer:
     values: dict
 
 
-def read_yaml_mapping(path: Path) -> dict:
-    """Read a YAML file that must hold a mapping; an empty file is an empty mapping."""
+def read_yaml_mapping(path: Path, what: str = "Config file") -> dict:
+    """Read a YAML file that must hold a mapping of sections, and at least one.
+
+    An empty file (or one of comments only) is refused: it would run silently with every default, which
+    is never what a user who wrote or named it meant.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"Config file {path} does not exist.") from None
-    except (IsADirectoryError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Config file {path} cannot be read as text ({exc}).") from None
+        raise ConfigError(f"{what} {path} does not exist.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a folder, not a YAML file.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not a YAML file (it is not text).") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -48,8 +54,12 @@ def read_yaml_mapping(path: Path) -> dict:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path} is not valid YAML{where}: {problem}.") from None
-    if data is None:
-        return {}
+    if data is None or data == {}:
+        raise ConfigError(
+            f"{what} {path} is empty: it sets nothing, so the run would silently use every default.",
+            hint="Write its sections (run:, env:, model:, ...; `vlmppo presets copy NAME` gives a full one to "
+            "edit), or leave the option out.",
+        )
     if not isinstance(data, dict):
         raise ConfigError(
             f"{path} must hold a YAML mapping of sections (run:, env:, model:, ...), "
@@ -122,7 +132,7 @@ def load_config(
     layers: list[Layer] = []
     if preset:
         path = find_preset(preset)
-        layers.append(Layer(f"preset {path}", read_yaml_mapping(path)))
+        layers.append(Layer(f"preset {path}", read_yaml_mapping(path, "Preset")))
     if config_file:
         path = Path(config_file)
         layers.append(Layer(f"config file {path}", read_yaml_mapping(path)))

@@ -37,15 +37,25 @@ def preset_names() -> list[str]:
 
 
 def find_preset(name_or_path: str) -> Path:
-    """A shipped preset by name, or a YAML file by path."""
+    """A shipped preset by name, or a YAML file by path (a shipped name wins over a file of that name)."""
     candidate = Path(name_or_path).expanduser()
-    if candidate.suffix in (".yaml", ".yml") or "/" in name_or_path:
-        if candidate.is_file():
+    is_yaml = candidate.suffix in (".yaml", ".yml")
+    if not is_yaml and "/" not in name_or_path and (presets_dir() / f"{name_or_path}.yaml").is_file():
+        return presets_dir() / f"{name_or_path}.yaml"
+    if candidate.is_dir():
+        raise ConfigError(
+            f"Preset {candidate} is a folder, not a YAML file.",
+            hint="Give a preset name (`vlmppo presets list`) or a .yaml file, e.g. a run's config.yaml.",
+        )
+    if candidate.is_file():
+        if is_yaml:
             return candidate
+        raise ConfigError(
+            f"Preset {candidate} is not a YAML file (a preset ends in .yaml or .yml).",
+            hint="Give a preset name (`vlmppo presets list`) or a .yaml file.",
+        )
+    if is_yaml or "/" in name_or_path:
         raise ConfigError(f"Preset file {candidate} does not exist.")
-    path = presets_dir() / f"{name_or_path}.yaml"
-    if path.is_file():
-        return path
     names = preset_names()
     close = difflib.get_close_matches(name_or_path, names, n=4, cutoff=0.5)
     hint = f"Did you mean: {', '.join(close)}? " if close else ""

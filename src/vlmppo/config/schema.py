@@ -6,6 +6,7 @@ computed in the plan printed by ``--dry-run``; they are never config fields.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -21,13 +22,41 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# A run name is one folder name: letters and digits (any script), and _ . - + = @ inside it.
+_RUN_NAME = re.compile(r"[^\W_][\w.+=@-]*|_[\w.+=@-]*")
+
+
 class RunConfig(Section):
-    name: str = Field("default", description="Run name: outputs go to <output_dir>/<name>/.")
+    name: str = Field(
+        "default",
+        description="Run name: outputs go to <output_dir>/<name>/. One folder name: letters, digits, _ . - + = @.",
+    )
     output_dir: str = Field("runs", description="Folder that holds one sub-folder per run.")
     seed: int = Field(0, description="Global seed (envs get seed + i, torch and numpy get seed).")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto = cuda when available, else cpu."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, value: str) -> str:
+        # The name becomes a folder under output_dir and appears in job names and printed commands: a
+        # path ("../x", "/tmp/x"), an option ("-x") or shell text ("$(...)") must never get that far.
+        if _RUN_NAME.fullmatch(value):
+            return value
+        if not value:
+            problem = "it is empty"
+        elif "/" in value or "\\" in value or value in (".", ".."):
+            problem = "it is a path"
+        elif value[0] in "-.":
+            problem = f"it starts with {value[0]!r}"
+        else:
+            bad = dict.fromkeys(c for c in value if not re.fullmatch(r"[\w.+=@-]", c))
+            problem = f"it contains {', '.join(map(repr, bad))}"
+        raise ValueError(
+            f"not one folder name ({problem}); use letters, digits and _ . - + = @ (not . or - first), "
+            "e.g. numberline-qwen-lr1e-5"
+        )
 
 
 class EnvConfig(Section):
@@ -199,6 +228,12 @@ class SftConfig(Section):
     group_by_length: bool = Field(False, description="Batch samples of similar length together.")
     eval_every: int = Field(100, ge=1, description="Optimizer steps between val evaluations.")
     save_every: int = Field(200, ge=1, description="Optimizer steps between checkpoints.")
+    keep_last: int | None = Field(
+        None,
+        ge=1,
+        description="Keep only the newest N numbered checkpoints (null keeps all); the newest and any that "
+        "ppo.init_from or eval.ckpt name are always kept.",
+    )
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after this many evals w/o gain."
     )
@@ -271,6 +306,12 @@ class PpoConfig(Section):
         0.0, le=0.0, description="Added to the reward when no action parses."
     )
     save_every: int = Field(10, ge=1, description="Updates between checkpoints.")
+    keep_last: int | None = Field(
+        None,
+        ge=1,
+        description="Keep only the newest N numbered checkpoints (null keeps all); the newest and any that "
+        "ppo.init_from or eval.ckpt name are always kept.",
+    )
     log_samples_every: int = Field(5, ge=1, description="Updates between sample answers written to disk.")
     max_bad_minibatches: int = Field(
         3, ge=1, description="Abort after this many NaN/inf minibatches in a row."

@@ -28,8 +28,10 @@ from vlmppo.io import (
     atomic_write_text,
     read_jsonl,
     repair_jsonl_tail,
+    storage_error,
     write_manifest,
 )
+from vlmppo.locks import locked
 from vlmppo.sysinfo import resolve_device
 
 STEP_KEYS = (
@@ -132,6 +134,7 @@ def make_policy(cfg: Config, adapter, rng: np.random.Generator, policy: str):
     )
 
 
+@locked("collect")
 def collect(cfg: Config, *, on_episode: Callable[[int, int], None] | None = None) -> CollectResult:
     """Collect ``cfg.collect.episodes`` episodes with ``cfg.collect.policy``; resume if interrupted.
 
@@ -166,6 +169,8 @@ def collect(cfg: Config, *, on_episode: Callable[[int, int], None] | None = None
 
     slots = [_Slot(new_env()) for _ in range(min(cfg.env.n_envs, max(1, len(todo))))]
     queue = list(todo)
+    # Episodes kept from an interrupted run count as the new ones do: judged on the state *after* their
+    # last step (``final_state``), not the one before it (``state``).
     successes = sum(is_success(sum(r["reward"] for r in rows)) for rows in done.values())
     solved = sum(
         adapter.is_solved(sum(r["reward"] for r in rows), rows[-1].get("final_state", rows[-1]["state"]))
@@ -251,7 +256,11 @@ def _write_frames(frames_dir: Path, episode: int, frames: list[np.ndarray]) -> N
     final = frames_dir / f"{episode:06d}"
     tmp = frames_dir / f".{episode:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for step, frame in enumerate(frames):
-        Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(tmp / f"{step:03d}.png")
-    atomic_replace_dir(tmp, final)
+    try:
+        tmp.mkdir(parents=True)
+        for step, frame in enumerate(frames):
+            Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(tmp / f"{step:03d}.png")
+        atomic_replace_dir(tmp, final)
+    except OSError as exc:  # a full disk: PIL's error names no file
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise storage_error(final, exc) from None

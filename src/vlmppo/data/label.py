@@ -19,6 +19,7 @@ from vlmppo.config import Config, run_dir
 from vlmppo.data import labellers as lb
 from vlmppo.errors import DataError
 from vlmppo.io import JsonlWriter, read_jsonl, repair_jsonl_tail, require_file, write_manifest
+from vlmppo.locks import locked
 from vlmppo.sysinfo import resolve_device
 
 
@@ -55,6 +56,7 @@ def open_frame(collect_dir: Path, relative: str) -> Image.Image:
         raise DataError(f"Frame {path} cannot be decoded ({exc}).") from None
 
 
+@locked("label")
 def label(cfg: Config, *, on_progress: Callable[[int, int], None] | None = None) -> LabelResult:
     """Label every collected step with ``cfg.label.labeller`` in ``cfg.label.mode``."""
     from vlmppo.envs import get_adapter

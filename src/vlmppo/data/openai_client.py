@@ -34,6 +34,21 @@ def image_data_url(image: Image.Image | np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def missing_key_note(base_url: str, api_key_env: str) -> str | None:
+    """What to tell the user before the first request when ``$api_key_env`` is unset; None when it is set.
+
+    Not an error: a local ``vllm serve`` without ``--api-key`` needs no key. But a server that does need
+    one, or one that is not running, would otherwise first cost every retry before the user learns it.
+    """
+    if os.environ.get(api_key_env):
+        return None
+    return (
+        f"${api_key_env} (label.api_key_env) is not set, so requests to {base_url} carry no API key: fine for "
+        "a server started without one (`vllm serve` without --api-key); a server that needs one answers "
+        "HTTP 401."
+    )
+
+
 @dataclass
 class ChatClient:
     base_url: str
@@ -94,8 +109,10 @@ class ChatClient:
                 last_problem = "an answer that is not JSON"
             if attempt < self.max_retries:
                 time.sleep(wait)
+        no_key = "" if key else f" (and ${self.api_key_env} is not set)"
         raise LabelServerError(
-            f"Could not get an answer from {url} after {self.max_retries + 1} tries (last: {last_problem}).",
+            f"Could not get an answer from {url} after {self.max_retries + 1} tries (last: {last_problem})"
+            f"{no_key}.",
             hint="Is the server running (e.g. `vllm serve MODEL`)? Labels written so far are kept; "
             "run `vlmppo label` again to resume.",
         )

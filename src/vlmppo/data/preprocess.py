@@ -23,6 +23,7 @@ import numpy as np
 from vlmppo.config import Config, run_dir
 from vlmppo.errors import DataError
 from vlmppo.io import atomic_write_text, read_jsonl, require_file, write_manifest
+from vlmppo.locks import locked
 
 
 @dataclass
@@ -46,6 +47,7 @@ def sft_example(prompt: str, answer: str, image: str, **meta) -> dict:
     }
 
 
+@locked("preprocess")
 def preprocess(cfg: Config) -> PreprocessResult:
     """Filter, deduplicate, balance and split the labelled steps; write train/val JSONL atomically."""
     from vlmppo.envs import get_adapter

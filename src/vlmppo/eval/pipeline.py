@@ -12,6 +12,10 @@ this run has none for the same task, so that the report shows where the agent st
 
 A stage that re-runs over an older output first moves that output aside to ``<folder>.old-<time>``
 (collect and label would otherwise resume into it, and SFT refuses to start over its checkpoints).
+
+The pipeline holds the run's ``pipeline`` lock throughout, and each stage's own lock (`vlmppo.locks`) from
+before it moves an old output aside until the stage ends: a ``vlmppo ppo`` started by hand on the same run
+makes the pipeline's PPO stage fail with that process's name, instead of both writing one folder.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 from vlmppo.config import Config, run_dir
 from vlmppo.config.plan import stage_range
 from vlmppo.io import atomic_write_json, file_sha256
+from vlmppo.locks import locked, stage_lock
 
 # Config sections each stage reads (run.seed is added to all).
 SECTIONS = {
@@ -230,8 +235,8 @@ def _run_stage(cfg: Config, stage: str, progress, resume: bool):
         found, _ = read_baselines(run_dir(cfg), cfg.env.model_dump(mode="json"))
         for policy in BASELINES:
             if policy not in found:
-                evaluate(cfg, policy=policy)
-        return evaluate(cfg, on_episode=report)
+                evaluate(cfg, policy=policy, overwrite=True)
+        return evaluate(cfg, on_episode=report, overwrite=True)  # the pipeline's own eval folder
 
 
 def pipeline_config(cfg: Config, stages: list[str]) -> Config:
@@ -242,6 +247,7 @@ def pipeline_config(cfg: Config, stages: list[str]) -> Config:
     return cfg
 
 
+@locked("pipeline")
 def run_pipeline(
     cfg: Config,
     *,
@@ -290,19 +296,20 @@ def run_pipeline(
         # preempted): continue it instead of starting over (collect/label resume by themselves).
         resume = "outputs" not in entry and entry.get("config_sha256") == config_hash(cfg, stage)
         resume = resume and entry.get("inputs") == inputs
-        moved = None if resume else _move_aside(root, stage)
-        detail = "resuming the interrupted run" if resume else reason
-        say(stage, f"running: {detail}" + (f"; the old output was moved to {moved}" if moved else ""))
-        record.setdefault("stages", {})[stage] = {
-            "config_sha256": config_hash(cfg, stage),
-            "config": stage_config(cfg, stage),
-            "inputs": inputs,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        atomic_write_json(root / RECORD, record)
-        t0 = time.perf_counter()
-        out = _run_stage(cfg, stage, progress, resume)
-        seconds = time.perf_counter() - t0
+        with stage_lock(root, stage) if stage in FOLDERS else nullcontext():
+            moved = None if resume else _move_aside(root, stage)
+            detail = "resuming the interrupted run" if resume else reason
+            say(stage, f"running: {detail}" + (f"; the old output was moved to {moved}" if moved else ""))
+            record.setdefault("stages", {})[stage] = {
+                "config_sha256": config_hash(cfg, stage),
+                "config": stage_config(cfg, stage),
+                "inputs": inputs,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            atomic_write_json(root / RECORD, record)
+            t0 = time.perf_counter()
+            out = _run_stage(cfg, stage, progress, resume)
+            seconds = time.perf_counter() - t0
         outputs = outputs_of(cfg, stage, root)
         if outputs is None or getattr(out, "stopped_by", None):
             say(

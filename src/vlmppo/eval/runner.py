@@ -9,8 +9,14 @@ active envs in one batched ``generate``.
 
 Folder contents: ``metrics.json`` (see ``metrics.summarize``), ``episodes.jsonl`` (one line per step),
 ``trajectories/episode-NNN.{png,gif}`` for the first ``eval.trajectories`` episodes, ``actions.png``,
-``curves-*.png``, ``report.md``, ``report.html``, ``manifest.json``. The folder is written beside and
-moved into place at the end, so it is either the previous complete evaluation or the new one.
+``curves-*.png``, ``report.md``, ``report.html``, ``manifest.json``, ``config.yaml`` (the resolved config
+of this evaluation: an eval leaves the run's own ``config.yaml`` alone). The folder is written in a
+staging folder of its own beside it and moved into place at the end, so it is either absent, the previous
+complete evaluation or the new one, and two evals of one checkpoint at once do not collide.
+
+An existing evaluation is never replaced silently: ``evaluate`` refuses it before playing unless
+``overwrite`` (``vlmppo eval --overwrite``; the pipeline's eval stage replaces its own), and if another
+eval put one there while this one played, this one goes beside it as ``<name>-2``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmppo.config import Config, run_dir
-from vlmppo.errors import ConfigError
-from vlmppo.io import atomic_replace_dir, atomic_write_json, atomic_write_text, write_manifest
+from vlmppo.config import Config, config_to_yaml, run_dir
+from vlmppo.errors import ConfigError, ResultExistsError
+from vlmppo.io import atomic_replace_dir, atomic_write_json, atomic_write_text, storage_error, write_manifest
 
 BASELINES = ("expert", "random")
 
@@ -268,6 +275,7 @@ def _write(folder: Path, cfg: Config, metrics: dict, played: _Played, ckpt_path:
     from vlmppo.eval.report import write_report
 
     atomic_write_json(folder / "metrics.json", metrics)
+    atomic_write_text(folder / "config.yaml", config_to_yaml(cfg))
     lines = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in played.steps)
     atomic_write_text(folder / "episodes.jsonl", lines)
     trajectories = [
@@ -291,18 +299,24 @@ def _write(folder: Path, cfg: Config, metrics: dict, played: _Played, ckpt_path:
 
 
 def evaluate(
-    cfg: Config, *, policy: str | None = None, on_episode: Callable[[int, int], None] | None = None
+    cfg: Config,
+    *,
+    policy: str | None = None,
+    on_episode: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> EvalResult:
     """Evaluate ``cfg.eval.ckpt`` (default ``last``), or the ``expert``/``random`` baseline.
 
     Args:
         policy: None for the checkpoint, or ``"expert"`` / ``"random"``.
         on_episode: Called with (episodes done, episodes total) after each finished episode.
+        overwrite: Replace an existing evaluation of the same name (else ResultExistsError).
 
     Raises:
         CheckpointError: The checkpoint does not exist, is not a checkpoint, or is of another family.
         ModelError: A plain PEFT adapter whose base model is of another family.
         ConfigError: An unknown baseline, or nothing to evaluate.
+        ResultExistsError: ``runs/<name>/eval/<name>`` holds an evaluation and ``overwrite`` is false.
     """
     from vlmppo.envs import get_adapter
     from vlmppo.eval.metrics import summarize
@@ -316,11 +330,14 @@ def evaluate(
     if policy is None:
         from vlmppo.checkpoints import check_family, resolve_checkpoint
 
-        ckpt_path = resolve_checkpoint(root, e.ckpt or "last")
+        ckpt_path = resolve_checkpoint(root, e.ckpt or "last", key="eval.ckpt")
         check_family(ckpt_path, cfg.model.family)
         check_adapter_family(ckpt_path, cfg.model.family)
         suffix = "-checkpoint-generation" if e.generation == "checkpoint" else "" if e.greedy else "-sampled"
         name = checkpoint_name(root, ckpt_path) + suffix
+    if not overwrite:
+        refuse_existing(root / "eval" / name)
+    if ckpt_path is not None:
         actor = _CheckpointActor(cfg, ckpt_path, resolve_device(cfg))
 
     played = _play(cfg, adapter, actor, policy, on_episode)
@@ -337,9 +354,42 @@ def evaluate(
         **summarize(played.episodes, played.steps, legal_actions=adapter.legal_actions, wall_s=played.wall_s),
     }
     final = root / "eval" / name
-    tmp = final.with_name(f".{name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    _write(tmp, cfg, metrics, played, ckpt_path)
-    atomic_replace_dir(tmp, final)
-    return EvalResult(final, name, metrics, final / "report.md")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=final.parent))  # one per process
+    try:
+        try:
+            _write(tmp, cfg, metrics, played, ckpt_path)
+        except OSError as exc:  # frames, GIFs and plots fail with no file name on a full disk
+            raise storage_error(final, exc) from None
+        final = _move_into_place(tmp, final, overwrite, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return EvalResult(final, final.name, metrics, final / "report.md")
+
+
+def refuse_existing(folder: Path) -> None:
+    """ResultExistsError when ``folder`` holds an evaluation (its ``metrics.json``), saying what it holds."""
+    try:
+        old = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return
+    except ValueError:
+        old = {}
+    what = f"{old.get('episodes', '?')} episodes, {old.get('decoding') or old.get('policy', '?')}"
+    raise ResultExistsError(
+        f"{folder} already holds an evaluation ({what}); this one would replace it.",
+        hint="Pass --overwrite to replace it, or move that folder away first.",
+    )
+
+
+def _move_into_place(tmp: Path, final: Path, overwrite: bool, root: Path) -> Path:
+    """Move the staged folder to ``final`` (replacing it if ``overwrite``; else beside it as ``-2``, ``-3``
+    when another eval of the same name finished first); returns where it went."""
+    from vlmppo.locks import LOCK_DIR, waiting_lock
+
+    with waiting_lock(root / LOCK_DIR / f"eval-{final.name}.lock"):
+        target, n = final, 2
+        while not overwrite and target.exists():
+            target, n = final.with_name(f"{final.name}-{n}"), n + 1
+        atomic_replace_dir(tmp, target)
+    return target

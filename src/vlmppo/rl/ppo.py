@@ -24,6 +24,7 @@ import torch
 from vlmppo.config import Config, config_to_yaml, run_dir
 from vlmppo.config.plan import ppo_counts
 from vlmppo.errors import CheckpointError, ConfigError, LaunchError
+from vlmppo.locks import locked
 from vlmppo.rl.gae import compute_gae, normalize_advantages
 from vlmppo.rl.losses import explained_variance
 from vlmppo.rl.policy import REFERENCE_ADAPTER, ActorCritic, ValueHead, hidden_size
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 SAMPLES_PER_LOG = 8  # sample answers written every ppo.log_samples_every updates
+INIT_CHOICES = "null (start from model.path), sft, ppo, last or a checkpoint folder"
 
 
 @dataclass
@@ -82,7 +84,9 @@ def build_policy(cfg: Config, device: str, resume_from: Path | None = None, acce
 
     source = resume_from
     if source is None and cfg.ppo.init_from:
-        source = resolve_checkpoint(run_dir(cfg), cfg.ppo.init_from)
+        source = resolve_checkpoint(
+            run_dir(cfg), cfg.ppo.init_from, key="ppo.init_from", choices=INIT_CHOICES
+        )
     if source is None:
         loaded = load_model(cfg.model, device=device, for_training=True)
     elif (source / "adapter_config.json").is_file():
@@ -199,16 +203,19 @@ def check_single_process(accelerator=None) -> None:
         )
 
 
-def find_resume_checkpoint(cfg: Config, resume: str | None) -> Path | None:
-    """``--resume auto``: the newest complete PPO checkpoint of this run, or None (start fresh);
-    ``--resume PATH``: that checkpoint, which must exist."""
-    from vlmppo.checkpoints import latest_checkpoint, resolve_checkpoint
+def find_resume_checkpoint(cfg: Config, resume: str | None, notes: list[str] | None = None) -> Path | None:
+    """``--resume auto``: the newest whole PPO checkpoint of this run, or None (start fresh), with a line in
+    ``notes`` per newer one skipped as damaged; ``--resume PATH``: that checkpoint, which must be whole."""
+    from vlmppo.checkpoints import resolve_checkpoint, resume_auto
 
     if not resume:
         return None
-    if resume == "auto":
-        return latest_checkpoint(run_dir(cfg) / "ppo" / "checkpoints")
-    return resolve_checkpoint(run_dir(cfg), resume)
+    if resume != "auto":
+        return resolve_checkpoint(run_dir(cfg), resume, key="--resume", hashes=True)
+    path, skipped = resume_auto(run_dir(cfg) / "ppo" / "checkpoints", "ppo")
+    if notes is not None:
+        notes.extend(skipped)
+    return path
 
 
 def make_optimizer(policy: ActorCritic, cfg: Config) -> torch.optim.Optimizer:
@@ -297,13 +304,14 @@ def sample_rows(rollout: Rollout, update: int, adapter) -> list[dict]:
     return rows
 
 
+@locked("ppo")
 def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoResult:
     """Run PPO as configured; metrics every update in ``runs/<name>/ppo/metrics.jsonl``, checkpoints
     every ``ppo.save_every`` updates, at the end, and on SIGTERM/SIGUSR1 (then it returns early with
     ``stopped_by`` set). ``resume``: None, ``auto`` or a checkpoint path."""
-    from vlmppo.checkpoints import latest_checkpoint, save_checkpoint
+    from vlmppo.checkpoints import latest_checkpoint, protected_checkpoints, save_checkpoint
     from vlmppo.envs import make_vec_env
-    from vlmppo.io import JsonlWriter
+    from vlmppo.io import JsonlWriter, truncate_jsonl
     from vlmppo.rl.schedule import make_cosine_scheduler
     from vlmppo.signals import stop_handlers
     from vlmppo.sysinfo import resolve_device
@@ -344,6 +352,7 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
     start, env_steps, guard = 1, 0, BadMinibatchGuard(p.max_bad_minibatches)
     if resume_from is not None:
         state = load_trainer_state(resume_from, stage="ppo")
+        truncate_jsonl(out / "samples.jsonl", "update", state["update"])  # what followed it is redone
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         rng.bit_generator.state = state["loop_rng"]
@@ -353,6 +362,7 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
         start, env_steps = state["update"] + 1, state["env_steps"]
         restore_rng(state["rng"])
     else:
+        (out / "samples.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
         vec = make_vec_env(
             cfg.env.id,
             cfg.env.n_envs,
@@ -402,7 +412,8 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
             "env_steps": env_steps,
             "metrics": json.loads(json.dumps(metrics, default=str)),
         }
-        return save_checkpoint(out / "checkpoints", update, meta, write)
+        keep = {"keep_last": p.keep_last, "protect": protected_checkpoints(cfg)}
+        return save_checkpoint(out / "checkpoints", update, meta, write, **keep)
 
     stopped_by = None
     with (

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import yaml
 
-from vlmppo.checkpoints import META, check_family, latest_checkpoint, read_meta, resolve_checkpoint
+from vlmppo.checkpoints import (
+    META,
+    check_family,
+    latest_checkpoint,
+    read_meta,
+    resolve_checkpoint,
+    resume_auto,
+)
 from vlmppo.config import config_to_yaml, run_dir
 from vlmppo.errors import CheckpointError
 
@@ -25,10 +32,14 @@ def checkpoints_dir(cfg) -> Path:
     return run_dir(cfg) / "sft" / "checkpoints"
 
 
-def find_resume(cfg, resume: str | None) -> Path | None:
+def find_resume(cfg, resume: str | None) -> tuple[Path | None, list[str]]:
     """``None``: start fresh (CheckpointError if this run already has SFT checkpoints, which a fresh run
-    would mix with its own); ``auto``: the newest complete SFT checkpoint, or None; else that checkpoint.
-    In every case a checkpoint of another model family is a CheckpointError."""
+    would mix with its own); ``auto``: the newest whole SFT checkpoint, or None; else that checkpoint.
+    In every case a checkpoint of another model family is a CheckpointError.
+
+    Returns:
+        ``(checkpoint or None, notes)``: a note per newer checkpoint ``auto`` skipped as damaged.
+    """
     root = checkpoints_dir(cfg)
     if not resume:
         existing = latest_checkpoint(root)
@@ -39,11 +50,15 @@ def find_resume(cfg, resume: str | None) -> Path | None:
                 hint="Pass --resume auto to continue that run, set run.name to start another one, or delete "
                 "the folder.",
             )
-        return None
-    path = latest_checkpoint(root) if resume == "auto" else resolve_checkpoint(run_dir(cfg), resume)
+        return None, []
+    notes = []
+    if resume == "auto":
+        path, notes = resume_auto(root, "sft")
+    else:
+        path = resolve_checkpoint(run_dir(cfg), resume, key="--resume", hashes=True)
     if path is not None:
         check_family(path, cfg.model.family)
-    return path
+    return path, notes
 
 
 def load_weights(cfg, path: Path, device):
@@ -146,6 +161,7 @@ def write_final(checkpoint: Path, extra_meta: dict) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns("trainer_state.pt"))
         meta = {**read_meta(checkpoint), **extra_meta, "final": True, "from_checkpoint": checkpoint.name}
+        meta["files"] = {k: v for k, v in (meta.get("files") or {}).items() if (tmp / k).is_file()}
         (tmp / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         if final.exists():
             old = root / f".final.old-{os.getpid()}"

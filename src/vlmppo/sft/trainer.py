@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from vlmppo.config import Config, config_to_yaml, run_dir
+from vlmppo.locks import locked
 from vlmppo.models.inputs import IGNORE_INDEX
 from vlmppo.sft.checkpointing import (
     checkpoints_dir,
@@ -121,6 +122,7 @@ def evaluate_loss(model, collator, examples, batch_size, accelerator) -> tuple[f
     return loss_sum / max(n_tok, 1), n_ok / max(n_tok, 1)
 
 
+@locked("sft")
 def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult:
     """Fine-tune ``cfg.model`` on the SFT dataset as configured.
 
@@ -138,7 +140,7 @@ def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult
         CheckpointError: A resume from another family, a non-SFT checkpoint, or mismatched LoRA settings.
         LaunchError: ``sft.launch=zero*`` without DeepSpeed installed.
     """
-    from vlmppo.checkpoints import save_checkpoint
+    from vlmppo.checkpoints import protected_checkpoints, save_checkpoint
     from vlmppo.signals import stop_handlers
     from vlmppo.sysinfo import resolve_device
     from vlmppo.tracking import Tracker
@@ -150,11 +152,12 @@ def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult
     train_path, val_path = dataset_paths(cfg)
     train = load_sft_examples(train_path)
     val = load_val(val_path, explicit=s.val_file is not None)
-    resume_path = find_resume(cfg, resume)
+    resume_path, resume_notes = find_resume(cfg, resume)
     state = load_trainer_state(resume_path, stage="sft") if resume_path else None
     device = resolve_device(cfg)
     out = run_dir(cfg) / "sft"
     notes = [] if val else [f"no val set ({val_path} is absent or empty): no eval loss, no action accuracy"]
+    notes += resume_notes
     if resume == "auto" and resume_path is None:
         notes.append("--resume auto: no SFT checkpoint in this run yet, so it starts fresh")
 
@@ -242,7 +245,9 @@ def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult
                 "epoch": counts.epoch_at(micro),
                 "metrics": row,
             }
-            path = save_checkpoint(root, step, meta, write)
+            path = save_checkpoint(
+                root, step, meta, write, keep_last=s.keep_last, protect=protected_checkpoints(cfg)
+            )
         accelerator.wait_for_everyone()
         return path
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,6 +198,6 @@ def log_files(target: str, runs_dir: Path) -> list[Path]:
         shown = ", ".join(patterns) or "(SLURM reports no output file)"
         raise SlurmError(
             f"No log file yet for job {job_id} ({row.get('stage', '?')}): nothing at {shown}.",
-            hint=f"The job may still be pending: `vlmppo slurm status {target}`.",
+            hint=f"The job may still be pending: `{shlex.join(['vlmppo', 'slurm', 'status', str(target)])}`.",
         )
     return files

@@ -6,6 +6,7 @@ dependency, log patterns): ``vlmppo slurm status|cancel|logs RUN`` read it back.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import time
@@ -49,7 +50,7 @@ def run_tool(argv: list[str], *, timeout: float = TIMEOUT_S) -> subprocess.Compl
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise SlurmError(
-            f"`{' '.join(argv)}` did not answer within {timeout:.0f} s.",
+            f"`{shlex.join(argv)}` did not answer within {timeout:.0f} s.",
             hint="Is slurmctld reachable? Try `sinfo`.",
         ) from None
 

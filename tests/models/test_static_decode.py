@@ -15,8 +15,8 @@ from vlmppo.config.schema import ModelConfig
 from vlmppo.models import load_model
 from vlmppo.models.generation import explicit_generation_config, generate_ids, media_token_ids, to_pil
 from vlmppo.models.inputs import build_inputs
+from vlmppo.models.static_cache import DecodeBuffers
 from vlmppo.models.static_decode import (
-    DecodeBuffers,
     SamplingSpec,
     StaticDecoder,
     answer_lengths,

@@ -98,10 +98,17 @@ def preprocess(
     overrides: OverridesArg = None,
     preset: PresetOpt = None,
     config: ConfigOpt = None,
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="vlmppo (train/val.jsonl) | llamafactory (also LLaMA-Factory's dataset_info.json).",
+        ),
+    ] = None,
     dry_run: DryRunOpt = False,
 ):
     """Turn labelled trajectories into the SFT dataset (chat messages + images), filtered and split."""
-    cfg = resolve_config(preset, config, overrides)
+    cfg = resolve_config(preset, config, overrides, [f"preprocess.format={format}"] if format else [])
     if dry_run:
         return print_dry_run(cfg, "preprocess")
     from vlmppo.data.preprocess import preprocess as run_preprocess
@@ -113,6 +120,7 @@ def preprocess(
 
 preprocess_epilog = examples(
     "vlmppo preprocess --preset numberline-tiny",
+    "vlmppo preprocess --preset numberline-qwen --format llamafactory",
     "vlmppo preprocess --preset minigrid-doorkey-qwen preprocess.only_success=true preprocess.min_score=8",
 )
 

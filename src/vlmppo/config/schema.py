@@ -143,6 +143,11 @@ class PreprocessConfig(Section):
     split_seed: int = Field(0, description="Seed of the episode-level train/val split.")
     action_only: bool = Field(False, description="Answers without thoughts.")
     on_error: Literal["stop", "skip"] = Field("stop", description="A corrupt input line: stop or skip it.")
+    format: Literal["vlmppo", "llamafactory"] = Field(
+        "vlmppo",
+        description="vlmppo: train/val.jsonl (what `vlmppo sft` and TRL read); llamafactory: also "
+        "dataset_info.json + LLaMA-Factory sharegpt files beside them.",
+    )
 
 
 class SftConfig(Section):

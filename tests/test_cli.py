@@ -83,6 +83,7 @@ def test_presets_list_shows_every_preset():
         assert name in out.stdout
 
 
+@pytest.mark.e2e
 def test_presets_show_copy_and_run_the_copy(tmp_path):
     shown = run_cli("presets", "show", "numberline-tiny")
     assert shown.returncode == 0 and shown.stdout.startswith("# numberline-tiny:")
@@ -103,6 +104,7 @@ def test_presets_schema_is_json_with_help_texts():
     assert "description" in ppo["thought_coef"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stage", ["collect", "label", "preprocess", "sft", "ppo", "eval", "pipeline"])
 def test_dry_run_prints_resolved_yaml_and_plan(stage):
     out = run_cli(stage, "--preset", "numberline-tiny", "env.n_envs=2", "--dry-run")
@@ -112,6 +114,7 @@ def test_dry_run_prints_resolved_yaml_and_plan(stage):
     assert f"plan: vlmppo {stage if stage != 'pipeline' else 'collect'}" in out.stdout
 
 
+@pytest.mark.e2e
 def test_ppo_dry_run_of_a_real_preset_prints_updates():
     out = run_cli("ppo", "--preset", "minigrid-doorkey-qwen", "--dry-run")
     assert out.returncode == 0
@@ -159,6 +162,7 @@ def test_env_list_shows_ids_and_actions():
     assert "MiniGrid-DoorKey-6x6-v0" in out.stdout and "pick up" in out.stdout
 
 
+@pytest.mark.e2e
 def test_env_without_subcommand_prints_versions_for_bug_reports():
     out = run_cli("env", env={"COLUMNS": "200"})
     assert out.returncode == 0 and "transformers" in out.stdout and "torch" in out.stdout
@@ -169,6 +173,7 @@ def test_unknown_env_id_lists_close_matches(tmp_path):
     assert out.returncode == 1 and "gym_cards/NumberLine-v0" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.e2e
 def test_model_init_writes_a_tiny_model_that_model_info_describes(tmp_path):
     out = run_cli("model", "init", "llava", "--out", str(tmp_path / "tiny-llava"))
     assert out.returncode == 0, out.stderr
@@ -180,11 +185,13 @@ def test_model_init_writes_a_tiny_model_that_model_info_describes(tmp_path):
     assert "llava" in info.stdout and "param" in info.stdout.lower()
 
 
+@pytest.mark.e2e
 def test_model_info_of_a_missing_path_is_a_clear_error(tmp_path):
     out = run_cli("model", "info", str(tmp_path / "nope"))
     assert out.returncode == 1 and "nope" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stage", ["collect", "ppo"])
 def test_a_run_folder_that_cannot_be_created_is_one_clear_error(tmp_path, stage):
     blocker = tmp_path / "a-file"

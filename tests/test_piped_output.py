@@ -29,6 +29,7 @@ def test_presets_list_piped_at_40_columns_keeps_every_row_on_one_greppable_line(
         assert one_line_with(out.stdout, info.name, info.env_id, info.family, info.purpose), info.name
 
 
+@pytest.mark.e2e
 def test_dry_run_yaml_piped_at_40_columns_is_the_exact_resolved_config():
     from vlmppo.config import config_to_yaml, load_config
     from vlmppo.config.plan import stage_plan
@@ -63,6 +64,7 @@ def test_slurm_render_piped_at_40_columns_prints_the_script_verbatim(tmp_path):
     assert f"== {script}" in out.stdout.splitlines()  # a plain heading, not a rule drawn to the width
 
 
+@pytest.mark.e2e
 def test_eval_compare_piped_at_40_columns_keeps_each_metric_on_one_line(tmp_path):
     common = ["--preset", "probe-color-tiny", f"run.output_dir={tmp_path}", "eval.episodes=4"]
     for policy in ("expert", "random"):

@@ -17,6 +17,7 @@ SMALL = [
 ]
 
 
+@pytest.mark.e2e
 def test_ppo_tensorboard_plots_against_env_steps_with_samples_and_the_config_as_hparams(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -87,6 +88,7 @@ def test_wandb_mode_follows_wandb_mode_then_credentials(tmp_path):
     assert wandb_mode({"HOME": str(home), "WANDB_BASE_URL": "https://wandb.example.org"}) == "online"
 
 
+@pytest.mark.e2e
 def test_a_tracker_resumed_from_a_checkpoint_continues_its_wandb_run_with_the_config(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     from vlmppo.config.schema import TrackingConfig
@@ -112,6 +114,7 @@ def test_a_tracker_resumed_from_a_checkpoint_continues_its_wandb_run_with_the_co
     assert len(runs) == 2 and {name.rsplit("-", 1)[1] for name in runs} == {meta["wandb_run_id"]}
 
 
+@pytest.mark.e2e
 def test_wandb_mode_disabled_writes_nothing(tmp_path):
     pytest.importorskip("wandb")
     home = tmp_path / "home"

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from tests.helpers import run_cli
 
+pytestmark = pytest.mark.e2e  # collect, label and preprocess from the CLI
+
 PRESET = "numberline-tiny"
 
 

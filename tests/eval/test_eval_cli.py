@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 from tests.helpers import run_cli
 
+pytestmark = pytest.mark.e2e  # the eval CLI on a tiny checkpoint
+
 PRESET = "numberline-tiny"
 
 

@@ -10,7 +10,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 from tests.helpers import run_cli
+
+pytestmark = pytest.mark.e2e  # every stage of the pipeline, in subprocesses
 
 STAGES = ("collect", "label", "preprocess", "sft", "ppo", "eval")
 # numberline-tiny, shortened so that all six stages run in CI in well under a minute.

@@ -164,8 +164,11 @@ def test_env_list_shows_ids_and_actions():
 
 @pytest.mark.e2e
 def test_env_without_subcommand_prints_versions_for_bug_reports():
-    out = run_cli("env", env={"COLUMNS": "200"})
+    import platform
+
+    out = run_cli("env", env={"COLUMNS": "40"})  # piped and narrow: each version on one whole line
     assert out.returncode == 0 and "transformers" in out.stdout and "torch" in out.stdout
+    assert any("platform" in line and platform.platform() in line for line in out.stdout.splitlines())
 
 
 def test_unknown_env_id_lists_close_matches(tmp_path):
@@ -178,11 +181,13 @@ def test_model_init_writes_a_tiny_model_that_model_info_describes(tmp_path):
     out = run_cli("model", "init", "llava", "--out", str(tmp_path / "tiny-llava"))
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "tiny-llava" / "config.json").is_file()
-    info = run_cli(
-        "model", "info", str(tmp_path / "tiny-llava"), "--image-size", "64", env={"COLUMNS": "200"}
-    )
+    info = run_cli("model", "info", str(tmp_path / "tiny-llava"), "--image-size", "64", env={"COLUMNS": "40"})
     assert info.returncode == 0, info.stderr
     assert "llava" in info.stdout and "param" in info.stdout.lower()
+    assert any(
+        line.startswith("│ path") and str(tmp_path / "tiny-llava") in line
+        for line in info.stdout.splitlines()
+    )
 
 
 @pytest.mark.e2e

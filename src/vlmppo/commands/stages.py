@@ -102,7 +102,7 @@ def preprocess(
     overrides: OverridesArg = None,
     preset: PresetOpt = None,
     config: ConfigOpt = None,
-    format: Annotated[
+    dataset_format: Annotated[
         str | None,
         typer.Option(
             "--format",
@@ -112,7 +112,8 @@ def preprocess(
     dry_run: DryRunOpt = False,
 ):
     """Turn labelled trajectories into the SFT dataset (chat messages + images), filtered and split."""
-    cfg = resolve_config(preset, config, overrides, [f"preprocess.format={format}"] if format else [])
+    extra = [f"preprocess.format={dataset_format}"] if dataset_format else []
+    cfg = resolve_config(preset, config, overrides, extra)
     if dry_run:
         return print_dry_run(cfg, "preprocess")
     from vlmppo.data.preprocess import preprocess as run_preprocess

@@ -135,23 +135,13 @@ def progress_bar(description: str, waiting: str = ""):
         if not console.is_terminal:
             yield PlainProgress(description, waiting, console)
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("elapsed,"),
-            TimeRemainingColumn(),
-            TextColumn("left"),
+            time_column(),
             TextColumn("{task.fields[status]}"),
         )
         with Progress(*columns, console=console, transient=False) as progress:
@@ -161,6 +151,23 @@ def progress_bar(description: str, waiting: str = ""):
                 progress.update(task, completed=done, total=total, status=status)
 
             yield advance
+
+
+def time_column():
+    """A Rich progress column: ``0:00:12 elapsed, 0:00:30 left`` (the time left once Rich knows the total
+    and a rate; just the elapsed time before)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class TimeColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            elapsed = task.finished_time if task.finished else task.elapsed
+            text = f"{format_seconds(elapsed or 0)} elapsed"
+            if not task.finished and task.time_remaining is not None:
+                text += f", {format_seconds(task.time_remaining)} left"
+            return Text(text, style="progress.elapsed")
+
+    return TimeColumn()
 
 
 class PlainProgress:

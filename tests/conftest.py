@@ -17,6 +17,17 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+# The contributor loop, `pytest -m quick`: every test not in a slower tier. A test that runs the CLI in a
+# subprocess or trains for more than a few seconds gets `@pytest.mark.e2e` and leaves the loop.
+SLOWER_TIERS = ("slow", "gpu", "slurm", "e2e")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in SLOWER_TIERS):
+            item.add_marker(pytest.mark.quick)
+
+
 # Two shared cores: torch's default thread pools stall tiny models 40-100x; one thread each is fastest.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 try:

@@ -84,6 +84,7 @@ def test_presets_list_shows_every_preset():
         assert name in out.stdout
 
 
+@pytest.mark.e2e
 def test_presets_show_copy_and_run_the_copy(tmp_path):
     shown = run_cli("presets", "show", "numberline-tiny")
     assert shown.returncode == 0 and shown.stdout.startswith("# numberline-tiny:")
@@ -104,6 +105,7 @@ def test_presets_schema_is_json_with_help_texts():
     assert "description" in ppo["thought_coef"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stage", ["collect", "label", "preprocess", "sft", "ppo", "eval", "pipeline"])
 def test_dry_run_prints_resolved_yaml_and_plan(stage):
     out = run_cli(stage, "--preset", "numberline-tiny", "env.n_envs=2", "--dry-run")
@@ -113,6 +115,7 @@ def test_dry_run_prints_resolved_yaml_and_plan(stage):
     assert f"plan: vlmppo {stage if stage != 'pipeline' else 'collect'}" in out.stdout
 
 
+@pytest.mark.e2e
 def test_ppo_dry_run_of_a_real_preset_prints_updates():
     out = run_cli("ppo", "--preset", "minigrid-doorkey-qwen", "--dry-run")
     assert out.returncode == 0
@@ -170,9 +173,13 @@ def test_env_list_shows_ids_and_actions():
     assert "MiniGrid-DoorKey-6x6-v0" in out.stdout and "pick up" in out.stdout
 
 
+@pytest.mark.e2e
 def test_env_without_subcommand_prints_versions_for_bug_reports():
-    out = run_cli("env", env={"COLUMNS": "200"})
+    import platform
+
+    out = run_cli("env", env={"COLUMNS": "40"})  # piped and narrow: each version on one whole line
     assert out.returncode == 0 and "transformers" in out.stdout and "torch" in out.stdout
+    assert any("platform" in line and platform.platform() in line for line in out.stdout.splitlines())
 
 
 def test_unknown_env_id_lists_close_matches(tmp_path):
@@ -180,6 +187,7 @@ def test_unknown_env_id_lists_close_matches(tmp_path):
     assert out.returncode == 1 and "gym_cards/NumberLine-v0" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.e2e
 def test_model_init_writes_a_tiny_model_that_model_info_describes(tmp_path):
     folder = tmp_path / "tiny llava"
     out = run_cli("model", "init", "llava", "--out", str(folder), env={"COLUMNS": "300"})
@@ -187,16 +195,22 @@ def test_model_init_writes_a_tiny_model_that_model_info_describes(tmp_path):
     assert (folder / "config.json").is_file()
     # The override it prints pastes onto a command line as one word, space and all.
     assert shlex.split(out.stdout.split("use it with ", 1)[1]) == [f"model.path={folder.resolve()}"]
-    info = run_cli("model", "info", str(folder), "--image-size", "64", env={"COLUMNS": "200"})
+    info = run_cli("model", "info", str(folder), "--image-size", "64", env={"COLUMNS": "40"})
     assert info.returncode == 0, info.stderr
     assert "llava" in info.stdout and "param" in info.stdout.lower()
+    assert any(
+        line.startswith("│ path") and str(tmp_path / "tiny-llava") in line
+        for line in info.stdout.splitlines()
+    )
 
 
+@pytest.mark.e2e
 def test_model_info_of_a_missing_path_is_a_clear_error(tmp_path):
     out = run_cli("model", "info", str(tmp_path / "nope"))
     assert out.returncode == 1 and "nope" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stage", ["collect", "ppo"])
 def test_a_run_folder_that_cannot_be_created_is_one_clear_error(tmp_path, stage):
     blocker = tmp_path / "a-file"

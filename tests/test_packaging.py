@@ -6,7 +6,11 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from vlmppo.config.presets import preset_names
+
+pytestmark = pytest.mark.e2e  # builds a wheel into a fresh venv
 
 
 def test_wheel_ships_presets_and_works_in_a_fresh_venv(tmp_path):

@@ -9,6 +9,8 @@ import sys
 import pytest
 from tests.helpers import run_cli
 
+pytestmark = pytest.mark.e2e  # the bench CLI
+
 HELP_PROBE = """
 import sys
 from vlmppo.cli import app

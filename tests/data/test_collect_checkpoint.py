@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from tests.helpers import run_cli
+
+pytestmark = pytest.mark.e2e  # collect with a tiny VLM acting
 
 
 def test_collect_with_a_peft_adapter_checkpoint_records_raw_answers(tmp_path):

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from tests.helpers import run_cli
 
+pytestmark = pytest.mark.e2e  # collect, label and preprocess from the CLI
+
 PRESET = "numberline-tiny"
 
 
@@ -217,3 +219,69 @@ def test_labels_for_another_env_are_refused(tmp_path):
     assert stage(tmp_path, "collect", "collect.episodes=2").returncode == 0
     out = run_cli("label", "--preset", "blackjack-tiny", f"run.output_dir={tmp_path}", "run.name=run")
     assert out.returncode == 1 and "gym_cards/NumberLine-v0" in out.stderr and "env.id" in out.stderr
+
+
+def test_the_dataset_folder_is_self_contained_and_reads_from_anywhere(pipeline_run, tmp_path, monkeypatch):
+    """data/ holds its images, so it can be copied away from the run and still read (our loader; the
+    image paths load relative to it, as a TRL-style processor opens them)."""
+    import shutil
+
+    from transformers.image_utils import load_image
+
+    from vlmppo.sft.dataset import load_sft_examples
+
+    run, _ = pipeline_run
+    copy = tmp_path / "copied-data"
+    shutil.copytree(run / "data", copy)
+    rows = lines(copy / "train.jsonl") + lines(copy / "val.jsonl")
+    images = {row["images"][0] for row in rows}
+    assert all(image.startswith("images/") and ".." not in image for image in images)
+    assert {p.relative_to(copy).as_posix() for p in (copy / "images").rglob("*.png")} == images
+    for row in rows:  # the collected frame of that step, byte for byte
+        frame = run / f"collect/frames/{row['episode']:06d}/{row['step']:03d}.png"
+        assert (copy / row["images"][0]).read_bytes() == frame.read_bytes()
+    assert len(load_sft_examples(copy / "train.jsonl")) == len(lines(copy / "train.jsonl"))
+    monkeypatch.chdir(copy)
+    assert load_image(rows[0]["images"][0]).size == (300, 300)
+
+
+def read_like_llamafactory(dataset_dir: Path, name: str) -> list[dict]:
+    """A dataset as LLaMA-Factory's data/README.md documents the multimodal sharegpt layout (and its
+    SharegptDatasetConverter checks it): roles alternate user/assistant, one <image> per image, image
+    paths relative to the dataset folder (its default media_dir)."""
+    info = json.loads((dataset_dir / "dataset_info.json").read_text())[name]
+    assert info["formatting"] == "sharegpt"
+    columns, tags = info["columns"], info["tags"]
+    rows = lines(dataset_dir / info["file_name"])
+    for row in rows:
+        messages, images = row[columns["messages"]], row[columns["images"]]
+        assert messages and len(messages) % 2 == 0
+        for i, message in enumerate(messages):
+            assert message[tags["role_tag"]] == tags["user_tag" if i % 2 == 0 else "assistant_tag"]
+            assert isinstance(message[tags["content_tag"]], str)
+        assert sum(m[tags["content_tag"]].count("<image>") for m in messages) == len(images) == 1
+        assert all((dataset_dir / image).is_file() for image in images)
+    return rows
+
+
+def test_preprocess_format_llamafactory_writes_its_documented_sharegpt_dataset(pipeline_run):
+    run, _ = pipeline_run
+    args = ["preprocess", "preprocess.val_fraction=0.25", "preprocess.dedupe=false"]
+    out = run_cli(
+        *args, "--format", "llamafactory", "--preset", PRESET, f"run.output_dir={run.parent}", "run.name=run"
+    )
+    assert out.returncode == 0, out.stderr
+    data = run / "data"
+    for name, ours in (("vlmppo_train", "train.jsonl"), ("vlmppo_val", "val.jsonl")):
+        theirs = read_like_llamafactory(data, name)
+        mine = lines(data / ours)
+        assert len(theirs) == len(mine)
+        for row, example in zip(theirs, mine, strict=True):
+            user, assistant = row["messages"]
+            assert user["content"] == "<image>" + example["messages"][0]["content"][1]["text"]
+            assert assistant["content"] == example["messages"][1]["content"][0]["text"]
+            assert row["images"] == example["images"]
+    # The default format removes them again: they would describe data that is no longer there.
+    again = run_cli(*args, "--preset", PRESET, f"run.output_dir={run.parent}", "run.name=run")
+    assert again.returncode == 0, again.stderr
+    assert not (data / "dataset_info.json").exists() and not list(data.glob("llamafactory-*"))

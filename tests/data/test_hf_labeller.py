@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from tests.helpers import run_cli
+
+pytestmark = pytest.mark.e2e  # a tiny VLM labels a collected run
 
 
 def test_hf_labeller_labels_every_step_and_keeps_unparseable_answers(tmp_path):

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from tests.helpers import run_cli
 
+pytestmark = pytest.mark.e2e  # the CLI against a local HTTP server
+
 PRESET = "numberline-tiny"
 
 

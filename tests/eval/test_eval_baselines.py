@@ -21,6 +21,8 @@ from vlmppo.envs.cards.blackjack import basic_strategy
 from vlmppo.eval.metrics import wilson_interval
 from vlmppo.eval.runner import evaluate
 
+pytestmark = pytest.mark.e2e  # baselines played on every tiny preset
+
 TINY = sorted(p.stem for p in presets_dir().glob("*-tiny.yaml"))
 
 # Episodes the runner plays per (preset, policy): more where the rate is not 0 or 1, fewer where an

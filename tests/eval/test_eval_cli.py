@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 from tests.helpers import run_cli
 
+pytestmark = pytest.mark.e2e  # the eval CLI on a tiny checkpoint
+
 PRESET = "numberline-tiny"
 
 
@@ -20,7 +22,7 @@ def run_with_checkpoint(tmp_path_factory):
     from safetensors.torch import save_file
 
     from vlmppo.checkpoints import save_checkpoint
-    from vlmppo.config import load_config
+    from vlmppo.config import config_to_yaml, load_config
     from vlmppo.models import load_model
     from vlmppo.rl.policy import ValueHead, hidden_size
 
@@ -33,6 +35,7 @@ def run_with_checkpoint(tmp_path_factory):
         loaded.model.save_pretrained(folder)
         loaded.processor.save_pretrained(folder)
         save_file(head.state_dict(), str(folder / "value_head.safetensors"))
+        (folder / "config.yaml").write_text(config_to_yaml(cfg))
 
     meta = {"stage": "ppo", "family": cfg.model.family, "base_model": str(loaded.path), "update": 1}
     save_checkpoint(out / "run/ppo/checkpoints", 1, meta, write)
@@ -104,6 +107,9 @@ def test_eval_of_a_checkpoint_writes_every_file(run_with_checkpoint):
     page = (folder / "report.html").read_text()
     sources = re.findall(r'<img src="([^"]+)"', page)
     assert sources and all(s.startswith("data:image/") for s in sources)
+    # Paths as seen from the runs folder, never this machine's absolute ones (the report travels).
+    assert str(out) not in report and str(out) not in page
+    assert "Evaluated run/ppo/checkpoints/000001;" in report
     assert (folder / "manifest.json").is_file()
 
 
@@ -263,6 +269,30 @@ def test_a_full_model_checkpoint_from_sft_is_evaluated_from_the_cli(tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert list(manifest["inputs"]) == ["model.safetensors"]
     assert (folder / "trajectories/episode-000.gif").is_file() and (folder / "report.html").is_file()
+
+
+def test_a_checkpoint_path_is_evaluated_without_a_preset_in_the_run_it_belongs_to(
+    run_with_checkpoint, tmp_path
+):
+    """The checkpoint carries its config.yaml. A run folder moved elsewhere and evaluated from a third
+    folder gets its evaluation beside its checkpoints, where the report finds its curves and baselines."""
+    moved = tmp_path / "elsewhere/runs/moved"
+    shutil.copytree(run_with_checkpoint / "run/ppo", moved / "ppo", symlinks=True)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = run_cli("eval", "--ckpt", str(moved / "ppo/checkpoints/last"), "--episodes", "2",
+                     "eval.max_new_tokens=8", "eval.trajectories=0", cwd=cwd)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    m = json.loads((moved / "eval/ppo-000001/metrics.json").read_text())
+    assert m["episodes"] == 2 and m["env_id"] == "gym_cards/NumberLine-v0" and m["value_head"] is True
+    assert f"report {moved / 'eval/ppo-000001/report.html'}" in result.stdout
+    assert not any(cwd.iterdir())  # nothing written where the command ran
+
+
+def test_eval_without_a_preset_or_a_checkpoint_config_is_a_clear_error(tmp_path):
+    result = run_cli("eval", "--ckpt", str(tmp_path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"No config given, and --ckpt {tmp_path} has no config.yaml" in " ".join(result.stderr.split())
 
 
 def test_compare_prints_the_evaluations_side_by_side(run_with_checkpoint):

@@ -10,7 +10,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 from tests.helpers import run_cli
+
+pytestmark = pytest.mark.e2e  # every stage of the pipeline, in subprocesses
 
 
 def outputs(run):
@@ -38,9 +41,16 @@ SMALL = [
 ]
 
 
-def pipeline(out, *args):
+def pipeline(out, *args, env=None):
     return run_cli(
-        "pipeline", "--preset", "numberline-tiny", f"run.output_dir={out}", "run.name=run", *SMALL, *args
+        "pipeline",
+        "--preset",
+        "numberline-tiny",
+        f"run.output_dir={out}",
+        "run.name=run",
+        *SMALL,
+        *args,
+        env=env,
     )
 
 
@@ -52,20 +62,32 @@ def statuses(stdout: str) -> dict[str, list[str]]:
 
 
 def test_pipeline_runs_every_stage_then_a_second_call_skips_them_all(tmp_path):
-    first = pipeline(tmp_path)
+    first = pipeline(tmp_path, env={"COLUMNS": "40"})  # piped, narrow: every line must still be whole
     assert first.returncode == 0, first.stdout + first.stderr
     status = statuses(first.stdout)
     assert list(status) == list(STAGES)
+    assert all(messages == ["running", messages[-1]] for messages in status.values()), status  # a fresh run
     assert all(messages[-1].startswith("done in") for messages in status.values()), status
+    # Each stage's own status line stays, the wait for the model is named, and no library bar shows.
+    assert re.search(r"^sft: (\d+)/\1 · loss [\d.]+ · lr", first.stdout, re.M), first.stdout
+    assert re.search(r"^ppo: (\d+)/\1 · steps \d+ · success", first.stdout, re.M), first.stdout
+    wait = r"(loading tiny:qwen2-vl|building the tiny qwen2-vl model \(first use only\), then loading it)"
+    assert re.search(rf"^sft: {wait}$", first.stdout, re.M), first.stdout
+    assert "Loading weights" not in first.stderr and "Writing model shards" not in first.stderr
+    # The closing summary: what each stage did, the agent's success beside the baselines, the HTML report.
+    for stage in STAGES:
+        assert re.search(rf"│ {stage} +│ ran +│ [\d.]+ s +│", first.stdout), stage
+    assert re.search(r"│ ppo-000001 \(agent\) +│ 4 +│ [\d.]+% +│ [\d.]+% - [\d.]+% +│", first.stdout)
+    assert re.search(r"│ expert +│ 4 +│ 100.0% +│", first.stdout)
     run = tmp_path / "run"
-    report = run / "eval/ppo-000001/report.md"
-    assert f"report:{report}" in "".join(first.stdout.split())  # Rich may wrap the long path
+    report = run / "eval/ppo-000001/report.html"
+    assert f"  report: {report}\n" in first.stdout
     assert report.is_file() and (run / "eval/ppo-000001/curves-ppo.png").is_file()
     assert (run / "eval/ppo-000001/curves-sft.png").is_file()
     # The eval stage played the baselines first, and the report places the agent between them.
     expert, random = (json.loads((run / f"eval/{p}/metrics.json").read_text()) for p in ("expert", "random"))
     assert expert["success_rate"] == 1.0 and expert["episodes"] == random["episodes"] == 4
-    text = report.read_text()
+    text = report.with_name("report.md").read_text()
     assert "| expert (baseline) | 4 | 100.0% |" in text
     assert f"| random (baseline) | 4 | {100 * random['success_rate']:.1f}% |" in text
     # PPO started from this run's SFT checkpoint, whose hash is recorded as PPO's input.
@@ -80,6 +102,7 @@ def test_pipeline_runs_every_stage_then_a_second_call_skips_them_all(tmp_path):
     status = statuses(second.stdout)
     assert list(status) == list(STAGES)
     assert all(messages == ["skipped: up to date"] for messages in status.values()), status
+    assert all(re.search(rf"│ {stage} +│ skipped: up to date +│ - +│", second.stdout) for stage in STAGES)
     after = outputs(run)
     assert after == before  # nothing was rewritten
 

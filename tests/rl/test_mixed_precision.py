@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from tests.helpers import run_cli
 
@@ -60,6 +61,7 @@ def test_one_process_can_make_accelerators_of_different_precisions():
     assert make_accelerator("cpu", "no").mixed_precision == "no"
 
 
+@pytest.mark.e2e
 def test_ppo_from_the_cli_trains_under_bf16_autocast(tmp_path):
     out = run_cli(
         "ppo",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from tests.helpers import run_cli
 
@@ -54,6 +55,7 @@ def test_one_update_changes_every_lora_parameter_and_the_value_head_and_no_froze
     assert result.updates == 1 and result.env_steps == 8
 
 
+@pytest.mark.e2e
 def test_ppo_runs_from_the_cli_and_writes_metrics_and_checkpoints(tmp_path):
     out = run_cli(
         "ppo",
@@ -82,6 +84,7 @@ def test_ppo_runs_from_the_cli_and_writes_metrics_and_checkpoints(tmp_path):
     assert json.loads((last / "vlmppo.json").read_text())["env_steps"] == 64
 
 
+@pytest.mark.e2e
 def test_ppo_runs_on_minigrid_doorkey_tiny_from_the_cli_with_the_static_decoder(tmp_path):
     # model.decoder=static is the default on a GPU; on the CPU it runs the same loop without CUDA graphs.
     out = run_cli(

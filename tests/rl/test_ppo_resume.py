@@ -75,6 +75,7 @@ def test_four_updates_straight_equal_two_then_resume_two(tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_resume_refuses_a_checkpoint_with_another_lora_layout(tmp_path):
     cfg = load_config(
         "numberline-tiny", overrides=[*SMALL, "ppo.total_env_steps=8", f"run.output_dir={tmp_path}"]
@@ -94,6 +95,7 @@ def test_resume_refuses_a_checkpoint_with_another_lora_layout(tmp_path):
     assert "LoRA r=8" in out.stderr and "model.lora.r=4" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.e2e
 def test_resume_with_another_n_envs_is_one_clear_error_and_other_changes_are_listed(tmp_path):
     cfg = load_config(
         "numberline-tiny", overrides=[*SMALL, "ppo.total_env_steps=8", f"run.output_dir={tmp_path}"]
@@ -118,6 +120,7 @@ def test_resume_with_another_n_envs_is_one_clear_error_and_other_changes_are_lis
     assert [m["update"] for m in metrics(tmp_path / "numberline-tiny")] == [1, 2]
 
 
+@pytest.mark.e2e
 def test_resume_from_a_missing_path_is_a_clear_error(tmp_path):
     out = run_cli(
         "ppo", "--preset", "numberline-tiny", f"run.output_dir={tmp_path}", "--resume", str(tmp_path / "nope")
@@ -125,6 +128,7 @@ def test_resume_from_a_missing_path_is_a_clear_error(tmp_path):
     assert out.returncode == 1 and "does not exist" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.e2e
 def test_sigterm_from_outside_saves_a_checkpoint_exits_0_and_resume_finishes_the_run(tmp_path):
     args = [
         "ppo",
@@ -221,6 +225,7 @@ def test_kl_entropy_target_kl_and_value_head_lr_options_are_used(tmp_path):
     assert samples and {"text", "action", "reward", "invalid"} <= samples[0].keys()
 
 
+@pytest.mark.e2e
 def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused_and_they_stay(tmp_path):
     args = [
         "ppo",
@@ -268,6 +273,7 @@ def test_ppo_turns_dropout_off_so_the_first_ratio_is_exactly_one(tmp_path):
     assert abs(noisy["approx_kl"]) > 1e-4
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_that_cannot_be_written_is_a_clear_error_and_the_previous_one_stays(tmp_path):
     # A real write failure: the resumed run may write no file over 1 MiB (RLIMIT_FSIZE; Python ignores
     # SIGXFSZ, so the write fails with EFBIG as a full disk fails with ENOSPC). The value head (2.4 MB)

@@ -15,6 +15,8 @@ import yaml
 from tests.helpers import run_cli
 from tests.sft.helpers import write_color_dataset
 
+pytestmark = pytest.mark.e2e  # the sft CLI on tiny models: tens of seconds per test
+
 
 def lines(path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]

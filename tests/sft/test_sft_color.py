@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from vlmppo.config import load_config
 
 
+@pytest.mark.e2e
 def test_sft_on_expert_color_labels_reaches_95_percent_greedy_success(tmp_path):
     from vlmppo.checkpoints import load_policy_for_inference
     from vlmppo.data.collect import collect

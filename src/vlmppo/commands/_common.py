@@ -54,16 +54,50 @@ def resolve_config(preset, config_file, overrides, extra: list[str] | None = Non
     return load_config(preset, config_file, list(overrides or []) + list(extra or []))
 
 
+def checkpoint_config(ckpt: str | None) -> tuple[Path, list[str]]:
+    """For ``eval --ckpt PATH`` without ``--preset``/``--config``: the ``config.yaml`` the checkpoint
+    carries, and overrides that place the evaluation in the run the checkpoint belongs to.
+
+    A checkpoint at ``<output_dir>/<name>/<stage>/checkpoints/<N>`` gets ``run.output_dir`` and
+    ``run.name`` from where it lies, not from its config: the run may have been moved or copied, or the
+    command started from another folder, and the report wants that run's learning curves and baselines.
+
+    Raises:
+        ConfigError: ``--ckpt`` is missing, or names no folder with a ``config.yaml``.
+    """
+    import json
+    import os
+
+    from vlmppo.errors import ConfigError
+
+    config = Path(ckpt) / "config.yaml" if ckpt else None
+    if config is None or not config.is_file():
+        where = f"--ckpt {ckpt} has no config.yaml" if ckpt else "no --ckpt was given"
+        raise ConfigError(
+            f"No config given, and {where} to take it from.",
+            hint="Pass --preset NAME (see `vlmppo presets list`) or --config FILE, or --ckpt with a checkpoint "
+            "folder written by `vlmppo sft` or `vlmppo ppo` (it carries its config.yaml).",
+        )
+    folder = Path(os.path.abspath(ckpt))  # abspath, not resolve: `last` stays inside its run
+    if folder.parent.name != "checkpoints" or len(folder.parents) < 4:
+        return config, []
+    run_root = folder.parents[2]
+    output_dir = str(run_root.parent)
+    if Path.cwd() in run_root.parents:
+        output_dir = os.path.relpath(output_dir)
+    # JSON strings are YAML strings: a path like `yes` or `1e3` stays a path.
+    return config, [f"run.output_dir={json.dumps(output_dir)}", f"run.name={json.dumps(run_root.name)}"]
+
+
 def print_dry_run(cfg, *stages: str) -> None:
     """Print the resolved YAML and each stage's derived plan."""
-    from rich.syntax import Syntax
     from rich.table import Table
 
     from vlmppo.config import config_to_yaml
     from vlmppo.config.plan import stage_plan
-    from vlmppo.console import console
+    from vlmppo.console import console, print_code
 
-    console.print(Syntax(config_to_yaml(cfg), "yaml", background_color="default"))
+    print_code(config_to_yaml(cfg), "yaml")
     for stage in stages:
         table = Table(title=f"plan: vlmppo {stage}", show_header=False, title_justify="left")
         table.add_column("what", style="bold")
@@ -114,45 +148,118 @@ def undo_resolved_config() -> None:
 
 
 @contextmanager
-def progress_bar(description: str):
+def progress_bar(description: str, waiting: str = ""):
     """A Rich progress bar on a terminal; plain lines otherwise. Yields ``advance(done, total, status="")``.
 
-    Plain lines come about every 10%, or at every call that passes a status (PPO's per-update line, which
-    is what a SLURM log should show).
+    Args:
+        description: What is counted, e.g. ``"sft: optimizer steps"``.
+        waiting: What the stage does before its first unit of work (e.g. building and loading a model),
+            shown until the first ``advance`` so a bar at ``0/?`` says why it waits.
+
+    Both show the time elapsed and an estimate of the time left. Plain lines come about every 10%, or at
+    every call that passes a status (PPO's per-update line, which is what a SLURM log should show).
+    Library progress bars and deprecation chatter are silenced while the bar runs (`vlmppo.quiet`).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from vlmppo.console import console
+    from vlmppo.quiet import quiet_libraries
 
-    if not console.is_terminal:
-        last = {"tenth": -1}
+    with quiet_libraries():
+        if not console.is_terminal:
+            yield PlainProgress(description, waiting, console)
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        def plain(done: int, total: int, status: str = "") -> None:
-            tenth = (10 * done) // max(total, 1)
-            if status or tenth != last["tenth"] or done == total:
-                last["tenth"] = tenth
-                console.print(
-                    f"{description}: {done}/{total}" + (f" · {status}" if status else ""),
-                    markup=False,
-                    soft_wrap=True,
-                )
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            time_column(),
+            TextColumn("{task.fields[status]}"),
+        )
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task(description, total=None, status=waiting)
 
-        yield plain
-        return
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(description, total=None, status="")
+            def advance(done: int, total: int, status: str = "") -> None:
+                progress.update(task, completed=done, total=total, status=status)
 
-        def advance(done: int, total: int, status: str = "") -> None:
-            progress.update(task, completed=done, total=total, status=status)
+            yield advance
 
-        yield advance
+
+def time_column():
+    """A Rich progress column: ``0:00:12 elapsed, 0:00:30 left`` (the time left once Rich knows the total
+    and a rate; just the elapsed time before)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class TimeColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            elapsed = task.finished_time if task.finished else task.elapsed
+            text = f"{format_seconds(elapsed or 0)} elapsed"
+            if not task.finished and task.time_remaining is not None:
+                text += f", {format_seconds(task.time_remaining)} left"
+            return Text(text, style="progress.elapsed")
+
+    return TimeColumn()
+
+
+class PlainProgress:
+    """Progress as plain lines (logs, pipes): ``sft: optimizer steps: 40/100 · 0:00:12 left · loss 0.31``.
+
+    The time left is extrapolated from the rate since the first call, so loading the model before the
+    first step does not count as work.
+    """
+
+    def __init__(self, description: str, waiting: str, console, clock=None):
+        import time
+
+        self.description, self.console = description, console
+        self.clock = clock or time.monotonic
+        self.first: tuple[int, float] | None = None
+        self.tenth = -1
+        if waiting:
+            self._print(f"{description}: {waiting}")
+
+    def __call__(self, done: int, total: int, status: str = "") -> None:
+        left = self.seconds_left(done, total)
+        tenth = (10 * done) // max(total, 1)
+        if status or tenth != self.tenth or done == total:
+            self.tenth = tenth
+            parts = [f"{self.description}: {done}/{total}"]
+            if left is not None and done < total:
+                parts.append(f"{format_seconds(left)} left")
+            self._print(" · ".join(parts + ([status] if status else [])))
+
+    def seconds_left(self, done: int, total: int) -> float | None:
+        now = self.clock()
+        if self.first is None:
+            self.first = (done, now)
+            return None
+        done0, t0 = self.first
+        if done <= done0:
+            return None
+        return (now - t0) / (done - done0) * max(total - done, 0)
+
+    def _print(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def format_seconds(seconds: float) -> str:
+    """``0:01:05`` (as Rich's bars show time)."""
+    import datetime
+
+    return str(datetime.timedelta(seconds=int(round(seconds))))
+
+
+def model_wait(cfg) -> str:
+    """What a stage waits for before its first step: loading the model, or building a tiny one first."""
+    path = cfg.model.path
+    if path.startswith("tiny:"):
+        from vlmppo.models.tiny import tiny_model_built
+
+        family = path.removeprefix("tiny:")
+        if not tiny_model_built(family):
+            return f"building the tiny {family} model (first use only), then loading it"
+    return f"loading {path}"
 
 
 def summary(message: str, out_dir) -> None:

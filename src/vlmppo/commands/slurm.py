@@ -44,14 +44,11 @@ def _stages(stage: str, from_stage: str | None, to_stage: str | None) -> list[st
 
 
 def _print_file(path: Path, text: str, lexer: str) -> None:
-    from rich.rule import Rule
-    from rich.syntax import Syntax
+    from vlmppo.console import heading, print_code
 
-    from vlmppo.console import console
-
-    console.print(Rule(str(path), align="left"))
+    heading(str(path))
     # soft_wrap: long lines stay whole, so what is printed can be copied into a shell.
-    console.print(Syntax(text, lexer, background_color="default"), soft_wrap=True)
+    print_code(text, lexer, soft_wrap=True)
 
 
 @app.command(
@@ -206,9 +203,7 @@ def logs(
     ] = None,
 ):
     """Print a job's output and error files (every task of an array; a run's latest job)."""
-    from rich.rule import Rule
-
-    from vlmppo.console import console
+    from vlmppo.console import console, heading
     from vlmppo.slurm import log_files
 
     files = log_files(target, runs_dir)
@@ -218,7 +213,7 @@ def logs(
         text = path.read_text(encoding="utf-8", errors="replace")
         if lines is not None:
             text = "\n".join(text.splitlines()[-lines:])
-        console.print(Rule(str(path), align="left"))
+        heading(str(path))
         console.print(
             text, markup=False, highlight=False, soft_wrap=True, end="" if text.endswith("\n") else "\n"
         )

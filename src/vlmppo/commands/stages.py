@@ -6,6 +6,7 @@ Each resolves the config, prints the plan on --dry-run, and calls one engine fun
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -16,7 +17,9 @@ from vlmppo.commands._common import (
     OverridesArg,
     PresetOpt,
     ResumeOpt,
+    checkpoint_config,
     examples,
+    model_wait,
     print_dry_run,
     print_preprocess_summary,
     progress_bar,
@@ -47,7 +50,8 @@ def collect(
     from vlmppo.data.collect import collect as run_collect
 
     save_resolved_config(cfg)
-    with progress_bar("collect: episodes") as advance:
+    waiting = model_wait(cfg) if cfg.collect.policy == "checkpoint" else ""
+    with progress_bar("collect: episodes", waiting) as advance:
         result = run_collect(cfg, on_episode=advance)
     summary(
         f"collected {result.episodes} episodes, {result.steps} steps "
@@ -107,10 +111,18 @@ def preprocess(
     overrides: OverridesArg = None,
     preset: PresetOpt = None,
     config: ConfigOpt = None,
+    dataset_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="vlmppo (train/val.jsonl) | llamafactory (also LLaMA-Factory's dataset_info.json).",
+        ),
+    ] = None,
     dry_run: DryRunOpt = False,
 ):
     """Turn labelled trajectories into the SFT dataset (chat messages + images), filtered and split."""
-    cfg = resolve_config(preset, config, overrides)
+    extra = [f"preprocess.format={dataset_format}"] if dataset_format else []
+    cfg = resolve_config(preset, config, overrides, extra)
     if dry_run:
         return print_dry_run(cfg, "preprocess")
     from vlmppo.data.preprocess import preprocess as run_preprocess
@@ -122,6 +134,7 @@ def preprocess(
 
 preprocess_epilog = examples(
     "vlmppo preprocess --preset numberline-tiny",
+    "vlmppo preprocess --preset numberline-qwen --format llamafactory",
     "vlmppo preprocess --preset minigrid-doorkey-qwen preprocess.only_success=true preprocess.min_score=8",
 )
 
@@ -137,32 +150,17 @@ def sft(
     cfg = resolve_config(preset, config, overrides)
     if dry_run:
         return print_dry_run(cfg, "sft")
-    from contextlib import nullcontext
+    import os
 
     from vlmppo.console import console
+    from vlmppo.quiet import quiet_libraries
     from vlmppo.sft.trainer import train_sft
 
     save_resolved_config(cfg)
-
-    def status(m: dict) -> str:
-        parts = [
-            f"loss {m['sft/loss']:.3f}",
-            f"lr {m['sft/lr']:.2g}",
-            f"{m['time/samples_per_s']:.1f} samples/s",
-        ]
-        if "eval/loss" in m:
-            parts.append(f"eval loss {m['eval/loss']:.3f}")
-        return " · ".join(parts)
-
-    def on_step(step: int, total: int, m: dict) -> None:
-        # Off a terminal (SLURM logs, CI) a status line is printed per call: about 20 per run, plus evals.
-        shown = console.is_terminal or "eval/loss" in m or step % max(1, total // 20) == 0 or step == total
-        advance(step, total, status(m) if shown else "")
-
     # Under a launcher (torchrun/accelerate: RANK is set) only the first process draws and prints.
     main = os.environ.get("RANK", "0") == "0"
-    with progress_bar("sft: optimizer steps") if main else nullcontext(lambda *a: None) as advance:
-        result = train_sft(cfg, on_step=on_step, resume=resume)
+    with progress_bar("sft: optimizer steps", model_wait(cfg)) if main else quiet_libraries() as advance:
+        result = train_sft(cfg, on_step=sft_reporter(advance) if main else None, resume=resume)
     if not main:
         return
     if result.resumed_from:
@@ -194,6 +192,26 @@ def sft(
         f"  checkpoint: {result.final or result.checkpoint}",
         result.out_dir,
     )
+
+
+def sft_status(m: dict) -> str:
+    """One progress line of SFT: loss, LR, speed (and the eval loss on eval steps)."""
+    parts = [f"loss {m['sft/loss']:.3f}", f"lr {m['sft/lr']:.2g}", f"{m['time/samples_per_s']:.1f} samples/s"]
+    if "eval/loss" in m:
+        parts.append(f"eval loss {m['eval/loss']:.3f}")
+    return " · ".join(parts)
+
+
+def sft_reporter(advance):
+    """``on_step(step, total, row)`` for `train_sft` that moves ``advance``'s bar. Off a terminal (SLURM
+    logs, CI) a status line goes with about 20 calls per run, plus the evals."""
+    from vlmppo.console import console
+
+    def on_step(step: int, total: int, m: dict) -> None:
+        shown = console.is_terminal or "eval/loss" in m or step % max(1, total // 20) == 0 or step == total
+        advance(step, total, sft_status(m) if shown else "")
+
+    return on_step
 
 
 sft_epilog = examples(
@@ -233,7 +251,7 @@ def ppo(
         console.print(f"resuming from {start}")
         for change in check_resume_config(start, cfg):  # a change the checkpoint fixes is an error
             console.print(f"[yellow]changed since the checkpoint:[/yellow] {change}", highlight=False)
-    with progress_bar("ppo: updates") as advance:
+    with progress_bar("ppo: updates", f"{model_wait(cfg)}, then the first update") as advance:
         result = train_ppo(cfg, on_update=lambda u, total, m: advance(u, total, ppo_status(m)), resume=resume)
     m = result.last_metrics
     if result.stopped_by:
@@ -308,6 +326,10 @@ def evaluate(
         extra.append(f"eval.seeds=[{seeds}]")
     if greedy is not None:
         extra.append(f"eval.greedy={str(greedy).lower()}")
+    if not preset and not config:
+        # The checkpoint carries the config it was trained with: `eval --ckpt PATH` needs nothing else.
+        config, location = checkpoint_config(ckpt)
+        overrides = location + list(overrides or [])
     cfg = resolve_config(preset, config, overrides, extra)
     if dry_run:
         return print_dry_run(cfg, "eval")
@@ -318,14 +340,14 @@ def evaluate(
     from vlmppo.eval.runner import evaluate as run_eval
 
     # No save_resolved_config: an eval writes its config into its own folder, not over the run's.
-    with progress_bar("eval: episodes") as advance:
+    with progress_bar("eval: episodes", "" if policy else model_wait(cfg)) as advance:
         result = run_eval(cfg, policy=policy, on_episode=advance, overwrite=overwrite)
     m = result.metrics
     low, high = m["success_ci95"]
     summary(
         f"{result.name}: success {m['success_rate']:.1%} (95% CI {low:.1%}-{high:.1%}) over {m['episodes']} "
         f"episodes, return {m['return_mean']:.3g}, invalid actions {m['invalid_action_rate']:.1%}; "
-        f"report {result.report}",
+        f"report {result.report.with_name('report.html')}",
         result.out_dir,
     )
 
@@ -367,16 +389,73 @@ def pipeline(
         start=from_stage,
         stop=to_stage,
         on_stage=on_stage,
-        progress=lambda stage: progress_bar(f"{stage}"),
+        progress=lambda stage: stage_progress(stage, cfg),
     )
+    print_pipeline_summary(result)
+
+
+@contextmanager
+def stage_progress(stage: str, cfg):
+    """The pipeline's bar for one stage, with the status line that ``vlmppo <stage>`` shows."""
+    waiting = {
+        "sft": model_wait(cfg),
+        "ppo": f"{model_wait(cfg)}, then the first update",
+        "eval": model_wait(cfg),
+    }
+    with progress_bar(stage, waiting.get(stage, "")) as advance:
+        if stage == "sft":
+            yield sft_reporter(advance)
+        elif stage == "ppo":
+            yield lambda update, total, m: advance(update, total, ppo_status(m))
+        else:
+            yield lambda done, total, *_: advance(done, total)
+
+
+def print_pipeline_summary(result) -> None:
+    """What each stage did, the agent's success against the baselines, and where the report is."""
+    from rich.table import Table
+
+    from vlmppo.console import console
+
+    table = Table(title="pipeline", title_justify="left")
+    for column in ("stage", "what happened", "time"):
+        table.add_column(column)
+    for o in result.outcomes:
+        if not o.ran:
+            what = f"skipped: {o.reason}"
+        elif not o.complete:
+            what = "stopped before its end: run the pipeline again to continue"
+        else:
+            what = "ran" + (f" ({o.reason})" if o.reason else "")
+        table.add_row(o.stage, what, f"{o.seconds:.1f} s" if o.ran else "-")
+    console.print(table)
+    if result.eval_metrics:
+        console.print(success_table(result.eval_metrics, result.baselines))
     ran = [o.stage for o in result.outcomes if o.ran]
-    skipped = [o.stage for o in result.outcomes if not o.ran]
     seconds = sum(o.seconds for o in result.outcomes)
     summary(
-        f"ran {', '.join(ran) or 'no stage'} in {seconds:.0f} s; skipped {', '.join(skipped) or 'none'}"
+        f"ran {', '.join(ran) or 'no stage'} in {seconds:.0f} s"
         + (f"\n  report: {result.report}" if result.report else ""),
         result.run_dir,
     )
+
+
+def success_table(agent: dict, baselines: dict):
+    """The agent's success rate with its 95% interval beside the baselines', and where it stands."""
+    from rich.table import Table
+
+    from vlmppo.eval.report import standing
+    from vlmppo.eval.runner import BASELINES
+
+    caption = standing(agent, baselines) if baselines else "No expert or random baseline of this task."
+    table = Table(title="success (eval)", title_justify="left", caption=caption, caption_justify="left")
+    for column in ("policy", "episodes", "success", "95% CI (Wilson)"):
+        table.add_column(column)
+    entries = [(f"{agent['name']} (agent)", agent)] + [(p, baselines[p]) for p in BASELINES if p in baselines]
+    for label, m in entries:
+        low, high = m["success_ci95"]
+        table.add_row(label, str(m["episodes"]), f"{m['success_rate']:.1%}", f"{low:.1%} - {high:.1%}")
+    return table
 
 
 pipeline_epilog = examples(

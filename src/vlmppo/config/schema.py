@@ -205,6 +205,11 @@ class PreprocessConfig(Section):
         False, description="Answers without thoughts (prompts become the env.prompt style's action-only one)."
     )
     on_error: Literal["stop", "skip"] = Field("stop", description="A corrupt input line: stop or skip it.")
+    format: Literal["vlmppo", "llamafactory"] = Field(
+        "vlmppo",
+        description="vlmppo: train/val.jsonl (what `vlmppo sft` and TRL read); llamafactory: also "
+        "dataset_info.json + LLaMA-Factory sharegpt files beside them.",
+    )
 
 
 class SftConfig(Section):

@@ -1,19 +1,23 @@
 """`vlmppo preprocess`: labels + frames → the SFT dataset ``runs/<name>/data/{train,val}.jsonl``.
 
-Each line is in the "messages + images" layout that TRL and LLaMA-Factory read::
+Each line is in the "messages + images" layout of TRL's vision SFT datasets::
 
     {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]},
                   {"role": "assistant", "content": [{"type": "text", "text": ANSWER_JSON}]}],
-     "images": ["../collect/frames/000003/002.png"], "episode": 3, "step": 2, "action": "+"}
+     "images": ["images/000003/002.png"], "episode": 3, "step": 2, "action": "+"}
 
-Image paths are relative to the dataset file's folder. The split is by episode, never by step, so no
-episode has frames on both sides.
+The folder is self-contained: the frames it uses are hard-linked (copied where links are not possible)
+into ``data/images/``, and image paths are relative to ``data/``, so ``data/`` can be moved, copied or
+read without the collect folder. ``preprocess.format=llamafactory`` also writes LLaMA-Factory's files
+(`vlmppo.data.llamafactory`). The split is by episode, never by step, so no episode has frames on both
+sides.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +26,7 @@ import numpy as np
 
 from vlmppo.config import Config, run_dir
 from vlmppo.errors import DataError
-from vlmppo.io import atomic_write_text, read_jsonl, require_file, write_manifest
+from vlmppo.io import atomic_replace_dir, atomic_write_text, read_jsonl, require_file, write_manifest
 from vlmppo.locks import locked
 
 
@@ -75,6 +79,7 @@ def preprocess(cfg: Config) -> PreprocessResult:
     data_dir = root / "data"
     dropped: Counter = Counter()
     kept: list[dict] = []
+    sources: dict[str, Path] = {}  # image path in data/ -> the collected frame
     seen: set = set()
     for key, lab in sorted(action_labels.items()):
         step = steps.get(key)
@@ -112,8 +117,9 @@ def preprocess(cfg: Config) -> PreprocessResult:
                 dropped["duplicate (frame, answer)"] += 1
                 continue
             seen.add(identity)
-        image = os.path.relpath(frame, data_dir)
+        image = "images/" + "/".join(Path(step["frame"]).parts[-2:])  # frames/<episode>/<step>.png
         kept.append(sft_example(prompt, answer, image, episode=key[0], step=key[1], action=lab["action"]))
+        sources[image] = frame
     if pc.balance_actions and kept:
         kept = _balance(kept, np.random.default_rng(pc.split_seed), dropped)
     if not kept:
@@ -123,10 +129,17 @@ def preprocess(cfg: Config) -> PreprocessResult:
             hint="Relax the filters (preprocess.only_success, preprocess.min_score) or label in action mode.",
         )
     train, val = _split_by_episode(kept, pc.val_fraction, pc.split_seed)
+    link_images(data_dir, {r["images"][0]: sources[r["images"][0]] for r in kept})
     atomic_write_text(
         data_dir / "train.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train)
     )
     atomic_write_text(data_dir / "val.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in val))
+    from vlmppo.data.llamafactory import remove_llamafactory, write_llamafactory
+
+    if pc.format == "llamafactory":
+        write_llamafactory(data_dir, train, val)
+    else:
+        remove_llamafactory(data_dir)
     actions = Counter(r["action"] for r in kept)
     result = PreprocessResult(data_dir, len(train), len(val), dropped, actions, skipped)
     write_manifest(
@@ -144,6 +157,23 @@ def preprocess(cfg: Config) -> PreprocessResult:
         actions=dict(actions),
     )
     return result
+
+
+def link_images(data_dir: Path, images: dict[str, Path]) -> None:
+    """Fill ``data_dir/images/`` with exactly ``images`` (path under data/ -> source frame): hard links
+    (no extra disk), copies where the file system cannot link. Built beside, then swapped in whole, so
+    the folder never mixes two preprocess runs."""
+    tmp = data_dir / f".images.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for relative, source in images.items():
+        target = tmp / Path(relative).relative_to("images")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:  # another file system, or links not allowed
+            shutil.copy2(source, target)
+    tmp.mkdir(parents=True, exist_ok=True)
+    atomic_replace_dir(tmp, data_dir / "images")
 
 
 def _episode_solved(steps, adapter) -> dict[int, bool]:

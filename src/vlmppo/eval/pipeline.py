@@ -52,15 +52,18 @@ RECORD = "pipeline.json"
 class StageOutcome:
     stage: str
     ran: bool
-    reason: str
+    reason: str  # why it ran or was skipped ("" for a first run)
     seconds: float = 0.0
+    complete: bool = True  # False: stopped (a signal) before its output was complete
 
 
 @dataclass
 class PipelineResult:
     run_dir: Path
     outcomes: list[StageOutcome] = field(default_factory=list)
-    report: Path | None = None
+    report: Path | None = None  # the eval's report.html (one file, images inline)
+    eval_metrics: dict | None = None  # the agent's metrics.json, when eval ran or was up to date
+    baselines: dict[str, dict] = field(default_factory=dict)  # expert/random metrics of the same task
 
 
 def stage_config(cfg: Config, stage: str) -> dict:
@@ -152,7 +155,7 @@ def up_to_date(cfg: Config, stage: str, root: Path, record: dict) -> tuple[bool,
     """Whether ``stage`` can be skipped, and why (or why not)."""
     outputs = outputs_of(cfg, stage, root)
     if outputs is None:
-        return False, "no complete output yet"
+        return False, "no complete output yet" if _started_before(stage, root, record) else ""
     inputs = _hashes(inputs_of(cfg, stage, root), root)
     entry = record.get("stages", {}).get(stage)
     if entry is None:
@@ -166,6 +169,11 @@ def up_to_date(cfg: Config, stage: str, root: Path, record: dict) -> tuple[bool,
     if entry.get("outputs") != _hashes(outputs, root):
         return False, "its output changed since the pipeline wrote it"
     return True, "up to date"
+
+
+def _started_before(stage: str, root: Path, record: dict) -> bool:
+    """Whether an earlier call ran (or began) ``stage``: on a first run there is nothing to explain."""
+    return stage in record.get("stages", {}) or (root / FOLDERS.get(stage, "eval")).exists()
 
 
 def _manifest_matches(cfg: Config, stage: str, root: Path, inputs: dict[str, str]) -> tuple[bool, str]:
@@ -203,9 +211,9 @@ def _run_stage(cfg: Config, stage: str, progress, resume: bool):
     """Call the stage's engine function; returns its result."""
     with progress(stage) if progress else nullcontext(None) as advance:
 
-        def report(done, total, *_):
+        def report(done, total, *row):
             if advance:
-                advance(done, total)
+                advance(done, total, *row)  # (the stage's metrics row, for its status line)
 
         if stage == "collect":
             from vlmppo.data.collect import collect
@@ -260,10 +268,12 @@ def run_pipeline(
 
     Args:
         on_stage: Called with (stage, message) when a stage is skipped, starts or ends.
-        progress: A context-manager factory ``progress(stage) -> advance(done, total)`` (a progress bar).
+        progress: A context-manager factory ``progress(stage) -> advance(done, total[, row])`` (a progress
+            bar); SFT and PPO pass their metrics row of the step or update.
 
     Returns:
-        What each stage did, and the eval report's path (this run's, when eval ran or was up to date).
+        What each stage did and, when eval ran or was up to date, the report's path, the agent's metrics and
+        the baselines of the same task.
 
     PPO starts from this run's SFT checkpoint when ``ppo.init_from`` is null and SFT is part of the range
     or has a checkpoint; set ``ppo.init_from`` to choose otherwise.
@@ -299,7 +309,8 @@ def run_pipeline(
         with stage_lock(root, stage) if stage in FOLDERS else nullcontext():
             moved = None if resume else _move_aside(root, stage)
             detail = "resuming the interrupted run" if resume else reason
-            say(stage, f"running: {detail}" + (f"; the old output was moved to {moved}" if moved else ""))
+            moved_note = f"; the old output was moved to {moved}" if moved else ""
+            say(stage, "running" + (f": {detail}" if detail else "") + moved_note)
             record.setdefault("stages", {})[stage] = {
                 "config_sha256": config_hash(cfg, stage),
                 "config": stage_config(cfg, stage),
@@ -316,7 +327,7 @@ def run_pipeline(
                 stage,
                 f"stopped without a complete output after {seconds:.1f} s; run the pipeline again to continue",
             )
-            result.outcomes.append(StageOutcome(stage, True, detail, seconds))
+            result.outcomes.append(StageOutcome(stage, True, detail, seconds, complete=False))
             return result
         record["stages"][stage].update(
             {
@@ -329,6 +340,17 @@ def run_pipeline(
         say(stage, f"done in {seconds:.1f} s")
         result.outcomes.append(StageOutcome(stage, True, detail, seconds))
     if "eval" in stages:
-        outputs = outputs_of(cfg, "eval", root)
-        result.report = outputs[1] if outputs else None
+        _add_eval_results(cfg, root, result)
     return result
+
+
+def _add_eval_results(cfg: Config, root: Path, result: PipelineResult) -> None:
+    from vlmppo.eval.report import read_baselines
+
+    outputs = outputs_of(cfg, "eval", root)
+    if outputs is None:
+        return
+    metrics_file, report_md = outputs
+    result.report = report_md.with_name("report.html")
+    result.eval_metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+    result.baselines, _ = read_baselines(root, cfg.env.model_dump(mode="json"))

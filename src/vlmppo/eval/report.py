@@ -19,12 +19,19 @@ from vlmppo.io import atomic_write_text
 
 # Learning curves: (metric key, panel title). The x axis is env steps for PPO and steps for SFT.
 PPO_CURVES = (
-    ("rollout/success_rate", "success rate"),
+    ("rollout/success_rate", "success rate (sampled rollouts)"),
     ("rollout/ep_return_mean", "episode return"),
     ("rollout/invalid_action_rate", "invalid-action rate"),
     ("train/approx_kl", "approx. KL"),
     ("train/policy_loss", "policy loss"),
     ("train/value_loss", "value loss"),
+)
+
+
+PPO_CURVES_NOTE = (
+    "PPO's curves come from its training rollouts: answers sampled at ppo.temperature, success and return "
+    "over the most recent finished episodes at each update. They are not the greedy success measured above. "
+    "(PPO has no periodic greedy evaluation: evaluate saved checkpoints with `vlmppo eval --ckpt PATH`.)"
 )
 
 
@@ -62,32 +69,65 @@ def _series(rows: list[dict], key: str, x_keys: tuple[str, ...]) -> tuple[list, 
     return xs, ys
 
 
-def plot_curves(rows: list[dict], panels, x_keys: tuple[str, ...], title: str, out: Path) -> bool:
-    """One figure with a panel per metric that the rows have; False (nothing written) if none has data."""
+def is_fraction(key: str) -> bool:
+    """Metrics that are rates or accuracies: their axis spans 0..1, so 0.9 never looks like a collapse."""
+    return key.endswith("_rate") or key.endswith("acc")
+
+
+def curve_figure(rows: list[dict], panels, x_keys: tuple[str, ...], title: str):
+    """A matplotlib figure with a panel per metric that the rows have; None if none has data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = [(label, *_series(rows, key, x_keys)) for key, label in panels]
-    data = [d for d in data if d[1]]
+    data = [(key, label, *_series(rows, key, x_keys)) for key, label in panels]
+    data = [d for d in data if d[2]]
     if not data:
-        return False
+        return None
     cols = min(3, len(data))
     nrows = -(-len(data) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
-    for ax, (label, xs, ys) in zip(axes.flat, data, strict=False):
+    for ax, (key, label, xs, ys) in zip(axes.flat, data, strict=False):
         ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, linewidth=1.5)
         ax.set_title(label, fontsize=11)
         ax.set_xlabel(x_keys[0].replace("_", " "), fontsize=9)
+        if is_fraction(key):
+            ax.set_ylim(0.0, 1.0)
+            ax.margins(y=0)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(data) :]:
         ax.axis("off")
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(rows: list[dict], panels, x_keys: tuple[str, ...], title: str, out: Path) -> bool:
+    """`curve_figure` saved to ``out``; False (nothing written) if no panel has data."""
+    import matplotlib.pyplot as plt
+
+    fig = curve_figure(rows, panels, x_keys, title)
+    if fig is None:
+        return False
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return True
+
+
+def plural(n: int, word: str) -> str:
+    """``1 step``, ``2 steps``."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def shown_path(path, run_root: Path) -> str:
+    """A path as the report shows it: relative to the runs folder (``<run>/ppo/metrics.jsonl``), never an
+    absolute path of the machine that wrote it; a path outside the runs folder by its name alone."""
+    path, base = Path(path).absolute(), Path(run_root).absolute().parent
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return path.name
 
 
 def plot_actions(counts: dict[str, int], invalid_rate: float, out: Path) -> None:
@@ -181,7 +221,8 @@ def read_baselines(run_root: Path, env: dict | None) -> tuple[dict[str, dict], l
             metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
             metrics["success_ci95"]  # noqa: B018 (a key every metrics.json has)
         except (ValueError, KeyError, TypeError):
-            notes.append(f"{folder / 'metrics.json'} cannot be read, so the {policy} baseline is left out.")
+            where = shown_path(folder / "metrics.json", run_root)
+            notes.append(f"{where} cannot be read, so the {policy} baseline is left out.")
             continue
         theirs = _manifest_env(folder)
         if env is None or theirs is None:
@@ -190,7 +231,7 @@ def read_baselines(run_root: Path, env: dict | None) -> tuple[dict[str, dict], l
             differ = [k for k in TASK_KEYS if theirs.get(k) != env.get(k)]
         if differ:
             notes.append(
-                f"The {policy} baseline in {folder} was played with other env settings "
+                f"The {policy} baseline in {shown_path(folder, run_root)} was played with other env settings "
                 f"({', '.join('env.' + k for k in differ)}), so it is left out: evaluate it again."
             )
             continue
@@ -250,7 +291,8 @@ def baseline_blocks(metrics: dict, run_root: Path, env: dict | None) -> list[tup
         blocks.append(
             (
                 "p",
-                f"No {' or '.join(missing)} baseline of this task in {Path(run_root) / 'eval'}: run {commands} "
+                f"No {' or '.join(missing)} baseline of this task in {shown_path(Path(run_root) / 'eval', run_root)}: "
+                f"run {commands} "
                 "with this run's preset P and overrides (or `--config` with the run's config.yaml) to show "
                 "where the agent stands between them.",
             )
@@ -260,12 +302,16 @@ def baseline_blocks(metrics: dict, run_root: Path, env: dict | None) -> list[tup
 
 def _blocks(metrics: dict, run_root: Path, out: Path, trajectories, env: dict | None) -> list[tuple]:
     m = metrics
-    what = m["checkpoint"] if m["policy"] == "checkpoint" else f"the {m['policy']} baseline"
+    what = (
+        shown_path(m["checkpoint"], run_root)
+        if m["policy"] == "checkpoint"
+        else f"the {m['policy']} baseline"
+    )
     blocks: list[tuple] = [
         ("h1", f"Evaluation: {m['name']} on {m['env_id']}"),
         (
             "p",
-            f"Evaluated {what}; {m['episodes_per_seed']} episodes per seed x seeds {m['seeds']}"
+            f"Evaluated {what}; {plural(m['episodes_per_seed'], 'episode')} per seed x seeds {m['seeds']}"
             + (f", {m['decoding']} decoding" if m["decoding"] else "")
             + (", with the checkpoint's value head" if m["value_head"] else "")
             + ".",
@@ -298,14 +344,19 @@ def _blocks(metrics: dict, run_root: Path, out: Path, trajectories, env: dict | 
         if panels is None:  # SFT: every numeric loss / accuracy / lr series it logged
             keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float))})
             panels = [(k, k) for k in keys if any(w in k for w in ("loss", "acc", "lr"))]
-        if plot_curves(rows, panels, x_keys, f"{stage} ({path})", out / f"curves-{stage}.png"):
+        if plot_curves(
+            rows, panels, x_keys, f"{stage} ({shown_path(path, run_root)})", out / f"curves-{stage}.png"
+        ):
+            if stage == "ppo":
+                blocks.append(("p", PPO_CURVES_NOTE))
             blocks.append(("img", f"curves-{stage}.png", f"{stage} learning curves"))
             found = True
     if not found:
         blocks.append(
             (
                 "p",
-                f"No training metrics in {Path(run_root) / 'ppo'} or {Path(run_root) / 'sft'} (no metrics.jsonl), "
+                f"No training metrics in {shown_path(Path(run_root) / 'ppo', run_root)} or "
+                f"{shown_path(Path(run_root) / 'sft', run_root)} (no metrics.jsonl), "
                 "so no learning curves.",
             )  # fmt: skip
         )
@@ -314,7 +365,10 @@ def _blocks(metrics: dict, run_root: Path, out: Path, trajectories, env: dict | 
         blocks.append(("p", "None drawn (eval.trajectories=0)."))
     for t in trajectories:
         blocks.append(
-            ("h3", f"{t.name}: {'success' if t.success else 'failure'}, return {t.ret:+g}, {t.steps} steps")
+            (
+                "h3",
+                f"{t.name}: {'success' if t.success else 'failure'}, return {t.ret:+g}, {plural(t.steps, 'step')}",
+            )
         )
         blocks.append(("img", t.gif, f"{t.name} animated ({t.frames} frames)"))
         blocks.append(("frames", t.png, f"all {t.frames} frames of {t.name}"))

@@ -82,12 +82,20 @@ def build_tiny_model(family: str, out_dir: Path) -> Path:
     return out_dir
 
 
+def tiny_model_dir(family: str) -> Path:
+    """Where the tiny model of `family` is cached (built or not)."""
+    return cache_dir() / "tiny" / f"{family}-{TINY_VERSION}"
+
+
+def tiny_model_built(family: str) -> bool:
+    """Whether the tiny model of `family` is in the cache already (else its first use builds it)."""
+    return (tiny_model_dir(family) / MARKER).is_file()
+
+
 def tiny_model_path(family: str) -> Path:
     """The cached tiny model of `family`, built on first use (atomically; see the module docstring)."""
     get_family(family)
-    return cached_build(
-        cache_dir() / "tiny" / f"{family}-{TINY_VERSION}", lambda out: build_tiny_model(family, out)
-    )
+    return cached_build(tiny_model_dir(family), lambda out: build_tiny_model(family, out))
 
 
 def cached_build(final: Path, build, marker: str = MARKER) -> Path:

@@ -411,6 +411,7 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
             "update": update,
             "env_steps": env_steps,
             "metrics": json.loads(json.dumps(metrics, default=str)),
+            **tracker.checkpoint_meta(),  # the W&B run a resume continues
         }
         keep = {"keep_last": p.keep_last, "protect": protected_checkpoints(cfg)}
         return save_checkpoint(out / "checkpoints", update, meta, write, **keep)
@@ -418,7 +419,15 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
     stopped_by = None
     with (
         Tracker(
-            out, cfg.tracking, step_key="update", run_name=cfg.run.name, resume_step=saved_update
+            out,
+            cfg.tracking,
+            step_key="update",
+            run_name=cfg.run.name,
+            resume_step=saved_update,
+            x_key="env_steps",
+            config=cfg.model_dump(mode="json"),
+            resume_from=resume_from,
+            hparam_metrics=("rollout/success_rate", "rollout/ep_return_mean"),
         ) as tracker,
         JsonlWriter(out / "samples.jsonl") as samples,
         stop_handlers() as stop,
@@ -449,7 +458,9 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
                 metrics["sys/gpu_mem_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
             tracker.log(metrics)
             if update % p.log_samples_every == 0 or update == start:
-                samples.write_many(sample_rows(rollout, update, vec.adapter))
+                rows = sample_rows(rollout, update, vec.adapter)
+                samples.write_many(rows)
+                tracker.log_samples(rows, env_steps)
             if on_update:
                 on_update(update, counts["updates"], metrics)
             if update % p.save_every == 0 or update == counts["updates"] or stop.requested:  # 5. checkpoint

@@ -244,6 +244,7 @@ def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult
                 "lora": cfg.model.lora is not None,
                 "epoch": counts.epoch_at(micro),
                 "metrics": row,
+                **tracker.checkpoint_meta(),  # the W&B run a resume continues
             }
             path = save_checkpoint(
                 root, step, meta, write, keep_last=s.keep_last, protect=protected_checkpoints(cfg)
@@ -255,7 +256,14 @@ def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult
         drop_final_rows(out / "metrics.jsonl")  # a resumed run writes its own final row
     tracker = (
         Tracker(
-            out, cfg.tracking, step_key="step", run_name=cfg.run.name, resume_step=step if state else None
+            out,
+            cfg.tracking,
+            step_key="step",
+            run_name=cfg.run.name,
+            resume_step=step if state else None,
+            config=cfg.model_dump(mode="json"),
+            resume_from=resume_path,
+            hparam_metrics=("eval/loss", "eval/action_acc"),
         )
         if main
         else None

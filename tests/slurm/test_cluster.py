@@ -27,7 +27,8 @@ from tests.slurm.helpers import (
     write_executable,
 )
 
-pytestmark = pytest.mark.slurm
+# One xdist worker runs every job of the one local cluster (jobs of two workers would queue behind each other).
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
 PRESET = "numberline-tiny"
 SMALL = ["slurm.cpus_per_task=1", "slurm.mem=500M", "slurm.time=00:10:00", "slurm.gpus_per_node=0"]

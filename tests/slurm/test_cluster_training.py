@@ -22,7 +22,8 @@ from tests.slurm.helpers import job_info, log_text, requeue, wait_for_state, wai
 
 from vlmppo.slurm.query import FINAL_STATES
 
-pytestmark = pytest.mark.slurm
+# One xdist worker runs every job of the one local cluster (jobs of two workers would queue behind each other).
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
 JOB = ["slurm.cpus_per_task=1", "slurm.mem=1G", "slurm.time=00:10:00", "slurm.gpus_per_node=0"]
 # One PPO update: 2 envs x 4 steps = 8 env steps, one epoch of two minibatches; ~0.5 s on one core.

@@ -180,7 +180,8 @@ def static_spec(config):
     greedy or plain sampling (a checkpoint's own settings: only transformers' ``generate`` applies those)."""
     from vlmppo.models.static_decode import SamplingSpec
 
-    if describe_generation(config) != "greedy" and not describe_generation(config).startswith("sampled at"):
+    described = describe_generation(config)
+    if described != "greedy" and not described.startswith("sampled at"):
         return None
     return SamplingSpec(
         temperature=float(config.temperature) if config.do_sample else 0.0,

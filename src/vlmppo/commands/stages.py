@@ -140,7 +140,7 @@ def sft(
     from contextlib import nullcontext
 
     from vlmppo.console import console
-    from vlmppo.sft.trainer import train_sft
+    from vlmppo.sft import train_sft
 
     save_resolved_config(cfg)
 
@@ -216,7 +216,9 @@ def ppo(
         return print_dry_run(cfg, "ppo")
     from vlmppo.console import console
     from vlmppo.errors import LaunchError
-    from vlmppo.rl.ppo import check_resume_config, check_single_process, find_resume_checkpoint, train_ppo
+    from vlmppo.rl import train_ppo
+    from vlmppo.rl.checkpointing import check_resume_config, find_resume_checkpoint
+    from vlmppo.rl.startup import check_single_process
 
     try:
         check_single_process()

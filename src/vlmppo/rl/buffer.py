@@ -19,14 +19,18 @@ Steps are numbered flat, step-major: index ``i = t * n_envs + n``, the order of 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from vlmppo.rl.gae import advantage_moments, compute_gae, normalize_advantages
+
+if TYPE_CHECKING:
+    from vlmppo.config.schema import PpoConfig
 
 
 @dataclass
@@ -107,10 +111,10 @@ class Samples:
 
 
 # An advantage estimator: (buffer, the ``ppo`` config section) -> (advantages [T, N], returns [T, N]).
-AdvantageFn = Callable[["RolloutBuffer", object], tuple[Tensor, Tensor]]
+AdvantageFn = Callable[["RolloutBuffer", "PpoConfig"], tuple[Tensor, Tensor]]
 
 
-def gae_advantages(buffer: RolloutBuffer, ppo) -> tuple[Tensor, Tensor]:
+def gae_advantages(buffer: RolloutBuffer, ppo: PpoConfig) -> tuple[Tensor, Tensor]:
     """GAE(``ppo.gamma``, ``ppo.gae_lambda``), bootstrapping through truncation, not termination."""
     return compute_gae(
         buffer.rewards,
@@ -244,7 +248,7 @@ class RolloutBuffer:
         totals = torch.zeros(int(self.episode_ids.max()) + 1)
         return totals.index_add_(0, self.episode_ids.reshape(-1), self.rewards.reshape(-1))
 
-    def compute_advantages(self, ppo, method: str = "gae") -> None:
+    def compute_advantages(self, ppo: PpoConfig, method: str = "gae") -> None:
         """Fill ``advantages`` and ``returns`` (``[T, N]``) with the estimator ``method`` of ``ADVANTAGES``.
 
         Args:
@@ -263,7 +267,7 @@ class RolloutBuffer:
         flat = normalize_advantages(self.advantages.reshape(-1), moments=moments)
         self.advantages = flat.reshape(self.n_steps, self.n_envs)
 
-    def samples(self, indices) -> Samples:
+    def samples(self, indices: Sequence[int] | np.ndarray) -> Samples:
         """The flat steps ``indices`` (``[B]`` ints) as tensors, answers cut to the longest of them."""
         index = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         lengths = self.answer_lengths.reshape(-1)[index]
@@ -274,8 +278,8 @@ class RolloutBuffer:
 
         positions = torch.arange(width)
         return Samples(
-            images=[self.images[i] for i in index.tolist()],
-            prompts=[self.prompts[i] for i in index.tolist()],
+            images=[self.images[flat] for flat in index.tolist()],
+            prompts=[self.prompts[flat] for flat in index.tolist()],
             answer_ids=answers(self.answer_ids).long(),
             answer_mask=positions[None, :] < lengths[:, None],
             thought_mask=answers(self.thought_mask),

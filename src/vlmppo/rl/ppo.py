@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +25,9 @@ from vlmppo.rl.losses import explained_variance
 from vlmppo.rl.rollout import collect_rollout
 from vlmppo.rl.startup import PpoRun, start_run
 from vlmppo.rl.update import TrainingDiverged, ppo_epochs
+
+if TYPE_CHECKING:
+    from vlmppo.envs.adapter import EnvAdapter
 
 SAMPLES_PER_LOG = 8  # sample answers written every ppo.log_samples_every updates
 
@@ -39,7 +44,9 @@ class PpoResult:
 
 
 @locked("ppo")
-def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoResult:
+def train_ppo(
+    cfg: Config, *, on_update: Callable[[int, int, dict], None] | None = None, resume: str | None = None
+) -> PpoResult:
     """Run PPO as configured; metrics every update in ``runs/<name>/ppo/metrics.jsonl``, checkpoints
     every ``ppo.save_every`` updates, at the end, and on SIGTERM/SIGUSR1 (then it returns early with
     ``stopped_by`` set). ``resume``: None, ``auto`` or a checkpoint path.
@@ -150,7 +157,7 @@ def rollout_metrics(buffer: RolloutBuffer, recent_episodes: deque) -> dict:
     }
 
 
-def sample_rows(buffer: RolloutBuffer, update: int, adapter) -> list[dict]:
+def sample_rows(buffer: RolloutBuffer, update: int, adapter: EnvAdapter) -> list[dict]:
     """The first few answers of this rollout (step-major), for people to read what the agent thinks."""
     rows = []
     for index in range(min(SAMPLES_PER_LOG, buffer.size)):

@@ -11,13 +11,19 @@ exactly the sampled answer ids.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from vlmppo.config import Config
 from vlmppo.rl.buffer import RolloutBuffer, StepBatch
 from vlmppo.rl.logprob import action_key_mask, action_key_start, action_token_mask, mixed_action_logprob
 from vlmppo.rl.policy import ActorCritic
+
+if TYPE_CHECKING:
+    from vlmppo.envs.adapter import EnvAdapter
+    from vlmppo.envs.vec_env import VecEnv
 
 
 def answer_offsets(tokenizer, ids: list[int]) -> list[tuple[int, int]]:
@@ -40,26 +46,30 @@ def answer_offsets(tokenizer, ids: list[int]) -> list[tuple[int, int]]:
 def offsets_by_prefix_decoding(tokenizer, ids: list[int]) -> list[tuple[int, int]]:
     """Offsets from decoding ``ids[:1]``, ``ids[:2]``, …: each token spans what it added to the text."""
     offsets, previous = [], ""
-    for j in range(len(ids)):
-        text = tokenizer.decode(ids[: j + 1], skip_special_tokens=True)
+    for end in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:end], skip_special_tokens=True)
         offsets.append((len(previous), len(text)) if text.startswith(previous) else (len(text), len(text)))
         previous = text
     return offsets
 
 
-def prompts_for(adapter, infos: list[dict]) -> list[str]:
-    return [adapter.prompt(i) for i in infos]  # the adapter's style is env.prompt (make_vec_env)
+def prompts_for(adapter: EnvAdapter, infos: list[dict]) -> list[str]:
+    return [adapter.prompt(info) for info in infos]  # the adapter's style is env.prompt (make_vec_env)
 
 
-def rollout_step(policy: ActorCritic, vec, obs, infos: list[dict], cfg) -> StepBatch:
+def rollout_step(
+    policy: ActorCritic, vec: VecEnv, obs: list[np.ndarray], infos: list[dict], cfg: Config
+) -> StepBatch:
     """One batched sample + score for all ``vec.n_envs`` envs: their answers, parsed actions, log-probs, values."""
-    p = cfg.ppo
+    ppo = cfg.ppo
     prompts = prompts_for(vec.adapter, infos)
     policy.loaded.model.eval()  # no LoRA dropout while sampling and scoring
     with torch.no_grad():
-        sampled = policy.sample(obs, prompts, temperature=p.temperature, max_new_tokens=p.max_new_tokens)
-        token_logp, values = policy.score(sampled, temperature=p.temperature)
-        ref_logp = policy.reference_logprobs(sampled, temperature=p.temperature).cpu() if p.kl_coef else None
+        sampled = policy.sample(obs, prompts, temperature=ppo.temperature, max_new_tokens=ppo.max_new_tokens)
+        token_logp, values = policy.score(sampled, temperature=ppo.temperature)
+        ref_logp = (
+            policy.reference_logprobs(sampled, temperature=ppo.temperature).cpu() if ppo.kl_coef else None
+        )
     # Per-sample bookkeeping below is many tiny ops: do it on the host, one copy of [B, T] + [B].
     token_logp, values = token_logp.float().cpu(), values.float().cpu()
     answer_mask = sampled.answer_mask.cpu()  # a prefix: the tokens up to the first end-of-turn
@@ -79,9 +89,9 @@ def rollout_step(policy: ActorCritic, vec, obs, infos: list[dict], cfg) -> StepB
             token_logp[row : row + 1, : len(ids)],
             thought[None],
             action[None],
-            p.thought_coef,
+            ppo.thought_coef,
             key[None],
-            p.action_key_coef,
+            ppo.action_key_coef,
         )[0]
         for name, mask in (("thought", thought), ("action", action), ("key", key)):
             masks[name][row, : len(ids)] = mask
@@ -106,19 +116,21 @@ def rollout_step(policy: ActorCritic, vec, obs, infos: list[dict], cfg) -> StepB
     )
 
 
-def state_values(policy: ActorCritic, images, infos: list[dict], adapter) -> torch.Tensor:
+def state_values(
+    policy: ActorCritic, images: list[np.ndarray], infos: list[dict], adapter: EnvAdapter
+) -> torch.Tensor:
     """V(s) of observations (for the rollout's bootstrap): a prompt-only forward, [len(images)] fp32."""
     from vlmppo.models.generation import to_pil
     from vlmppo.models.inputs import build_inputs
 
-    batch = build_inputs(policy.loaded, [to_pil(im) for im in images], prompts_for(adapter, infos))
+    batch = build_inputs(policy.loaded, [to_pil(image) for image in images], prompts_for(adapter, infos))
     policy.loaded.model.eval()
     return policy.prompt_values(batch.to(policy.device)).float().cpu()
 
 
 def collect_rollout(
-    policy: ActorCritic, vec, obs, infos: list[dict], cfg
-) -> tuple[RolloutBuffer, list, list]:
+    policy: ActorCritic, vec: VecEnv, obs: list[np.ndarray], infos: list[dict], cfg: Config
+) -> tuple[RolloutBuffer, list[np.ndarray], list[dict]]:
     """``ppo.n_steps`` batched steps of all envs from (obs, infos).
 
     Truncated (time-limit) episodes are bootstrapped from V of their final observation, which the vector
@@ -128,20 +140,20 @@ def collect_rollout(
         The full buffer (``finish``-ed with V of the observation after its last step), and the new obs
         and infos to continue from.
     """
-    p = cfg.ppo
+    ppo = cfg.ppo
     started = time.time()
-    buffer = RolloutBuffer(p.n_steps, vec.n_envs, p.max_new_tokens, reference=bool(p.kl_coef))
-    for _ in range(p.n_steps):
+    buffer = RolloutBuffer(ppo.n_steps, vec.n_envs, ppo.max_new_tokens, reference=bool(ppo.kl_coef))
+    for _ in range(ppo.n_steps):
         step = rollout_step(policy, vec, obs, infos, cfg)
         obs, rewards, terminated, truncated, infos = vec.step(step.actions)
-        penalised = np.asarray(rewards, dtype=np.float64) + p.invalid_action_penalty * step.invalid.numpy()
+        penalised = np.asarray(rewards, dtype=np.float64) + ppo.invalid_action_penalty * step.invalid.numpy()
         bootstrap = torch.zeros(vec.n_envs)
-        ended = [i for i in range(vec.n_envs) if truncated[i] and not terminated[i]]
+        ended = [env for env in range(vec.n_envs) if truncated[env] and not terminated[env]]
         if ended:
             bootstrap[ended] = state_values(
                 policy,
-                [infos[i]["final_obs"] for i in ended],
-                [infos[i]["final_info"] for i in ended],
+                [infos[env]["final_obs"] for env in ended],
+                [infos[env]["final_info"] for env in ended],
                 vec.adapter,
             )
         buffer.add(

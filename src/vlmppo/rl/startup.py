@@ -12,7 +12,7 @@ import os
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +21,11 @@ from vlmppo.config import Config, run_dir
 from vlmppo.errors import CheckpointError, ConfigError, LaunchError
 from vlmppo.rl.policy import REFERENCE_ADAPTER, ActorCritic, ValueHead, hidden_size
 from vlmppo.rl.update import BadMinibatchGuard
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from vlmppo.envs.vec_env import VecEnv
 
 INIT_CHOICES = "null (start from model.path), sft, ppo, last or a checkpoint folder"
 
@@ -45,16 +50,16 @@ class PpoRun:
     cfg: Config
     out: Path
     device: str
-    accelerator: Any
+    accelerator: Accelerator
     policy: ActorCritic
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     rng: np.random.Generator
     guard: BadMinibatchGuard
     total_updates: int
-    vec: Any = None
-    obs: Any = None
-    infos: list = field(default_factory=list)
+    vec: VecEnv | None = None
+    obs: list[np.ndarray] = field(default_factory=list)
+    infos: list[dict] = field(default_factory=list)
     recent_episodes: deque = field(default_factory=deque)
     update: int = 0
     env_steps: int = 0
@@ -78,12 +83,12 @@ def start_run(cfg: Config, resume: str | None) -> PpoRun:
     from vlmppo.sysinfo import resolve_device
 
     check_single_process()
-    p = cfg.ppo
+    ppo = cfg.ppo
     check_kl_reference(cfg)
     device = resolve_device(cfg)
     # Single process for now (one GPU or the CPU; check_single_process); the Accelerator gives bf16 autocast
     # on a GPU, and its backward/clipping are what a launched multi-process run will need.
-    accelerator = make_accelerator(device, precision_for(p.mixed_precision, device))
+    accelerator = make_accelerator(device, precision_for(ppo.mixed_precision, device))
     check_single_process(accelerator)
     out = run_dir(cfg) / "ppo"
     out.mkdir(parents=True, exist_ok=True)
@@ -101,8 +106,8 @@ def start_run(cfg: Config, resume: str | None) -> PpoRun:
     run = PpoRun(
         cfg, out, device, accelerator, policy, optimizer,
         # The value head's group keeps its ratio to the policy LR as both follow the cosine.
-        make_cosine_scheduler(optimizer, total_updates, p.lr, p.min_lr, proportional_groups=True),
-        np.random.default_rng(cfg.run.seed), BadMinibatchGuard(p.max_bad_minibatches), total_updates,
+        make_cosine_scheduler(optimizer, total_updates, ppo.lr, ppo.min_lr, proportional_groups=True),
+        np.random.default_rng(cfg.run.seed), BadMinibatchGuard(ppo.max_bad_minibatches), total_updates,
         recent_episodes=deque(maxlen=max(cfg.env.n_envs, 10)), checkpoint=resume_from, resume_changes=changes,
     )  # fmt: skip
     if resume_from is not None:
@@ -133,7 +138,7 @@ def start_envs(run: PpoRun) -> None:
     run.obs, run.infos = run.vec.reset()
 
 
-def check_single_process(accelerator=None) -> None:
+def check_single_process(accelerator: Accelerator | None = None) -> None:
     """LaunchError when started as several processes (torchrun / ``accelerate launch``: ``WORLD_SIZE`` > 1):
     PPO has no data-parallel rollouts or updates yet, so each process would run its own copy of the run
     and all would write the same run folder."""
@@ -176,7 +181,9 @@ def check_lora_layout(path: Path, cfg: Config) -> None:
         )
 
 
-def build_policy(cfg: Config, device: str, resume_from: Path | None = None, accelerator=None) -> ActorCritic:
+def build_policy(
+    cfg: Config, device: str, resume_from: Path | None = None, accelerator: Accelerator | None = None
+) -> ActorCritic:
     """The actor-critic: base model + LoRA (fresh, from ``ppo.init_from``, or from a checkpoint being
     resumed) + value head (fresh, or the checkpoint's when resuming). With an ``accelerator``, its
     autocast (bf16 mixed precision) wraps the model's forward passes."""

@@ -10,15 +10,20 @@ anything non-finite can be checkpointed.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from vlmppo.config import Config
 from vlmppo.errors import VlmppoError
 from vlmppo.rl.buffer import RolloutBuffer, Samples
 from vlmppo.rl.logprob import mixed_action_logprob
 from vlmppo.rl.losses import entropy_from_logits, kl_to_reference, policy_loss, value_loss
 from vlmppo.rl.policy import ActorCritic, Sampled
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 class TrainingDiverged(VlmppoError):
@@ -40,8 +45,10 @@ def collate(policy: ActorCritic, samples: Samples) -> tuple[Sampled, dict[str, t
           prompt) followed by the answer ids, the tokenizer's pad id after each answer;
         - ``sampled.attention_mask``: ``[B, P + W]`` long, 1 on prompt and answer tokens;
         - ``sampled.answer_mask``: ``[B, W]`` bool; ``sampled.prompt_len``: ``P``;
-        - ``sampled.extra``: the prompt batch's other inputs (``pixel_values`` ``[n_patches, D]`` or
-          ``[B, C, H, W]`` by family, ``image_grid_thw`` ``[B, 3]``, ...);
+        - ``sampled.extra``: the prompt batch's other inputs, by family: Qwen2-VL / Qwen2.5-VL
+          ``pixel_values`` ``[n_patches, D]`` with ``image_grid_thw`` ``[B, 3]`` and ``mm_token_type_ids``
+          ``[B, P]``; LLaVA ``pixel_values`` ``[B, C, H, W]``; LLaVA-NeXT ``pixel_values``
+          ``[B, n_tiles, C, H, W]`` with ``image_sizes`` ``[B, 2]``;
         - ``masks``: ``thought``, ``action``, ``key``: ``[B, W]`` bool token masks of the answers.
     """
     from vlmppo.models.generation import to_pil
@@ -52,7 +59,7 @@ def collate(policy: ActorCritic, samples: Samples) -> tuple[Sampled, dict[str, t
     pad_id = policy.loaded.tokenizer.pad_token_id
     answers = samples.answer_ids.masked_fill(~samples.answer_mask, pad_id).to(policy.device)
     mask = samples.answer_mask.to(policy.device)
-    extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+    extra = {key: value for key, value in batch.items() if key not in ("input_ids", "attention_mask")}
     sampled = Sampled(
         sequences=torch.cat([batch["input_ids"], answers], dim=1),
         attention_mask=torch.cat([batch["attention_mask"], mask.long()], dim=1),
@@ -62,7 +69,7 @@ def collate(policy: ActorCritic, samples: Samples) -> tuple[Sampled, dict[str, t
         texts=[],
     )
     masks = {"thought": samples.thought_mask, "action": samples.action_mask, "key": samples.key_mask}
-    return sampled, {name: m.to(policy.device) for name, m in masks.items()}
+    return sampled, {name: mask.to(policy.device) for name, mask in masks.items()}
 
 
 class BadMinibatchGuard:
@@ -86,28 +93,28 @@ class BadMinibatchGuard:
             )
 
 
-def micro_loss(policy: ActorCritic, samples: Samples, cfg) -> tuple[torch.Tensor, dict[str, float]]:
+def micro_loss(policy: ActorCritic, samples: Samples, cfg: Config) -> tuple[torch.Tensor, dict[str, float]]:
     """The PPO loss of one micro-batch (a mean over its samples) and its statistics."""
-    p, device = cfg.ppo, policy.device
+    ppo, device = cfg.ppo, policy.device
     sampled, masks = collate(policy, samples)
     action = masks["action"]
-    token_logp, new_values, logits = policy.score(sampled, temperature=p.temperature, return_logits=True)
+    token_logp, new_values, logits = policy.score(sampled, temperature=ppo.temperature, return_logits=True)
     new_logp = mixed_action_logprob(
-        token_logp, masks["thought"], action, p.thought_coef, masks["key"], p.action_key_coef
+        token_logp, masks["thought"], action, ppo.thought_coef, masks["key"], ppo.action_key_coef
     )
     surrogate, ratio_stats = policy_loss(
-        new_logp, samples.old_logp.to(device), samples.advantages.to(device), p.clip_range
+        new_logp, samples.old_logp.to(device), samples.advantages.to(device), ppo.clip_range
     )
     critic = value_loss(
-        new_values, samples.old_values.to(device), samples.returns.to(device), p.clip_range_vf
+        new_values, samples.old_values.to(device), samples.returns.to(device), ppo.clip_range_vf
     )
     # Entropy of the action tokens only: gather those rows first (not a [B, T, V] pass); without an
     # entropy bonus it is a diagnostic and carries no gradient.
-    action_logits = (logits if p.ent_coef else logits.detach())[action]
+    action_logits = (logits if ppo.ent_coef else logits.detach())[action]
     entropy = entropy_from_logits(
         action_logits[None], torch.ones(action_logits.shape[:1], dtype=torch.bool, device=logits.device)[None]
     )
-    loss = surrogate + p.vf_coef * critic - p.ent_coef * entropy
+    loss = surrogate + ppo.vf_coef * critic - ppo.ent_coef * entropy
     stats = {
         "policy_loss": surrogate.item(),
         "value_loss": critic.item(),
@@ -115,9 +122,9 @@ def micro_loss(policy: ActorCritic, samples: Samples, cfg) -> tuple[torch.Tensor
         "approx_kl": ratio_stats["approx_kl"].item(),
         "clip_frac": ratio_stats["clip_frac"].item(),
     }
-    if p.kl_coef:  # the reference's log-probs were computed once, at rollout time
+    if ppo.kl_coef:  # the reference's log-probs were computed once, at rollout time
         kl = kl_to_reference(token_logp, samples.ref_logp.to(device), sampled.answer_mask)
-        loss = loss + p.kl_coef * kl
+        loss = loss + ppo.kl_coef * kl
         stats["kl_ref"] = kl.item()
     return loss, stats
 
@@ -126,29 +133,29 @@ def ppo_epochs(
     policy: ActorCritic,
     optimizer: torch.optim.Optimizer,
     buffer: RolloutBuffer,
-    cfg,
+    cfg: Config,
     rng: np.random.Generator,
     guard: BadMinibatchGuard,
-    accelerator=None,
+    accelerator: Accelerator | None = None,
 ) -> dict[str, float]:
     """``ppo.n_epochs`` passes of shuffled minibatches over ``buffer``; returns mean statistics of this update.
 
     ``accelerator``: the run's `accelerate.Accelerator`; its backward and gradient clipping are used
     (what a launched multi-process run needs). None: plain torch, as in the unit tests.
     """
-    p = cfg.ppo
+    ppo = cfg.ppo
     backward = accelerator.backward if accelerator is not None else torch.Tensor.backward
     clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
-    params = [q for group in optimizer.param_groups for q in group["params"]]
+    params = [param for group in optimizer.param_groups for param in group["params"]]
     stats: dict[str, list[float]] = {}
     optimizer_steps, stopped_early = 0, False
     policy.loaded.model.train()
-    for _epoch in range(p.n_epochs):
-        for minibatch in buffer.minibatches(p.minibatch_size, rng):
+    for _epoch in range(ppo.n_epochs):
+        for minibatch in buffer.minibatches(ppo.minibatch_size, rng):
             optimizer.zero_grad(set_to_none=True)
             minibatch_stats: dict[str, list[float]] = {}
             finite = True
-            for samples in minibatch.micro_batches(p.micro_batch_size):
+            for samples in minibatch.micro_batches(ppo.micro_batch_size):
                 loss, micro_stats = micro_loss(policy, samples, cfg)
                 if not torch.isfinite(loss):
                     finite = False
@@ -162,11 +169,11 @@ def ppo_epochs(
                 continue
             # SB3's rule: once the policy has moved too far from the rollout's, stop this update's epochs
             # without taking the step (approx_kl was measured at the current parameters, before it).
-            if p.target_kl is not None and np.mean(minibatch_stats["approx_kl"]) > 1.5 * p.target_kl:
+            if ppo.target_kl is not None and np.mean(minibatch_stats["approx_kl"]) > 1.5 * ppo.target_kl:
                 optimizer.zero_grad(set_to_none=True)
                 stopped_early = True
                 break
-            grad_norm = float(clip(params, p.max_grad_norm))
+            grad_norm = float(clip(params, ppo.max_grad_norm))
             if not math.isfinite(grad_norm):
                 optimizer.zero_grad(set_to_none=True)
                 guard.bad("the gradient norm")

@@ -230,9 +230,8 @@ class RolloutBuffer:
         self.texts += step.texts
         self.actions += step.actions
         self.episode_ids[t] = self._episode
-        done = self.terminated[t] | self.truncated[t]
+        done = self.terminated[t] | self.truncated[t]  # the env's next step starts a new episode
         new = int(done.sum())
-        self._episode = self._episode.clone()
         self._episode[done] = torch.arange(self._next_episode, self._next_episode + new)
         self._next_episode += new
         self.steps_added += 1

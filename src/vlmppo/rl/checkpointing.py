@@ -85,7 +85,7 @@ def restore_run(run: PpoRun, checkpoint: Path) -> None:
 
 
 def save_run(run: PpoRun, metrics: dict) -> Path:
-    """Checkpoint ``run`` at its current update (atomically; ``ppo.keep_last`` pruning); returns the folder."""
+    """Checkpoint ``run`` at its current update, atomically (``ppo.keep_last`` prunes); returns the folder."""
     from vlmppo.checkpoints import protected_checkpoints, save_checkpoint
     from vlmppo.train_state import save_trainer_state
 

@@ -60,7 +60,7 @@ def prompts_for(adapter: EnvAdapter, infos: list[dict]) -> list[str]:
 def rollout_step(
     policy: ActorCritic, vec: VecEnv, obs: list[np.ndarray], infos: list[dict], cfg: Config
 ) -> StepBatch:
-    """One batched sample + score for all ``vec.n_envs`` envs: their answers, parsed actions, log-probs, values."""
+    """One batched sample + score of all ``vec.n_envs`` envs: answers, parsed actions, log-probs, values."""
     ppo = cfg.ppo
     prompts = prompts_for(vec.adapter, infos)
     policy.loaded.model.eval()  # no LoRA dropout while sampling and scoring

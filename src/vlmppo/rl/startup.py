@@ -264,7 +264,7 @@ def uses_merged_sampling(cfg: Config, device: str) -> bool:
 
 
 def make_optimizer(policy: ActorCritic, cfg: Config) -> torch.optim.Optimizer:
-    """AdamW over the trainable LoRA weights and the value head (``ppo.value_head_lr`` for the head if set)."""
+    """AdamW over the trainable LoRA weights and the value head (at ``ppo.value_head_lr`` if set)."""
     ppo = cfg.ppo
     lora = [param for param in policy.loaded.model.parameters() if param.requires_grad]
     groups = [{"params": lora, "lr": ppo.lr}, {"params": list(policy.value_head.parameters()), "lr": ppo.lr}]

@@ -138,7 +138,7 @@ def ppo_epochs(
     guard: BadMinibatchGuard,
     accelerator: Accelerator | None = None,
 ) -> dict[str, float]:
-    """``ppo.n_epochs`` passes of shuffled minibatches over ``buffer``; returns mean statistics of this update.
+    """``ppo.n_epochs`` passes of shuffled minibatches over ``buffer``; returns the update's mean statistics.
 
     ``accelerator``: the run's `accelerate.Accelerator`; its backward and gradient clipping are used
     (what a launched multi-process run needs). None: plain torch, as in the unit tests.

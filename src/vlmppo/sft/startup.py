@@ -113,7 +113,7 @@ def load_val(path: Path, explicit: bool) -> list:
 
 
 def sft_accelerator(cfg: Config, device: str):
-    """The run's Accelerator: gradient accumulation of ``sft.grad_accum`` and the ``sft.launch`` DeepSpeed plugin."""
+    """The run's Accelerator: ``sft.grad_accum`` accumulation steps, the ``sft.launch`` DeepSpeed plugin."""
     from vlmppo.accel import make_accelerator, precision_for
 
     sft = cfg.sft
@@ -166,7 +166,7 @@ def start_run(cfg: Config, resume: str | None) -> SftRun:
 
 
 def build_run(cfg: Config, device: str, resume_path: Path | None, train: list, val: list) -> SftRun:
-    """The accelerator, the model (fresh, or the resumed checkpoint's weights), the optimizer, the collators."""
+    """The accelerator, the model (fresh, or the resumed checkpoint's), the optimizer, the collators."""
     sft = cfg.sft
     accelerator = sft_accelerator(cfg, device)
     device = accelerator.device

@@ -33,7 +33,7 @@ def hf_compiled_generate_row(policy, cfg, n_envs: int, repeats: int) -> dict:
 
     vec = make_bench_env(cfg, n_envs)
     obs, infos = vec.reset()
-    batch = build_inputs(policy.loaded, [to_pil(o) for o in obs], prompts_for(vec.adapter, infos, cfg))
+    batch = build_inputs(policy.loaded, [to_pil(o) for o in obs], prompts_for(vec.adapter, infos))
     batch = batch.to(policy.device)
     model = policy.sampler.model if policy.sampler is not None else policy.loaded.model
     tok, new = policy.loaded.tokenizer, cfg.ppo.max_new_tokens
@@ -71,7 +71,7 @@ def main() -> None:
     from vlmppo.bench.runner import AnswerLengths, BenchResult, _meta, bench_config
     from vlmppo.bench.update import measure_update
     from vlmppo.config import load_config
-    from vlmppo.rl.ppo import build_policy
+    from vlmppo.rl.startup import build_policy
     from vlmppo.sysinfo import resolve_device
 
     cfg = load_config(args.preset, None, [f"ppo.max_new_tokens={args.max_new_tokens}"])

@@ -41,12 +41,12 @@ def _values_of_frames(cfg, frames: list, infos: list) -> list[float]:
     from vlmppo.checkpoints import latest_checkpoint
     from vlmppo.config import run_dir
     from vlmppo.envs import get_adapter
-    from vlmppo.rl.ppo import build_policy
     from vlmppo.rl.rollout import state_values
+    from vlmppo.rl.startup import build_policy
 
     ckpt = latest_checkpoint(run_dir(cfg) / "ppo" / "checkpoints")
     policy = build_policy(cfg, "cpu", resume_from=ckpt)
-    return state_values(policy, frames, infos, get_adapter(cfg.env.id), cfg).tolist()
+    return state_values(policy, frames, infos, get_adapter(cfg.env.id)).tolist()
 
 
 def _curve(cfg, key: str) -> list:
@@ -59,7 +59,7 @@ def _curve(cfg, key: str) -> list:
 def value_probe(env: str, out: Path, updates: int) -> dict:
     """Train PPO on probe/Constant or probe/TwoStep; the values of each step's frame vs the discounted return."""
     from vlmppo.envs import make_env
-    from vlmppo.rl.ppo import train_ppo
+    from vlmppo.rl import train_ppo
 
     preset = {"constant": "probe-constant-tiny", "twostep": "probe-twostep-tiny"}[env]
     cfg = _cfg(preset, out, f"ppo.total_env_steps={updates * 32}", "env.n_envs=4", "ppo.n_steps=8")
@@ -135,8 +135,8 @@ def color_probe(out: Path, sft_steps: int, updates: int, eval_episodes: int) -> 
     from vlmppo.data.collect import collect
     from vlmppo.data.label import label
     from vlmppo.data.preprocess import preprocess
-    from vlmppo.rl.ppo import train_ppo
-    from vlmppo.sft.trainer import train_sft
+    from vlmppo.rl import train_ppo
+    from vlmppo.sft import train_sft
 
     cfg = _cfg(
         "probe-color-tiny",

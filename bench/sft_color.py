@@ -51,7 +51,7 @@ def main() -> None:
     from vlmppo.data.collect import collect
     from vlmppo.data.label import label
     from vlmppo.data.preprocess import preprocess
-    from vlmppo.sft.trainer import train_sft
+    from vlmppo.sft import train_sft
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="probe-color-tiny")

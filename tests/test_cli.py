@@ -198,10 +198,7 @@ def test_model_init_writes_a_tiny_model_that_model_info_describes(tmp_path):
     info = run_cli("model", "info", str(folder), "--image-size", "64", env={"COLUMNS": "40"})
     assert info.returncode == 0, info.stderr
     assert "llava" in info.stdout and "param" in info.stdout.lower()
-    assert any(
-        line.startswith("│ path") and str(folder) in line
-        for line in info.stdout.splitlines()
-    )
+    assert any(line.startswith("│ path") and str(folder) in line for line in info.stdout.splitlines())
 
 
 @pytest.mark.e2e

@@ -111,7 +111,7 @@ def test_bench_bad_input_is_one_clear_error_without_traceback(tmp_path, args, wo
 @pytest.fixture(scope="module")
 def tiny_policy():
     from vlmppo.config import load_config
-    from vlmppo.rl.ppo import build_policy
+    from vlmppo.rl.startup import build_policy
 
     cfg = load_config("numberline-tiny", None, ["ppo.temperature=1.0"])
     return cfg, build_policy(cfg, "cpu")
@@ -131,7 +131,7 @@ def _boost_logit(policy, token_id: int):
 def test_forced_answer_lengths_hold_even_when_the_model_wants_to_stop(tiny_policy, decoder):
     from vlmppo.bench.rollout import make_bench_env
     from vlmppo.bench.runner import AnswerLengths
-    from vlmppo.rl.ppo import rollout_step
+    from vlmppo.rl.rollout import rollout_step
 
     cfg, policy = tiny_policy
     vec = make_bench_env(cfg, 2)
@@ -140,14 +140,16 @@ def test_forced_answer_lengths_hold_even_when_the_model_wants_to_stop(tiny_polic
     policy.decoder = decoder
     try:
         cfg5 = cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"max_new_tokens": 5})})
-        steps, _, _ = rollout_step(policy, vec, obs, infos, cfg5)
-        assert [len(s.answer_ids) for s in steps] == [1, 1]  # eos at once: the hook works
+        step = rollout_step(policy, vec, obs, infos, cfg5)
+        assert step.answer_lengths.tolist() == [1, 1]  # eos at once: the hook works
         policy.forced_lengths = AnswerLengths(5, None, seed=0)
-        steps, _, _ = rollout_step(policy, vec, obs, infos, cfg5)
-        assert [len(s.answer_ids) for s in steps] == [5, 5]
+        step = rollout_step(policy, vec, obs, infos, cfg5)
+        assert step.answer_lengths.tolist() == [5, 5]
         policy.forced_lengths = AnswerLengths(5, (2, 4), seed=0)
         lengths = [
-            len(s.answer_ids) for _ in range(4) for s in rollout_step(policy, vec, obs, infos, cfg5)[0]
+            length
+            for _ in range(4)
+            for length in rollout_step(policy, vec, obs, infos, cfg5).answer_lengths.tolist()
         ]
         assert set(lengths) <= {2, 3, 4} and len(set(lengths)) > 1  # drawn in the range, not all alike
     finally:

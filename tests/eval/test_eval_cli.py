@@ -247,7 +247,7 @@ def test_a_full_model_checkpoint_from_sft_is_evaluated_from_the_cli(tmp_path):
     """``model.lora=null``: SFT saves a plain transformers model (no adapter), which eval loads as it is."""
     from tests.sft.helpers import sft_config, write_color_dataset
 
-    from vlmppo.sft.trainer import train_sft
+    from vlmppo.sft import train_sft
 
     train, val = write_color_dataset(tmp_path)
     # Twenty steps at lr 1e-3 teach the tiny model the answer format (a random one writes none).

@@ -73,7 +73,7 @@ def test_sampled_answers_score_exactly_as_sampled(loaded):
     torch.manual_seed(1)
     sequences = decoder.generate(batch, _spec(loaded, 0.7, 24))
     prompt_len = batch["input_ids"].shape[1]
-    mask = answer_mask_from_ids(sequences[:, prompt_len:], loaded.tokenizer.eos_token_id, None)
+    mask = answer_mask_from_ids(sequences[:, prompt_len:], loaded.tokenizer.eos_token_id)
     extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
     sampled = Sampled(
         sequences, torch.cat([batch["attention_mask"], mask.long()], 1), prompt_len, mask, extra, []
@@ -179,7 +179,7 @@ def test_prompt_embeddings_computed_once_give_the_same_answers_and_scores(loaded
     reused = StaticDecoder(loaded.model).generate(batch, spec, prompt=prompt)
     assert torch.equal(plain, reused)
     prompt_len = batch["input_ids"].shape[1]
-    mask = answer_mask_from_ids(plain[:, prompt_len:], loaded.tokenizer.eos_token_id, None)
+    mask = answer_mask_from_ids(plain[:, prompt_len:], loaded.tokenizer.eos_token_id)
     extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
     sampled = Sampled(
         plain, torch.cat([batch["attention_mask"], mask.long()], 1), prompt_len, mask, extra, []

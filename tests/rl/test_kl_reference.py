@@ -7,9 +7,10 @@ import torch
 from safetensors.torch import load_file
 
 from vlmppo.config import load_config
-from vlmppo.rl import ppo
+from vlmppo.rl import train_ppo
 from vlmppo.rl.losses import kl_to_reference
 from vlmppo.rl.policy import REFERENCE_ADAPTER
+from vlmppo.rl.startup import build_policy, reference_adapter
 
 RUN = ["run.name=r", "ppo.kl_coef=0.1", "ppo.max_new_tokens=8"]
 
@@ -52,7 +53,7 @@ def sample_and_score(policy):
 def test_starting_from_sft_the_kl_reference_is_the_sft_policy_exactly(tmp_path):
     cfg = load_config("probe-color-tiny", overrides=[*RUN, f"run.output_dir={tmp_path}", "ppo.init_from=sft"])
     write_sft_checkpoint(cfg)
-    policy = ppo.build_policy(cfg, "cpu")
+    policy = build_policy(cfg, "cpu")
     trainable = {n for n, p in policy.loaded.model.named_parameters() if p.requires_grad}
     assert trainable and not any(REFERENCE_ADAPTER in n for n in trainable)
     sampled, token_logp, base_logp = sample_and_score(policy)
@@ -67,7 +68,7 @@ def test_starting_from_sft_the_kl_reference_is_the_sft_policy_exactly(tmp_path):
 def test_starting_from_a_fresh_lora_the_reference_is_the_model_with_the_adapter_disabled(tmp_path):
     cfg = load_config("probe-color-tiny", overrides=[*RUN, f"run.output_dir={tmp_path}"])
     torch.manual_seed(0)
-    policy = ppo.build_policy(cfg, "cpu")
+    policy = build_policy(cfg, "cpu")
     assert REFERENCE_ADAPTER not in policy.loaded.model.peft_config
     with torch.no_grad():  # as after some updates
         for name, p in policy.loaded.model.named_parameters():
@@ -94,7 +95,7 @@ def test_the_first_minibatch_from_sft_has_no_kl_and_the_reference_survives_a_cha
     cfg = load_config("probe-color-tiny", overrides=overrides)
     sft = write_sft_checkpoint(cfg)
     sft_weights = load_file(str(sft / "adapter_model.safetensors"))
-    result = ppo.train_ppo(cfg)
+    result = train_ppo(cfg)
     assert result.last_metrics["train/optimizer_steps"] == 1
     assert result.last_metrics["train/kl_ref"] < 1e-10  # before the fix: the KL to the base, > 1e-3
 
@@ -102,8 +103,8 @@ def test_the_first_minibatch_from_sft_has_no_kl_and_the_reference_survives_a_cha
     assert saved.keys() == sft_weights.keys()
     assert all(torch.equal(saved[k], sft_weights[k]) for k in saved)
     write_sft_checkpoint(cfg, scale=0.5)  # SFT run again meanwhile: `sft` now names other weights
-    assert ppo.reference_adapter(cfg, result.checkpoint) == result.checkpoint / REFERENCE_ADAPTER
-    resumed = ppo.build_policy(cfg, "cpu", resume_from=result.checkpoint)
+    assert reference_adapter(cfg, result.checkpoint) == result.checkpoint / REFERENCE_ADAPTER
+    resumed = build_policy(cfg, "cpu", resume_from=result.checkpoint)
     loaded = {n: p for n, p in resumed.loaded.model.named_parameters() if f".{REFERENCE_ADAPTER}." in n}
     assert len(loaded) == len(sft_weights)
     for name, p in loaded.items():

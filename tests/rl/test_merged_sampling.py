@@ -10,7 +10,8 @@ from tests.rl.sampling import generate_with_logprobs
 from vlmppo.config import load_config
 from vlmppo.models.generation import to_pil
 from vlmppo.models.inputs import build_inputs
-from vlmppo.rl import ppo
+from vlmppo.rl import train_ppo
+from vlmppo.rl.startup import build_policy
 
 
 def nudge_lora(model, seed):
@@ -28,7 +29,7 @@ def policy(tmp_path):
         "probe-color-tiny", overrides=[f"run.output_dir={tmp_path}", "ppo.merged_sampling=true"]
     )
     torch.manual_seed(0)
-    policy = ppo.build_policy(cfg, "cpu")
+    policy = build_policy(cfg, "cpu")
     assert policy.sampler is not None
     return policy
 
@@ -88,5 +89,5 @@ def test_ppo_with_merged_sampling_runs_and_the_copy_follows_each_update(tmp_path
             "ppo.total_env_steps=16",
         ],
     )
-    result = ppo.train_ppo(cfg)
+    result = train_ppo(cfg)
     assert result.updates == 2 and result.last_metrics["train/optimizer_steps"] == 2

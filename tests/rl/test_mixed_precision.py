@@ -13,7 +13,7 @@ from tests.helpers import run_cli
 
 from vlmppo.accel import make_accelerator, precision_for
 from vlmppo.config import load_config
-from vlmppo.rl import ppo
+from vlmppo.rl.startup import build_policy
 
 
 def _dtypes_seen(policy) -> dict[str, torch.dtype]:
@@ -35,7 +35,7 @@ def _sample_and_score(policy):
 def test_bf16_autocast_runs_the_model_in_bf16_and_keeps_value_and_logprobs_in_fp32(tmp_path):
     cfg = load_config("probe-color-tiny", overrides=[f"run.output_dir={tmp_path}"])
     torch.manual_seed(0)
-    policy = ppo.build_policy(cfg, "cpu", accelerator=make_accelerator("cpu", "bf16"))
+    policy = build_policy(cfg, "cpu", accelerator=make_accelerator("cpu", "bf16"))
     seen = _dtypes_seen(policy)
     token_logp, values = _sample_and_score(policy)
     assert seen == {"lora": torch.bfloat16, "value_head": torch.float32}
@@ -43,7 +43,7 @@ def test_bf16_autocast_runs_the_model_in_bf16_and_keeps_value_and_logprobs_in_fp
     assert torch.isfinite(token_logp).all() and torch.isfinite(values).all()
 
     torch.manual_seed(0)  # without autocast (the CPU default) the adapter computes in fp32
-    plain = ppo.build_policy(cfg, "cpu", accelerator=make_accelerator("cpu", "no"))
+    plain = build_policy(cfg, "cpu", accelerator=make_accelerator("cpu", "no"))
     seen = _dtypes_seen(plain)
     _sample_and_score(plain)
     assert seen == {"lora": torch.float32, "value_head": torch.float32}

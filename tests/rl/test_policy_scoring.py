@@ -18,7 +18,7 @@ from vlmppo.rl.policy import ActorCritic, ValueHead, answer_mask_from_ids, hidde
 
 def test_answer_mask_keeps_tokens_through_the_first_eos_only():
     ids = torch.tensor([[5, 6, 2, 9, 2], [2, 7, 7, 7, 7], [5, 5, 5, 5, 5]])
-    mask = answer_mask_from_ids(ids, eos_id=2, pad_id=0)
+    mask = answer_mask_from_ids(ids, eos_id=2)
     assert mask.tolist() == [[True, True, True, False, False], [True, False, False, False, False], [True] * 5]
 
 

@@ -12,7 +12,7 @@ from vlmppo.config import load_config
 
 
 def test_one_update_changes_every_lora_parameter_and_the_value_head_and_no_frozen_one(tmp_path):
-    from vlmppo.rl import ppo
+    from vlmppo.rl import startup, train_ppo
 
     cfg = load_config(
         "probe-color-tiny",
@@ -32,7 +32,7 @@ def test_one_update_changes_every_lora_parameter_and_the_value_head_and_no_froze
         ],
     )
     captured = {}
-    original = ppo.build_policy
+    original = startup.build_policy
 
     def spy(*args, **kwargs):
         policy = original(*args, **kwargs)
@@ -41,11 +41,11 @@ def test_one_update_changes_every_lora_parameter_and_the_value_head_and_no_froze
         captured["head"] = {n: q.detach().clone() for n, q in policy.value_head.named_parameters()}
         return policy
 
-    ppo.build_policy = spy
+    startup.build_policy = spy
     try:
-        result = ppo.train_ppo(cfg)
+        result = train_ppo(cfg)
     finally:
-        ppo.build_policy = original
+        startup.build_policy = original
     policy = captured["policy"]
     for name, param in policy.loaded.model.named_parameters():
         moved = not torch.equal(param.detach(), captured["before"][name])
@@ -109,8 +109,8 @@ def test_init_from_sft_starts_from_the_adapter_trainable_with_a_fresh_value_head
 
     from vlmppo.checkpoints import save_checkpoint
     from vlmppo.models import load_model
-    from vlmppo.rl import ppo
     from vlmppo.rl.policy import ValueHead, hidden_size
+    from vlmppo.rl.startup import build_policy
 
     cfg = load_config("probe-color-tiny", overrides=[f"run.output_dir={tmp_path}", "run.name=r"])
     torch.manual_seed(0)
@@ -132,7 +132,7 @@ def test_init_from_sft_starts_from_the_adapter_trainable_with_a_fresh_value_head
     meta = {"stage": "sft", "family": cfg.model.family, "base_model": str(sft.path)}
     save_checkpoint(tmp_path / "r/sft/checkpoints", 5, meta, write)
 
-    policy = ppo.build_policy(
+    policy = build_policy(
         cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"init_from": "sft"})}), "cpu"
     )
     loaded = {n: p for n, p in policy.loaded.model.named_parameters() if "lora_" in n}

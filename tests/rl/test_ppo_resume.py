@@ -15,7 +15,8 @@ import torch
 from tests.helpers import run_cli
 
 from vlmppo.config import load_config
-from vlmppo.rl import ppo
+from vlmppo.rl import train_ppo
+from vlmppo.rl.startup import build_policy, make_optimizer
 from vlmppo.rl.update import BadMinibatchGuard, TrainingDiverged, ppo_epochs
 
 SMALL = [
@@ -46,12 +47,12 @@ def stop_at(update_to_stop):
 
 def test_four_updates_straight_equal_two_then_resume_two(tmp_path):
     straight = load_config("numberline-tiny", overrides=[*SMALL, f"run.output_dir={tmp_path / 'a'}"])
-    ppo.train_ppo(straight)
+    train_ppo(straight)
     split = load_config("numberline-tiny", overrides=[*SMALL, f"run.output_dir={tmp_path / 'b'}"])
-    first = ppo.train_ppo(split, on_update=stop_at(2))
+    first = train_ppo(split, on_update=stop_at(2))
     assert first.stopped_by == "SIGUSR1" and first.updates == 2
     assert first.checkpoint.name == "000002"
-    second = ppo.train_ppo(split, resume="auto")
+    second = train_ppo(split, resume="auto")
     assert second.stopped_by is None and second.updates == 4
 
     a, b = metrics(tmp_path / "a/numberline-tiny"), metrics(tmp_path / "b/numberline-tiny")
@@ -80,7 +81,7 @@ def test_resume_refuses_a_checkpoint_with_another_lora_layout(tmp_path):
     cfg = load_config(
         "numberline-tiny", overrides=[*SMALL, "ppo.total_env_steps=8", f"run.output_dir={tmp_path}"]
     )
-    ppo.train_ppo(cfg)
+    train_ppo(cfg)
     out = run_cli(
         "ppo",
         "--preset",
@@ -100,7 +101,7 @@ def test_resume_with_another_n_envs_is_one_clear_error_and_other_changes_are_lis
     cfg = load_config(
         "numberline-tiny", overrides=[*SMALL, "ppo.total_env_steps=8", f"run.output_dir={tmp_path}"]
     )
-    first = ppo.train_ppo(cfg)
+    first = train_ppo(cfg)
     args = ["ppo", "--preset", "numberline-tiny", *SMALL, f"run.output_dir={tmp_path}", "--resume", "auto",
             "ppo.total_env_steps=16"]  # fmt: skip
     refused = run_cli(*args, "env.n_envs=4", "ppo.clip_range=0.2")
@@ -172,18 +173,19 @@ def test_non_finite_losses_skip_the_step_and_abort_after_max_bad_minibatches_in_
         "probe-color-tiny", overrides=[*SMALL, f"run.output_dir={tmp_path}", "ppo.max_bad_minibatches=3"]
     )
     torch.manual_seed(0)
-    policy = ppo.build_policy(cfg, "cpu")
+    policy = build_policy(cfg, "cpu")
     vec = make_vec_env(cfg.env.id, cfg.env.n_envs, 0)
     obs, infos = vec.reset()
-    rollout, _, _ = collect_rollout(policy, vec, obs, infos, cfg)
-    targets = ppo.advantages_and_targets(rollout, cfg)
-    optimizer = ppo.make_optimizer(policy, cfg)
+    buffer, _, _ = collect_rollout(policy, vec, obs, infos, cfg)
+    buffer.compute_advantages(cfg.ppo)
+    buffer.normalize_advantages()
+    optimizer = make_optimizer(policy, cfg)
     with torch.no_grad():  # a broken value head: every loss is NaN from here on
         policy.value_head.net[-1].weight.fill_(float("nan"))
     before = {n: q.detach().clone() for n, q in policy.loaded.model.named_parameters() if q.requires_grad}
     guard = BadMinibatchGuard(cfg.ppo.max_bad_minibatches)
     with pytest.raises(TrainingDiverged, match="3 minibatches in a row"):
-        ppo_epochs(policy, optimizer, rollout.flat, targets, cfg, np.random.default_rng(0), guard)
+        ppo_epochs(policy, optimizer, buffer, cfg, np.random.default_rng(0), guard)
     assert guard.total == 3
     for name, param in policy.loaded.model.named_parameters():
         if param.requires_grad:
@@ -200,7 +202,7 @@ def test_a_good_minibatch_resets_the_bad_streak():
         guard.bad("the loss")
 
 
-def test_kl_entropy_target_kl_and_value_head_lr_options_are_used(tmp_path):
+def test_target_kl_and_value_head_lr_options_are_used_and_the_kl_starts_at_zero(tmp_path):
     cfg = load_config(
         "probe-color-tiny",
         overrides=[
@@ -214,15 +216,71 @@ def test_kl_entropy_target_kl_and_value_head_lr_options_are_used(tmp_path):
             "ppo.value_head_lr=0.5",
         ],
     )
-    result = ppo.train_ppo(cfg)
+    result = train_ppo(cfg)
     m = result.last_metrics
     # one minibatch ran: before its step the LoRA B matrices are zero, so the policy IS the base model
     assert m["train/optimizer_steps"] == 1 and m["train/early_stopped"] == 1.0
     assert m["train/kl_ref"] == 0.0
-    assert m["train/entropy"] >= 0.0  # over action tokens; 0 when no answer parsed (random tiny model)
     assert m["train/lr_value_head"] == pytest.approx(0.5 * m["train/lr"] / cfg.ppo.lr)
     samples = [json.loads(x) for x in (result.out_dir / "samples.jsonl").read_text().splitlines()]
     assert samples and {"text", "action", "reward", "invalid"} <= samples[0].keys()
+
+
+def test_the_entropy_bonus_raises_the_entropy_and_the_kl_penalty_lowers_the_kl(tmp_path):
+    # One rollout, one start: the update trained without either term, with ent_coef, and with kl_coef. A term
+    # the loss ignored would leave the weights exactly as without it; one with the wrong sign would move
+    # the entropy or the KL the other way.
+    from vlmppo.envs import make_vec_env
+    from vlmppo.rl.rollout import collect_rollout
+    from vlmppo.rl.update import micro_loss
+
+    cfg = load_config(
+        "numberline-tiny",
+        overrides=[*SMALL, f"run.output_dir={tmp_path}", "ppo.kl_coef=1.0", "ppo.lr=1e-3"],
+    )
+    torch.manual_seed(0)
+    policy = build_policy(cfg, "cpu")
+    with torch.no_grad():  # non-zero LoRA B: the policy starts away from its reference (the adapter disabled)
+        for name, param in policy.loaded.model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    vec = make_vec_env(cfg.env.id, cfg.env.n_envs, 0)
+    buffer, _, _ = collect_rollout(policy, vec, *vec.reset(), cfg)
+    buffer.compute_advantages(cfg.ppo)
+    buffer.normalize_advantages()
+    # The random tiny model's answers never parse, so they have no action tokens and no entropy bonus:
+    # count every answer token as an action token, as after a parsed answer's thoughts.
+    answer = torch.arange(buffer.max_answer_tokens) < buffer.answer_lengths[..., None]
+    buffer.thought_mask, buffer.action_mask = torch.zeros_like(answer), answer
+    start = {name: param.detach().clone() for name, param in policy.loaded.model.named_parameters()}
+    start_head = {name: param.detach().clone() for name, param in policy.value_head.named_parameters()}
+
+    def train(ent_coef: float, kl_coef: float) -> tuple[dict, float, float]:
+        """The trained LoRA weights and the entropy and KL of the whole rollout under them."""
+        with torch.no_grad():
+            for name, param in policy.loaded.model.named_parameters():
+                param.copy_(start[name])
+            for name, param in policy.value_head.named_parameters():
+                param.copy_(start_head[name])
+        run_cfg = cfg.model_copy(
+            update={"ppo": cfg.ppo.model_copy(update={"ent_coef": ent_coef, "kl_coef": kl_coef})}
+        )
+        guard = BadMinibatchGuard(3)
+        ppo_epochs(policy, make_optimizer(policy, run_cfg), buffer, run_cfg, np.random.default_rng(0), guard)
+        with torch.no_grad():
+            _, stats = micro_loss(policy, buffer.samples(range(buffer.size)), cfg)  # kl_ref: kl_coef > 0
+        trained = {n: p.detach().clone() for n, p in policy.loaded.model.named_parameters() if "lora_" in n}
+        return trained, stats["entropy"], stats["kl_ref"]
+
+    plain, plain_entropy, plain_kl = train(ent_coef=0.0, kl_coef=0.0)
+    again, _, _ = train(ent_coef=0.0, kl_coef=0.0)
+    assert all(torch.equal(plain[name], again[name]) for name in plain)  # the comparison is exact
+    bonus, bonus_entropy, _ = train(ent_coef=1.0, kl_coef=0.0)
+    penalty, _, penalty_kl = train(ent_coef=0.0, kl_coef=1.0)
+    assert any(not torch.equal(plain[name], bonus[name]) for name in plain)
+    assert any(not torch.equal(plain[name], penalty[name]) for name in plain)
+    assert bonus_entropy > plain_entropy > 0.0
+    assert plain_kl > penalty_kl > 0.0
 
 
 @pytest.mark.e2e
@@ -252,7 +310,7 @@ def test_ppo_turns_dropout_off_so_the_first_ratio_is_exactly_one(tmp_path):
         "numberline-tiny", overrides=[*SMALL, f"run.output_dir={tmp_path}", "model.lora.dropout=0.5"]
     )
     torch.manual_seed(0)
-    policy = ppo.build_policy(cfg, "cpu")
+    policy = build_policy(cfg, "cpu")
     dropouts = [m for m in policy.loaded.model.modules() if isinstance(m, torch.nn.Dropout)]
     assert dropouts and all(m.p == 0.0 for m in dropouts)
     vec = make_vec_env(cfg.env.id, cfg.env.n_envs, 0)
@@ -262,14 +320,15 @@ def test_ppo_turns_dropout_off_so_the_first_ratio_is_exactly_one(tmp_path):
         for name, p in policy.loaded.model.named_parameters():
             if "lora_B" in name:
                 p.add_(0.1 * torch.randn(p.shape, generator=nudge))
-    rollout, _, _ = collect_rollout(policy, vec, obs, infos, cfg)
-    targets = ppo.advantages_and_targets(rollout, cfg)
+    buffer, _, _ = collect_rollout(policy, vec, obs, infos, cfg)
+    buffer.compute_advantages(cfg.ppo)
+    buffer.normalize_advantages()
     policy.loaded.model.train()  # as in the update
-    _, stats = micro_loss(policy, rollout.flat, targets, [0, 1, 2, 3], cfg)
+    _, stats = micro_loss(policy, buffer.samples([0, 1, 2, 3]), cfg)
     assert stats["clip_frac"] == 0.0 and abs(stats["approx_kl"]) < 1e-6
     for m in dropouts:  # with the dropout the config asked for, the same pass would see another policy
         m.p = 0.5
-    _, noisy = micro_loss(policy, rollout.flat, targets, [0, 1, 2, 3], cfg)
+    _, noisy = micro_loss(policy, buffer.samples([0, 1, 2, 3]), cfg)
     assert abs(noisy["approx_kl"]) > 1e-4
 
 

@@ -12,7 +12,9 @@ from tests.helpers import run_cli
 
 from vlmppo.config import load_config
 from vlmppo.errors import CheckpointError
-from vlmppo.rl import ppo
+from vlmppo.rl import train_ppo
+from vlmppo.rl.ppo import SAMPLES_PER_LOG
+from vlmppo.rl.startup import build_policy
 
 SMALL = [
     "env.n_envs=2",
@@ -32,7 +34,7 @@ def two_checkpoints(tmp_path_factory):
         "numberline-tiny",
         overrides=[*SMALL, "ppo.save_every=1", "ppo.total_env_steps=16", f"run.output_dir={root}"],
     )
-    ppo.train_ppo(cfg)
+    train_ppo(cfg)
     return root
 
 
@@ -87,13 +89,13 @@ def test_samples_of_updates_after_the_checkpoint_are_not_repeated_on_resume(tmp_
             raise Crash
 
     with pytest.raises(Crash):
-        ppo.train_ppo(cfg, on_update=crash_after_3)
+        train_ppo(cfg, on_update=crash_after_3)
     samples = tmp_path / "numberline-tiny/ppo/samples.jsonl"
     assert {json.loads(line)["update"] for line in samples.read_text().splitlines()} == {1, 2, 3}
-    ppo.train_ppo(cfg, resume="auto")
+    train_ppo(cfg, resume="auto")
     per_update = Counter(json.loads(line)["update"] for line in samples.read_text().splitlines())
     assert sorted(per_update) == [1, 2, 3, 4]
-    assert set(per_update.values()) == {ppo.SAMPLES_PER_LOG}, per_update
+    assert set(per_update.values()) == {SAMPLES_PER_LOG}, per_update
 
 
 def test_keep_last_leaves_the_newest_checkpoints_only(tmp_path):
@@ -102,7 +104,7 @@ def test_keep_last_leaves_the_newest_checkpoints_only(tmp_path):
         overrides=[*SMALL, "ppo.save_every=1", "ppo.keep_last=2", "ppo.total_env_steps=24",
                    f"run.output_dir={tmp_path}"],
     )  # fmt: skip
-    ppo.train_ppo(cfg)
+    train_ppo(cfg)
     ckpts = tmp_path / "numberline-tiny/ppo/checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["000002", "000003", "last"]
 
@@ -110,6 +112,6 @@ def test_keep_last_leaves_the_newest_checkpoints_only(tmp_path):
 def test_init_from_an_unknown_name_names_the_key_and_lists_null(tmp_path):
     cfg = load_config("numberline-tiny", overrides=[f"run.output_dir={tmp_path}", "ppo.init_from=base"])
     with pytest.raises(CheckpointError) as err:
-        ppo.build_policy(cfg, "cpu")
+        build_policy(cfg, "cpu")
     assert "(ppo.init_from=base)" in err.value.message
     assert "null" in err.value.hint and "sft" in err.value.hint

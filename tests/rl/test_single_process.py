@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from vlmppo.errors import LaunchError
-from vlmppo.rl.ppo import check_single_process
+from vlmppo.rl.startup import check_single_process
 
 MESSAGE = "multi-GPU PPO is not built yet"
 

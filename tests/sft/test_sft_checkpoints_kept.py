@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.sft.helpers import sft_config, write_color_dataset
 
-from vlmppo.sft.trainer import train_sft
+from vlmppo.sft import train_sft
 
 
 def test_resume_auto_skips_a_checkpoint_with_a_truncated_adapter_and_says_which_and_why(tmp_path):

@@ -142,7 +142,7 @@ def test_bad_dataset_gets_a_clear_error_naming_the_file_and_writes_no_checkpoint
 def test_resume_from_a_checkpoint_of_another_family_is_refused(tmp_path):
     from tests.sft.helpers import sft_config
 
-    from vlmppo.sft.trainer import train_sft
+    from vlmppo.sft import train_sft
 
     train, val = write_color_dataset(tmp_path)
     qwen = train_sft(sft_config(tmp_path, train, val, "sft.max_steps=1")).checkpoint
@@ -193,7 +193,7 @@ def test_two_processes_under_ddp_train_like_one_process_with_the_whole_batch(tmp
     from safetensors.torch import load_file
     from tests.sft.helpers import sft_config
 
-    from vlmppo.sft.trainer import train_sft
+    from vlmppo.sft import train_sft
 
     train, val = write_color_dataset(tmp_path, n_train=16, n_val=5)
     steps = ["sft.max_steps=3", "sft.eval_every=3"]
@@ -235,7 +235,7 @@ def qwen_checkpoint(tmp_path_factory):
     """One SFT step on the tiny Qwen2-VL with LoRA: a checkpoint to resume in the cases below."""
     from tests.sft.helpers import sft_config
 
-    from vlmppo.sft.trainer import train_sft
+    from vlmppo.sft import train_sft
 
     tmp = tmp_path_factory.mktemp("resume-cases")
     train, val = write_color_dataset(tmp)

@@ -15,7 +15,7 @@ def test_sft_on_expert_color_labels_reaches_95_percent_greedy_success(tmp_path):
     from vlmppo.data.label import label
     from vlmppo.data.preprocess import preprocess
     from vlmppo.envs import get_adapter, make_env
-    from vlmppo.sft.trainer import train_sft
+    from vlmppo.sft import train_sft
 
     # The preset's SFT settings (100 steps, batch 8, lr 2e-3); no dedupe, since Color has two frames only.
     cfg = load_config(

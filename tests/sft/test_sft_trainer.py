@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from tests.sft.helpers import sft_config, write_color_dataset
 
-from vlmppo.sft.trainer import train_sft
+from vlmppo.sft import train_sft
 
 
 def initial_parameters(cfg) -> dict[str, torch.Tensor]:

@@ -107,11 +107,11 @@ def measure_rollout(
         policy: The ``ActorCritic`` (from ``build_policy``).
         cfg: The resolved config (env, ``ppo.temperature``, ``ppo.max_new_tokens``, ...).
         n_envs: Envs stepped together; 1 is the batch-1 sequential baseline.
-        keep: A list that receives the timed steps' ``Step`` records (data for the update benchmark).
+        keep: A list that receives the timed steps' ``StepBatch`` records (data for the update benchmark).
         gpu_name: For the decode floor (``bench/floor.py``).
     """
     from vlmppo.bench.floor import decode_floor_ms
-    from vlmppo.rl.ppo import rollout_step
+    from vlmppo.rl.rollout import rollout_step
 
     device = policy.device
     vec = make_bench_env(cfg, n_envs)
@@ -124,14 +124,14 @@ def measure_rollout(
                 clock.reset()
                 reset_peak_memory(device)
                 start = now(device)
-            steps, actions, _ = rollout_step(policy, vec, obs, infos, cfg)
-            obs, _, _, _, infos = vec.step(actions)
+            step = rollout_step(policy, vec, obs, infos, cfg)
+            obs, _, _, _, infos = vec.step(step.actions)
             if i >= warmup:
-                env_steps += len(steps)
-                gen_tokens += sum(len(s.answer_ids) for s in steps)
-                positions += max(len(s.answer_ids) for s in steps)
+                env_steps += len(step)
+                gen_tokens += int(step.answer_lengths.sum())
+                positions += int(step.answer_lengths.max())
                 if keep is not None:
-                    keep.extend(steps)
+                    keep.append(step)
         seconds = now(device) - start
         sampled = clock.last_result["sample"]
         prompt_tokens, image_tokens = _prompt_stats(sampled, image_token_id)

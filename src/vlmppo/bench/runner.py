@@ -158,7 +158,7 @@ def run_bench(
 
     from vlmppo.accel import make_accelerator, precision_for
     from vlmppo.models.generation import resolve_decoder
-    from vlmppo.rl.ppo import build_policy
+    from vlmppo.rl.startup import build_policy
     from vlmppo.sysinfo import resolve_device
 
     check_repeats(repeats)

@@ -48,44 +48,60 @@ class UpdateRow:
         return self.tokens / self.seconds
 
 
-def _micro_step(policy, steps, targets, idx, cfg, weight: float) -> tuple[int, int, float]:
+def recorded_buffer(cfg, steps: list, seed: int):
+    """The recorded ``StepBatch`` es as a rollout buffer with made-up (seeded) advantages, returns = values +
+    advantages, and no rewards (the update never reads them)."""
+    from vlmppo.rl.buffer import RolloutBuffer
+
+    buffer = RolloutBuffer(len(steps), len(steps[0]), cfg.ppo.max_new_tokens)
+    for step in steps:
+        nothing = torch.zeros(len(step))
+        buffer.add(step, nothing, nothing.bool(), nothing.bool(), nothing)
+    buffer.advantages = torch.randn(
+        buffer.n_steps, buffer.n_envs, generator=torch.Generator().manual_seed(seed)
+    )
+    buffer.returns = buffer.values + buffer.advantages
+    return buffer
+
+
+def _micro_step(policy, buffer, indices, cfg, weight: float) -> tuple[int, int, float]:
     """Forward + backward of one micro-batch; returns (real tokens, padded tokens, collate seconds)."""
     from vlmppo.rl.logprob import mixed_action_logprob
     from vlmppo.rl.losses import policy_loss, value_loss
-    from vlmppo.rl.ppo import collate
+    from vlmppo.rl.update import collate
 
     p, device = cfg.ppo, policy.device
     start = now(device)
-    sampled, masks = collate(policy, [steps[i] for i in idx])
+    samples = buffer.samples(indices)
+    sampled, masks = collate(policy, samples)
     collate_s = now(device) - start
     token_logp, values = policy.score(sampled, temperature=p.temperature)
     new_logp = mixed_action_logprob(
         token_logp, masks["thought"], masks["action"], p.thought_coef, masks["key"], p.action_key_coef
     )
-    old_logp, adv, old_values, returns = (t[idx].to(device) for t in targets)
-    pl, _ = policy_loss(new_logp, old_logp, adv, p.clip_range)
-    vl = value_loss(values, old_values, returns, p.clip_range_vf)
-    ((pl + p.vf_coef * vl) * weight).backward()
+    surrogate, _ = policy_loss(
+        new_logp, samples.old_logp.to(device), samples.advantages.to(device), p.clip_range
+    )
+    critic = value_loss(values, samples.old_values.to(device), samples.returns.to(device), p.clip_range_vf)
+    ((surrogate + p.vf_coef * critic) * weight).backward()
     return int(sampled.attention_mask.sum()), sampled.attention_mask.numel(), collate_s
 
 
 def measure_update(policy, cfg, steps: list, *, repeats: int) -> UpdateRow:
-    """Time `repeats` passes over `steps` in minibatches of micro-batches, after one warm-up minibatch.
+    """Time `repeats` passes over `steps` (the rollout benchmark's ``StepBatch`` es) in minibatches of
+    micro-batches, after one warm-up minibatch.
 
-    Minibatches are ``min(ppo.minibatch_size, len(steps))`` samples (the rollout benchmark records fewer
+    Minibatches are ``min(ppo.minibatch_size, recorded steps)`` samples (the rollout benchmark records fewer
     samples than a real rollout), micro-batches ``ppo.micro_batch_size``, as in the PPO loop.
     """
     p, device = cfg.ppo, policy.device
     model = policy.loaded.model
     params = [q for q in model.parameters() if q.requires_grad] + list(policy.value_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=p.lr, eps=p.adam_eps, weight_decay=p.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.run.seed)
-    old_logp = torch.tensor([s.old_logp for s in steps])
-    old_values = torch.tensor([s.value for s in steps])
-    adv = torch.randn(len(steps), generator=gen)
-    targets = (old_logp, adv, old_values, old_values + adv)
-    micro = min(p.micro_batch_size, len(steps))
-    minibatch = max(micro, min(p.minibatch_size, len(steps)) // micro * micro)
+    buffer = recorded_buffer(cfg, steps, cfg.run.seed)
+    micro = min(p.micro_batch_size, buffer.size)
+    minibatch = max(micro, min(p.minibatch_size, buffer.size) // micro * micro)
+    gen = torch.Generator()
 
     def one_pass(order) -> tuple[int, int, int, float]:
         samples = tokens = padded = 0
@@ -94,7 +110,7 @@ def measure_update(policy, cfg, steps: list, *, repeats: int) -> UpdateRow:
             idx = order[start : start + minibatch]
             optimizer.zero_grad(set_to_none=True)
             for m in range(0, len(idx), micro):
-                t, pt, c = _micro_step(policy, steps, targets, idx[m : m + micro], cfg, micro / len(idx))
+                t, pt, c = _micro_step(policy, buffer, idx[m : m + micro], cfg, micro / len(idx))
                 samples, tokens, padded, collate_s = samples + micro, tokens + t, padded + pt, collate_s + c
             torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
             optimizer.step()
@@ -106,7 +122,7 @@ def measure_update(policy, cfg, steps: list, *, repeats: int) -> UpdateRow:
     start = now(device)
     totals = [0, 0, 0, 0.0]
     for r in range(repeats):
-        order = torch.randperm(len(steps), generator=gen.manual_seed(cfg.run.seed + r)).tolist()
+        order = torch.randperm(buffer.size, generator=gen.manual_seed(cfg.run.seed + r)).tolist()
         totals = [a + b for a, b in zip(totals, one_pass(order), strict=True)]
     seconds = now(device) - start
     model.eval()

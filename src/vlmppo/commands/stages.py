@@ -154,7 +154,7 @@ def sft(
 
     from vlmppo.console import console
     from vlmppo.quiet import quiet_libraries
-    from vlmppo.sft.trainer import train_sft
+    from vlmppo.sft import train_sft
 
     save_resolved_config(cfg)
     # Under a launcher (torchrun/accelerate: RANK is set) only the first process draws and prints.
@@ -234,7 +234,9 @@ def ppo(
         return print_dry_run(cfg, "ppo")
     from vlmppo.console import console
     from vlmppo.errors import LaunchError
-    from vlmppo.rl.ppo import check_resume_config, check_single_process, find_resume_checkpoint, train_ppo
+    from vlmppo.rl import train_ppo
+    from vlmppo.rl.checkpointing import check_resume_config, find_resume_checkpoint
+    from vlmppo.rl.startup import check_single_process
 
     try:
         check_single_process()

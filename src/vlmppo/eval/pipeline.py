@@ -228,11 +228,11 @@ def _run_stage(cfg: Config, stage: str, progress, resume: bool):
 
             return preprocess(cfg)
         if stage == "sft":
-            from vlmppo.sft.trainer import train_sft
+            from vlmppo.sft import train_sft
 
             return train_sft(cfg, on_step=report, resume="auto" if resume else None)
         if stage == "ppo":
-            from vlmppo.rl.ppo import train_ppo
+            from vlmppo.rl import train_ppo
 
             return train_ppo(cfg, on_update=report, resume="auto" if resume else None)
         from vlmppo.eval.report import read_baselines

@@ -133,7 +133,7 @@ class _CheckpointActor:
             return [None] * len(observations)
         from vlmppo.rl.rollout import state_values
 
-        return [float(v) for v in state_values(self.critic, observations, infos, adapter, self.cfg)]
+        return [float(v) for v in state_values(self.critic, observations, infos, adapter)]
 
 
 def check_adapter_family(path: Path, family: str) -> None:

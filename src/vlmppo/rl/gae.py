@@ -1,10 +1,12 @@
 """Generalised advantage estimation over a vectorised, auto-resetting rollout.
 
-Pure tensor math, no model or env: the PPO loop calls `compute_gae` once per rollout and
-`normalize_advantages` on the flattened batch.
+Pure tensor math, no model or env: the rollout buffer (``rl/buffer.py``) calls `compute_gae` once per
+rollout and `normalize_advantages` on the flattened batch.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -100,7 +102,20 @@ def compute_gae(
     return advantages, advantages + v
 
 
-def normalize_advantages(adv: Tensor, eps: float = 1e-8) -> Tensor:
+def advantage_moments(adv: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and population standard deviation of all elements of ``adv`` (``[...]`` float32).
+
+    The statistics of one process's advantages: a data-parallel run replaces this function with one that
+    all-reduces the sums over ranks, so every rank normalises by the statistics of the whole rollout.
+    """
+    return adv.mean(), adv.std(unbiased=False)
+
+
+def normalize_advantages(
+    adv: Tensor,
+    eps: float = 1e-8,
+    moments: Callable[[Tensor], tuple[Tensor, Tensor]] = advantage_moments,
+) -> Tensor:
     """Standardise advantages to zero mean and unit standard deviation over all elements.
 
     Uses the population standard deviation (``unbiased=False``) so a batch of one, or of equal
@@ -109,9 +124,11 @@ def normalize_advantages(adv: Tensor, eps: float = 1e-8) -> Tensor:
     Args:
         adv: [...] float advantages (usually the flattened [T * N] batch).
         eps: added to the standard deviation to avoid dividing by zero.
+        moments: ``adv`` (float32) -> its (mean, std); ``advantage_moments`` in one process.
 
     Returns:
         Tensor of the same shape, float32.
     """
     adv = adv.to(torch.float32)
-    return (adv - adv.mean()) / (adv.std(unbiased=False) + eps)
+    mean, std = moments(adv)
+    return (adv - mean) / (std + eps)

@@ -68,7 +68,7 @@ class Sampled:
 SCORE_CHUNK_VALUES = 2**27
 
 
-def answer_mask_from_ids(answer_ids: torch.Tensor, eos_id: int, pad_id: int | None) -> torch.Tensor:
+def answer_mask_from_ids(answer_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     """[B, T] ids -> [B, T] bool: tokens up to and including the first eos; nothing after it."""
     is_eos = answer_ids == eos_id
     after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
@@ -163,7 +163,7 @@ class ActorCritic:
             )
         prompt_len = batch["input_ids"].shape[1]
         answers = out[:, prompt_len:]
-        mask = answer_mask_from_ids(answers, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        mask = answer_mask_from_ids(answers, tokenizer.eos_token_id)
         extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
         texts = tokenizer.batch_decode(
             answers.masked_fill(~mask, tokenizer.pad_token_id), skip_special_tokens=True

@@ -10,56 +10,56 @@ anything non-finite can be checkpointed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from vlmppo.config import Config
 from vlmppo.errors import VlmppoError
+from vlmppo.rl.buffer import RolloutBuffer, Samples
 from vlmppo.rl.logprob import mixed_action_logprob
 from vlmppo.rl.losses import entropy_from_logits, kl_to_reference, policy_loss, value_loss
 from vlmppo.rl.policy import ActorCritic, Sampled
-from vlmppo.rl.rollout import Step
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 class TrainingDiverged(VlmppoError):
     """The loss or gradients stayed NaN/inf for too many minibatches in a row."""
 
 
-@dataclass
-class UpdateTargets:
-    """Per flattened step: old log-prob, old value, normalised advantage, return."""
-
-    old_logp: torch.Tensor
-    old_values: torch.Tensor
-    advantages: torch.Tensor
-    returns: torch.Tensor
-
-
-def collate(policy: ActorCritic, steps: list[Step]) -> tuple[Sampled, dict[str, torch.Tensor]]:
+def collate(policy: ActorCritic, samples: Samples) -> tuple[Sampled, dict[str, torch.Tensor]]:
     """Rebuild the prompt batch and append the answer ids (right-padded): the input the rollout scored.
 
+    Args:
+        policy: The actor-critic (its processor builds the prompts; tensors go to its device).
+        samples: ``B`` rollout steps (``RolloutBuffer.samples``): frames, prompt texts, answer ids
+            ``[B, W]`` with ``answer_mask`` ``[B, W]``, ``W`` the longest of their answers.
+
     Returns:
-        The batch to score, and its [B, T] bool token masks ``thought``, ``action``, ``key``.
+        ``(sampled, masks)`` on the policy's device:
+
+        - ``sampled.sequences``: ``[B, P + W]`` long, the left-padded prompt ids (``P`` = the longest
+          prompt) followed by the answer ids, the tokenizer's pad id after each answer;
+        - ``sampled.attention_mask``: ``[B, P + W]`` long, 1 on prompt and answer tokens;
+        - ``sampled.answer_mask``: ``[B, W]`` bool; ``sampled.prompt_len``: ``P``;
+        - ``sampled.extra``: the prompt batch's other inputs, by family: Qwen2-VL / Qwen2.5-VL
+          ``pixel_values`` ``[n_patches, D]`` with ``image_grid_thw`` ``[B, 3]`` and ``mm_token_type_ids``
+          ``[B, P]``; LLaVA ``pixel_values`` ``[B, C, H, W]``; LLaVA-NeXT ``pixel_values``
+          ``[B, n_tiles, C, H, W]`` with ``image_sizes`` ``[B, 2]``;
+        - ``masks``: ``thought``, ``action``, ``key``: ``[B, W]`` bool token masks of the answers.
     """
     from vlmppo.models.generation import to_pil
     from vlmppo.models.inputs import build_inputs
 
-    tok = policy.loaded.tokenizer
-    batch = build_inputs(policy.loaded, [to_pil(s.image) for s in steps], [s.prompt for s in steps])
+    batch = build_inputs(policy.loaded, [to_pil(image) for image in samples.images], samples.prompts)
     batch = batch.to(policy.device)
-    width = max(len(s.answer_ids) for s in steps)
-    answers = torch.full((len(steps), width), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(steps), width), dtype=torch.bool)
-    masks = {name: torch.zeros_like(mask) for name in ("thought", "action", "key")}
-    for i, s in enumerate(steps):
-        n = len(s.answer_ids)
-        answers[i, :n] = torch.tensor(s.answer_ids)
-        mask[i, :n] = True
-        for name in masks:
-            masks[name][i, :n] = torch.tensor(getattr(s, f"{name}_mask"), dtype=torch.bool)
-    answers, mask = answers.to(policy.device), mask.to(policy.device)
-    extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+    pad_id = policy.loaded.tokenizer.pad_token_id
+    answers = samples.answer_ids.masked_fill(~samples.answer_mask, pad_id).to(policy.device)
+    mask = samples.answer_mask.to(policy.device)
+    extra = {key: value for key, value in batch.items() if key not in ("input_ids", "attention_mask")}
     sampled = Sampled(
         sequences=torch.cat([batch["input_ids"], answers], dim=1),
         attention_mask=torch.cat([batch["attention_mask"], mask.long()], dim=1),
@@ -68,7 +68,8 @@ def collate(policy: ActorCritic, steps: list[Step]) -> tuple[Sampled, dict[str, 
         extra=extra,
         texts=[],
     )
-    return sampled, {name: m.to(policy.device) for name, m in masks.items()}
+    masks = {"thought": samples.thought_mask, "action": samples.action_mask, "key": samples.key_mask}
+    return sampled, {name: mask.to(policy.device) for name, mask in masks.items()}
 
 
 class BadMinibatchGuard:
@@ -92,43 +93,38 @@ class BadMinibatchGuard:
             )
 
 
-def micro_loss(
-    policy: ActorCritic, steps: list[Step], targets: UpdateTargets, idx, cfg
-) -> tuple[torch.Tensor, dict]:
+def micro_loss(policy: ActorCritic, samples: Samples, cfg: Config) -> tuple[torch.Tensor, dict[str, float]]:
     """The PPO loss of one micro-batch (a mean over its samples) and its statistics."""
-    p, device = cfg.ppo, policy.device
-    sampled, masks = collate(policy, [steps[i] for i in idx])
+    ppo, device = cfg.ppo, policy.device
+    sampled, masks = collate(policy, samples)
     action = masks["action"]
-    token_logp, new_values, logits = policy.score(sampled, temperature=p.temperature, return_logits=True)
+    token_logp, new_values, logits = policy.score(sampled, temperature=ppo.temperature, return_logits=True)
     new_logp = mixed_action_logprob(
-        token_logp, masks["thought"], action, p.thought_coef, masks["key"], p.action_key_coef
+        token_logp, masks["thought"], action, ppo.thought_coef, masks["key"], ppo.action_key_coef
     )
-    pl, st = policy_loss(
-        new_logp, targets.old_logp[idx].to(device), targets.advantages[idx].to(device), p.clip_range
+    surrogate, ratio_stats = policy_loss(
+        new_logp, samples.old_logp.to(device), samples.advantages.to(device), ppo.clip_range
     )
-    vl = value_loss(
-        new_values, targets.old_values[idx].to(device), targets.returns[idx].to(device), p.clip_range_vf
+    critic = value_loss(
+        new_values, samples.old_values.to(device), samples.returns.to(device), ppo.clip_range_vf
     )
     # Entropy of the action tokens only: gather those rows first (not a [B, T, V] pass); without an
     # entropy bonus it is a diagnostic and carries no gradient.
-    action_logits = (logits if p.ent_coef else logits.detach())[action]
+    action_logits = (logits if ppo.ent_coef else logits.detach())[action]
     entropy = entropy_from_logits(
         action_logits[None], torch.ones(action_logits.shape[:1], dtype=torch.bool, device=logits.device)[None]
     )
-    loss = pl + p.vf_coef * vl - p.ent_coef * entropy
+    loss = surrogate + ppo.vf_coef * critic - ppo.ent_coef * entropy
     stats = {
-        "policy_loss": pl.item(),
-        "value_loss": vl.item(),
+        "policy_loss": surrogate.item(),
+        "value_loss": critic.item(),
         "entropy": entropy.item(),
-        "approx_kl": st["approx_kl"].item(),
-        "clip_frac": st["clip_frac"].item(),
+        "approx_kl": ratio_stats["approx_kl"].item(),
+        "clip_frac": ratio_stats["clip_frac"].item(),
     }
-    if p.kl_coef:  # the reference's log-probs were computed once, at rollout time
-        ref_logp = torch.zeros_like(token_logp)
-        for row, i in enumerate(idx):
-            ref_logp[row, : len(steps[i].ref_logp)] = torch.tensor(steps[i].ref_logp)
-        kl = kl_to_reference(token_logp, ref_logp, sampled.answer_mask)
-        loss = loss + p.kl_coef * kl
+    if ppo.kl_coef:  # the reference's log-probs were computed once, at rollout time
+        kl = kl_to_reference(token_logp, samples.ref_logp.to(device), sampled.answer_mask)
+        loss = loss + ppo.kl_coef * kl
         stats["kl_ref"] = kl.item()
     return loss, stats
 
@@ -136,52 +132,48 @@ def micro_loss(
 def ppo_epochs(
     policy: ActorCritic,
     optimizer: torch.optim.Optimizer,
-    steps: list[Step],
-    targets: UpdateTargets,
-    cfg,
+    buffer: RolloutBuffer,
+    cfg: Config,
     rng: np.random.Generator,
     guard: BadMinibatchGuard,
-    accelerator=None,
-) -> dict:
-    """``ppo.n_epochs`` passes of shuffled minibatches; returns mean statistics of this update.
+    accelerator: Accelerator | None = None,
+) -> dict[str, float]:
+    """``ppo.n_epochs`` passes of shuffled minibatches over ``buffer``; returns the update's mean statistics.
 
     ``accelerator``: the run's `accelerate.Accelerator`; its backward and gradient clipping are used
     (what a launched multi-process run needs). None: plain torch, as in the unit tests.
     """
-    p = cfg.ppo
+    ppo = cfg.ppo
     backward = accelerator.backward if accelerator is not None else torch.Tensor.backward
     clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
-    params = [q for group in optimizer.param_groups for q in group["params"]]
+    params = [param for group in optimizer.param_groups for param in group["params"]]
     stats: dict[str, list[float]] = {}
     optimizer_steps, stopped_early = 0, False
     policy.loaded.model.train()
-    for _epoch in range(p.n_epochs):
-        order = rng.permutation(len(steps))
-        for start in range(0, len(steps) - p.minibatch_size + 1, p.minibatch_size):
-            idx = order[start : start + p.minibatch_size]
+    for _epoch in range(ppo.n_epochs):
+        for minibatch in buffer.minibatches(ppo.minibatch_size, rng):
             optimizer.zero_grad(set_to_none=True)
-            minibatch: dict[str, list[float]] = {}
+            minibatch_stats: dict[str, list[float]] = {}
             finite = True
-            for m in range(0, len(idx), p.micro_batch_size):
-                micro = idx[m : m + p.micro_batch_size]
-                loss, st = micro_loss(policy, steps, targets, micro, cfg)
+            for samples in minibatch.micro_batches(ppo.micro_batch_size):
+                loss, micro_stats = micro_loss(policy, samples, cfg)
                 if not torch.isfinite(loss):
                     finite = False
                     break
-                backward(loss * len(micro) / len(idx))
-                for k, v in st.items():
-                    minibatch.setdefault(k, []).append(v)
+                backward(loss * len(samples) / len(minibatch))
+                for key, value in micro_stats.items():
+                    minibatch_stats.setdefault(key, []).append(value)
             if not finite:
                 optimizer.zero_grad(set_to_none=True)
                 guard.bad("the loss")
                 continue
             # SB3's rule: once the policy has moved too far from the rollout's, stop this update's epochs
             # without taking the step (approx_kl was measured at the current parameters, before it).
-            if p.target_kl is not None and np.mean(minibatch["approx_kl"]) > 1.5 * p.target_kl:
+            if ppo.target_kl is not None and np.mean(minibatch_stats["approx_kl"]) > 1.5 * ppo.target_kl:
                 optimizer.zero_grad(set_to_none=True)
                 stopped_early = True
                 break
-            grad_norm = float(clip(params, p.max_grad_norm))
+            grad_norm = float(clip(params, ppo.max_grad_norm))
             if not math.isfinite(grad_norm):
                 optimizer.zero_grad(set_to_none=True)
                 guard.bad("the gradient norm")
@@ -189,12 +181,12 @@ def ppo_epochs(
             optimizer.step()
             optimizer_steps += 1
             guard.good()
-            minibatch["grad_norm"] = [grad_norm]
-            for k, v in minibatch.items():
-                stats.setdefault(k, []).append(float(np.mean(v)))
+            minibatch_stats["grad_norm"] = [grad_norm]
+            for key, values in minibatch_stats.items():
+                stats.setdefault(key, []).append(float(np.mean(values)))
         if stopped_early:
             break
-    out = {f"train/{k}": float(np.mean(v)) for k, v in stats.items()}
+    out = {f"train/{key}": float(np.mean(values)) for key, values in stats.items()}
     out["train/optimizer_steps"] = optimizer_steps
     out["train/early_stopped"] = float(stopped_early)
     out["train/bad_minibatches"] = guard.total

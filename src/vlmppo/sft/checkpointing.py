@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -26,6 +27,9 @@ from vlmppo.checkpoints import (
 )
 from vlmppo.config import config_to_yaml, run_dir
 from vlmppo.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from vlmppo.sft.startup import SftRun
 
 
 def checkpoints_dir(cfg) -> Path:
@@ -117,22 +121,81 @@ def config_changes(path: Path, cfg, sections: tuple[str, ...] = ("model", "sft")
     saved = yaml.safe_load(saved_file.read_text()) or {}
     now = yaml.safe_load(config_to_yaml(cfg))
 
-    def flat(d, prefix=""):
+    def flat(tree, prefix=""):
         out = {}
-        for k, v in (d or {}).items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
+        for key, value in (tree or {}).items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
             else:
-                out[f"{prefix}{k}"] = v
+                out[f"{prefix}{key}"] = value
         return out
 
     changes = []
     for section in sections:
-        a, b = flat(saved.get(section), f"{section}."), flat(now.get(section), f"{section}.")
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                changes.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+        old, new = flat(saved.get(section), f"{section}."), flat(now.get(section), f"{section}.")
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                changes.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return changes
+
+
+def save_run(run: SftRun, row: dict) -> Path:
+    """A numbered checkpoint of ``run`` at its current step, atomically (every rank takes part under
+    DeepSpeed: each writes its shard of the optimizer state, ZeRO-3 gathers the weights on all ranks)."""
+    from vlmppo.checkpoints import protected_checkpoints, save_checkpoint
+    from vlmppo.sft.steps import sum_over_ranks
+    from vlmppo.train_state import save_trainer_state
+
+    cfg, accelerator, progress = run.cfg, run.accelerator, run.progress
+    root = checkpoints_dir(cfg)
+    deepspeed_dir = root / f".{progress.step:06d}.deepspeed"
+    if run.ds_stage:
+        accelerator.save_state(str(deepspeed_dir))  # sharded optimizer state: every rank writes its part
+    weights = accelerator.get_state_dict(run.model) if run.ds_stage == 3 else None  # gathered on all ranks
+    counts = sum_over_ranks(accelerator, run.collator.truncated, run.collator.skipped)
+    truncated, skipped = (int(count) for count in counts)
+    path = root / f"{progress.step:06d}"
+    if run.main:
+
+        def write(folder: Path) -> None:
+            accelerator.unwrap_model(run.model).save_pretrained(folder, state_dict=weights)
+            run.loaded.processor.save_pretrained(folder)
+            (folder / "config.yaml").write_text(config_to_yaml(cfg))
+            if run.ds_stage:
+                deepspeed_dir.rename(folder / "deepspeed")
+            save_trainer_state(
+                folder,
+                {
+                    "stage": "sft",
+                    "step": progress.step,
+                    "micro": progress.micro,
+                    "samples_seen": progress.samples_seen,
+                    "best_eval": progress.best_eval,
+                    "bad_evals": progress.bad_evals,
+                    "eval_loss": progress.eval_loss,
+                    "eval_acc": progress.eval_acc,
+                    "truncated": truncated,
+                    "skipped": skipped,
+                    "early_stopped": progress.early_stopped,
+                    "optimizer": None if run.ds_stage else run.optimizer.state_dict(),
+                    "total_steps": run.counts.total_steps,
+                },
+            )
+
+        meta = {
+            "stage": "sft",
+            "family": cfg.model.family,
+            "base_model": run.base_model,
+            "lora": cfg.model.lora is not None,
+            "epoch": run.counts.epoch_at(progress.micro),
+            "metrics": row,
+            **(run.tracker.checkpoint_meta() if run.tracker is not None else {}),  # the W&B run to continue
+        }
+        keep = {"keep_last": cfg.sft.keep_last, "protect": protected_checkpoints(cfg)}
+        path = save_checkpoint(root, progress.step, meta, write, **keep)
+    accelerator.wait_for_everyone()
+    run.saved_at = progress.step
+    return path
 
 
 def drop_final_rows(metrics: Path) -> None:
@@ -161,7 +224,9 @@ def write_final(checkpoint: Path, extra_meta: dict) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns("trainer_state.pt"))
         meta = {**read_meta(checkpoint), **extra_meta, "final": True, "from_checkpoint": checkpoint.name}
-        meta["files"] = {k: v for k, v in (meta.get("files") or {}).items() if (tmp / k).is_file()}
+        meta["files"] = {
+            name: entry for name, entry in (meta.get("files") or {}).items() if (tmp / name).is_file()
+        }
         (tmp / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         if final.exists():
             old = root / f".final.old-{os.getpid()}"

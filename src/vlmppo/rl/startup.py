@@ -1,0 +1,273 @@
+"""A PPO run's start: the checks, the actor-critic, its optimizer and LR schedule, the envs — fresh or resumed.
+
+``start_run`` is what ``train_ppo`` does before its loop; what it returns (``PpoRun``) is what the loop works
+with and what a checkpoint saves (``rl/checkpointing.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from vlmppo.config import Config, run_dir
+from vlmppo.errors import CheckpointError, ConfigError, LaunchError
+from vlmppo.rl.policy import REFERENCE_ADAPTER, ActorCritic, ValueHead, hidden_size
+from vlmppo.rl.update import BadMinibatchGuard
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from vlmppo.envs.vec_env import VecEnv
+
+INIT_CHOICES = "null (start from model.path), sft, ppo, last or a checkpoint folder"
+
+
+@dataclass
+class PpoRun:
+    """What the PPO loop works with; a checkpoint saves all of it but the config and the policy's frozen parts.
+
+    Attributes:
+        out: ``runs/<name>/ppo``.
+        accelerator: The run's ``accelerate.Accelerator`` (bf16 autocast on a GPU, backward, clipping).
+        rng: The minibatch order's generator.
+        vec, obs, infos: The vector env and its current observations (pickled mid-episode on save).
+        recent_episodes: The last finished episodes (``rollout/*`` rates average over them).
+        total_updates: Updates the whole run makes.
+        update: The update in progress (after a resume: the checkpoint's, which the loop continues from).
+        env_steps: Env steps taken so far.
+        checkpoint: The newest checkpoint written (or resumed from); ``saved_update`` its update.
+        resume_changes: Settings changed since the resumed checkpoint (``key: old -> new``).
+    """
+
+    cfg: Config
+    out: Path
+    device: str
+    accelerator: Accelerator
+    policy: ActorCritic
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    rng: np.random.Generator
+    guard: BadMinibatchGuard
+    total_updates: int
+    vec: VecEnv | None = None
+    obs: list[np.ndarray] = field(default_factory=list)
+    infos: list[dict] = field(default_factory=list)
+    recent_episodes: deque = field(default_factory=deque)
+    update: int = 0
+    env_steps: int = 0
+    checkpoint: Path | None = None
+    saved_update: int = 0
+    resume_changes: list[str] = field(default_factory=list)
+
+
+def start_run(cfg: Config, resume: str | None) -> PpoRun:
+    """Everything the loop needs, after every check a user can fail: one process, a LoRA model for a KL
+    penalty, no fresh run over an existing one, no resume that changes what the checkpoint fixes.
+
+    The order of what draws random numbers is that of a fresh run, and a resume restores every stream
+    last, so 4 updates straight equal 2 updates + resume + 2.
+    """
+    from vlmppo.accel import make_accelerator, precision_for
+    from vlmppo.checkpoints import latest_checkpoint
+    from vlmppo.config.plan import ppo_counts
+    from vlmppo.rl.checkpointing import check_resume_config, find_resume_checkpoint, restore_run
+    from vlmppo.rl.schedule import make_cosine_scheduler
+    from vlmppo.sysinfo import resolve_device
+
+    check_single_process()
+    ppo = cfg.ppo
+    check_kl_reference(cfg)
+    device = resolve_device(cfg)
+    # Single process for now (one GPU or the CPU; check_single_process); the Accelerator gives bf16 autocast
+    # on a GPU, and its backward/clipping are what a launched multi-process run will need.
+    accelerator = make_accelerator(device, precision_for(ppo.mixed_precision, device))
+    check_single_process(accelerator)
+    out = run_dir(cfg) / "ppo"
+    out.mkdir(parents=True, exist_ok=True)
+    resume_from = find_resume_checkpoint(cfg, resume)
+    if resume_from is None and latest_checkpoint(out / "checkpoints") is not None:
+        raise CheckpointError(
+            f"{out / 'checkpoints'} already has checkpoints of a PPO run; a fresh run would mix with them.",
+            hint="Continue it with --resume auto, or start a new run with another run.name (or delete the folder).",
+        )
+    changes = check_resume_config(resume_from, cfg) if resume_from is not None else []
+    torch.manual_seed(cfg.run.seed)
+    policy = build_policy(cfg, device, resume_from, accelerator)
+    optimizer = make_optimizer(policy, cfg)
+    total_updates = ppo_counts(cfg)["updates"]
+    run = PpoRun(
+        cfg, out, device, accelerator, policy, optimizer,
+        # The value head's group keeps its ratio to the policy LR as both follow the cosine.
+        make_cosine_scheduler(optimizer, total_updates, ppo.lr, ppo.min_lr, proportional_groups=True),
+        np.random.default_rng(cfg.run.seed), BadMinibatchGuard(ppo.max_bad_minibatches), total_updates,
+        recent_episodes=deque(maxlen=max(cfg.env.n_envs, 10)), checkpoint=resume_from, resume_changes=changes,
+    )  # fmt: skip
+    if resume_from is not None:
+        restore_run(run, resume_from)
+    else:
+        start_envs(run)
+    if torch.cuda.is_available() and device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    return run
+
+
+def start_envs(run: PpoRun) -> None:
+    """A fresh run: a fresh sample log, the vector env of ``cfg.env`` and its first observations."""
+    from vlmppo.envs import make_vec_env
+
+    env = run.cfg.env
+    (run.out / "samples.jsonl").unlink(missing_ok=True)
+    run.vec = make_vec_env(
+        env.id,
+        env.n_envs,
+        run.cfg.run.seed,
+        prompt=env.prompt,
+        max_episode_steps=env.max_episode_steps,
+        observation=env.observation,
+        tile_size=env.tile_size,
+        **env.kwargs,
+    )
+    run.obs, run.infos = run.vec.reset()
+
+
+def check_single_process(accelerator: Accelerator | None = None) -> None:
+    """LaunchError when started as several processes (torchrun / ``accelerate launch``: ``WORLD_SIZE`` > 1):
+    PPO has no data-parallel rollouts or updates yet, so each process would run its own copy of the run
+    and all would write the same run folder."""
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if accelerator is not None:
+        world = max(world, accelerator.num_processes)
+    if world > 1:
+        raise LaunchError(
+            f"`vlmppo ppo` runs as one process (multi-GPU PPO is not built yet), but it was launched as {world} "
+            "processes, which would each run the whole run into the same folder.",
+            hint="Start it without a launcher (`vlmppo ppo ...`: one GPU or the CPU); for SLURM, render the "
+            "job with slurm.nodes=1 slurm.gpus_per_node=1.",
+        )
+
+
+def check_kl_reference(cfg: Config) -> None:
+    """ConfigError for a KL penalty without LoRA: there would be no frozen reference to compare with."""
+    if cfg.ppo.kl_coef and cfg.model.lora is None:
+        raise ConfigError(
+            "ppo.kl_coef > 0 needs a LoRA model: the KL reference is the starting adapter (or the model with "
+            "the adapter disabled), and full fine-tuning keeps no frozen copy of the starting model.",
+            hint="Set model.lora (e.g. model.lora.r=64) or ppo.kl_coef=0.",
+        )
+
+
+def check_lora_layout(path: Path, cfg: Config) -> None:
+    """A resumed adapter must have the layout the config asks for (else the run silently changes)."""
+    adapter = json.loads((path / "adapter_config.json").read_text())
+    want = cfg.model.lora
+    if want is None:
+        raise CheckpointError(
+            f"{path} is a LoRA adapter, but model.lora is null (full fine-tuning).",
+            hint="Resume with the LoRA settings the run started with.",
+        )
+    if (adapter.get("r"), adapter.get("lora_alpha")) != (want.r, want.alpha):
+        raise CheckpointError(
+            f"{path} has LoRA r={adapter.get('r')} alpha={adapter.get('lora_alpha')}, but the config asks for "
+            f"model.lora.r={want.r} alpha={want.alpha}.",
+            hint="Resume with the LoRA settings the run started with, or start a new run (another run.name).",
+        )
+
+
+def build_policy(
+    cfg: Config, device: str, resume_from: Path | None = None, accelerator: Accelerator | None = None
+) -> ActorCritic:
+    """The actor-critic: base model + LoRA (fresh, from ``ppo.init_from``, or from a checkpoint being
+    resumed) + value head (fresh, or the checkpoint's when resuming). With an ``accelerator``, its
+    autocast (bf16 mixed precision) wraps the model's forward passes."""
+    from vlmppo.checkpoints import base_model_for, check_family, resolve_checkpoint
+    from vlmppo.models import load_model
+    from vlmppo.models.generation import resolve_decoder
+
+    source = resume_from
+    if source is None and cfg.ppo.init_from:
+        source = resolve_checkpoint(
+            run_dir(cfg), cfg.ppo.init_from, key="ppo.init_from", choices=INIT_CHOICES
+        )
+    if source is None:
+        loaded = load_model(cfg.model, device=device, for_training=True)
+    elif (source / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        meta = check_family(source, cfg.model.family)
+        if resume_from is not None:
+            check_lora_layout(source, cfg)
+        base = cfg.model.model_copy(update={"path": base_model_for(source, meta, cfg.model), "lora": None})
+        loaded = load_model(base, device=device, for_training=False)
+        loaded.model = PeftModel.from_pretrained(loaded.model, str(source), is_trainable=True)
+        if cfg.model.gradient_checkpointing:  # load_model only turns it on for a model it trains
+            loaded.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:  # a full model folder: train it as configured (fully, or with a fresh LoRA on top)
+        check_family(source, cfg.model.family)
+        loaded = load_model(
+            cfg.model.model_copy(update={"path": str(source)}), device=device, for_training=True
+        )
+    if cfg.ppo.kl_coef and (reference := reference_adapter(cfg, resume_from)) is not None:
+        # The KL anchor: the adapter PPO started from, frozen (ActorCritic.reference_logprobs says why).
+        loaded.model.load_adapter(str(reference), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+    disable_dropout(loaded.model)
+    head = ValueHead(hidden_size(loaded.model))
+    if resume_from is not None:
+        from safetensors.torch import load_file
+
+        head.load_state_dict(load_file(str(resume_from / "value_head.safetensors")))
+    return ActorCritic(
+        loaded,
+        head,
+        device,
+        merged_sampling=uses_merged_sampling(cfg, device),
+        autocast=accelerator.autocast if accelerator is not None else contextlib.nullcontext,
+        decoder=resolve_decoder(cfg.model.decoder, device),
+    )
+
+
+def reference_adapter(cfg: Config, resume_from: Path | None) -> Path | None:
+    """The folder of the KL reference adapter: the resumed checkpoint's ``reference/`` (peft saves it with
+    every checkpoint), else the ``ppo.init_from`` adapter; None when PPO started from a fresh LoRA (or a
+    full model folder), whose reference is the model with the adapter disabled."""
+    from vlmppo.checkpoints import resolve_checkpoint
+
+    if resume_from is not None and (resume_from / REFERENCE_ADAPTER / "adapter_config.json").is_file():
+        return resume_from / REFERENCE_ADAPTER
+    if cfg.ppo.init_from:
+        start = resolve_checkpoint(run_dir(cfg), cfg.ppo.init_from)
+        if (start / "adapter_config.json").is_file():
+            return start
+    return None
+
+
+def disable_dropout(model) -> None:
+    """PPO trains without dropout (as TRL does): the update's first forward then scores exactly what the
+    rollout scored, so the ratio starts at 1 and clipping measures the policy's change, not dropout noise.
+    Train mode stays on for the update (gradient checkpointing only runs in train mode)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def uses_merged_sampling(cfg: Config, device: str) -> bool:
+    """``ppo.merged_sampling``: auto means on a GPU (where decoding is launch-bound), off on the CPU."""
+    mode = cfg.ppo.merged_sampling
+    return cfg.model.lora is not None and (mode is True or (mode == "auto" and device.startswith("cuda")))
+
+
+def make_optimizer(policy: ActorCritic, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW over the trainable LoRA weights and the value head (at ``ppo.value_head_lr`` if set)."""
+    ppo = cfg.ppo
+    lora = [param for param in policy.loaded.model.parameters() if param.requires_grad]
+    groups = [{"params": lora, "lr": ppo.lr}, {"params": list(policy.value_head.parameters()), "lr": ppo.lr}]
+    if ppo.value_head_lr is not None:
+        groups[1]["lr"] = ppo.value_head_lr
+    return torch.optim.AdamW(groups, lr=ppo.lr, eps=ppo.adam_eps, weight_decay=ppo.weight_decay)

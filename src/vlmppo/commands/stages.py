@@ -444,8 +444,8 @@ def success_table(agent: dict, baselines: dict):
     """The agent's success rate with its 95% interval beside the baselines', and where it stands."""
     from rich.table import Table
 
+    from vlmppo.eval.metrics import BASELINES
     from vlmppo.eval.report import standing
-    from vlmppo.eval.runner import BASELINES
 
     caption = standing(agent, baselines) if baselines else "No expert or random baseline of this task."
     table = Table(title="success (eval)", title_justify="left", caption=caption, caption_justify="left")

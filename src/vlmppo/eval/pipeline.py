@@ -235,8 +235,9 @@ def _run_stage(cfg: Config, stage: str, progress, resume: bool):
             from vlmppo.rl.ppo import train_ppo
 
             return train_ppo(cfg, on_update=report, resume="auto" if resume else None)
+        from vlmppo.eval.metrics import BASELINES
         from vlmppo.eval.report import read_baselines
-        from vlmppo.eval.runner import BASELINES, evaluate
+        from vlmppo.eval.runner import evaluate
 
         # The expert and random baselines the report places the agent between: played once per task
         # (no model, so seconds), again only when missing or made with other env settings.

@@ -34,9 +34,8 @@ import numpy as np
 
 from vlmppo.config import Config, config_to_yaml, run_dir
 from vlmppo.errors import ConfigError, ResultExistsError
+from vlmppo.eval.metrics import BASELINES
 from vlmppo.io import atomic_replace_dir, atomic_write_json, atomic_write_text, storage_error, write_manifest
-
-BASELINES = ("expert", "random")
 
 
 def reset_seed(seed: int, k: int) -> int:

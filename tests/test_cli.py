@@ -199,7 +199,7 @@ def test_model_init_writes_a_tiny_model_that_model_info_describes(tmp_path):
     assert info.returncode == 0, info.stderr
     assert "llava" in info.stdout and "param" in info.stdout.lower()
     assert any(
-        line.startswith("│ path") and str(tmp_path / "tiny-llava") in line
+        line.startswith("│ path") and str(tmp_path / "tiny llava") in line
         for line in info.stdout.splitlines()
     )
 

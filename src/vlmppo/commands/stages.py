@@ -462,3 +462,15 @@ pipeline_epilog = examples(
     "vlmppo pipeline --preset probe-color-tiny",
     "vlmppo pipeline --preset numberline-qwen --from sft --to eval",
 )
+
+
+# `vlmppo <stage>` for each name of vlmppo.registry.STAGES, and `vlmppo pipeline`: (command, epilog).
+COMMANDS = {
+    "collect": (collect, collect_epilog),
+    "label": (label, label_epilog),
+    "preprocess": (preprocess, preprocess_epilog),
+    "sft": (sft, sft_epilog),
+    "ppo": (ppo, ppo_epilog),
+    "eval": (evaluate, eval_epilog),
+    "pipeline": (pipeline, pipeline_epilog),
+}

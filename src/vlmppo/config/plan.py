@@ -8,8 +8,9 @@ from __future__ import annotations
 import math
 
 from vlmppo.config.loader import run_dir
-from vlmppo.config.schema import STAGES, Config
+from vlmppo.config.schema import Config
 from vlmppo.errors import ConfigError
+from vlmppo.registry import STAGES
 
 
 def ppo_counts(cfg: Config) -> dict[str, int]:

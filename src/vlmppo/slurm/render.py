@@ -20,8 +20,9 @@ from vlmppo.config import config_to_yaml, run_dir
 from vlmppo.config.schema import Config
 from vlmppo.errors import SlurmError
 from vlmppo.io import atomic_write_text
+from vlmppo.registry import TRAINING_STAGES
 from vlmppo.sft.launching import launch_config_path
-from vlmppo.slurm.request import TRAINING_STAGES, Layout, check_request, layout
+from vlmppo.slurm.request import Layout, check_request, layout
 
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 PARTS = ("title", "sbatch", "setup", "run", "launch")

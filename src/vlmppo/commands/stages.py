@@ -371,7 +371,7 @@ def pipeline(
     """Run collect -> label -> preprocess -> sft -> ppo -> eval with one config, skipping finished stages."""
     cfg = resolve_config(preset, config, overrides)
     from vlmppo.config.plan import stage_range
-    from vlmppo.eval.pipeline import pipeline_config, run_pipeline
+    from vlmppo.pipeline import pipeline_config, run_pipeline
 
     stages = stage_range(from_stage, to_stage)
     if dry_run:

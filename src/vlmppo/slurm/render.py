@@ -62,13 +62,13 @@ def seed_configs(cfg: Config, seeds: list[int] | None) -> list[Config]:
 
 
 def pipeline_run_config(cfg: Config, stages: list[str], cwd: Path) -> Config:
-    """``cfg`` as ``vlmppo pipeline`` hands it to its stages (``eval.pipeline.pipeline_config``): PPO starts from
+    """``cfg`` as ``vlmppo pipeline`` hands it to its stages (``vlmppo.pipeline.pipeline_config``): PPO starts from
     this run's SFT checkpoint when ``ppo.init_from`` is null and SFT is one of ``stages`` or has a checkpoint.
 
     That rule looks for the checkpoint relative to the process's folder; the job runs in ``cwd``, so the run
     folder is looked up there and only ``ppo.init_from`` is taken from the answer.
     """
-    from vlmppo.eval.pipeline import pipeline_config
+    from vlmppo.pipeline import pipeline_config
 
     located = cfg.model_copy(
         update={"run": cfg.run.model_copy(update={"output_dir": str(cwd / cfg.run.output_dir)})}

@@ -74,7 +74,7 @@ def bench(
         get_shape(shape)
     cfg = resolve_config(preset, config, overrides)
     check_shape_device(shape, resolve_device(cfg))
-    from vlmppo.bench.report import print_report, write_report
+    from vlmppo.bench.report import write_report
     from vlmppo.bench.runner import run_bench
     from vlmppo.config import run_dir
     from vlmppo.console import console
@@ -92,6 +92,34 @@ def bench(
     print_report(result, console)
     json_path, md_path = write_report(result, Path(target))
     console.print(f"[green]done:[/green] wrote {json_path} and {md_path}", markup=True)
+
+
+def print_report(result, console) -> None:
+    """The setup lines, then the rollout and update tables (the rows of ``vlmppo.bench.report``)."""
+    from rich.table import Table
+
+    from vlmppo.bench.report import (
+        ROLLOUT_COLUMNS,
+        UPDATE_COLUMNS,
+        rollout_rows,
+        setup_lines,
+        training,
+        update_row,
+    )
+
+    for line in setup_lines(result):
+        console.print(line)
+    table = Table(title="rollout", title_justify="left")
+    for name in ROLLOUT_COLUMNS:
+        table.add_column(name, justify="left" if name == "mode" else "right")
+    for row in rollout_rows(result):
+        table.add_row(*row)
+    console.print(table)
+    table = Table(title=f"update (forward + backward, {training(result)})", title_justify="left")
+    for name in UPDATE_COLUMNS:
+        table.add_column(name, justify="right")
+    table.add_row(*update_row(result))
+    console.print(table)
 
 
 bench_epilog = examples(

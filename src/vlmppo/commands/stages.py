@@ -316,11 +316,7 @@ def evaluate(
 ):
     """Evaluate a checkpoint or a baseline: success rate (95% CI), return, length, invalid actions, report."""
     if compare:
-        from vlmppo.console import console
-        from vlmppo.eval.compare import compare_table
-
-        console.print(compare_table(list(overrides or [])))
-        return
+        return print_comparison(list(overrides or []))
     extra = [f"eval.{k}={v}" for k, v in (("ckpt", ckpt), ("episodes", episodes)) if v is not None]
     if seeds:
         extra.append(f"eval.seeds=[{seeds}]")
@@ -350,6 +346,22 @@ def evaluate(
         f"report {result.report.with_name('report.html')}",
         result.out_dir,
     )
+
+
+def print_comparison(paths: list[str]) -> None:
+    """``eval --compare``: one column per evaluation, one row per metric."""
+    from rich.table import Table
+
+    from vlmppo.console import console
+    from vlmppo.eval.compare import compare_rows
+
+    headers, rows = compare_rows(paths)
+    table = Table(title="vlmppo eval --compare", title_justify="left")
+    for i, header in enumerate(headers):
+        table.add_column(header, style="bold" if i == 0 else None, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 eval_epilog = examples(

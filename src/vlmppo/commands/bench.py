@@ -1,6 +1,6 @@
 """`vlmppo bench`: rollout and update throughput and peak memory of the PPO loop for a preset.
 
-Imports no torch at module level: the engine (``vlmppo.bench``) loads inside the command.
+Imports no torch at module level: the engine (``vlmppo.benchmark``) loads inside the command.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def bench(
     ] = None,
 ):
     """Measure env-steps/s and generated tokens/s (batch-1 sequential vs batched), update tokens/s, peak GiB."""
-    from vlmppo.bench.options import (
+    from vlmppo.benchmark.options import (
         check_repeats,
         check_shape_device,
         parse_answer_lengths,
@@ -74,8 +74,8 @@ def bench(
         get_shape(shape)
     cfg = resolve_config(preset, config, overrides)
     check_shape_device(shape, resolve_device(cfg))
-    from vlmppo.bench.report import write_report
-    from vlmppo.bench.runner import run_bench
+    from vlmppo.benchmark.report import write_report
+    from vlmppo.benchmark.runner import run_bench
     from vlmppo.config import run_dir
     from vlmppo.console import console
 
@@ -95,10 +95,10 @@ def bench(
 
 
 def print_report(result, console) -> None:
-    """The setup lines, then the rollout and update tables (the rows of ``vlmppo.bench.report``)."""
+    """The setup lines, then the rollout and update tables (the rows of ``vlmppo.benchmark.report``)."""
     from rich.table import Table
 
-    from vlmppo.bench.report import (
+    from vlmppo.benchmark.report import (
         ROLLOUT_COLUMNS,
         UPDATE_COLUMNS,
         rollout_rows,

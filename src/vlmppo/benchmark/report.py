@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vlmppo.bench.runner import BenchResult
+from vlmppo.benchmark.runner import BenchResult
 
 ROLLOUT_COLUMNS = (
     "mode",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlmppo.bench.timing import now, peak_memory_gib, reset_peak_memory, timed_policy
+from vlmppo.benchmark.timing import now, peak_memory_gib, reset_peak_memory, timed_policy
 
 
 @dataclass
@@ -110,7 +110,7 @@ def measure_rollout(
         keep: A list that receives the timed steps' ``Step`` records (data for the update benchmark).
         gpu_name: For the decode floor (``bench/floor.py``).
     """
-    from vlmppo.bench.floor import decode_floor_ms
+    from vlmppo.benchmark.floor import decode_floor_ms
     from vlmppo.rl.ppo import rollout_step
 
     device = policy.device

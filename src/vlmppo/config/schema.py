@@ -331,10 +331,6 @@ class PpoConfig(Section):
         # YAML reads a bare `no` (ppo.mixed_precision=no on the command line) as the boolean false.
         return "no" if value is False else value
 
-    @property
-    def batch_size_per_env(self) -> int:
-        return self.n_steps
-
 
 class EvalConfig(Section):
     ckpt: str | None = Field(None, description="Checkpoint to evaluate: a path or last|sft|ppo.")

@@ -74,19 +74,9 @@ class RolloutRow:
 
 def make_bench_env(cfg, n_envs: int):
     """The preset's env, ``n_envs`` copies (``env.n_envs`` of the preset is not used)."""
-    from vlmppo.envs import make_vec_env
+    from vlmppo.envs import make_vec_env_from_config
 
-    e = cfg.env
-    return make_vec_env(
-        e.id,
-        n_envs,
-        cfg.run.seed,
-        prompt=e.prompt,
-        max_episode_steps=e.max_episode_steps,
-        observation=e.observation,
-        tile_size=e.tile_size,
-        **e.kwargs,
-    )
+    return make_vec_env_from_config(cfg.env, n_envs, cfg.run.seed)
 
 
 def _prompt_stats(sampled, image_token_id: int | None) -> tuple[float, float]:

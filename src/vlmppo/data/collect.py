@@ -141,7 +141,7 @@ def collect(cfg: Config, *, on_episode: Callable[[int, int], None] | None = None
     Args:
         on_episode: called with (episodes done, episodes total) after each finished episode.
     """
-    from vlmppo.envs import get_adapter, is_success, make_env
+    from vlmppo.envs import adapter_from_config, is_success, make_env_from_config
 
     out = run_dir(cfg) / "collect"
     frames_dir = out / "frames"
@@ -154,20 +154,11 @@ def collect(cfg: Config, *, on_episode: Callable[[int, int], None] | None = None
     resumed = len(done)
     todo = [ep for ep in range(cfg.collect.episodes) if ep not in done]
 
-    adapter = get_adapter(cfg.env.id, cfg.env.observation, cfg.env.prompt)
+    adapter = adapter_from_config(cfg.env)
     rng = np.random.default_rng(cfg.run.seed + 7919 * (1 + resumed))
     policy = make_policy(cfg, adapter, rng, cfg.collect.policy)
 
-    def new_env():
-        return make_env(
-            cfg.env.id,
-            max_episode_steps=cfg.env.max_episode_steps,
-            observation=cfg.env.observation,
-            tile_size=cfg.env.tile_size,
-            **cfg.env.kwargs,
-        )
-
-    slots = [_Slot(new_env()) for _ in range(min(cfg.env.n_envs, max(1, len(todo))))]
+    slots = [_Slot(make_env_from_config(cfg.env)) for _ in range(min(cfg.env.n_envs, max(1, len(todo))))]
     queue = list(todo)
     # Episodes kept from an interrupted run count as the new ones do: judged on the state *after* their
     # last step (``final_state``), not the one before it (``state``).

@@ -54,7 +54,7 @@ def sft_example(prompt: str, answer: str, image: str, **meta) -> dict:
 @locked("preprocess")
 def preprocess(cfg: Config) -> PreprocessResult:
     """Filter, deduplicate, balance and split the labelled steps; write train/val JSONL atomically."""
-    from vlmppo.envs import get_adapter
+    from vlmppo.envs import adapter_from_config
 
     pc = cfg.preprocess
     root = run_dir(cfg)
@@ -72,7 +72,7 @@ def preprocess(cfg: Config) -> PreprocessResult:
             f"{cfg.env.id!r}.",
             hint="Label again with this preset, or use the preset the labels were made with.",
         )
-    adapter = get_adapter(cfg.env.id, cfg.env.observation, cfg.env.prompt)
+    adapter = adapter_from_config(cfg.env)
     action_labels = {(r["episode"], r["step"]): r for r in labels if r.get("mode") == "action"}
     scores = {(r["episode"], r["step"]): r.get("score") for r in labels if r.get("mode") == "score"}
     solved = _episode_solved(steps.values(), adapter)

@@ -173,7 +173,7 @@ def _play(cfg: Config, adapter, actor: _CheckpointActor | None, policy: str | No
     """Play every (seed, k) episode to its end, ``env.n_envs`` at a time, one batched generate per step."""
     from vlmppo.data.collect import jsonable
     from vlmppo.data.policies import ExpertPolicy, RandomPolicy
-    from vlmppo.envs import is_success, make_env
+    from vlmppo.envs import is_success, make_env_from_config
 
     e = cfg.eval
     queue = [(s, k) for s in e.seeds for k in range(e.episodes)]
@@ -196,9 +196,7 @@ def _play(cfg: Config, adapter, actor: _CheckpointActor | None, policy: str | No
         slot.frames = [slot.obs] if slot.index < e.trajectories else None
         return True
 
-    env_kwargs = {"max_episode_steps": cfg.env.max_episode_steps, "observation": cfg.env.observation,
-                  "tile_size": cfg.env.tile_size, **cfg.env.kwargs}  # fmt: skip
-    slots = [_Slot(make_env(cfg.env.id, **env_kwargs)) for _ in range(min(cfg.env.n_envs, total))]
+    slots = [_Slot(make_env_from_config(cfg.env)) for _ in range(min(cfg.env.n_envs, total))]
     active = [s for s in slots if start(s)]
     played = _Played([], [], {}, 0.0)
     t0 = time.perf_counter()
@@ -317,14 +315,14 @@ def evaluate(
         ConfigError: An unknown baseline, or nothing to evaluate.
         ResultExistsError: ``runs/<name>/eval/<name>`` holds an evaluation and ``overwrite`` is false.
     """
-    from vlmppo.envs import get_adapter
+    from vlmppo.envs import adapter_from_config
     from vlmppo.eval.metrics import summarize
     from vlmppo.sysinfo import resolve_device
 
     _check(cfg, policy)
     e = cfg.eval
     root = run_dir(cfg)
-    adapter = get_adapter(cfg.env.id, cfg.env.observation, cfg.env.prompt)
+    adapter = adapter_from_config(cfg.env)
     actor, ckpt_path, name = None, None, policy
     if policy is None:
         from vlmppo.checkpoints import check_family, resolve_checkpoint

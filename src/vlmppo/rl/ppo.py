@@ -310,7 +310,7 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
     every ``ppo.save_every`` updates, at the end, and on SIGTERM/SIGUSR1 (then it returns early with
     ``stopped_by`` set). ``resume``: None, ``auto`` or a checkpoint path."""
     from vlmppo.checkpoints import latest_checkpoint, protected_checkpoints, save_checkpoint
-    from vlmppo.envs import make_vec_env
+    from vlmppo.envs import make_vec_env_from_config
     from vlmppo.io import JsonlWriter, truncate_jsonl
     from vlmppo.rl.schedule import make_cosine_scheduler
     from vlmppo.signals import stop_handlers
@@ -363,16 +363,7 @@ def train_ppo(cfg: Config, *, on_update=None, resume: str | None = None) -> PpoR
         restore_rng(state["rng"])
     else:
         (out / "samples.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
-        vec = make_vec_env(
-            cfg.env.id,
-            cfg.env.n_envs,
-            cfg.run.seed,
-            prompt=cfg.env.prompt,
-            max_episode_steps=cfg.env.max_episode_steps,
-            observation=cfg.env.observation,
-            tile_size=cfg.env.tile_size,
-            **cfg.env.kwargs,
-        )
+        vec = make_vec_env_from_config(cfg.env, cfg.env.n_envs, cfg.run.seed)
         obs, infos = vec.reset()
     if torch.cuda.is_available() and device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

@@ -395,11 +395,11 @@ def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult
 
 def _action_accuracy(cfg, model, loaded, val, batch_size, accelerator, ds_stage, result) -> dict:
     """Phase 8: greedy action accuracy of the trained model on val, into ``result`` and the final metrics."""
-    from vlmppo.envs import get_adapter
+    from vlmppo.envs import adapter_from_config
     from vlmppo.sft.accuracy import greedy_action_accuracy
 
     acc = greedy_action_accuracy(
-        accelerator.unwrap_model(model), loaded, val, get_adapter(cfg.env.id, cfg.env.observation, cfg.env.prompt), batch_size=batch_size,
+        accelerator.unwrap_model(model), loaded, val, adapter_from_config(cfg.env), batch_size=batch_size,
         device=accelerator.device, accelerator=accelerator, synced_gpus=ds_stage == 3,
     )  # fmt: skip
     result.action_acc, result.unparseable_rate, result.n_action_eval = (

@@ -204,6 +204,6 @@ def _label_with_expert(cfg: Config, steps: list[dict], existing: set, adapter, w
 
 
 def lb_state(info: dict) -> dict:
-    from vlmppo.data.collect import jsonable
+    from vlmppo.envs.episodes import jsonable
 
     return jsonable(info)

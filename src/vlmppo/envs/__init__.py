@@ -10,10 +10,12 @@ Importing this package registers ``gym_cards/*`` and ``probe/*`` with gymnasium 
 * ``get_adapter(env_id, observation, prompt)``: prompt, legal actions, parser, expert, solved test,
   transition score, all in one prompt style (``PROMPT_STYLES``); ``is_success(return)`` is RL4VLM's success.
 * ``make_vec_env(env_id, n_envs, seed)``: N envs stepped together with auto-reset.
+* ``play_episodes(...)``: queued episodes played to their end on N envs (collect's and eval's loop).
 * ``list_envs()`` and ``render_first_frame(...)``: what ``vlmppo env list|show`` print.
 """
 
 from vlmppo.envs.adapter import PROMPT_STYLES, EnvAdapter, is_success
+from vlmppo.envs.episodes import Episode, play_episodes
 from vlmppo.envs.parsing import ExpertAction, ParsedAction, format_answer, parse_action
 from vlmppo.envs.registry import (
     adapter_from_config,
@@ -32,6 +34,7 @@ register_envs()
 __all__ = [
     "PROMPT_STYLES",
     "EnvAdapter",
+    "Episode",
     "ExpertAction",
     "ParsedAction",
     "VecEnv",
@@ -45,6 +48,7 @@ __all__ = [
     "make_vec_env",
     "make_vec_env_from_config",
     "parse_action",
+    "play_episodes",
     "register_envs",
     "render_first_frame",
     "supported_ids",

@@ -147,6 +147,28 @@ def test_no_import_cycle_between_modules(graph):
     assert cycles(graph) == []
 
 
+def external_imports(path: Path) -> set[str]:
+    """The top-level names of the non-relative modules a file imports anywhere (``rich``, ``torch``...)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_only_the_command_layer_imports_typer_or_rich():
+    """The engine returns results and rows; drawing them (Rich tables, Typer options) is the commands' job."""
+    commands = len(LAYERS) - 1
+    drawing = [
+        f"{name} imports {', '.join(sorted(ui))}"
+        for name, path in module_files(SRC, "vlmppo").items()
+        if layer_of(name) != commands and (ui := external_imports(path) & {"rich", "typer"})
+    ]
+    assert drawing == []
+
+
 def test_the_checks_find_an_upward_import_and_a_cycle(tmp_path):
     """The checks themselves can fail: a config module that imports a model, and two modules that import each
     other (one of them lazily, inside a function), in a throwaway package."""

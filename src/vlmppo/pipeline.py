@@ -1,7 +1,7 @@
 """`vlmppo pipeline`: collect -> label -> preprocess -> sft -> ppo -> eval with one config, in-process.
 
-The orchestrator: the one engine module that calls every stage (the stages themselves never call each
-other's entry points); `vlmppo pipeline` and the SLURM renderer (`vlmppo.slurm.render`) sit above it.
+The orchestrator: the one module that calls every stage's entry point, a layer above the stage engines;
+`vlmppo pipeline` calls it, and the SLURM renderer (`vlmppo.slurm.render`) asks it how PPO would start.
 
 A stage is skipped when its output is complete and nothing it depends on changed. What it depends on is
 recorded in ``runs/<name>/pipeline.json`` after the stage ran: the SHA-256 of the config sections it reads

@@ -25,8 +25,8 @@ def hf_compiled_generate_row(policy, cfg, n_envs: int, repeats: int) -> dict:
     on the sampling model, prompts of the preset's env, answers forced to ``ppo.max_new_tokens``."""
     import torch
 
-    from vlmppo.bench.rollout import make_bench_env
-    from vlmppo.bench.timing import now
+    from vlmppo.benchmark.rollout import make_bench_env
+    from vlmppo.benchmark.timing import now
     from vlmppo.models.generation import to_pil
     from vlmppo.models.inputs import build_inputs
     from vlmppo.rl.rollout import prompts_for
@@ -65,11 +65,11 @@ def main() -> None:
     import torch
 
     from vlmppo.accel import make_accelerator, precision_for
-    from vlmppo.bench.options import DECODERS, parse_answer_lengths
-    from vlmppo.bench.report import markdown
-    from vlmppo.bench.rollout import measure_rollout
-    from vlmppo.bench.runner import AnswerLengths, BenchResult, _meta, bench_config
-    from vlmppo.bench.update import measure_update
+    from vlmppo.benchmark.options import DECODERS, parse_answer_lengths
+    from vlmppo.benchmark.report import markdown
+    from vlmppo.benchmark.rollout import measure_rollout
+    from vlmppo.benchmark.runner import AnswerLengths, BenchResult, _meta, bench_config
+    from vlmppo.benchmark.update import measure_update
     from vlmppo.config import load_config
     from vlmppo.rl.startup import build_policy
     from vlmppo.sysinfo import resolve_device

@@ -40,13 +40,13 @@ def _values_of_frames(cfg, frames: list, infos: list) -> list[float]:
     """V(s) from the final PPO checkpoint, loaded back the way --resume loads it."""
     from vlmppo.checkpoints import latest_checkpoint
     from vlmppo.config import run_dir
-    from vlmppo.envs import get_adapter
+    from vlmppo.envs import adapter_from_config
     from vlmppo.rl.rollout import state_values
     from vlmppo.rl.startup import build_policy
 
     ckpt = latest_checkpoint(run_dir(cfg) / "ppo" / "checkpoints")
     policy = build_policy(cfg, "cpu", resume_from=ckpt)
-    return state_values(policy, frames, infos, get_adapter(cfg.env.id)).tolist()
+    return state_values(policy, frames, infos, adapter_from_config(cfg.env)).tolist()
 
 
 def _curve(cfg, key: str) -> list:
@@ -58,7 +58,7 @@ def _curve(cfg, key: str) -> list:
 
 def value_probe(env: str, out: Path, updates: int) -> dict:
     """Train PPO on probe/Constant or probe/TwoStep; the values of each step's frame vs the discounted return."""
-    from vlmppo.envs import make_env
+    from vlmppo.envs import make_env_from_config
     from vlmppo.rl import train_ppo
 
     preset = {"constant": "probe-constant-tiny", "twostep": "probe-twostep-tiny"}[env]
@@ -66,7 +66,7 @@ def value_probe(env: str, out: Path, updates: int) -> dict:
     t0 = time.perf_counter()
     train_ppo(cfg)
     seconds = time.perf_counter() - t0
-    e = make_env(cfg.env.id)
+    e = make_env_from_config(cfg.env)
     frame, info = e.reset(seed=0)
     frames, infos = [frame], [info]
     if env == "twostep":
@@ -119,12 +119,12 @@ def clean_endings(cfg, ckpt: str, episodes: int, seed: int) -> float:
     """Share of greedy answers that end with the closing brace (nothing after it) — the end-of-turn
     token stays likely after RL, or answers would run on to max_new_tokens."""
     from vlmppo.checkpoints import load_policy_for_inference
-    from vlmppo.envs import get_adapter, make_env
+    from vlmppo.envs import adapter_from_config, make_env_from_config
 
-    adapter, gen = get_adapter(cfg.env.id), load_policy_for_inference(cfg, ckpt)
+    adapter, gen = adapter_from_config(cfg.env), load_policy_for_inference(cfg, ckpt)
     frames, prompts = [], []
     for k in range(episodes):
-        frame, info = make_env(cfg.env.id).reset(seed=seed + k)
+        frame, info = make_env_from_config(cfg.env).reset(seed=seed + k)
         frames.append(frame), prompts.append(adapter.prompt(info))
     texts = gen.generate_text(frames, prompts, temperature=0, max_new_tokens=cfg.ppo.max_new_tokens)
     return sum(t.strip().endswith("}") for t in texts) / len(texts)

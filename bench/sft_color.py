@@ -25,13 +25,13 @@ def greedy_env_success(cfg, checkpoint: str, episodes: int, seed: int) -> float:
     import numpy as np
 
     from vlmppo.checkpoints import load_policy_for_inference
-    from vlmppo.envs import get_adapter, make_env
+    from vlmppo.envs import adapter_from_config, make_env_from_config
 
-    adapter = get_adapter(cfg.env.id)
+    adapter = adapter_from_config(cfg.env)
     policy = load_policy_for_inference(cfg, checkpoint)
     frames, infos, envs = [], [], []
     for k in range(episodes):
-        env = make_env(cfg.env.id)
+        env = make_env_from_config(cfg.env)
         frame, info = env.reset(seed=seed + k)
         frames.append(frame), infos.append(info), envs.append(env)
     texts = policy.generate_text(frames, [adapter.prompt(i) for i in infos], temperature=0, max_new_tokens=48)

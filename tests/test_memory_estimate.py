@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from vlmppo.config import load_config
-from vlmppo.memory import GIB, count_parameters, estimate_ppo_memory, image_tokens, load_model_config
+from vlmppo.memory import GIB, count_parameters, estimate_ppo_memory, image_tokens
 from vlmppo.models import load_model
 from vlmppo.models.inputs import build_inputs
+from vlmppo.models.loading import load_model_config
 from vlmppo.rl.policy import SCORE_CHUNK_VALUES
 
 

@@ -31,8 +31,8 @@ def test_presets_list_piped_at_40_columns_keeps_every_row_on_one_greppable_line(
 
 @pytest.mark.e2e
 def test_dry_run_yaml_piped_at_40_columns_is_the_exact_resolved_config():
+    from vlmppo.commands._common import plan_rows
     from vlmppo.config import config_to_yaml, load_config
-    from vlmppo.config.plan import stage_plan
 
     overrides = ["run.output_dir=/a/rather/long/folder/that/does/not/fit/in/forty/columns/runs"]
     out = run_cli("ppo", "--preset", "minigrid-doorkey-qwen", *overrides, "--dry-run", env=NARROW)
@@ -41,7 +41,7 @@ def test_dry_run_yaml_piped_at_40_columns_is_the_exact_resolved_config():
     expected = config_to_yaml(cfg)
     assert out.stdout.startswith(expected)  # every character, braces and long paths included
     assert yaml.safe_load(out.stdout.split("plan: vlmppo")[0]) == yaml.safe_load(expected)
-    for key, value in stage_plan(cfg, "ppo"):
+    for key, value in plan_rows(cfg, "ppo"):
         assert one_line_with(out.stdout, key, value), key
 
 

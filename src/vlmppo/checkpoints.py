@@ -294,7 +294,7 @@ def base_model_for(path: Path, meta: dict, model_cfg) -> str:
     Raises:
         CheckpointError: ``model.path`` is a different model from the one the checkpoint was trained on.
     """
-    from vlmppo.memory import load_model_config
+    from vlmppo.models.loading import load_model_config
 
     recorded = meta.get("base_model")
     if not recorded or _same_place(recorded, model_cfg.path):

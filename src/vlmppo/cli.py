@@ -13,6 +13,7 @@ import typer
 
 from vlmppo import __version__
 from vlmppo.commands import bench, env, model, presets, slurm, stages
+from vlmppo.registry import STAGES
 
 app = typer.Typer(
     name="vlmppo",
@@ -27,16 +28,10 @@ app = typer.Typer(
     ),
 )
 
-for _name, _func in (
-    ("collect", stages.collect),
-    ("label", stages.label),
-    ("preprocess", stages.preprocess),
-    ("sft", stages.sft),
-    ("ppo", stages.ppo),
-    ("eval", stages.evaluate),
-    ("pipeline", stages.pipeline),
-):
-    app.command(_name, epilog=getattr(stages, f"{_name}_epilog"))(_func)
+# One command per stage, in pipeline order, then the pipeline itself.
+for _name in (*STAGES, "pipeline"):
+    _command, _epilog = stages.COMMANDS[_name]
+    app.command(_name, epilog=_epilog)(_command)
 app.command("bench", epilog=bench.bench_epilog)(bench.bench)
 app.add_typer(slurm.app, name="slurm")
 app.add_typer(presets.app, name="presets")

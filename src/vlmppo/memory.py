@@ -74,28 +74,6 @@ def _count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
-def load_model_config(model_cfg):
-    """The transformers config of ``model.path`` without downloading: a local folder (or ``tiny:``), the
-    Hugging Face cache, or a released architecture vlmppo knows by its Hub id. None if none of these."""
-    from transformers import AutoConfig
-
-    from vlmppo.models.tiny import resolve_model_path
-
-    path = model_cfg.path
-    try:
-        if path.startswith("tiny:"):
-            return AutoConfig.from_pretrained(str(resolve_model_path(path)))
-        return AutoConfig.from_pretrained(
-            path, local_files_only=True, trust_remote_code=model_cfg.trust_remote_code
-        )
-    except (OSError, ValueError):
-        pass
-    from vlmppo.models.shapes import shape_for_hub_id
-
-    shape = shape_for_hub_id(path)
-    return None if shape is None else shape.config()
-
-
 def _text(config):
     return getattr(config, "text_config", None) or config
 
@@ -151,6 +129,7 @@ def count_parameters(config, family_name: str, lora) -> tuple[int, int]:
 def estimate_ppo_memory(cfg) -> MemoryEstimate | None:
     """The estimate for ``cfg``'s PPO run on a GPU; None when the model's config is not available offline."""
     from vlmppo.envs import list_envs
+    from vlmppo.models.loading import load_model_config
 
     config = load_model_config(cfg.model)
     if config is None:

@@ -140,3 +140,38 @@ def test_render_first_frame_writes_the_png_and_returns_the_prompt(tmp_path):
     short = envs.render_first_frame("MiniGrid-DoorKey-6x6-v0", 0, out, prompt="action_only", tile_size=8)
     assert '{"action": "..."}' in short and '"thoughts"' not in short
     assert Image.open(out).size == (48, 48)
+
+
+def test_env_built_from_a_config_section_honours_every_field_of_it():
+    from vlmppo.config.schema import EnvConfig
+
+    section = EnvConfig(
+        id="MiniGrid-Empty-5x5-v0",
+        max_episode_steps=3,
+        observation="agent_view",
+        tile_size=8,
+        prompt="action_only",
+    )
+    env = envs.make_env_from_config(section)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (7 * 8, 7 * 8, 3)  # the agent's 7x7 view at 8 px per tile
+    ends = [env.step(2)[3] for _ in range(3)]  # "go forward" against the wall: only the time limit ends it
+    assert ends == [False, False, True]
+    adapter = envs.adapter_from_config(section)
+    assert "thoughts" not in adapter.prompt(env.reset(seed=0)[1])  # the action-only prompt style
+    cards = envs.make_env_from_config(EnvConfig(id="gym_cards/Points24-v0", kwargs={"solvable_only": True}))
+    assert cards.unwrapped.solvable_only is True  # env.kwargs reach the constructor (the default is False)
+
+
+def test_vec_env_built_from_a_config_section_takes_its_count_and_seed_from_the_caller():
+    from vlmppo.config.schema import EnvConfig
+
+    section = EnvConfig(
+        id="MiniGrid-Empty-5x5-v0", n_envs=4, max_episode_steps=2, tile_size=8, prompt="action_only"
+    )
+    vec = envs.make_vec_env_from_config(section, 2, seed=5)
+    obs, infos = vec.reset()
+    assert len(obs) == 2 and obs[0].shape == (5 * 8, 5 * 8, 3)
+    assert vec.adapter.prompt(infos[0]) == envs.adapter_from_config(section).prompt(infos[0])
+    first = envs.make_env_from_config(section).reset(seed=5)[0]
+    assert np.array_equal(obs[0], first)  # env i is seeded seed + i

@@ -24,9 +24,8 @@ from vlmppo.models.static_decode import (
     pick_bucket,
     sample_from_logits,
 )
+from vlmppo.registry import FAMILIES
 from vlmppo.rl.policy import ActorCritic, Sampled, ValueHead, answer_mask_from_ids, hidden_size
-
-FAMILIES = ["qwen2-vl", "qwen2.5-vl", "llava", "llava-next"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

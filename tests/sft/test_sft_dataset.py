@@ -12,9 +12,8 @@ from vlmppo.config.schema import ModelConfig
 from vlmppo.errors import DataError
 from vlmppo.models.inputs import IGNORE_INDEX
 from vlmppo.models.loading import load_model
+from vlmppo.registry import FAMILIES
 from vlmppo.sft.dataset import SftCollator, SftExample, length_grouped_indices, load_sft_examples
-
-FAMILIES = ["qwen2-vl", "qwen2.5-vl", "llava", "llava-next"]
 
 
 @pytest.fixture(scope="session", params=FAMILIES)

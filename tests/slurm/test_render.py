@@ -18,7 +18,7 @@ from tests.slurm.helpers import fake_slurm, recording_python, write_executable
 
 from vlmppo.config import load_config
 from vlmppo.errors import SlurmError
-from vlmppo.eval.pipeline import pipeline_config
+from vlmppo.pipeline import pipeline_config
 from vlmppo.sft.launching import LAUNCH_DIR, launch_config_path
 from vlmppo.slurm import pipeline_stages, submit_chain, write_job
 

@@ -89,12 +89,32 @@ def checkpoint_config(ckpt: str | None) -> tuple[Path, list[str]]:
     return config, [f"run.output_dir={json.dumps(output_dir)}", f"run.name={json.dumps(run_root.name)}"]
 
 
+def gpu_memory_row(cfg) -> str:
+    """The PPO memory estimate, or why there is none (the model's config is not available offline)."""
+    from vlmppo.memory import estimate_ppo_memory
+
+    est = estimate_ppo_memory(cfg)
+    if est is None:
+        return (
+            f"unknown: no config for {cfg.model.path} offline (point model.path at a local model folder "
+            "to get an estimate)"
+        )
+    return est.describe()
+
+
+def plan_rows(cfg, stage: str) -> list[tuple[str, str]]:
+    """The rows ``--dry-run`` prints for ``stage``: the config's derived numbers, and for PPO the GPU memory
+    estimate."""
+    from vlmppo.config.plan import stage_plan
+
+    return stage_plan(cfg, stage, gpu_memory=gpu_memory_row(cfg) if stage == "ppo" else None)
+
+
 def print_dry_run(cfg, *stages: str) -> None:
     """Print the resolved YAML and each stage's derived plan."""
     from rich.table import Table
 
     from vlmppo.config import config_to_yaml
-    from vlmppo.config.plan import stage_plan
     from vlmppo.console import console, print_code
 
     print_code(config_to_yaml(cfg), "yaml")
@@ -102,7 +122,7 @@ def print_dry_run(cfg, *stages: str) -> None:
         table = Table(title=f"plan: vlmppo {stage}", show_header=False, title_justify="left")
         table.add_column("what", style="bold")
         table.add_column("value")
-        for key, value in stage_plan(cfg, stage):
+        for key, value in plan_rows(cfg, stage):
             table.add_row(key, value)
         console.print(table)
 

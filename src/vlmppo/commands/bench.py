@@ -1,6 +1,6 @@
 """`vlmppo bench`: rollout and update throughput and peak memory of the PPO loop for a preset.
 
-Imports no torch at module level: the engine (``vlmppo.bench``) loads inside the command.
+Imports no torch at module level: the engine (``vlmppo.benchmark``) loads inside the command.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def bench(
     ] = None,
 ):
     """Measure env-steps/s and generated tokens/s (batch-1 sequential vs batched), update tokens/s, peak GiB."""
-    from vlmppo.bench.options import (
+    from vlmppo.benchmark.options import (
         check_repeats,
         check_shape_device,
         parse_answer_lengths,
@@ -74,8 +74,8 @@ def bench(
         get_shape(shape)
     cfg = resolve_config(preset, config, overrides)
     check_shape_device(shape, resolve_device(cfg))
-    from vlmppo.bench.report import print_report, write_report
-    from vlmppo.bench.runner import run_bench
+    from vlmppo.benchmark.report import write_report
+    from vlmppo.benchmark.runner import run_bench
     from vlmppo.config import run_dir
     from vlmppo.console import console
 
@@ -92,6 +92,34 @@ def bench(
     print_report(result, console)
     json_path, md_path = write_report(result, Path(target))
     console.print(f"[green]done:[/green] wrote {json_path} and {md_path}", markup=True)
+
+
+def print_report(result, console) -> None:
+    """The setup lines, then the rollout and update tables (the rows of ``vlmppo.benchmark.report``)."""
+    from rich.table import Table
+
+    from vlmppo.benchmark.report import (
+        ROLLOUT_COLUMNS,
+        UPDATE_COLUMNS,
+        rollout_rows,
+        setup_lines,
+        training,
+        update_row,
+    )
+
+    for line in setup_lines(result):
+        console.print(line)
+    table = Table(title="rollout", title_justify="left")
+    for name in ROLLOUT_COLUMNS:
+        table.add_column(name, justify="left" if name == "mode" else "right")
+    for row in rollout_rows(result):
+        table.add_row(*row)
+    console.print(table)
+    table = Table(title=f"update (forward + backward, {training(result)})", title_justify="left")
+    for name in UPDATE_COLUMNS:
+        table.add_column(name, justify="right")
+    table.add_row(*update_row(result))
+    console.print(table)
 
 
 bench_epilog = examples(

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from vlmppo.commands._common import examples
+from vlmppo.registry import FAMILIES
 
 app = typer.Typer(
     help="Build tiny random models and describe checkpoints.",
@@ -24,13 +25,12 @@ app = typer.Typer(
     )
 )
 def init(
-    family: Annotated[str, typer.Argument(help="qwen2-vl | qwen2.5-vl | llava | llava-next.")],
+    family: Annotated[str, typer.Argument(help=" | ".join(FAMILIES) + ".")],
     out: Annotated[
         Path, typer.Option("--out", help="Folder to write the model, tokenizer and processor to.")
     ],
 ):
     """Write a tiny random model of a family (a few layers, hidden <= 128) with a locally trained tokenizer."""
-    from vlmppo.config.schema import FAMILIES
     from vlmppo.console import console
     from vlmppo.errors import ModelError
 

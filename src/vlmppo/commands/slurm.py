@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from vlmppo.commands._common import ConfigOpt, OverridesArg, PresetOpt, examples, resolve_config
+from vlmppo.registry import STAGES
 
 app = typer.Typer(
     help="Render sbatch files from presets, submit them (arrays, chains, multi-node), watch and cancel jobs.",
@@ -18,7 +19,7 @@ app = typer.Typer(
     ),
 )
 
-StageArg = Annotated[str, typer.Argument(help="collect | label | preprocess | sft | ppo | eval | pipeline.")]
+StageArg = Annotated[str, typer.Argument(help=" | ".join((*STAGES, "pipeline")) + ".")]
 SeedsOpt = Annotated[
     str | None, typer.Option(help="Comma-separated seeds: a job array, one task and run <name>-seed<k> each.")
 ]

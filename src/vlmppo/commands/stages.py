@@ -318,11 +318,7 @@ def evaluate(
 ):
     """Evaluate a checkpoint or a baseline: success rate (95% CI), return, length, invalid actions, report."""
     if compare:
-        from vlmppo.console import console
-        from vlmppo.eval.compare import compare_table
-
-        console.print(compare_table(list(overrides or [])))
-        return
+        return print_comparison(list(overrides or []))
     extra = [f"eval.{k}={v}" for k, v in (("ckpt", ckpt), ("episodes", episodes)) if v is not None]
     if seeds:
         extra.append(f"eval.seeds=[{seeds}]")
@@ -354,6 +350,22 @@ def evaluate(
     )
 
 
+def print_comparison(paths: list[str]) -> None:
+    """``eval --compare``: one column per evaluation, one row per metric."""
+    from rich.table import Table
+
+    from vlmppo.console import console
+    from vlmppo.eval.compare import compare_rows
+
+    headers, rows = compare_rows(paths)
+    table = Table(title="vlmppo eval --compare", title_justify="left")
+    for i, header in enumerate(headers):
+        table.add_column(header, style="bold" if i == 0 else None, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 eval_epilog = examples(
     "vlmppo eval --preset probe-color-tiny --ckpt last",
     "vlmppo eval --preset numberline-qwen --ckpt runs/numberline-qwen/ppo/checkpoints/last --seeds 0,1,2",
@@ -373,7 +385,7 @@ def pipeline(
     """Run collect -> label -> preprocess -> sft -> ppo -> eval with one config, skipping finished stages."""
     cfg = resolve_config(preset, config, overrides)
     from vlmppo.config.plan import stage_range
-    from vlmppo.eval.pipeline import pipeline_config, run_pipeline
+    from vlmppo.pipeline import pipeline_config, run_pipeline
 
     stages = stage_range(from_stage, to_stage)
     if dry_run:
@@ -446,8 +458,8 @@ def success_table(agent: dict, baselines: dict):
     """The agent's success rate with its 95% interval beside the baselines', and where it stands."""
     from rich.table import Table
 
+    from vlmppo.eval.metrics import BASELINES
     from vlmppo.eval.report import standing
-    from vlmppo.eval.runner import BASELINES
 
     caption = standing(agent, baselines) if baselines else "No expert or random baseline of this task."
     table = Table(title="success (eval)", title_justify="left", caption=caption, caption_justify="left")
@@ -464,3 +476,15 @@ pipeline_epilog = examples(
     "vlmppo pipeline --preset probe-color-tiny",
     "vlmppo pipeline --preset numberline-qwen --from sft --to eval",
 )
+
+
+# `vlmppo <stage>` for each name of vlmppo.registry.STAGES, and `vlmppo pipeline`: (command, epilog).
+COMMANDS = {
+    "collect": (collect, collect_epilog),
+    "label": (label, label_epilog),
+    "preprocess": (preprocess, preprocess_epilog),
+    "sft": (sft, sft_epilog),
+    "ppo": (ppo, ppo_epilog),
+    "eval": (evaluate, eval_epilog),
+    "pipeline": (pipeline, pipeline_epilog),
+}

@@ -8,8 +8,9 @@ from __future__ import annotations
 import math
 
 from vlmppo.config.loader import run_dir
-from vlmppo.config.schema import STAGES, Config
+from vlmppo.config.schema import Config
 from vlmppo.errors import ConfigError
+from vlmppo.registry import STAGES
 
 
 def ppo_counts(cfg: Config) -> dict[str, int]:
@@ -40,20 +41,14 @@ def _common(cfg: Config) -> list[tuple[str, str]]:
     ]
 
 
-def gpu_memory_row(cfg: Config) -> str:
-    """The PPO memory estimate, or why there is none (the model's config is not available offline)."""
-    from vlmppo.memory import estimate_ppo_memory
+def stage_plan(cfg: Config, stage: str, *, gpu_memory: str | None = None) -> list[tuple[str, str]]:
+    """(what, value) rows of ``stage``'s plan.
 
-    est = estimate_ppo_memory(cfg)
-    if est is None:
-        return (
-            f"unknown: no config for {cfg.model.path} offline (point model.path at a local model folder "
-            "to get an estimate)"
-        )
-    return est.describe()
-
-
-def stage_plan(cfg: Config, stage: str) -> list[tuple[str, str]]:
+    Args:
+        gpu_memory: PPO's "est. GPU memory" row. The estimate builds the model on the meta device, so the
+            command layer computes it (``vlmppo.memory``) and hands it in: the config layer stays below
+            models and envs.
+    """
     rows = _common(cfg)
     if stage == "ppo":
         c = ppo_counts(cfg)
@@ -86,7 +81,8 @@ def stage_plan(cfg: Config, stage: str) -> list[tuple[str, str]]:
                 f"the starting policy ({p.init_from})" if p.init_from else "the base model (adapter disabled)"
             )
             rows.append(("KL penalty", f"{p.kl_coef:g} x KL to {anchor}"))
-        rows.append(("est. GPU memory", gpu_memory_row(cfg)))
+        if gpu_memory is not None:
+            rows.append(("est. GPU memory", gpu_memory))
         if c["dropped_per_epoch"]:
             rows.append(("note", f"{c['dropped_per_epoch']} samples per epoch do not fill a minibatch"))
     elif stage == "sft":

@@ -11,9 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-FAMILIES = ("qwen2-vl", "qwen2.5-vl", "llava", "llava-next")
-Family = Literal["qwen2-vl", "qwen2.5-vl", "llava", "llava-next"]
-STAGES = ("collect", "label", "preprocess", "sft", "ppo", "eval")
+from vlmppo.registry import FAMILIES
+
+Family = Literal[FAMILIES]  # type: ignore[valid-type]  (the names of vlmppo.registry)
 # How eval and the hf labeller decode (models/generation.py); PPO always samples with explicit settings.
 Generation = Literal["explicit", "checkpoint"]
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -33,6 +34,9 @@ from vlmppo.io import (
 )
 from vlmppo.locks import locked
 from vlmppo.sysinfo import resolve_device
+
+if TYPE_CHECKING:
+    from vlmppo.envs.episodes import Episode, Outcome
 
 STEP_KEYS = (
     "episode",
@@ -51,34 +55,6 @@ STEP_KEYS = (
     "terminated",
     "truncated",
 )
-
-
-def jsonable(value):
-    """The JSON-safe part of an env's info: numbers, strings, lists, dicts; numpy turned into Python."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items() if not str(k).startswith("final_")}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist() if value.size <= 64 else None
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
-@dataclass
-class _Slot:
-    """One env running one episode; its steps are kept in memory until the episode is written whole."""
-
-    env: object
-    episode: int = -1
-    obs: np.ndarray | None = None
-    info: dict = field(default_factory=dict)
-    frames: list = field(default_factory=list)
-    rows: list = field(default_factory=list)
-    total_reward: float = 0.0
 
 
 @dataclass
@@ -134,6 +110,24 @@ def make_policy(cfg: Config, adapter, rng: np.random.Generator, policy: str):
     )
 
 
+@dataclass
+class _Tally:
+    """Finished episodes (kept from an interrupted run, then new ones) and what they add up to."""
+
+    done: dict[int, list[dict]]
+    steps: int = 0
+    successes: int = 0
+    solved: int = 0
+
+    def add(self, episode: int, rows: list[dict], total: float, final_state: dict, adapter) -> None:
+        from vlmppo.envs import is_success
+
+        self.done[episode] = rows
+        self.steps += len(rows)
+        self.successes += is_success(total)
+        self.solved += bool(adapter.is_solved(total, final_state))
+
+
 @locked("collect")
 def collect(cfg: Config, *, on_episode: Callable[[int, int], None] | None = None) -> CollectResult:
     """Collect ``cfg.collect.episodes`` episodes with ``cfg.collect.policy``; resume if interrupted.
@@ -141,100 +135,30 @@ def collect(cfg: Config, *, on_episode: Callable[[int, int], None] | None = None
     Args:
         on_episode: called with (episodes done, episodes total) after each finished episode.
     """
-    from vlmppo.envs import get_adapter, is_success, make_env
+    from vlmppo.envs import adapter_from_config
 
     out = run_dir(cfg) / "collect"
-    frames_dir = out / "frames"
     steps_path = out / "episodes.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     repair_jsonl_tail(steps_path)
-    done = _finished_episodes(steps_path) if steps_path.exists() else {}
+    kept = _finished_episodes(steps_path) if steps_path.exists() else {}
     if steps_path.exists():
-        _rewrite_without(steps_path, set(done))
-    resumed = len(done)
-    todo = [ep for ep in range(cfg.collect.episodes) if ep not in done]
-
-    adapter = get_adapter(cfg.env.id, cfg.env.observation, cfg.env.prompt)
-    rng = np.random.default_rng(cfg.run.seed + 7919 * (1 + resumed))
-    policy = make_policy(cfg, adapter, rng, cfg.collect.policy)
-
-    def new_env():
-        return make_env(
-            cfg.env.id,
-            max_episode_steps=cfg.env.max_episode_steps,
-            observation=cfg.env.observation,
-            tile_size=cfg.env.tile_size,
-            **cfg.env.kwargs,
-        )
-
-    slots = [_Slot(new_env()) for _ in range(min(cfg.env.n_envs, max(1, len(todo))))]
-    queue = list(todo)
+        _rewrite_without(steps_path, set(kept))
+    resumed = len(kept)
+    adapter = adapter_from_config(cfg.env)
     # Episodes kept from an interrupted run count as the new ones do: judged on the state *after* their
     # last step (``final_state``), not the one before it (``state``).
-    successes = sum(is_success(sum(r["reward"] for r in rows)) for rows in done.values())
-    solved = sum(
-        adapter.is_solved(sum(r["reward"] for r in rows), rows[-1].get("final_state", rows[-1]["state"]))
-        for rows in done.values()
-    )
-    steps = sum(len(rows) for rows in done.values())
-
-    def start(slot: _Slot) -> bool:
-        if not queue:
-            slot.episode = -1
-            return False
-        slot.episode = queue.pop(0)
-        slot.obs, slot.info = slot.env.reset(seed=cfg.run.seed + slot.episode)
-        slot.frames, slot.rows, slot.total_reward = [slot.obs], [], 0.0
-        return True
-
-    active = [s for s in slots if start(s)]
+    tally = _Tally({})
+    for episode, rows in kept.items():
+        final_state = rows[-1].get("final_state", rows[-1]["state"])
+        tally.add(episode, rows, sum(r["reward"] for r in rows), final_state, adapter)
+    rng = np.random.default_rng(cfg.run.seed + 7919 * (1 + resumed))
+    policy = make_policy(cfg, adapter, rng, cfg.collect.policy)
+    todo = [ep for ep in range(cfg.collect.episodes) if ep not in kept]
     with JsonlWriter(steps_path) as writer:
-        while active:
-            prompts = [adapter.prompt(s.info) for s in active]
-            decisions = policy.act(
-                [s.env for s in active], [s.obs for s in active], [s.info for s in active], prompts
-            )
-            for slot, prompt, decision in zip(active, prompts, decisions, strict=True):
-                step = len(slot.rows)
-                obs, reward, terminated, truncated, info = slot.env.step(
-                    adapter.to_env_action(decision.index)
-                )
-                slot.rows.append(
-                    {
-                        "episode": slot.episode,
-                        "step": step,
-                        "seed": cfg.run.seed + slot.episode,
-                        "env_id": cfg.env.id,
-                        "frame": f"frames/{slot.episode:06d}/{step:03d}.png",
-                        "next_frame": f"frames/{slot.episode:06d}/{step + 1:03d}.png",
-                        "prompt": prompt,
-                        "state": jsonable(slot.info),
-                        "action": decision.index,
-                        "action_text": adapter.legal_actions[decision.index],
-                        "answer": decision.answer,
-                        "invalid": decision.invalid,
-                        "reward": float(reward),
-                        "terminated": bool(terminated),
-                        "truncated": bool(truncated),
-                    }
-                )
-                slot.total_reward += float(reward)
-                slot.obs, slot.info = obs, info
-                slot.frames.append(obs)
-                if terminated or truncated:
-                    slot.rows[-1]["final_state"] = jsonable(info)
-                    _write_frames(frames_dir, slot.episode, slot.frames)
-                    writer.write_many(slot.rows)
-                    successes += is_success(slot.total_reward)
-                    solved += bool(adapter.is_solved(slot.total_reward, info))
-                    steps += len(slot.rows)
-                    done[slot.episode] = slot.rows
-                    if on_episode:
-                        on_episode(len(done), cfg.collect.episodes)
-                    start(slot)
-            active = [s for s in active if s.episode >= 0]
+        _play(cfg, adapter, policy, todo, out / "frames", writer, tally, on_episode)
 
-    result = CollectResult(out, len(done), steps, successes, resumed, solved)
+    result = CollectResult(out, len(tally.done), tally.steps, tally.successes, resumed, tally.solved)
     write_manifest(
         out,
         stage="collect",
@@ -249,6 +173,60 @@ def collect(cfg: Config, *, on_episode: Callable[[int, int], None] | None = None
         solved_rate=result.solved_rate,
     )
     return result
+
+
+def _play(cfg: Config, adapter, policy, todo: list[int], frames_dir: Path, writer, tally: _Tally, on_episode):
+    """Play the episodes ``todo``, ``env.n_envs`` at a time (one batched ``policy.act`` per step); each is
+    written whole when it ends: its frames, then its lines."""
+    from vlmppo.envs import make_env_from_config, play_episodes
+    from vlmppo.envs.episodes import jsonable
+
+    def decide(running: list[Episode]):
+        prompts = [adapter.prompt(e.info) for e in running]
+        decisions = policy.act(
+            [e.env for e in running], [e.obs for e in running], [e.info for e in running], prompts
+        )
+        return [(adapter.to_env_action(d.index), (p, d)) for p, d in zip(prompts, decisions, strict=True)]
+
+    def record(e: Episode, note, outcome: Outcome) -> dict:
+        prompt, decision = note
+        step = len(e.rows)
+        return {
+            "episode": e.key,
+            "step": step,
+            "seed": cfg.run.seed + e.key,
+            "env_id": cfg.env.id,
+            "frame": f"frames/{e.key:06d}/{step:03d}.png",
+            "next_frame": f"frames/{e.key:06d}/{step + 1:03d}.png",
+            "prompt": prompt,
+            "state": jsonable(e.info),
+            "action": decision.index,
+            "action_text": adapter.legal_actions[decision.index],
+            "answer": decision.answer,
+            "invalid": decision.invalid,
+            "reward": outcome.reward,
+            "terminated": outcome.terminated,
+            "truncated": outcome.truncated,
+        }
+
+    def end(e: Episode, outcome: Outcome) -> None:
+        e.rows[-1]["final_state"] = jsonable(outcome.info)
+        _write_frames(frames_dir, e.key, e.frames)
+        writer.write_many(e.rows)
+        tally.add(e.key, e.rows, e.total, outcome.info, adapter)
+        if on_episode:
+            on_episode(len(tally.done), cfg.collect.episodes)
+
+    play_episodes(
+        lambda: make_env_from_config(cfg.env),
+        cfg.env.n_envs,
+        todo,
+        reset_seed=lambda episode: cfg.run.seed + episode,
+        decide=decide,
+        record=record,
+        begin=lambda e: setattr(e, "frames", [e.obs]),
+        end=end,
+    )
 
 
 def _write_frames(frames_dir: Path, episode: int, frames: list[np.ndarray]) -> None:

@@ -59,7 +59,7 @@ def open_frame(collect_dir: Path, relative: str) -> Image.Image:
 @locked("label")
 def label(cfg: Config, *, on_progress: Callable[[int, int], None] | None = None) -> LabelResult:
     """Label every collected step with ``cfg.label.labeller`` in ``cfg.label.mode``."""
-    from vlmppo.envs import get_adapter
+    from vlmppo.envs import adapter_from_config
 
     steps = load_steps(cfg)
     out = run_dir(cfg) / "label"
@@ -73,7 +73,7 @@ def label(cfg: Config, *, on_progress: Callable[[int, int], None] | None = None)
     for row in steps:
         row["key"] = f"{row['episode']:06d}/{row['step']:03d}"
     todo = [row for row in steps if row["key"] not in existing]
-    adapter = get_adapter(cfg.env.id, cfg.env.observation, cfg.env.prompt)
+    adapter = adapter_from_config(cfg.env)
     rng = np.random.default_rng(cfg.run.seed)
     counter = {"done": 0, "parse_errors": 0}
 
@@ -171,15 +171,9 @@ def _label_with_expert(cfg: Config, steps: list[dict], existing: set, adapter, w
     Replaying (rather than reading pixels or trusting stored state) gives the expert the live env it
     needs (MiniGrid's planner reads the grid) and checks that the data matches this env exactly.
     """
-    from vlmppo.envs import make_env
+    from vlmppo.envs import make_env_from_config
 
-    env = make_env(
-        cfg.env.id,
-        max_episode_steps=cfg.env.max_episode_steps,
-        observation=cfg.env.observation,
-        tile_size=cfg.env.tile_size,
-        **cfg.env.kwargs,
-    )
+    env = make_env_from_config(cfg.env)
     episodes: dict[int, list[dict]] = {}
     for row in steps:
         episodes.setdefault(row["episode"], []).append(row)
@@ -210,6 +204,6 @@ def _label_with_expert(cfg: Config, steps: list[dict], existing: set, adapter, w
 
 
 def lb_state(info: dict) -> dict:
-    from vlmppo.data.collect import jsonable
+    from vlmppo.envs.episodes import jsonable
 
     return jsonable(info)

@@ -54,8 +54,6 @@ def sft_example(prompt: str, answer: str, image: str, **meta) -> dict:
 @locked("preprocess")
 def preprocess(cfg: Config) -> PreprocessResult:
     """Filter, deduplicate, balance and split the labelled steps; write train/val JSONL atomically."""
-    from vlmppo.envs import get_adapter
-
     pc = cfg.preprocess
     root = run_dir(cfg)
     steps_path = require_file(root / "collect" / "episodes.jsonl", stage="preprocess", produced_by="collect")
@@ -72,29 +70,57 @@ def preprocess(cfg: Config) -> PreprocessResult:
             f"{cfg.env.id!r}.",
             hint="Label again with this preset, or use the preset the labels were made with.",
         )
-    adapter = get_adapter(cfg.env.id, cfg.env.observation, cfg.env.prompt)
+    dropped: Counter = Counter()
+    kept, sources = _examples(cfg, root, steps, labels, dropped)
+    if pc.balance_actions and kept:
+        kept = _balance(kept, np.random.default_rng(pc.split_seed), dropped)
+    if not kept:
+        n_action = len({(r["episode"], r["step"]) for r in labels if r.get("mode") == "action"})
+        raise DataError(
+            f"Preprocessing kept no example out of {n_action} action labels "
+            f"(dropped: {dict(dropped) or 'none; are the labels in score mode only?'}).",
+            hint="Relax the filters (preprocess.only_success, preprocess.min_score) or label in action mode.",
+        )
+    train, val = _split_by_episode(kept, pc.val_fraction, pc.split_seed)
+    data_dir = root / "data"
+    _write_dataset(data_dir, train, val, sources, pc.format)
+    actions = Counter(r["action"] for r in kept)
+    result = PreprocessResult(data_dir, len(train), len(val), dropped, actions, skipped)
+    write_manifest(
+        data_dir,
+        stage="preprocess",
+        config=cfg.model_dump(mode="json"),
+        inputs={"episodes": steps_path, "labels": labels_path},
+        env_id=cfg.env.id,
+        counts={
+            "train": len(train),
+            "val": len(val),
+            "dropped": dict(dropped),
+            "corrupt_lines_skipped": len(skipped),
+        },
+        actions=dict(actions),
+    )
+    return result
+
+
+def _examples(cfg: Config, root: Path, steps: dict, labels: list[dict], dropped: Counter):
+    """The SFT examples of the action labels that pass the filters, in (episode, step) order, and the
+    collected frame of each image path; what is left out is counted in ``dropped`` by reason."""
+    from vlmppo.envs import adapter_from_config
+
+    pc = cfg.preprocess
+    adapter = adapter_from_config(cfg.env)
     action_labels = {(r["episode"], r["step"]): r for r in labels if r.get("mode") == "action"}
     scores = {(r["episode"], r["step"]): r.get("score") for r in labels if r.get("mode") == "score"}
     solved = _episode_solved(steps.values(), adapter)
-    data_dir = root / "data"
-    dropped: Counter = Counter()
     kept: list[dict] = []
     sources: dict[str, Path] = {}  # image path in data/ -> the collected frame
     seen: set = set()
     for key, lab in sorted(action_labels.items()):
         step = steps.get(key)
-        if step is None:
-            dropped["no collected step"] += 1
-            continue
-        if lab.get("status") != "ok":
-            if pc.drop_parse_errors or lab.get("action_index") is None:
-                dropped[lab.get("status", "unknown status")] += 1
-                continue
-        if pc.only_success and not solved[key[0]]:
-            dropped["episode not successful"] += 1
-            continue
-        if pc.min_score is not None and (scores.get(key) is None or scores[key] < pc.min_score):
-            dropped[f"score below {pc.min_score:g} or unscored"] += 1
+        reason = _filtered_out(pc, step, lab, solved, scores.get(key), key)
+        if reason:
+            dropped[reason] += 1
             continue
         frame = root / "collect" / step["frame"]
         if not frame.is_file():
@@ -120,43 +146,35 @@ def preprocess(cfg: Config) -> PreprocessResult:
         image = "images/" + "/".join(Path(step["frame"]).parts[-2:])  # frames/<episode>/<step>.png
         kept.append(sft_example(prompt, answer, image, episode=key[0], step=key[1], action=lab["action"]))
         sources[image] = frame
-    if pc.balance_actions and kept:
-        kept = _balance(kept, np.random.default_rng(pc.split_seed), dropped)
-    if not kept:
-        raise DataError(
-            f"Preprocessing kept no example out of {len(action_labels)} action labels "
-            f"(dropped: {dict(dropped) or 'none; are the labels in score mode only?'}).",
-            hint="Relax the filters (preprocess.only_success, preprocess.min_score) or label in action mode.",
-        )
-    train, val = _split_by_episode(kept, pc.val_fraction, pc.split_seed)
-    link_images(data_dir, {r["images"][0]: sources[r["images"][0]] for r in kept})
+    return kept, sources
+
+
+def _filtered_out(pc, step: dict | None, lab: dict, solved: dict[int, bool], score, key) -> str | None:
+    """Why the labelled step ``key`` is left out by the config's filters, or None when it is kept."""
+    if step is None:
+        return "no collected step"
+    if lab.get("status") != "ok" and (pc.drop_parse_errors or lab.get("action_index") is None):
+        return lab.get("status", "unknown status")
+    if pc.only_success and not solved[key[0]]:
+        return "episode not successful"
+    if pc.min_score is not None and (score is None or score < pc.min_score):
+        return f"score below {pc.min_score:g} or unscored"
+    return None
+
+
+def _write_dataset(data_dir: Path, train: list[dict], val: list[dict], sources: dict[str, Path], fmt: str):
+    """The images, train.jsonl and val.jsonl (and LLaMA-Factory's files, or their removal) into ``data_dir``."""
+    from vlmppo.data.llamafactory import remove_llamafactory, write_llamafactory
+
+    link_images(data_dir, {r["images"][0]: sources[r["images"][0]] for r in train + val})
     atomic_write_text(
         data_dir / "train.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train)
     )
     atomic_write_text(data_dir / "val.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in val))
-    from vlmppo.data.llamafactory import remove_llamafactory, write_llamafactory
-
-    if pc.format == "llamafactory":
+    if fmt == "llamafactory":
         write_llamafactory(data_dir, train, val)
     else:
         remove_llamafactory(data_dir)
-    actions = Counter(r["action"] for r in kept)
-    result = PreprocessResult(data_dir, len(train), len(val), dropped, actions, skipped)
-    write_manifest(
-        data_dir,
-        stage="preprocess",
-        config=cfg.model_dump(mode="json"),
-        inputs={"episodes": steps_path, "labels": labels_path},
-        env_id=cfg.env.id,
-        counts={
-            "train": len(train),
-            "val": len(val),
-            "dropped": dict(dropped),
-            "corrupt_lines_skipped": len(skipped),
-        },
-        actions=dict(actions),
-    )
-    return result
 
 
 def link_images(data_dir: Path, images: dict[str, Path]) -> None:

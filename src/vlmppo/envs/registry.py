@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import minigrid  # noqa: F401  (importing it registers the MiniGrid-* ids)
@@ -21,6 +22,9 @@ from vlmppo.envs.cards.points import EZPointsEnv, Points24Env, PointsAdapter
 from vlmppo.envs.minigrid import FAMILY_ACTIONS, MINIGRID_ACTIONS, MiniGridAdapter, MiniGridFrames, family_of
 from vlmppo.envs.probes import ProbeAdapter
 from vlmppo.errors import EnvError
+
+if TYPE_CHECKING:
+    from vlmppo.config.schema import EnvConfig
 
 # id -> (entry point, max_episode_steps, adapter factory taking (id, prompt style))
 OUR_ENVS = {
@@ -131,6 +135,23 @@ def get_adapter(env_id: str, observation: str = "full", prompt: str = "cot") -> 
                        hint="Use env.prompt=cot or env.prompt=action_only for this env.") from err  # fmt: skip
 
 
+def make_env_from_config(env: EnvConfig) -> gym.Env:
+    """One env as a config's ``env:`` section describes it (id, time limit, observation, tile size, kwargs):
+    the env every stage plays. See ``make_env``."""
+    return make_env(
+        env.id,
+        max_episode_steps=env.max_episode_steps,
+        observation=env.observation,
+        tile_size=env.tile_size,
+        **env.kwargs,
+    )
+
+
+def adapter_from_config(env: EnvConfig) -> EnvAdapter:
+    """The adapter of a config's ``env:`` section (its id, observation and prompt style). See ``get_adapter``."""
+    return get_adapter(env.id, env.observation, env.prompt)
+
+
 def list_envs(tile_size: int = 32) -> list[dict]:
     """One row per supported id: ``id``, ``family``, ``legal_actions``, ``frame_size`` (H, W, for the
     full view at ``tile_size``) and ``expert`` (whether the family has tailored prompts and an expert).
@@ -181,4 +202,13 @@ def render_first_frame(env_id: str, seed: int, out_path: str | Path, *, prompt: 
     return adapter.prompt(info)
 
 
-__all__ = ["MINIGRID_ACTIONS", "get_adapter", "list_envs", "make_env", "register_envs", "render_first_frame"]
+__all__ = [
+    "MINIGRID_ACTIONS",
+    "adapter_from_config",
+    "get_adapter",
+    "list_envs",
+    "make_env",
+    "make_env_from_config",
+    "register_envs",
+    "render_first_frame",
+]

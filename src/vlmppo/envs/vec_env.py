@@ -6,10 +6,15 @@ hundreds of milliseconds, so subprocess workers would only add pickling of frame
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from vlmppo.envs.adapter import is_success
 from vlmppo.envs.registry import get_adapter, make_env
+
+if TYPE_CHECKING:
+    from vlmppo.config.schema import EnvConfig
 
 
 class VecEnv:
@@ -137,3 +142,18 @@ def make_vec_env(env_id: str, n_envs: int, seed: int, prompt: str = "cot", **mak
         **make_env_kwargs: Passed to ``make_env`` for every env.
     """
     return VecEnv(env_id, n_envs, seed, prompt, **make_env_kwargs)
+
+
+def make_vec_env_from_config(env: EnvConfig, n_envs: int, seed: int) -> VecEnv:
+    """``n_envs`` envs as a config's ``env:`` section describes them (``env.n_envs`` is the caller's to pass:
+    the benchmark runs other counts), env i seeded ``seed + i``. See ``make_vec_env``."""
+    return make_vec_env(
+        env.id,
+        n_envs,
+        seed,
+        prompt=env.prompt,
+        max_episode_steps=env.max_episode_steps,
+        observation=env.observation,
+        tile_size=env.tile_size,
+        **env.kwargs,
+    )

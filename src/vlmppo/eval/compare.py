@@ -1,4 +1,5 @@
-"""`vlmppo eval --compare DIR ...`: the metrics of several evaluations side by side."""
+"""`vlmppo eval --compare DIR ...`: the metrics of several evaluations side by side, as rows of text (the
+command layer draws the table)."""
 
 from __future__ import annotations
 
@@ -58,16 +59,3 @@ def compare_rows(paths: list[str | Path]) -> tuple[list[str], list[list[str]]]:
     headers = ["metric"] + [f"{Path(p).name}" for p in paths]
     rows = [[label, *(get(m) for m in evals)] for label, get in ROWS]
     return headers, rows
-
-
-def compare_table(paths: list[str | Path]):
-    """A Rich table of ``compare_rows``."""
-    from rich.table import Table
-
-    headers, rows = compare_rows(paths)
-    table = Table(title="vlmppo eval --compare", title_justify="left")
-    for i, header in enumerate(headers):
-        table.add_column(header, style="bold" if i == 0 else None, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*row)
-    return table

@@ -10,6 +10,9 @@ import math
 import statistics
 from collections import Counter
 
+# The policies `vlmppo eval --policy` plays instead of a checkpoint; the report and the pipeline place the
+# agent between them.
+BASELINES = ("expert", "random")
 # Two-sided 95%: the 0.975 quantile of the standard normal.
 Z95 = 1.959963984540054
 

@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from vlmppo.eval.runner import BASELINES
+from vlmppo.eval.metrics import BASELINES
 from vlmppo.io import atomic_write_text
 
 # Learning curves: (metric key, panel title). The x axis is env steps for PPO and steps for SFT.

@@ -27,16 +27,19 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vlmppo.config import Config, config_to_yaml, run_dir
 from vlmppo.errors import ConfigError, ResultExistsError
+from vlmppo.eval.metrics import BASELINES
 from vlmppo.io import atomic_replace_dir, atomic_write_json, atomic_write_text, storage_error, write_manifest
 
-BASELINES = ("expert", "random")
+if TYPE_CHECKING:
+    from vlmppo.envs.episodes import Episode, Outcome
 
 
 def reset_seed(seed: int, k: int) -> int:
@@ -51,23 +54,6 @@ class EvalResult:
     name: str
     metrics: dict
     report: Path
-
-
-@dataclass
-class _Slot:
-    """One env playing one episode."""
-
-    env: object
-    index: int = -1
-    seed: int = 0
-    k: int = 0
-    rng: np.random.Generator | None = None
-    policy: object = None
-    obs: np.ndarray | None = None
-    info: dict = field(default_factory=dict)
-    rows: list = field(default_factory=list)
-    frames: list | None = None
-    total: float = 0.0
 
 
 def checkpoint_name(run_root: Path, path: Path) -> str:
@@ -172,101 +158,108 @@ class _Played:
 
 def _play(cfg: Config, adapter, actor: _CheckpointActor | None, policy: str | None, on_episode) -> _Played:
     """Play every (seed, k) episode to its end, ``env.n_envs`` at a time, one batched generate per step."""
-    from vlmppo.data.collect import jsonable
     from vlmppo.data.policies import ExpertPolicy, RandomPolicy
-    from vlmppo.envs import is_success, make_env
+    from vlmppo.envs import is_success, make_env_from_config, play_episodes
+    from vlmppo.envs.episodes import jsonable
 
     e = cfg.eval
-    queue = [(s, k) for s in e.seeds for k in range(e.episodes)]
-    total = len(queue)
-    next_index = iter(range(total))
-
-    def start(slot: _Slot) -> bool:
-        if not queue:
-            slot.index = -1
-            return False
-        slot.seed, slot.k = queue.pop(0)
-        slot.index = next(next_index)
-        slot.rng = np.random.default_rng([slot.seed, slot.k, 2])
-        if policy == "expert":
-            slot.policy = ExpertPolicy(adapter, slot.rng)
-        elif policy == "random":
-            slot.policy = RandomPolicy(adapter, slot.rng)
-        slot.obs, slot.info = slot.env.reset(seed=reset_seed(slot.seed, slot.k))
-        slot.rows, slot.total = [], 0.0
-        slot.frames = [slot.obs] if slot.index < e.trajectories else None
-        return True
-
-    env_kwargs = {"max_episode_steps": cfg.env.max_episode_steps, "observation": cfg.env.observation,
-                  "tile_size": cfg.env.tile_size, **cfg.env.kwargs}  # fmt: skip
-    slots = [_Slot(make_env(cfg.env.id, **env_kwargs)) for _ in range(min(cfg.env.n_envs, total))]
-    active = [s for s in slots if start(s)]
+    queue = [
+        (index, seed, k) for index, (seed, k) in enumerate((s, k) for s in e.seeds for k in range(e.episodes))
+    ]
     played = _Played([], [], {}, 0.0)
-    t0 = time.perf_counter()
-    while active:
-        prompts = [adapter.prompt(s.info) for s in active]
-        observations = [s.obs for s in active]
+
+    def begin(episode: Episode) -> None:
+        index, seed, k = episode.key
+        rng = np.random.default_rng([seed, k, 2])  # parser fallback, random policy: per episode
+        baseline = {"expert": ExpertPolicy, "random": RandomPolicy}.get(policy)
+        episode.context = (rng, baseline(adapter, rng) if baseline else None)
+        episode.frames = [episode.obs] if index < e.trajectories else None
+
+    def decide(running: list[Episode]):
+        prompts = [adapter.prompt(x.info) for x in running]
+        observations = [x.obs for x in running]
         if actor is not None:
             answers, token_counts = actor.answer(observations, prompts)
-            values = actor.values(observations, [s.info for s in active], adapter)
+            values = actor.values(observations, [x.info for x in running], adapter)
         else:
-            answers = token_counts = values = [None] * len(active)
-        for slot, prompt, answer, tokens, value in zip(
-            active, prompts, answers, token_counts, values, strict=True
+            answers = token_counts = values = [None] * len(running)
+        moves = []
+        for episode, prompt, answer, tokens, value in zip(
+            running, prompts, answers, token_counts, values, strict=True
         ):
-            if actor is not None:
-                parsed = adapter.parse(answer, slot.rng)
-                index, invalid, thoughts = parsed.index, parsed.invalid, parsed.thoughts
-            else:
-                decision = slot.policy.act([slot.env], [slot.obs], [slot.info], [prompt])[0]
-                index, invalid, thoughts = decision.index, False, None
-                if slot.frames and policy == "expert":  # its reasoning captions the drawn episodes
-                    thoughts = adapter.expert(slot.env, slot.info).reasoning
-            state = jsonable(slot.info)
-            obs, reward, terminated, truncated, info = slot.env.step(adapter.to_env_action(index))
-            slot.total += float(reward)
-            row = {
-                "episode": slot.index,
-                "seed": slot.seed,
-                "episode_in_seed": slot.k,
-                "reset_seed": reset_seed(slot.seed, slot.k),
-                "step": len(slot.rows),
-                "state": state,
-                "answer": answer,
-                "thoughts": thoughts,
-                "action": adapter.legal_actions[index],
-                "action_index": int(index),
-                "invalid": bool(invalid),
-                "reward": float(reward),
-                "value": value,
-                "answer_tokens": tokens,
-                "terminated": bool(terminated),
-                "truncated": bool(truncated),
-            }
-            slot.rows.append(row)
-            played.steps.append(row)
-            slot.obs, slot.info = obs, info
-            if slot.frames is not None:
-                slot.frames.append(obs)
-            if terminated or truncated:
-                success, solved = is_success(slot.total), bool(adapter.is_solved(slot.total, info))
-                row.update({"episode_return": slot.total, "success": success, "solved": solved,
-                            "final_state": jsonable(info)})  # fmt: skip
-                episode = {"index": slot.index, "seed": slot.seed, "return": slot.total,
-                           "length": len(slot.rows), "success": success, "solved": solved}  # fmt: skip
-                played.episodes.append(episode)
-                if slot.frames is not None:
-                    played.captured[slot.index] = (slot.frames, slot.rows, episode)
-                if on_episode:
-                    on_episode(len(played.episodes), total)
-                start(slot)
-        active = [s for s in active if s.index >= 0]
+            index, invalid, thoughts = _choose(episode, prompt, answer, actor, policy, adapter)
+            moves.append((adapter.to_env_action(index), (answer, thoughts, index, invalid, value, tokens)))
+        return moves
+
+    def end(episode: Episode, outcome: Outcome) -> None:
+        index, seed, _ = episode.key
+        success, solved = is_success(episode.total), bool(adapter.is_solved(episode.total, outcome.info))
+        episode.rows[-1].update({"episode_return": episode.total, "success": success, "solved": solved,
+                                 "final_state": jsonable(outcome.info)})  # fmt: skip
+        summary = {"index": index, "seed": seed, "return": episode.total, "length": len(episode.rows),
+                   "success": success, "solved": solved}  # fmt: skip
+        played.episodes.append(summary)
+        played.steps.extend(episode.rows)
+        if episode.frames is not None:
+            played.captured[index] = (episode.frames, episode.rows, summary)
+        if on_episode:
+            on_episode(len(played.episodes), len(queue))
+
+    t0 = time.perf_counter()
+    play_episodes(
+        lambda: make_env_from_config(cfg.env),
+        cfg.env.n_envs,
+        queue,
+        reset_seed=lambda key: reset_seed(key[1], key[2]),
+        decide=decide,
+        record=lambda episode, note, outcome: _step_row(episode, note, outcome, adapter),
+        begin=begin,
+        end=end,
+    )
     played.wall_s = time.perf_counter() - t0
-    for slot in slots:
-        slot.env.close()
     played.steps.sort(key=lambda r: (r["episode"], r["step"]))
     played.episodes.sort(key=lambda r: r["index"])
     return played
+
+
+def _step_row(episode: Episode, note: tuple, outcome: Outcome, adapter) -> dict:
+    """One line of ``episodes.jsonl``: the step of ``episode`` (as it was before it) that ended in ``outcome``."""
+    from vlmppo.envs.episodes import jsonable
+
+    answer, thoughts, index, invalid, value, tokens = note
+    _, seed, k = episode.key
+    return {
+        "episode": episode.key[0],
+        "seed": seed,
+        "episode_in_seed": k,
+        "reset_seed": reset_seed(seed, k),
+        "step": len(episode.rows),
+        "state": jsonable(episode.info),
+        "answer": answer,
+        "thoughts": thoughts,
+        "action": adapter.legal_actions[index],
+        "action_index": int(index),
+        "invalid": bool(invalid),
+        "reward": outcome.reward,
+        "value": value,
+        "answer_tokens": tokens,
+        "terminated": outcome.terminated,
+        "truncated": outcome.truncated,
+    }
+
+
+def _choose(episode: Episode, prompt: str, answer: str | None, actor, policy: str | None, adapter):
+    """(action index, invalid, thoughts) of one step: the checkpoint's parsed answer, or the baseline's
+    action (the expert's reasoning captions the episodes drawn as trajectories)."""
+    rng, baseline = episode.context
+    if actor is not None:
+        parsed = adapter.parse(answer, rng)
+        return parsed.index, parsed.invalid, parsed.thoughts
+    decision = baseline.act([episode.env], [episode.obs], [episode.info], [prompt])[0]
+    thoughts = None
+    if episode.frames and policy == "expert":
+        thoughts = adapter.expert(episode.env, episode.info).reasoning
+    return decision.index, False, thoughts
 
 
 def _write(folder: Path, cfg: Config, metrics: dict, played: _Played, ckpt_path: Path | None) -> None:
@@ -318,14 +311,14 @@ def evaluate(
         ConfigError: An unknown baseline, or nothing to evaluate.
         ResultExistsError: ``runs/<name>/eval/<name>`` holds an evaluation and ``overwrite`` is false.
     """
-    from vlmppo.envs import get_adapter
+    from vlmppo.envs import adapter_from_config
     from vlmppo.eval.metrics import summarize
     from vlmppo.sysinfo import resolve_device
 
     _check(cfg, policy)
     e = cfg.eval
     root = run_dir(cfg)
-    adapter = get_adapter(cfg.env.id, cfg.env.observation, cfg.env.prompt)
+    adapter = adapter_from_config(cfg.env)
     actor, ckpt_path, name = None, None, policy
     if policy is None:
         from vlmppo.checkpoints import check_family, resolve_checkpoint

@@ -1,7 +1,8 @@
 """The registry of model families: one adapter each (see `vlmppo.models.adapter.FamilyAdapter`).
 
-A new family is one adapter instance passed to `register_family`; nothing else in vlmppo branches on
-family names.
+A new family is one adapter instance passed to `register_family`, under a name of
+``vlmppo.registry.FAMILIES`` (the list ``model.family`` is validated against); nothing else in vlmppo
+branches on family names.
 """
 
 from __future__ import annotations

@@ -215,3 +215,23 @@ def load_model(
     if for_training and cfg.lora is not None:
         model = apply_lora(model, family, cfg.lora)
     return LoadedModel(model=model, processor=processor, tokenizer=tokenizer, family=family, path=path)
+
+
+def load_model_config(model_cfg: ModelConfig):
+    """The transformers config of ``model.path`` without downloading: a local folder (or ``tiny:``), the
+    Hugging Face cache, or a released architecture vlmppo knows by its Hub id. None if none of these."""
+    from transformers import AutoConfig
+
+    path = model_cfg.path
+    try:
+        if path.startswith("tiny:"):
+            return AutoConfig.from_pretrained(str(resolve_model_path(path)))
+        return AutoConfig.from_pretrained(
+            path, local_files_only=True, trust_remote_code=model_cfg.trust_remote_code
+        )
+    except (OSError, ValueError):
+        pass
+    from vlmppo.models.shapes import shape_for_hub_id
+
+    shape = shape_for_hub_id(path)
+    return None if shape is None else shape.config()

@@ -18,7 +18,7 @@ from vlmppo.config import Config, config_to_yaml, run_dir
 from vlmppo.errors import CheckpointError
 
 if TYPE_CHECKING:
-    from vlmppo.rl.startup import PpoRun
+    from vlmppo.rl.run import PpoRun
 
 # Settings the checkpoint fixes: the vector env is pickled mid-episode (its count, task, time limit and
 # rendering) and the rollout tensors are laid out [n_steps, n_envs] for it.

@@ -23,7 +23,8 @@ from vlmppo.rl.buffer import RolloutBuffer
 from vlmppo.rl.checkpointing import save_run
 from vlmppo.rl.losses import explained_variance
 from vlmppo.rl.rollout import collect_rollout
-from vlmppo.rl.startup import PpoRun, start_run
+from vlmppo.rl.run import PpoRun
+from vlmppo.rl.startup import start_run
 from vlmppo.rl.update import TrainingDiverged, ppo_epochs
 
 if TYPE_CHECKING:

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,52 +19,14 @@ import torch
 from vlmppo.config import Config, run_dir
 from vlmppo.errors import CheckpointError, ConfigError, LaunchError
 from vlmppo.rl.policy import REFERENCE_ADAPTER, ActorCritic, ValueHead, hidden_size
+from vlmppo.rl.run import PpoRun
 from vlmppo.rl.update import BadMinibatchGuard
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-    from vlmppo.envs.vec_env import VecEnv
 
 INIT_CHOICES = "null (start from model.path), sft, ppo, last or a checkpoint folder"
-
-
-@dataclass
-class PpoRun:
-    """What the PPO loop works with; a checkpoint saves all of it but the config and the policy's frozen parts.
-
-    Attributes:
-        out: ``runs/<name>/ppo``.
-        accelerator: The run's ``accelerate.Accelerator`` (bf16 autocast on a GPU, backward, clipping).
-        rng: The minibatch order's generator.
-        vec, obs, infos: The vector env and its current observations (pickled mid-episode on save).
-        recent_episodes: The last finished episodes (``rollout/*`` rates average over them).
-        total_updates: Updates the whole run makes.
-        update: The update in progress (after a resume: the checkpoint's, which the loop continues from).
-        env_steps: Env steps taken so far.
-        checkpoint: The newest checkpoint written (or resumed from); ``saved_update`` its update.
-        resume_changes: Settings changed since the resumed checkpoint (``key: old -> new``).
-    """
-
-    cfg: Config
-    out: Path
-    device: str
-    accelerator: Accelerator
-    policy: ActorCritic
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    rng: np.random.Generator
-    guard: BadMinibatchGuard
-    total_updates: int
-    vec: VecEnv | None = None
-    obs: list[np.ndarray] = field(default_factory=list)
-    infos: list[dict] = field(default_factory=list)
-    recent_episodes: deque = field(default_factory=deque)
-    update: int = 0
-    env_steps: int = 0
-    checkpoint: Path | None = None
-    saved_update: int = 0
-    resume_changes: list[str] = field(default_factory=list)
 
 
 def start_run(cfg: Config, resume: str | None) -> PpoRun:
@@ -121,20 +82,10 @@ def start_run(cfg: Config, resume: str | None) -> PpoRun:
 
 def start_envs(run: PpoRun) -> None:
     """A fresh run: a fresh sample log, the vector env of ``cfg.env`` and its first observations."""
-    from vlmppo.envs import make_vec_env
+    from vlmppo.envs import make_vec_env_from_config
 
-    env = run.cfg.env
     (run.out / "samples.jsonl").unlink(missing_ok=True)
-    run.vec = make_vec_env(
-        env.id,
-        env.n_envs,
-        run.cfg.run.seed,
-        prompt=env.prompt,
-        max_episode_steps=env.max_episode_steps,
-        observation=env.observation,
-        tile_size=env.tile_size,
-        **env.kwargs,
-    )
+    run.vec = make_vec_env_from_config(run.cfg.env, run.cfg.env.n_envs, run.cfg.run.seed)
     run.obs, run.infos = run.vec.reset()
 
 

@@ -29,7 +29,7 @@ from vlmppo.config import config_to_yaml, run_dir
 from vlmppo.errors import CheckpointError
 
 if TYPE_CHECKING:
-    from vlmppo.sft.startup import SftRun
+    from vlmppo.sft.run import SftRun
 
 
 def checkpoints_dir(cfg) -> Path:

@@ -10,7 +10,6 @@ config's gradient accumulation and clipping, so the file and the run can never d
 from __future__ import annotations
 
 import importlib.util
-import shlex
 from pathlib import Path
 
 import yaml
@@ -69,11 +68,6 @@ def launch_command(
         "accelerate", "launch", "--config_file", str(path), "--num_processes", str(num_processes),
         "-m", "vlmppo", *tail,
     ]  # fmt: skip
-
-
-def launch_command_text(cfg, num_processes: int, **kwargs) -> str:
-    """`launch_command` as one shell-quoted line."""
-    return shlex.join(launch_command(cfg, num_processes, **kwargs))
 
 
 def deepspeed_plugin(name: str, *, grad_accum: int, max_grad_norm: float, batch_size: int):

@@ -10,8 +10,8 @@ import torch
 
 from vlmppo.models.inputs import IGNORE_INDEX
 from vlmppo.sft.loss import token_loss
+from vlmppo.sft.run import SftRun
 from vlmppo.sft.schedule import lr_at, micro_batch
-from vlmppo.sft.startup import SftRun
 
 
 def sum_over_ranks(accelerator, *values: float) -> list[float]:
@@ -125,15 +125,14 @@ def evaluate_loss(model, collator, examples, batch_size, accelerator) -> tuple[f
 def action_accuracy(run: SftRun, result) -> dict:
     """Greedy action accuracy of the trained model on val, into ``result`` (an ``SftResult``) and returned
     as the final metrics' ``eval/action_*`` entries."""
-    from vlmppo.envs import get_adapter
+    from vlmppo.envs import adapter_from_config
     from vlmppo.sft.accuracy import greedy_action_accuracy
 
-    env = run.cfg.env
     accuracy = greedy_action_accuracy(
         run.accelerator.unwrap_model(run.model),
         run.loaded,
         run.val,
-        get_adapter(env.id, env.observation, env.prompt),
+        adapter_from_config(run.cfg.env),
         batch_size=run.eval_batch,
         device=run.accelerator.device,
         accelerator=run.accelerator,
@@ -144,7 +143,7 @@ def action_accuracy(run: SftRun, result) -> dict:
     result.action_samples = list(accuracy.samples)
     if accuracy.label_unparseable:
         result.notes.append(
-            f"{accuracy.label_unparseable} val labels name no legal action of {env.id} and were left out of "
+            f"{accuracy.label_unparseable} val labels name no legal action of {run.cfg.env.id} and were left out of "
             "the action accuracy (a dataset from another env?)"
         )
     return {

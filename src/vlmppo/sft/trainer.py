@@ -22,7 +22,8 @@ from typing import Any
 from vlmppo.config import Config
 from vlmppo.locks import locked
 from vlmppo.sft.checkpointing import checkpoints_dir, save_run, write_final
-from vlmppo.sft.startup import SftRun, start_run
+from vlmppo.sft.run import SftRun
+from vlmppo.sft.startup import start_run
 from vlmppo.sft.steps import action_accuracy, evaluate, sum_over_ranks, train_step
 
 

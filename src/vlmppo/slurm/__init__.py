@@ -7,9 +7,10 @@ Used by ``vlmppo slurm``; callable without the CLI::
     submit_stage(load_config("numberline-tiny"), "collect")
 """
 
+from vlmppo.registry import TRAINING_STAGES
 from vlmppo.slurm.query import JobState, cancel, job_states, last_metrics, log_files, records
 from vlmppo.slurm.render import JobFiles, render_script, write_job
-from vlmppo.slurm.request import TRAINING_STAGES, check_request, parse_seeds
+from vlmppo.slurm.request import check_request, parse_seeds
 from vlmppo.slurm.submit import Submission, pipeline_stages, slurm_tool, submit_chain, submit_stage
 
 __all__ = [

@@ -20,8 +20,9 @@ from vlmppo.config import config_to_yaml, run_dir
 from vlmppo.config.schema import Config
 from vlmppo.errors import SlurmError
 from vlmppo.io import atomic_write_text
+from vlmppo.registry import TRAINING_STAGES
 from vlmppo.sft.launching import launch_config_path
-from vlmppo.slurm.request import TRAINING_STAGES, Layout, check_request, layout
+from vlmppo.slurm.request import Layout, check_request, layout
 
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 PARTS = ("title", "sbatch", "setup", "run", "launch")
@@ -61,13 +62,13 @@ def seed_configs(cfg: Config, seeds: list[int] | None) -> list[Config]:
 
 
 def pipeline_run_config(cfg: Config, stages: list[str], cwd: Path) -> Config:
-    """``cfg`` as ``vlmppo pipeline`` hands it to its stages (``eval.pipeline.pipeline_config``): PPO starts from
+    """``cfg`` as ``vlmppo pipeline`` hands it to its stages (``vlmppo.pipeline.pipeline_config``): PPO starts from
     this run's SFT checkpoint when ``ppo.init_from`` is null and SFT is one of ``stages`` or has a checkpoint.
 
     That rule looks for the checkpoint relative to the process's folder; the job runs in ``cwd``, so the run
     folder is looked up there and only ``ppo.init_from`` is taken from the answer.
     """
-    from vlmppo.eval.pipeline import pipeline_config
+    from vlmppo.pipeline import pipeline_config
 
     located = cfg.model_copy(
         update={"run": cfg.run.model_copy(update={"output_dir": str(cwd / cfg.run.output_dir)})}

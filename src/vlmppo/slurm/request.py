@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from vlmppo.config.schema import STAGES, Config
+from vlmppo.config.schema import Config
 from vlmppo.errors import SlurmError
+from vlmppo.registry import STAGES, TRAINING_STAGES
 
-# Stages that train, checkpoint and continue with `--resume auto`; one process per GPU, possibly on many nodes.
-TRAINING_STAGES = ("sft", "ppo")
+# `vlmppo slurm submit pipeline`: one job per stage of the range, chained.
 PIPELINE = "pipeline"
 
 _TIME = re.compile(

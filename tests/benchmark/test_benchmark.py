@@ -129,8 +129,8 @@ def _boost_logit(policy, token_id: int):
 
 @pytest.mark.parametrize("decoder", ["generate", "static"])
 def test_forced_answer_lengths_hold_even_when_the_model_wants_to_stop(tiny_policy, decoder):
-    from vlmppo.bench.rollout import make_bench_env
-    from vlmppo.bench.runner import AnswerLengths
+    from vlmppo.benchmark.rollout import make_bench_env
+    from vlmppo.benchmark.runner import AnswerLengths
     from vlmppo.rl.rollout import rollout_step
 
     cfg, policy = tiny_policy
@@ -208,7 +208,7 @@ def test_a_built_shape_loads_like_a_checkpoint_with_the_released_pixel_budget(tm
 
 
 def test_method_clock_times_calls_and_restores_nested_wrappers():
-    from vlmppo.bench.timing import MethodClock
+    from vlmppo.benchmark.timing import MethodClock
 
     class Policy:
         def score(self, x):

@@ -10,9 +10,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass, field
 
-from vlmppo.bench.options import check_repeats, check_shape_device
-from vlmppo.bench.rollout import RolloutRow, measure_rollout
-from vlmppo.bench.update import UpdateRow, measure_update
+from vlmppo.benchmark.options import check_repeats, check_shape_device
+from vlmppo.benchmark.rollout import RolloutRow, measure_rollout
+from vlmppo.benchmark.update import UpdateRow, measure_update
 from vlmppo.errors import ConfigError
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlmppo.bench.timing import now, peak_memory_gib, reset_peak_memory, timed_policy
+from vlmppo.benchmark.timing import now, peak_memory_gib, reset_peak_memory, timed_policy
 
 
 @dataclass
@@ -74,19 +74,9 @@ class RolloutRow:
 
 def make_bench_env(cfg, n_envs: int):
     """The preset's env, ``n_envs`` copies (``env.n_envs`` of the preset is not used)."""
-    from vlmppo.envs import make_vec_env
+    from vlmppo.envs import make_vec_env_from_config
 
-    e = cfg.env
-    return make_vec_env(
-        e.id,
-        n_envs,
-        cfg.run.seed,
-        prompt=e.prompt,
-        max_episode_steps=e.max_episode_steps,
-        observation=e.observation,
-        tile_size=e.tile_size,
-        **e.kwargs,
-    )
+    return make_vec_env_from_config(cfg.env, n_envs, cfg.run.seed)
 
 
 def _prompt_stats(sampled, image_token_id: int | None) -> tuple[float, float]:
@@ -110,7 +100,7 @@ def measure_rollout(
         keep: A list that receives the timed steps' ``StepBatch`` records (data for the update benchmark).
         gpu_name: For the decode floor (``bench/floor.py``).
     """
-    from vlmppo.bench.floor import decode_floor_ms
+    from vlmppo.benchmark.floor import decode_floor_ms
     from vlmppo.rl.rollout import rollout_step
 
     device = policy.device

@@ -29,7 +29,7 @@ class MethodClock:
     """Seconds spent inside named methods of some objects, summed over calls.
 
     ``wrap(obj, "generate", key)`` shadows ``obj.generate`` with a timed instance attribute; ``restore``
-    puts back what was there before, so the objects are left exactly as they were (nothing outside vlmppo.bench is
+    puts back what was there before, so the objects are left exactly as they were (nothing outside vlmppo.benchmark is
     patched, and the class's method is never replaced).
     """
 
@@ -96,9 +96,3 @@ def peak_memory_gib(device: str) -> float | None:
     if torch.device(device).type != "cuda":
         return None
     return torch.cuda.max_memory_allocated() / 2**30
-
-
-def memory_gib(device: str) -> float | None:
-    if torch.device(device).type != "cuda":
-        return None
-    return torch.cuda.memory_allocated() / 2**30

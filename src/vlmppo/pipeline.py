@@ -1,5 +1,8 @@
 """`vlmppo pipeline`: collect -> label -> preprocess -> sft -> ppo -> eval with one config, in-process.
 
+The orchestrator: the one module that calls every stage's entry point, a layer above the stage engines;
+`vlmppo pipeline` calls it, and the SLURM renderer (`vlmppo.slurm.render`) asks it how PPO would start.
+
 A stage is skipped when its output is complete and nothing it depends on changed. What it depends on is
 recorded in ``runs/<name>/pipeline.json`` after the stage ran: the SHA-256 of the config sections it reads
 (plus ``run.seed``), of its input files (the previous stage's output) and of its output files. A stage
@@ -33,19 +36,15 @@ from vlmppo.config import Config, run_dir
 from vlmppo.config.plan import stage_range
 from vlmppo.io import atomic_write_json, file_sha256
 from vlmppo.locks import locked, stage_lock
+from vlmppo.registry import DATA_STAGES, stage_info
 
-# Config sections each stage reads (run.seed is added to all).
-SECTIONS = {
-    "collect": ("env", "collect"),
-    "label": ("env", "label"),
-    "preprocess": ("env", "preprocess"),
-    "sft": ("model", "sft"),
-    "ppo": ("env", "model", "ppo"),
-    "eval": ("env", "model", "eval"),
-}
-# Folder each stage writes (moved aside before a re-run over an old output).
-FOLDERS = {"collect": "collect", "label": "label", "preprocess": "data", "sft": "sft", "ppo": "ppo"}
 RECORD = "pipeline.json"
+# The files that make a data stage's output complete (besides its manifest.json).
+DATA_OUTPUTS = {
+    "collect": ("episodes.jsonl",),
+    "label": ("labels.jsonl",),
+    "preprocess": ("train.jsonl", "val.jsonl"),
+}
 
 
 @dataclass
@@ -68,7 +67,7 @@ class PipelineResult:
 
 def stage_config(cfg: Config, stage: str) -> dict:
     dump = cfg.model_dump(mode="json")
-    return {"seed": dump["run"]["seed"], **{s: dump[s] for s in SECTIONS[stage]}}
+    return {"seed": dump["run"]["seed"], **{s: dump[s] for s in stage_info(stage).sections}}
 
 
 def config_hash(cfg: Config, stage: str) -> str:
@@ -114,14 +113,9 @@ def inputs_of(cfg: Config, stage: str, root: Path) -> list[Path]:
 
 def outputs_of(cfg: Config, stage: str, root: Path) -> list[Path] | None:
     """The files that make a stage's output complete; None when any is missing."""
-    if stage in ("collect", "label", "preprocess"):
-        folder = root / FOLDERS[stage]
-        main = {
-            "collect": ["episodes.jsonl"],
-            "label": ["labels.jsonl"],
-            "preprocess": ["train.jsonl", "val.jsonl"],
-        }
-        files = [folder / f for f in main[stage]]
+    if stage in DATA_STAGES:
+        folder = root / stage_info(stage).folder
+        files = [folder / f for f in DATA_OUTPUTS[stage]]
         return files if all(f.is_file() for f in files) and (folder / "manifest.json").is_file() else None
     if stage == "sft":
         latest = _latest(root, "sft")
@@ -173,20 +167,23 @@ def up_to_date(cfg: Config, stage: str, root: Path, record: dict) -> tuple[bool,
 
 def _started_before(stage: str, root: Path, record: dict) -> bool:
     """Whether an earlier call ran (or began) ``stage``: on a first run there is nothing to explain."""
-    return stage in record.get("stages", {}) or (root / FOLDERS.get(stage, "eval")).exists()
+    return stage in record.get("stages", {}) or (root / (stage_info(stage).folder or "eval")).exists()
 
 
 def _manifest_matches(cfg: Config, stage: str, root: Path, inputs: dict[str, str]) -> tuple[bool, str]:
     """A data stage run by hand (no pipeline record): trust its manifest if config and inputs match."""
-    if stage not in ("collect", "label", "preprocess"):
+    if stage not in DATA_STAGES:
         return False, "no record of how its output was made"
     try:
-        manifest = json.loads((root / FOLDERS[stage] / "manifest.json").read_text())
+        manifest = json.loads((root / stage_info(stage).folder / "manifest.json").read_text())
     except ValueError:
         return False, "its manifest.json cannot be read"
     recorded = manifest.get("config") or {}
     mine = stage_config(cfg, stage)
-    theirs = {"seed": recorded.get("run", {}).get("seed"), **{s: recorded.get(s) for s in SECTIONS[stage]}}
+    theirs = {
+        "seed": recorded.get("run", {}).get("seed"),
+        **{s: recorded.get(s) for s in stage_info(stage).sections},
+    }
     if theirs != mine:
         return False, "its manifest was written with another config"
     if sorted(v["sha256"] for v in manifest.get("inputs", {}).values()) != sorted(inputs.values()):
@@ -195,8 +192,9 @@ def _manifest_matches(cfg: Config, stage: str, root: Path, inputs: dict[str, str
 
 
 def _move_aside(root: Path, stage: str) -> Path | None:
-    folder = root / FOLDERS.get(stage, "")
-    if stage not in FOLDERS or not folder.exists():
+    name = stage_info(stage).folder
+    folder = root / (name or "")
+    if name is None or not folder.exists():
         return None
     target = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
     n = 1
@@ -235,8 +233,9 @@ def _run_stage(cfg: Config, stage: str, progress, resume: bool):
             from vlmppo.rl import train_ppo
 
             return train_ppo(cfg, on_update=report, resume="auto" if resume else None)
+        from vlmppo.eval.metrics import BASELINES
         from vlmppo.eval.report import read_baselines
-        from vlmppo.eval.runner import BASELINES, evaluate
+        from vlmppo.eval.runner import evaluate
 
         # The expert and random baselines the report places the agent between: played once per task
         # (no model, so seconds), again only when missing or made with other env settings.
@@ -290,9 +289,7 @@ def run_pipeline(
         if fresh:
             if stage not in record.get("stages", {}):  # adopted from its own manifest: record it now
                 record.setdefault("stages", {})[stage] = {
-                    "config_sha256": config_hash(cfg, stage),
-                    "config": stage_config(cfg, stage),
-                    "inputs": _hashes(inputs_of(cfg, stage, root), root),
+                    **_record_entry(cfg, stage, root),
                     "outputs": _hashes(outputs_of(cfg, stage, root), root),
                     "adopted": "its manifest matched",
                 }
@@ -300,48 +297,58 @@ def run_pipeline(
             say(stage, f"skipped: {reason}")
             result.outcomes.append(StageOutcome(stage, False, reason))
             continue
-        inputs = _hashes(inputs_of(cfg, stage, root), root)
-        entry = record.get("stages", {}).get(stage) or {}
-        # A stage the pipeline started with this very config and inputs, and that did not finish (killed,
-        # preempted): continue it instead of starting over (collect/label resume by themselves).
-        resume = "outputs" not in entry and entry.get("config_sha256") == config_hash(cfg, stage)
-        resume = resume and entry.get("inputs") == inputs
-        with stage_lock(root, stage) if stage in FOLDERS else nullcontext():
-            moved = None if resume else _move_aside(root, stage)
-            detail = "resuming the interrupted run" if resume else reason
-            moved_note = f"; the old output was moved to {moved}" if moved else ""
-            say(stage, "running" + (f": {detail}" if detail else "") + moved_note)
-            record.setdefault("stages", {})[stage] = {
-                "config_sha256": config_hash(cfg, stage),
-                "config": stage_config(cfg, stage),
-                "inputs": inputs,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-            atomic_write_json(root / RECORD, record)
-            t0 = time.perf_counter()
-            out = _run_stage(cfg, stage, progress, resume)
-            seconds = time.perf_counter() - t0
-        outputs = outputs_of(cfg, stage, root)
-        if outputs is None or getattr(out, "stopped_by", None):
-            say(
-                stage,
-                f"stopped without a complete output after {seconds:.1f} s; run the pipeline again to continue",
-            )
-            result.outcomes.append(StageOutcome(stage, True, detail, seconds, complete=False))
+        outcome = _run_recorded(cfg, stage, root, record, reason, say, progress)
+        result.outcomes.append(outcome)
+        if not outcome.complete:
             return result
-        record["stages"][stage].update(
-            {
-                "outputs": _hashes(outputs, root),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "seconds": round(seconds, 2),
-            }
-        )
-        atomic_write_json(root / RECORD, record)
-        say(stage, f"done in {seconds:.1f} s")
-        result.outcomes.append(StageOutcome(stage, True, detail, seconds))
     if "eval" in stages:
         _add_eval_results(cfg, root, result)
     return result
+
+
+def _record_entry(cfg: Config, stage: str, root: Path) -> dict:
+    """What ``pipeline.json`` holds of a stage before it runs: its config (and hash) and its inputs' hashes."""
+    return {
+        "config_sha256": config_hash(cfg, stage),
+        "config": stage_config(cfg, stage),
+        "inputs": _hashes(inputs_of(cfg, stage, root), root),
+    }
+
+
+def _run_recorded(
+    cfg: Config, stage: str, root: Path, record: dict, reason: str, say, progress
+) -> StageOutcome:
+    """Run one stage that is not up to date, under its lock; record when it started and, once its output is
+    complete, what it made. A stage the pipeline started with this very config and inputs and that did not
+    finish (killed, preempted) is continued instead of started over (collect and label resume by themselves).
+    """
+    entry = _record_entry(cfg, stage, root)
+    previous = record.get("stages", {}).get(stage) or {}
+    resume = "outputs" not in previous and all(
+        previous.get(k) == entry[k] for k in ("config_sha256", "inputs")
+    )
+    with stage_lock(root, stage) if stage_info(stage).folder else nullcontext():
+        moved = None if resume else _move_aside(root, stage)
+        detail = "resuming the interrupted run" if resume else reason
+        moved_note = f"; the old output was moved to {moved}" if moved else ""
+        say(stage, "running" + (f": {detail}" if detail else "") + moved_note)
+        record.setdefault("stages", {})[stage] = {**entry, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        atomic_write_json(root / RECORD, record)
+        t0 = time.perf_counter()
+        out = _run_stage(cfg, stage, progress, resume)
+        seconds = time.perf_counter() - t0
+    outputs = outputs_of(cfg, stage, root)
+    if outputs is None or getattr(out, "stopped_by", None):
+        say(
+            stage,
+            f"stopped without a complete output after {seconds:.1f} s; run the pipeline again to continue",
+        )
+        return StageOutcome(stage, True, detail, seconds, complete=False)
+    finished = {"outputs": _hashes(outputs, root), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record["stages"][stage].update({**finished, "seconds": round(seconds, 2)})
+    atomic_write_json(root / RECORD, record)
+    say(stage, f"done in {seconds:.1f} s")
+    return StageOutcome(stage, True, detail, seconds)
 
 
 def _add_eval_results(cfg: Config, root: Path, result: PipelineResult) -> None:

@@ -1,11 +1,12 @@
-"""The benchmark's tables: Rich for the terminal, markdown and JSON for files (same rows, same order)."""
+"""The benchmark's tables as rows of text: `vlmppo bench` draws them on the terminal, ``write_report`` writes
+them as markdown beside the JSON of every figure (same rows, same order)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from vlmppo.bench.runner import BenchResult
+from vlmppo.benchmark.runner import BenchResult
 
 ROLLOUT_COLUMNS = (
     "mode",
@@ -45,7 +46,7 @@ def _lengths(meta: dict) -> str:
     return f"answers end after {span} tokens (uniform, fixed seed; at most {meta['max_new_tokens']})"
 
 
-def _training(result: BenchResult) -> str:
+def training(result: BenchResult) -> str:
     r = result.meta["lora_r"]
     return "full fine-tuning" if r is None else f"LoRA r={r}"
 
@@ -102,24 +103,6 @@ def setup_lines(result: BenchResult) -> list[str]:
     ]
 
 
-def print_report(result: BenchResult, console) -> None:
-    from rich.table import Table
-
-    for line in setup_lines(result):
-        console.print(line)
-    table = Table(title="rollout", title_justify="left")
-    for name in ROLLOUT_COLUMNS:
-        table.add_column(name, justify="left" if name == "mode" else "right")
-    for row in rollout_rows(result):
-        table.add_row(*row)
-    console.print(table)
-    table = Table(title=f"update (forward + backward, {_training(result)})", title_justify="left")
-    for name in UPDATE_COLUMNS:
-        table.add_column(name, justify="right")
-    table.add_row(*update_row(result))
-    console.print(table)
-
-
 def markdown(result: BenchResult) -> str:
     def table(columns, rows) -> list[str]:
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -130,7 +113,7 @@ def markdown(result: BenchResult) -> str:
     if result.update is not None:
         lines += [
             "",
-            f"Update (teacher-forced forward + backward over micro-batches, {_training(result)}):",
+            f"Update (teacher-forced forward + backward over micro-batches, {training(result)}):",
             "",
         ]
         lines += table(UPDATE_COLUMNS, [update_row(result)])

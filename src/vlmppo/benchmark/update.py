@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vlmppo.bench.timing import now, peak_memory_gib, reset_peak_memory
+from vlmppo.benchmark.timing import now, peak_memory_gib, reset_peak_memory
 
 
 @dataclass

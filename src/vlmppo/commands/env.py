@@ -65,7 +65,8 @@ def list_():
 )
 def show(
     env_id: Annotated[
-        str, typer.Argument(help="Environment id, e.g. gym_cards/NumberLine-v0, a plugin's id, or module:Name.")
+        str,
+        typer.Argument(help="Environment id, e.g. gym_cards/NumberLine-v0, a plugin's id, or module:Name."),
     ],
     seed: Annotated[int, typer.Option(help="Reset seed.")] = 0,
     out: Annotated[Path, typer.Option(help="Where to write the first frame (PNG).")] = Path("frame.png"),
@@ -77,7 +78,9 @@ def show(
     ] = "cot",
     adapter: Annotated[
         str | None,
-        typer.Option(help="Task plugins: the adapter as module:Class (env.adapter); default: the plugin's own."),
+        typer.Option(
+            help="Task plugins: the adapter as module:Class (env.adapter); default: the plugin's own."
+        ),
     ] = None,
 ):
     """Write the env's first frame as a PNG and print the prompt the model gets with it."""

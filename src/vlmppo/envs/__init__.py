@@ -18,8 +18,8 @@ Importing this package registers ``gym_cards/*`` and ``probe/*`` with gymnasium 
 
 from vlmppo.envs.adapter import PROMPT_STYLES, EnvAdapter, is_success
 from vlmppo.envs.episodes import Episode, play_episodes
-from vlmppo.envs.plugins import Task
 from vlmppo.envs.parsing import ExpertAction, ParsedAction, format_answer, parse_action
+from vlmppo.envs.plugins import Task
 from vlmppo.envs.registry import (
     adapter_from_config,
     get_adapter,

@@ -28,7 +28,9 @@ from vlmppo.envs.task import DiscreteAdapter, TaskAdapter, TaskEnv, plugin_name
 from vlmppo.errors import EnvError, PluginError
 
 GROUP = "vlmppo.tasks"
-_INSTALL_HINT = "Is its package installed in this Python environment (pip install -e DIR), or its folder on PYTHONPATH?"
+_INSTALL_HINT = (
+    "Is its package installed in this Python environment (pip install -e DIR), or its folder on PYTHONPATH?"
+)
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,15 @@ def load_object(spec: str, what: str):
     """The object ``module:attr.path`` names, imported now; a PluginError that says which part failed."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name.strip() or not attr.strip():
-        raise PluginError(f"{what} {spec!r} is not of the form module:Name (e.g. mypkg.adapters:MazeAdapter).")
+        raise PluginError(
+            f"{what} {spec!r} is not of the form module:Name (e.g. mypkg.adapters:MazeAdapter)."
+        )
     try:
         obj = importlib.import_module(module_name)
     except ImportError as err:
-        raise PluginError(f"{what} {spec!r}: cannot import {module_name!r} ({err}).", hint=_INSTALL_HINT) from err
+        raise PluginError(
+            f"{what} {spec!r}: cannot import {module_name!r} ({err}).", hint=_INSTALL_HINT
+        ) from err
     except Exception as err:  # user code failing at import time: show what it raised, not our traceback
         raise PluginError(
             f"{what} {spec!r}: importing {module_name!r} raised {type(err).__name__}: {err}"
@@ -81,7 +87,9 @@ def load_object(spec: str, what: str):
         if not hasattr(obj, part):
             if obj.__name__ == module_name and attr in gym.registry:
                 return attr  # "module:Id-v0": importing the module registered the gymnasium id
-            raise PluginError(f"{what} {spec!r}: {module_name!r} has no {attr!r} (and no gymnasium id {attr!r}).")
+            raise PluginError(
+                f"{what} {spec!r}: {module_name!r} has no {attr!r} (and no gymnasium id {attr!r})."
+            )
         obj = getattr(obj, part)
     return obj
 
@@ -95,7 +103,9 @@ def resolve_task(env_id: str) -> ResolvedTask | None:
         try:
             obj = point.load()
         except Exception as err:
-            raise PluginError(f"{where}: loading it raised {type(err).__name__}: {err}", hint=_INSTALL_HINT) from err
+            raise PluginError(
+                f"{where}: loading it raised {type(err).__name__}: {err}", hint=_INSTALL_HINT
+            ) from err
         return ResolvedTask(env_id, where, _as_task(obj, where))
     if ":" in env_id:
         where = f"plugin {env_id!r}"
@@ -150,7 +160,11 @@ def make_raw_env(resolved: ResolvedTask, max_episode_steps: int | None, kwargs: 
 
 
 def make_task_adapter(
-    resolved: ResolvedTask, prompt: str, adapter: str | None, adapter_kwargs: dict, make_env: Callable[[], gym.Env]
+    resolved: ResolvedTask,
+    prompt: str,
+    adapter: str | None,
+    adapter_kwargs: dict,
+    make_env: Callable[[], gym.Env],
 ) -> EnvAdapter:
     """The adapter of a plugin: ``adapter`` (``env.adapter``), else the task's, else ``DiscreteAdapter``.
 

@@ -80,7 +80,7 @@ def _plugin(env_id: str) -> ResolvedTask:
     resolved = resolve_task(env_id)
     if resolved is not None:
         return resolved
-    ids = [*supported_ids(), *task_entry_points()]
+    ids = list(dict.fromkeys([*supported_ids(), *task_entry_points(), *gym.registry]))
     close = difflib.get_close_matches(env_id, ids, n=5, cutoff=0.5)
     hint = f"Did you mean: {', '.join(close)}?" if close else "See `vlmppo env list` for the ids."
     raise EnvError(f"Unknown env id {env_id!r} (not built in, not a gymnasium id, no installed plugin "
@@ -175,7 +175,11 @@ def get_adapter(
                            hint="Use env.prompt=cot or env.prompt=action_only for this env.")  # fmt: skip
         resolved = _plugin(env_id)
         return make_task_adapter(
-            resolved, prompt, adapter, adapter_kwargs or {}, lambda: make_raw_env(resolved, None, env_kwargs or {})
+            resolved,
+            prompt,
+            adapter,
+            adapter_kwargs or {},
+            lambda: make_raw_env(resolved, None, env_kwargs or {}),
         )
     try:
         if env_id.startswith("MiniGrid-"):
@@ -272,7 +276,9 @@ def render_first_frame(env_id: str, seed: int, out_path: str | Path, *, prompt: 
         prompt: The prompt style to return (see ``get_adapter``).
         **kwargs: Passed to ``make_env`` (``observation``, ``tile_size``, env options).
     """
-    options = {k: v for k, v in kwargs.items() if k not in ("observation", "tile_size", "adapter", "adapter_kwargs")}
+    options = {
+        k: v for k, v in kwargs.items() if k not in ("observation", "tile_size", "adapter", "adapter_kwargs")
+    }
     adapter = get_adapter(env_id, kwargs.get("observation", "full"), prompt, adapter=kwargs.get("adapter"),
                           adapter_kwargs=kwargs.get("adapter_kwargs"), env_kwargs=options)  # fmt: skip
     env = make_env(env_id, **kwargs)

@@ -59,7 +59,9 @@ def as_frame(value, where: str) -> np.ndarray:
 def _expect(kind: type | tuple[type, ...], label: str):
     def check(value, where: str):
         if not isinstance(value, kind):
-            raise PluginError(f"{where} returned {type(value).__name__} {value!r:.80}; it must return {label}.")
+            raise PluginError(
+                f"{where} returned {type(value).__name__} {value!r:.80}; it must return {label}."
+            )
         return value
 
     return check
@@ -215,7 +217,9 @@ class TaskEnv(gym.Wrapper):
 
     def _frame(self, obs, info) -> np.ndarray:
         if not isinstance(info, dict):
-            raise PluginError(f"{self._name} returned an info of type {type(info).__name__}; it must be a dict.")
+            raise PluginError(
+                f"{self._name} returned an info of type {type(info).__name__}; it must be a dict."
+            )
         frame = self.adapter.frame(self.env, obs, info)
         if self.observation_space.shape != frame.shape:
             self.observation_space = spaces.Box(0, 255, shape=frame.shape, dtype=np.uint8)

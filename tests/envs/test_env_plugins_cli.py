@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import textwrap
 
 import pytest
@@ -162,3 +163,15 @@ def test_the_example_plugin_trains_end_to_end_collect_sft_ppo_eval(site, tmp_pat
     expert = json.loads((run / "eval/expert/metrics.json").read_text())
     assert expert["success_rate"] == 1.0 and expert["episodes"] == 4
     assert json.loads((run / "eval/ppo-000001/metrics.json").read_text())["episodes"] == 4
+
+    # Share it: the exported card names the plugin, this checkpoint's eval beside the baselines, and the command.
+    shared = tmp_path / "shared"
+    exported = run_cli(
+        "export", "--ckpt", str(run / "ppo/checkpoints/last"), "--out", str(shared), env=with_path(site)
+    )
+    assert exported.returncode == 0, exported.stderr
+    card = (shared / "README.md").read_text()
+    assert "- **Environment:** `TinyNav-v0`" in card and f"- **Preset:** `{preset}`" in card
+    assert "| **this model** (ppo-000001) | 4 |" in card and "| expert (baseline) | 4 | 100.0% |" in card
+    assert shlex.join(["vlmppo", "pipeline", "--preset", str(preset)]) in card
+    assert "| ppo | checkpoint 000001 (this model)" in card and (shared / "assets/episode.gif").is_file()

@@ -85,7 +85,7 @@ def load_object(spec: str, what: str):
         ) from err
     for part in attr.split("."):
         if not hasattr(obj, part):
-            if obj.__name__ == module_name and attr in gym.registry:
+            if getattr(obj, "__name__", None) == module_name and attr in gym.registry:
                 return attr  # "module:Id-v0": importing the module registered the gymnasium id
             raise PluginError(
                 f"{what} {spec!r}: {module_name!r} has no {attr!r} (and no gymnasium id {attr!r})."

@@ -145,3 +145,27 @@ def test_export_push_to_hub_uploads_the_folder_to_the_hub_it_is_pointed_at(run, 
     assert denied.returncode == 1 and "Traceback" not in denied.stderr
     assert "Could not push" in denied.stderr and "'someone-else/probe'" in denied.stderr
     assert (tmp_path / "again/README.md").is_file()  # the folder was written before the push failed
+
+
+def test_a_full_fine_tune_exports_as_a_plain_model_and_merge_has_nothing_to_do(tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    cfg = load_config(
+        "probe-constant-tiny", overrides=[f"run.output_dir={tmp_path}", "run.name=full", "model.lora=null"]
+    )
+    loaded = load_model(cfg.model, device="cpu", for_training=True)
+
+    def write(folder):
+        loaded.model.save_pretrained(folder)
+        loaded.processor.save_pretrained(folder)
+        (folder / "config.yaml").write_text(config_to_yaml(cfg))
+
+    meta = {"stage": "sft", "family": cfg.model.family, "base_model": str(loaded.path)}
+    ckpt = save_checkpoint(run_dir(cfg) / "sft" / "checkpoints", 3, meta, write)
+    result = export_checkpoint(ckpt, tmp_path / "exported", merge=True)
+    assert not result.merged and not result.record["lora"] and "adapter_config.json" not in result.files
+    plain = AutoModelForImageTextToText.from_pretrained(tmp_path / "exported").eval()
+    assert torch.allclose(logits(plain, cfg), logits(loaded.model.eval(), cfg), atol=1e-5)
+    card = (tmp_path / "exported/README.md").read_text()
+    assert "This folder holds the full model" in card and "library_name: transformers" in card
+    assert "This checkpoint was not evaluated in its run" in card

@@ -23,3 +23,23 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         text=True,
         timeout=timeout,
     )
+
+
+PLUGINS = REPO / "tests" / "plugins"
+
+
+def install_plugin(package: Path, target: Path) -> Path:
+    """Install a plugin package into ``target`` as pip does (its .dist-info carries the entry points), offline,
+    without touching the test venv; put ``target`` on PYTHONPATH (or sys.path) to use it. Returns ``target``."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+         "--no-build-isolation", "--no-index", "--target", str(target), str(package)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return target
+
+
+def with_path(*folders: Path) -> dict:
+    """Environment variables for `run_cli` with ``folders`` first on PYTHONPATH."""
+    current = os.environ.get("PYTHONPATH", "")
+    return {"PYTHONPATH": os.pathsep.join([*map(str, folders), *([current] if current else [])])}

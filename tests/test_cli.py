@@ -37,6 +37,7 @@ COMMANDS = [
     ["env"],
     ["env", "list"],
     ["env", "show"],
+    ["export"],
 ]
 
 HELP_PROBE = """

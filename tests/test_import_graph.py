@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runtime", ("vlmppo.accel", "vlmppo.checkpoints", "vlmppo.locks", "vlmppo.train_state", "vlmppo.tracking")),
     ("data and training", ("vlmppo.data", "vlmppo.rl", "vlmppo.sft")),
     ("evaluation and measurement", ("vlmppo.eval", "vlmppo.benchmark", "vlmppo.memory")),
-    ("orchestration", ("vlmppo.pipeline", "vlmppo.slurm")),
+    ("orchestration", ("vlmppo.pipeline", "vlmppo.slurm", "vlmppo.export")),
     ("commands", ("vlmppo.commands", "vlmppo.cli", "vlmppo.__main__", "vlmppo.console", "vlmppo.quiet")),
 ]  # fmt: skip
 

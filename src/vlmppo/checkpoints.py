@@ -56,7 +56,7 @@ def save_checkpoint(
             much space is left) or a file does not read back (named); the previous checkpoints and ``last``
             are left as they were.
     """
-    from vlmppo.sysinfo import git_sha, package_versions
+    from vlmppo.sysinfo import command_line, git_sha, package_versions
 
     root = Path(root)
     final = root / f"{step:06d}"
@@ -72,6 +72,7 @@ def save_checkpoint(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": package_versions(),
             "git_sha": git_sha(),
+            "command": command_line(),
             **meta,
             "files": seal_files(tmp),
         }

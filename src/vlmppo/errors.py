@@ -31,6 +31,11 @@ class EnvError(VlmppoError):
     """An environment id or option is unknown or unusable."""
 
 
+class PluginError(EnvError):
+    """A task plugin (``env.id``/``env.adapter`` naming user code) cannot be imported or breaks the adapter
+    protocol: the message names the plugin and what is missing or wrong."""
+
+
 class DataError(VlmppoError):
     """A dataset, trajectory or label file is missing, empty or malformed."""
 

@@ -218,8 +218,9 @@ def file_sha256(path: Path) -> str:
 
 
 def write_manifest(folder: Path, *, stage: str, config: dict, inputs: dict[str, Path], **extra: Any) -> dict:
-    """Write ``<folder>/manifest.json``: inputs with their hashes, config, versions, git SHA, and counts."""
-    from vlmppo.sysinfo import git_sha, package_versions
+    """Write ``<folder>/manifest.json``: inputs with their hashes, config, versions, git SHA, the command that
+    ran (None outside the CLI), and counts."""
+    from vlmppo.sysinfo import command_line, git_sha, package_versions
 
     manifest = {
         "stage": stage,
@@ -228,6 +229,7 @@ def write_manifest(folder: Path, *, stage: str, config: dict, inputs: dict[str, 
         "config": config,
         "versions": package_versions(),
         "git_sha": git_sha(),
+        "command": command_line(),
         **extra,
     }
     atomic_write_json(Path(folder) / "manifest.json", manifest)

@@ -141,7 +141,10 @@ def estimate_ppo_memory(cfg) -> MemoryEstimate | None:
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or hidden // heads
     inter, vocab = text.intermediate_size, text.vocab_size
-    size = next((e["frame_size"] for e in list_envs() if e["id"] == cfg.env.id), (300, 300))
+    # A plugin that fails to load has no frame size; the stage itself will say why.
+    size = next(
+        (e["frame_size"] for e in list_envs() if e["id"] == cfg.env.id and e["frame_size"]), (300, 300)
+    )
     prompt = image_tokens(config, m.family, size[0], size[1], m.min_pixels, m.max_pixels) + 200  # + task text
     total, trainable = count_parameters(config, m.family, m.lora)
     bpw = 4 if m.dtype == "float32" else 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -29,6 +30,21 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+# The command line of this process when the CLI runs it (``vlmppo.cli``); None when vlmppo is used as a library.
+_command: list[str] | None = None
+
+
+def record_command(argv: list[str]) -> None:
+    """Remember the CLI's arguments, so that manifests and checkpoints say how to make them again."""
+    global _command
+    _command = list(argv)
+
+
+def command_line() -> str | None:
+    """``vlmppo ARGS`` as the user typed it (shell-quoted), or None outside the CLI."""
+    return None if _command is None else shlex.join(["vlmppo", *_command])
 
 
 def git_sha(cwd: Path | None = None) -> str | None:

@@ -36,7 +36,7 @@ def versions(ctx: typer.Context):
 
 @app.command("list", epilog=examples("vlmppo env list"))
 def list_():
-    """Registered environments with their action sets."""
+    """Registered environments with their action sets, the installed task plugins included."""
     from rich.table import Table
 
     from vlmppo.console import console
@@ -50,7 +50,8 @@ def list_():
         frame = (
             f"{size[1]}x{size[0]}" if isinstance(size, (list, tuple)) and len(size) >= 2 else str(size or "")
         )
-        table.add_row(str(row["id"]), str(row["family"]), ", ".join(row["legal_actions"]), frame)
+        actions = f"broken: {row['error']}" if row.get("error") else ", ".join(row["legal_actions"])
+        table.add_row(str(row["id"]), str(row["family"]), actions, frame)
     console.print(table)
 
 
@@ -59,10 +60,14 @@ def list_():
         "vlmppo env show gym_cards/Points24-v0 --seed 3 --out p24.png",
         "vlmppo env show gym_cards/Points24-v0 --prompt rl4vlm",
         "vlmppo env show MiniGrid-DoorKey-6x6-v0",
+        "vlmppo env show mypkg.envs:MazeEnv --adapter mypkg.adapters:MazeAdapter",
     )
 )
 def show(
-    env_id: Annotated[str, typer.Argument(help="Environment id, e.g. gym_cards/NumberLine-v0.")],
+    env_id: Annotated[
+        str,
+        typer.Argument(help="Environment id, e.g. gym_cards/NumberLine-v0, a plugin's id, or module:Name."),
+    ],
     seed: Annotated[int, typer.Option(help="Reset seed.")] = 0,
     out: Annotated[Path, typer.Option(help="Where to write the first frame (PNG).")] = Path("frame.png"),
     prompt: Annotated[
@@ -71,6 +76,12 @@ def show(
             help="Prompt style (env.prompt): rl4vlm, rl4vlm_action_only (gym_cards only), cot, action_only."
         ),
     ] = "cot",
+    adapter: Annotated[
+        str | None,
+        typer.Option(
+            help="Task plugins: the adapter as module:Class (env.adapter); default: the plugin's own."
+        ),
+    ] = None,
 ):
     """Write the env's first frame as a PNG and print the prompt the model gets with it."""
     from vlmppo.console import console
@@ -81,6 +92,6 @@ def show(
         raise EnvError(
             f"Unknown prompt style --prompt {prompt!r}.", hint=f"Use one of {', '.join(PROMPT_STYLES)}."
         )
-    text = render_first_frame(env_id, seed, out, prompt=prompt)
+    text = render_first_frame(env_id, seed, out, prompt=prompt, adapter=adapter)
     console.print(f"[bold]frame:[/bold] {out}\n[bold]prompt:[/bold]", markup=True)
     console.print(text, markup=False, highlight=False, soft_wrap=True)

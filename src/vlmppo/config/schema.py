@@ -62,7 +62,19 @@ class RunConfig(Section):
 class EnvConfig(Section):
     id: str = Field(
         "gym_cards/NumberLine-v0",
-        description="Gymnasium id: gym_cards/*, probe/* or any MiniGrid-* id.",
+        description="Env id: gym_cards/*, probe/*, MiniGrid-*, a task plugin's id (an installed package's "
+        "vlmppo.tasks entry point), module:Name (an env class, a vlmppo.envs.Task, or a gymnasium id that "
+        "importing the module registers), or any gymnasium id. See docs/custom-envs.md.",
+    )
+    adapter: str | None = Field(
+        None,
+        description="Task plugins only: module:Class of the TaskAdapter (prompt, legal actions, frame, expert, "
+        "reward shaping); null: the plugin's own, else the default adapter for named Discrete actions.",
+    )
+    adapter_kwargs: dict = Field(
+        default_factory=dict,
+        description="Task plugins only: keyword arguments of the adapter (the default adapter takes "
+        "actions: [names] and task: text).",
     )
     n_envs: int = Field(4, ge=1, description="Environments stepped together (one batched generate for all).")
     max_episode_steps: int | None = Field(

@@ -12,11 +12,14 @@ Importing this package registers ``gym_cards/*`` and ``probe/*`` with gymnasium 
 * ``make_vec_env(env_id, n_envs, seed)``: N envs stepped together with auto-reset.
 * ``play_episodes(...)``: queued episodes played to their end on N envs (collect's and eval's loop).
 * ``list_envs()`` and ``render_first_frame(...)``: what ``vlmppo env list|show`` print.
+* ``TaskAdapter``, ``DiscreteAdapter``, ``Task``: what a user's task plugin subclasses or registers
+  (``vlmppo.envs.plugins``, docs/custom-envs.md).
 """
 
 from vlmppo.envs.adapter import PROMPT_STYLES, EnvAdapter, is_success
 from vlmppo.envs.episodes import Episode, play_episodes
 from vlmppo.envs.parsing import ExpertAction, ParsedAction, format_answer, parse_action
+from vlmppo.envs.plugins import Task
 from vlmppo.envs.registry import (
     adapter_from_config,
     get_adapter,
@@ -27,12 +30,14 @@ from vlmppo.envs.registry import (
     render_first_frame,
     supported_ids,
 )
+from vlmppo.envs.task import DiscreteAdapter, TaskAdapter, TaskEnv
 from vlmppo.envs.vec_env import VecEnv, make_vec_env, make_vec_env_from_config
 
 register_envs()
 
 __all__ = [
     "PROMPT_STYLES",
+    "DiscreteAdapter",
     "EnvAdapter",
     "Episode",
     "ExpertAction",
@@ -52,4 +57,7 @@ __all__ = [
     "register_envs",
     "render_first_frame",
     "supported_ids",
+    "Task",
+    "TaskAdapter",
+    "TaskEnv",
 ]

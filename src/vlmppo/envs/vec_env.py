@@ -47,7 +47,12 @@ class VecEnv:
         if n_envs < 1:
             raise ValueError("n_envs must be at least 1")
         self.env_id, self.n_envs, self.seed = env_id, n_envs, seed
-        self.adapter = get_adapter(env_id, make_env_kwargs.get("observation", "full"), prompt)
+        plugin_keys = ("observation", "tile_size", "adapter", "adapter_kwargs")
+        self.adapter = get_adapter(
+            env_id, make_env_kwargs.get("observation", "full"), prompt,
+            adapter=make_env_kwargs.get("adapter"), adapter_kwargs=make_env_kwargs.get("adapter_kwargs"),
+            env_kwargs={k: v for k, v in make_env_kwargs.items() if k not in plugin_keys},
+        )  # fmt: skip
         self.envs = [make_env(env_id, **make_env_kwargs) for _ in range(n_envs)]
         self.rngs = [np.random.default_rng([seed + i, 1]) for i in range(n_envs)]
         self._seeded = False
@@ -155,5 +160,7 @@ def make_vec_env_from_config(env: EnvConfig, n_envs: int, seed: int) -> VecEnv:
         max_episode_steps=env.max_episode_steps,
         observation=env.observation,
         tile_size=env.tile_size,
+        adapter=env.adapter,
+        adapter_kwargs=env.adapter_kwargs,
         **env.kwargs,
     )

@@ -89,6 +89,17 @@ def checkpoint_config(ckpt: str | None) -> tuple[Path, list[str]]:
     return config, [f"run.output_dir={json.dumps(output_dir)}", f"run.name={json.dumps(run_root.name)}"]
 
 
+def check_quantization_here(cfg) -> None:
+    """``model.quantization`` on a machine without CUDA (or bitsandbytes): one clear error before anything
+    is written or loaded."""
+    if not cfg.model.quantization:
+        return
+    from vlmppo.models.quantization import check_quantization
+    from vlmppo.sysinfo import resolve_device
+
+    check_quantization(cfg.model, resolve_device(cfg))
+
+
 def gpu_memory_row(cfg) -> str:
     """The PPO memory estimate, or why there is none (the model's config is not available offline)."""
     from vlmppo.memory import estimate_ppo_memory

@@ -52,8 +52,11 @@ def start_run(cfg: Config, resume: str | None) -> SftRun:
     from vlmppo.sysinfo import resolve_device
     from vlmppo.train_state import load_trainer_state, restore_rng
 
+    from vlmppo.models.quantization import check_quantization
+
     sft = cfg.sft
     check_launch(sft.launch)
+    check_quantization(cfg.model, resolve_device(cfg))
     train_path, val_path = dataset_paths(cfg)
     train = load_sft_examples(train_path)
     val = load_val(val_path, explicit=sft.val_file is not None)

@@ -100,11 +100,11 @@ def check_quantization_here(cfg) -> None:
     check_quantization(cfg.model, resolve_device(cfg))
 
 
-def gpu_memory_row(cfg) -> str:
-    """The PPO memory estimate, or why there is none (the model's config is not available offline)."""
-    from vlmppo.memory import estimate_ppo_memory
+def gpu_memory_row(cfg, stage: str = "ppo") -> str:
+    """The PPO (or SFT) memory estimate, or why there is none (the model's config is not available offline)."""
+    from vlmppo.memory import estimate_ppo_memory, estimate_sft_memory
 
-    est = estimate_ppo_memory(cfg)
+    est = estimate_sft_memory(cfg) if stage == "sft" else estimate_ppo_memory(cfg)
     if est is None:
         return (
             f"unknown: no config for {cfg.model.path} offline (point model.path at a local model folder "
@@ -118,7 +118,8 @@ def plan_rows(cfg, stage: str) -> list[tuple[str, str]]:
     estimate."""
     from vlmppo.config.plan import stage_plan
 
-    return stage_plan(cfg, stage, gpu_memory=gpu_memory_row(cfg) if stage == "ppo" else None)
+    estimated = stage in ("ppo", "sft") and (stage == "ppo" or cfg.run.device != "cpu")
+    return stage_plan(cfg, stage, gpu_memory=gpu_memory_row(cfg, stage) if estimated else None)
 
 
 def print_dry_run(cfg, *stages: str) -> None:

@@ -161,16 +161,19 @@ class ModelFacts:
 
     config: object
     counts: ModelCounts
+    prompt_tokens: int
 
 
 def model_facts(cfg) -> ModelFacts | None:
-    """The facts of ``cfg.model``; None when its config is not available offline."""
+    """The facts of ``cfg.model`` (and of its prompt, from ``cfg.env``); None when the model's config is not
+    available offline."""
     from vlmppo.models.loading import load_model_config
 
     config = load_model_config(cfg.model)
     if config is None:
         return None
-    return ModelFacts(config, count_model(config, cfg.model.family, cfg.model.lora))
+    counts = count_model(config, cfg.model.family, cfg.model.lora)
+    return ModelFacts(config, counts, prompt_length(cfg, config))
 
 
 def weight_bytes(cfg, counts: ModelCounts) -> tuple[float, float]:
@@ -249,7 +252,7 @@ def estimate_ppo_memory(cfg, facts: ModelFacts | None = None) -> MemoryEstimate 
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or hidden // heads
     inter, vocab = text.intermediate_size, text.vocab_size
-    prompt = prompt_length(cfg, config)
+    prompt = facts.prompt_tokens
     weights, bpw = weight_bytes(cfg, counts)
     trainable_state = trainable_state_bytes(cfg, counts, bpw) + value_head_bytes(hidden)
     seq, answer, envs = prompt + p.max_new_tokens, p.max_new_tokens, cfg.env.n_envs
@@ -282,9 +285,12 @@ def estimate_ppo_memory(cfg, facts: ModelFacts | None = None) -> MemoryEstimate 
     )
 
 
-def sft_tokens(cfg, config) -> int:
+SFT_ANSWER_TOKENS = 256
+
+
+def sft_tokens(cfg, prompt_tokens: int) -> int:
     """Tokens of one SFT sample as estimated: the prompt + a 256-token answer, at most ``sft.max_length``."""
-    return min(cfg.sft.max_length, prompt_length(cfg, config) + 256)
+    return min(cfg.sft.max_length, prompt_tokens + SFT_ANSWER_TOKENS)
 
 
 def estimate_sft_memory(cfg, facts: ModelFacts | None = None) -> MemoryEstimate | None:
@@ -298,7 +304,7 @@ def estimate_sft_memory(cfg, facts: ModelFacts | None = None) -> MemoryEstimate 
     config, counts = facts.config, facts.counts
     text = _text(config)
     weights, bpw = weight_bytes(cfg, counts)
-    tokens = sft_tokens(cfg, config)
+    tokens = sft_tokens(cfg, facts.prompt_tokens)
     dropout = cfg.model.lora.dropout if cfg.model.lora is not None else 0.0
     per_token_layer = layer_values(cfg, text, bpw, "auto", dropout)
     batch = cfg.sft.batch_size

@@ -172,7 +172,7 @@ def fit_sft_batch(cfg: Config, facts: ModelFacts, budget_gb: float) -> tuple[lis
 
 def plan_for_gpu(
     cfg: Config, gpu_mem_gb: float, *, gpus: int = 1, margin: float = 0.1, max_envs: int = 128,
-    quantization: str = "auto",
+    quantization: str = "auto", facts: ModelFacts | None = None,
 ) -> Plan | None:  # fmt: skip
     """The fastest settings whose PPO and SFT peaks per GPU fit ``gpu_mem_gb`` less ``margin`` (a fraction).
 
@@ -180,10 +180,12 @@ def plan_for_gpu(
         quantization: ``auto`` tries none and 4bit (and the config's own, e.g. 8bit); ``none``, ``4bit`` or
             ``8bit`` fix it.
 
+        facts: ``model_facts(cfg)``, when the caller has them.
+
     Returns:
         The plan, or None when the model's config is not available offline.
     """
-    facts = model_facts(cfg)
+    facts = facts or model_facts(cfg)
     if facts is None:
         return None
     lora = cfg.model.lora is not None

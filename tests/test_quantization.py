@@ -6,8 +6,8 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-
 from tests.helpers import run_cli
+
 from vlmppo.config import load_config
 from vlmppo.errors import ConfigError, ModelError
 from vlmppo.models import FAMILIES
@@ -109,7 +109,8 @@ def test_ppo_engine_refuses_a_quantised_base_on_cpu_before_the_run_folder(tmp_pa
     from vlmppo.rl import train_ppo
 
     cfg = load_config(
-        "numberline-tiny", overrides=["model.quantization=4bit", "run.device=cpu", f"run.output_dir={tmp_path}"]
+        "numberline-tiny",
+        overrides=["model.quantization=4bit", "run.device=cpu", f"run.output_dir={tmp_path}"],
     )
     with pytest.raises(ModelError, match="needs a CUDA GPU"):
         train_ppo(cfg)
@@ -120,7 +121,8 @@ def test_sft_engine_refuses_a_quantised_base_on_cpu_before_the_run_folder(tmp_pa
     from vlmppo.sft import train_sft
 
     cfg = load_config(
-        "numberline-tiny", overrides=["model.quantization=4bit", "run.device=cpu", f"run.output_dir={tmp_path}"]
+        "numberline-tiny",
+        overrides=["model.quantization=4bit", "run.device=cpu", f"run.output_dir={tmp_path}"],
     )
     with pytest.raises(ModelError, match="needs a CUDA GPU"):
         train_sft(cfg)

@@ -94,7 +94,9 @@ def throughput(cfg: Config, facts: ModelFacts, n_envs_per_gpu: int, gpus: int) -
     text = _text(facts.config)
     size = facts.counts.total / REFERENCE_PARAMS
     tokens = (facts.prompt_tokens + p.max_new_tokens) / REFERENCE_TOKENS
-    decode_ms = DECODE_MS_BASE * text.num_hidden_layers / REFERENCE_LAYERS + DECODE_MS_PER_ENV * n_envs_per_gpu * size
+    decode_ms = (
+        DECODE_MS_BASE * text.num_hidden_layers / REFERENCE_LAYERS + DECODE_MS_PER_ENV * n_envs_per_gpu * size
+    )
     if m.lora is not None and not uses_merged_sampling(cfg, "cuda"):
         decode_ms *= UNMERGED_DECODE
     if m.quantization:

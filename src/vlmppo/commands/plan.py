@@ -25,7 +25,8 @@ def plan(
     ] = 24.0,
     gpus: Annotated[int, typer.Option("--gpus", help="GPUs per run (each holds the whole model).")] = 1,
     margin: Annotated[
-        float, typer.Option("--margin", help="Fraction of the card left free (fragmentation, other processes).")
+        float,
+        typer.Option("--margin", help="Fraction of the card left free (fragmentation, other processes)."),
     ] = 0.1,
     max_envs: Annotated[int, typer.Option("--max-envs", help="Largest env.n_envs to propose.")] = 128,
     quantization: Annotated[
@@ -85,7 +86,9 @@ def print_plan(cfg, result, preset, config_file, overrides: list[str]) -> None:
             "image tokens (model.max_pixels), a shorter ppo.max_new_tokens, or a smaller --margin.",
         )
     s = chosen.settings
-    table = Table(title=f"plan: {card}{result.gpu_mem_gb:g} GiB per GPU", show_header=False, title_justify="left")
+    table = Table(
+        title=f"plan: {card}{result.gpu_mem_gb:g} GiB per GPU", show_header=False, title_justify="left"
+    )
     table.add_column("what", style="bold")
     table.add_column("value")
     rows = [

@@ -49,10 +49,9 @@ def sft_accelerator(cfg: Config, device: str):
 def start_run(cfg: Config, resume: str | None) -> SftRun:
     """Check everything a user can get wrong before any weight is loaded or file written, then build the
     model and optimizer, and on a resume restore the optimizer, counters and (last) every RNG stream."""
+    from vlmppo.models.quantization import check_quantization
     from vlmppo.sysinfo import resolve_device
     from vlmppo.train_state import load_trainer_state, restore_rng
-
-    from vlmppo.models.quantization import check_quantization
 
     sft = cfg.sft
     check_launch(sft.launch)

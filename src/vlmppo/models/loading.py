@@ -202,7 +202,8 @@ def load_model(
     quantized = {}
     if cfg.quantization:
         # bitsandbytes quantises while the weights are placed, so they are placed by from_pretrained itself.
-        quantized = dict(quantization_config=bnb_config(cfg, family, dtype), device_map={"": device})
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        quantized = dict(quantization_config=bnb_config(cfg, family, dtype), device_map={"": index})
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             str(source),

@@ -136,6 +136,10 @@ def main() -> None:
                 )
                 continue
             cfg = case_config(shape, extra, dry, model_paths)
+            if cfg.model.quantization and os.environ.get("QUANT_DECODER"):  # e.g. generate, if static fails
+                cfg = cfg.model_copy(
+                    update={"model": cfg.model.model_copy(update={"decoder": os.environ["QUANT_DECODER"]})}
+                )
             device = cfg.run.device
             cap = CAP_GIB if capped and not dry else None
             row = measure_stage(case, stage, cfg, device, cap, frames)

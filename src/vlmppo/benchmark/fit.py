@@ -163,12 +163,12 @@ def measure_stage(case: str, stage: str, cfg, device: str, cap_gib: float | None
 
     est = (estimate_sft_memory if stage == "sft" else estimate_ppo_memory)(cfg)
     row = FitRow(case, stage, "ok", cap_gib, None, est.peak_gb if est else None)
+    free_memory()  # first: cached blocks of the last stage would count against the cap
     if device == "cuda":
         if cap_gib is None:
             torch.cuda.set_per_process_memory_fraction(1.0)
         else:
             apply_gpu_memory_cap(cap_gib)
-    free_memory()
     started = time.perf_counter()
     try:
         out = measure_sft(cfg, device, folder) if stage == "sft" else measure_ppo(cfg, device)

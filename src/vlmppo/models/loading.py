@@ -202,8 +202,10 @@ def load_model(
     quantized = {}
     if cfg.quantization:
         # bitsandbytes quantises while the weights are placed, so they are placed by from_pretrained itself.
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        quantized = dict(quantization_config=bnb_config(cfg, family, dtype), device_map={"": index})
+        place = str(device)
+        if device.type == "cuda":
+            place = device.index if device.index is not None else torch.cuda.current_device()
+        quantized = dict(quantization_config=bnb_config(cfg, family, dtype), device_map={"": place})
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             str(source),

@@ -149,3 +149,44 @@ def test_cli_says_quantization_needs_cuda_in_one_paragraph(tmp_path, command):
     assert "model.quantization=4bit needs a CUDA GPU" in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_BNB, reason="needs bitsandbytes")
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_4bit_base_samples_scores_updates_and_saves_only_the_adapter_on_a_gpu(tmp_path, family):
+    """The run's own path on a CUDA GPU: quantised load, LoRA, static decoder (CUDA graphs through the 4-bit
+    linears), scoring, an update, the KL reference pass, and an adapter-only save."""
+    import bitsandbytes as bnb
+    import torch
+
+    from vlmppo.accel import make_accelerator
+    from vlmppo.benchmark.rollout import measure_rollout
+    from vlmppo.benchmark.runner import AnswerLengths
+    from vlmppo.benchmark.update import measure_update
+    from vlmppo.rl.startup import build_policy
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    cfg = load_config("numberline-tiny", overrides=[
+        f"model.family={family}", f"model.path=tiny:{family}", "model.quantization=4bit", "run.device=cuda",
+        "env.n_envs=2", "ppo.micro_batch_size=2", "ppo.minibatch_size=2", "ppo.max_new_tokens=8", "ppo.kl_coef=0.1",
+    ])  # fmt: skip
+    policy = build_policy(cfg, "cuda", accelerator=make_accelerator("cuda", "bf16"))
+    model = policy.loaded.model
+    quantised = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    tower = FAMILIES[family].vision_tower
+    assert quantised and not any(f".{tower}." in n for n in quantised)
+    assert policy.sampler is None and policy.decoder == "static"
+    policy.forced_lengths = AnswerLengths(8, None, 0)
+    steps: list = []
+    measure_rollout(policy, cfg, 2, repeats=1, keep=steps)
+    assert steps[0].ref_logp is not None and torch.isfinite(steps[0].ref_logp).all()  # the KL reference pass
+    trained = {
+        n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n
+    }
+    measure_update(policy, cfg, steps, repeats=1)
+    assert all(not torch.equal(trained[n], p) for n, p in model.named_parameters() if n in trained)
+    model.save_pretrained(tmp_path)
+    assert not any(p.name.startswith("model") for p in tmp_path.iterdir())  # no base weights saved
+    assert (tmp_path / "adapter_model.safetensors").is_file()

@@ -132,3 +132,23 @@ def test_bad_plan_options_are_named_at_once():
     out = run_cli("plan", "--preset", "numberline-tiny", "--gpu-mem", "0", "--margin", "1.5")
     assert out.returncode == 1
     assert "--gpu-mem 0" in out.stderr and "--margin 1.5" in out.stderr
+
+
+def test_two_gpus_split_the_envs_and_double_the_speed(qwen_2b):
+    cfg, facts = qwen_2b
+    one = plan_for_gpu(cfg, 24, facts=facts)
+    two = plan_for_gpu(cfg, 24, gpus=2, facts=facts)
+    assert two.chosen.settings["env.n_envs"] % 2 == 0
+    assert two.chosen.env_steps_per_s > one.chosen.env_steps_per_s
+    assert any("data parallel" in note for note in two.notes)
+
+
+def test_sft_dry_run_prints_its_memory_estimate():
+    from vlmppo.commands._common import plan_rows
+
+    rows = dict(plan_rows(load_config("numberline-qwen", overrides=["model.quantization=4bit"]), "sft"))
+    assert "tokens per sample" in rows["est. GPU memory"]
+    assert "4bit base (QLoRA)" in rows["model"]
+    ppo = dict(plan_rows(load_config("numberline-qwen", overrides=["model.quantization=4bit"]), "ppo"))
+    assert "from the adapter model (unmerged)" in ppo["sampling"]
+    assert "merged sampling copy" not in ppo["est. GPU memory"]

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("envs and models", ("vlmppo.envs", "vlmppo.models")),
     ("runtime", ("vlmppo.accel", "vlmppo.checkpoints", "vlmppo.locks", "vlmppo.train_state", "vlmppo.tracking")),
     ("data and training", ("vlmppo.data", "vlmppo.rl", "vlmppo.sft")),
-    ("evaluation and measurement", ("vlmppo.eval", "vlmppo.benchmark", "vlmppo.memory")),
+    ("evaluation and measurement", ("vlmppo.eval", "vlmppo.benchmark", "vlmppo.memory", "vlmppo.planner")),
     ("orchestration", ("vlmppo.pipeline", "vlmppo.slurm", "vlmppo.export")),
     ("commands", ("vlmppo.commands", "vlmppo.cli", "vlmppo.__main__", "vlmppo.console", "vlmppo.quiet")),
 ]  # fmt: skip

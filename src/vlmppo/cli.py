@@ -12,7 +12,7 @@ import sys
 import typer
 
 from vlmppo import __version__
-from vlmppo.commands import bench, env, export, model, presets, slurm, stages
+from vlmppo.commands import bench, env, export, model, plan, presets, slurm, stages
 from vlmppo.registry import STAGES
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ for _name in (*STAGES, "pipeline"):
     app.command(_name, epilog=_epilog)(_command)
 app.command("bench", epilog=bench.bench_epilog)(bench.bench)
 app.command("export", epilog=export.export_epilog)(export.export)
+app.command("plan", epilog=plan.plan_epilog)(plan.plan)
 app.add_typer(slurm.app, name="slurm")
 app.add_typer(presets.app, name="presets")
 app.add_typer(model.app, name="model")

@@ -1,4 +1,4 @@
-"""Estimated peak GPU memory of a PPO run, for `vlmppo ppo --dry-run`.
+"""Estimated peak GPU memory of a PPO or SFT run, for `vlmppo ppo --dry-run` and `vlmppo plan`.
 
 The model is built on PyTorch's ``meta`` device from its config (no weights are read or allocated), and
 wrapped with the same LoRA the run would use, so the parameter counts are exact. Activations follow the
@@ -8,7 +8,8 @@ measurement: compare with `vlmppo bench` on the card (bench/RESULTS.md).
 
 Terms:
 - weights: every parameter in the model's dtype (twice with LoRA and ``ppo.merged_sampling``, which samples
-  from a merged copy);
+  from a merged copy); with ``model.quantization`` the language model's linear weights take 4 or 8 bits plus
+  their block constants (``models/quantization.py``), and there is no merged copy;
 - trainable state: trainable parameters (LoRA adapters are kept in fp32 by peft) + their gradients + two
   AdamW moments, all in the trainable dtype; the value head likewise;
 - rollout: the prefill's KV cache of all envs' prompts (plus, with transformers' ``generate``, the cache
@@ -48,6 +49,7 @@ class MemoryEstimate:
     update_gb: float
     sampler_gb: float = 0.0
     decoder_gb: float = 0.0
+    stage: str = "ppo"
 
     @property
     def peak_gb(self) -> float:
@@ -55,6 +57,13 @@ class MemoryEstimate:
         return OVERHEAD * (resident + max(self.rollout_gb, self.update_gb))
 
     def describe(self) -> str:
+        if self.stage == "sft":
+            return (
+                f"~{_size(self.peak_gb)} per GPU (weights {_size(self.weights_gb)}, trainable + AdamW "
+                f"{_size(self.trainable_state_gb)}, activations + logits of one micro-batch "
+                f"{_size(self.update_gb)}; {_count(self.params)} params, {_count(self.trainable)} trainable, "
+                f"~{self.prompt_tokens} tokens per sample)"
+            )
         return (
             f"~{_size(self.peak_gb)} per GPU (weights {_size(self.weights_gb)}"
             + (f" + merged sampling copy {_size(self.sampler_gb)}" if self.sampler_gb else "")
@@ -110,30 +119,135 @@ def image_tokens(
 
 def count_parameters(config, family_name: str, lora) -> tuple[int, int]:
     """(all parameters, trainable parameters) of the model as the run builds it, on the meta device."""
+    sizes = count_model(config, family_name, lora)
+    return sizes.total, sizes.trainable
+
+
+@dataclass(frozen=True)
+class ModelCounts:
+    """Parameter counts of the model a run builds (meta device): all, trainable, and those in the linear layers
+    a ``model.quantization`` would quantise (``models/quantization.py``)."""
+
+    total: int
+    trainable: int
+    quantizable: int
+
+
+def count_model(config, family_name: str, lora) -> ModelCounts:
     import torch
     from transformers import AutoModelForImageTextToText
 
     from vlmppo.models.loading import apply_lora
+    from vlmppo.models.quantization import quantized_linear_names
     from vlmppo.models.tiny import get_family
 
+    family = get_family(family_name)
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
         total = sum(p.numel() for p in model.parameters())
+        names = set(quantized_linear_names(model, family))
+        quantizable = sum(m.weight.numel() for n, m in model.named_modules() if n in names)
         if lora is None:
-            return total, total
-        model = apply_lora(model, get_family(family_name), lora)
+            return ModelCounts(total, total, quantizable)
+        model = apply_lora(model, family, lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return total, trainable
+    return ModelCounts(total, trainable, quantizable)
 
 
-def estimate_ppo_memory(cfg) -> MemoryEstimate | None:
-    """The estimate for ``cfg``'s PPO run on a GPU; None when the model's config is not available offline."""
-    from vlmppo.envs import list_envs
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the estimates read of the model: its transformers config and parameter counts (computed once: a
+    planner asks for hundreds of estimates of one model)."""
+
+    config: object
+    counts: ModelCounts
+    prompt_tokens: int
+
+
+def model_facts(cfg) -> ModelFacts | None:
+    """The facts of ``cfg.model`` (and of its prompt, from ``cfg.env``); None when the model's config is not
+    available offline."""
     from vlmppo.models.loading import load_model_config
 
     config = load_model_config(cfg.model)
     if config is None:
         return None
+    counts = count_model(config, cfg.model.family, cfg.model.lora)
+    return ModelFacts(config, counts, prompt_length(cfg, config))
+
+
+def weight_bytes(cfg, counts: ModelCounts) -> tuple[float, float]:
+    """(bytes of the weights as loaded, bytes per value of the model dtype): a quantised base stores its
+    language model's linear weights in 4 or 8 bits, the rest in the model dtype."""
+    from vlmppo.models.quantization import bytes_per_quantized_weight
+
+    m = cfg.model
+    bpw = 4 if m.dtype == "float32" else 2
+    if not m.quantization:
+        return counts.total * bpw, bpw
+    q = bytes_per_quantized_weight(m.quantization, m.double_quant)
+    return counts.quantizable * q + (counts.total - counts.quantizable) * bpw, bpw
+
+
+def trainable_state_bytes(cfg, counts: ModelCounts, bpw: int) -> float:
+    """Trainable weights + gradients + two AdamW moments (the value head is `value_head_bytes`)."""
+    if cfg.model.lora is not None:  # adapters in fp32 (peft upcasts them): value, gradient, two AdamW moments
+        return counts.trainable * 4 * 4
+    return counts.total * bpw * 3  # the weights are counted already: gradient and two moments
+
+
+def value_head_bytes(hidden: int) -> int:
+    """The fp32 value head's weights, gradients and two AdamW moments."""
+    return (hidden * 1024 + 1024 + 1024 * 512 + 512 + 513) * 16
+
+
+def prompt_length(cfg, config) -> int:
+    """Tokens of one prompt: the env frame's image tokens + ~200 of task text."""
+    from vlmppo.envs import list_envs
+
+    m = cfg.model
+    # A plugin that fails to load has no frame size; the stage itself will say why.
+    size = next(
+        (e["frame_size"] for e in list_envs() if e["id"] == cfg.env.id and e["frame_size"]), (300, 300)
+    )
+    return image_tokens(config, m.family, size[0], size[1], m.min_pixels, m.max_pixels) + 200
+
+
+def layer_values(cfg, text, bpw: int, mixed_precision: str, dropout: float) -> float:
+    """Bytes one token keeps per decoder layer for the backward (no gradient checkpointing): ≈ 8·h + 3·I
+    values in the model dtype, plus the input each LoRA-adapted linear keeps (peft casts it to the fp32
+    adapter dtype; under bf16 autocast the kept copy is bf16: measured 3.8 GiB less on the 2B shape at
+    micro-batch 8, which this term predicts) and a dropout mask with dropout on."""
+    from vlmppo.accel import precision_for
+
+    hidden, inter = text.hidden_size, text.intermediate_size
+    values = (8 * hidden + 3 * inter) * bpw
+    if cfg.model.lora is not None:
+        # q, k, v, o, gate, up see h values, down sees I
+        kept = 2 if precision_for(mixed_precision, "cuda") == "bf16" else 4
+        values += (6 * hidden + inter) * (kept + (1 if dropout else 0))
+    return values
+
+
+def activation_bytes(cfg, text, tokens: int, per_token_layer: float, bpw: int) -> float:
+    """The saved activations of ``tokens`` tokens (a micro-batch) through the decoder; with gradient
+    checkpointing one h per layer plus one full layer recomputed."""
+    layers = text.num_hidden_layers
+    if cfg.model.gradient_checkpointing:
+        return tokens * (layers * text.hidden_size * bpw + per_token_layer)
+    return tokens * layers * per_token_layer
+
+
+def estimate_ppo_memory(cfg, facts: ModelFacts | None = None) -> MemoryEstimate | None:
+    """The estimate for ``cfg``'s PPO run on a GPU; None when the model's config is not available offline.
+
+    ``facts``: the model's `model_facts` when the caller has them (they depend on ``model.path``, ``family``
+    and ``lora`` only).
+    """
+    facts = facts or model_facts(cfg)
+    if facts is None:
+        return None
+    config, counts = facts.config, facts.counts
     m, p = cfg.model, cfg.ppo
     text = _text(config)
     hidden, layers = text.hidden_size, text.num_hidden_layers
@@ -141,18 +255,9 @@ def estimate_ppo_memory(cfg) -> MemoryEstimate | None:
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or hidden // heads
     inter, vocab = text.intermediate_size, text.vocab_size
-    # A plugin that fails to load has no frame size; the stage itself will say why.
-    size = next(
-        (e["frame_size"] for e in list_envs() if e["id"] == cfg.env.id and e["frame_size"]), (300, 300)
-    )
-    prompt = image_tokens(config, m.family, size[0], size[1], m.min_pixels, m.max_pixels) + 200  # + task text
-    total, trainable = count_parameters(config, m.family, m.lora)
-    bpw = 4 if m.dtype == "float32" else 2
-    if m.lora is not None:  # adapters in fp32 (peft upcasts them): value, gradient, two AdamW moments
-        trainable_state = trainable * 4 * 4
-    else:  # the weights are counted already: gradient and two moments in the model dtype
-        trainable_state = total * bpw * 3
-    trainable_state += (hidden * 1024 + 1024 + 1024 * 512 + 512 + 513) * 16  # value head, fp32
+    prompt = facts.prompt_tokens
+    weights, bpw = weight_bytes(cfg, counts)
+    trainable_state = trainable_state_bytes(cfg, counts, bpw) + value_head_bytes(hidden)
     seq, answer, envs = prompt + p.max_new_tokens, p.max_new_tokens, cfg.env.n_envs
     kv_token = 2 * layers * kv_heads * head_dim * bpw
     from vlmppo.models.generation import resolve_decoder
@@ -164,30 +269,57 @@ def estimate_ppo_memory(cfg) -> MemoryEstimate | None:
     no_grad_layer = envs * seq * (3 * inter + 4 * hidden) * bpw  # gate, up, act; residual, norm, attention
     rollout = envs * prompt * kv_token + growing_cache + no_grad_layer + SCORE_CHUNK_VALUES * (bpw + 8)
     mb = p.micro_batch_size
-    layer_values = (8 * hidden + 3 * inter) * bpw  # per token: projections' inputs, norms, MLP activations
-    if m.lora is not None:
-        # Each adapted linear keeps its input for the backward (plus a dropout mask with dropout on): q, k,
-        # v, o, gate, up see h values, down sees I. peft casts it to the fp32 adapter dtype; under bf16
-        # autocast (ppo.mixed_precision, on by default on a GPU) the kept copy is bf16 (measured: 3.8 GiB
-        # less on the 2B shape at micro-batch 8, which this term predicts).
-        from vlmppo.accel import precision_for
+    per_token_layer = layer_values(cfg, text, bpw, p.mixed_precision, m.lora.dropout if m.lora else 0.0)
+    update = activation_bytes(cfg, text, seq * mb, per_token_layer, bpw) + mb * answer * vocab * (bpw + 8)
+    # ppo.merged_sampling (auto = on, on a GPU, unless the base is quantised): one more copy, merged
+    from vlmppo.rl.startup import uses_merged_sampling
 
-        kept = 2 if precision_for(p.mixed_precision, "cuda") == "bf16" else 4
-        layer_values += (6 * hidden + inter) * (kept + (1 if m.lora.dropout else 0))
-    per_layer = seq * mb * (hidden * bpw if m.gradient_checkpointing else layer_values)
-    full_layer = seq * mb * layer_values
-    update = (
-        layers * per_layer + (full_layer if m.gradient_checkpointing else 0) + mb * answer * vocab * (bpw + 8)
-    )
+    merged = uses_merged_sampling(cfg, "cuda")
     return MemoryEstimate(
-        params=total,
-        trainable=trainable,
+        params=counts.total,
+        trainable=counts.trainable,
         prompt_tokens=prompt,
-        weights_gb=total * bpw / GIB,
+        weights_gb=weights / GIB,
         trainable_state_gb=trainable_state / GIB,
         rollout_gb=rollout / GIB,
         decoder_gb=decoder_buffers / GIB,
         update_gb=update / GIB,
-        # ppo.merged_sampling (auto = on, on a GPU): one more copy of the weights, merged, for generate
-        sampler_gb=total * bpw / GIB if m.lora is not None and p.merged_sampling is not False else 0.0,
+        sampler_gb=counts.total * bpw / GIB if merged else 0.0,
+    )
+
+
+SFT_ANSWER_TOKENS = 256
+
+
+def sft_tokens(cfg, prompt_tokens: int) -> int:
+    """Tokens of one SFT sample as estimated: the prompt + a 256-token answer, at most ``sft.max_length``."""
+    return min(cfg.sft.max_length, prompt_tokens + SFT_ANSWER_TOKENS)
+
+
+def estimate_sft_memory(cfg, facts: ModelFacts | None = None) -> MemoryEstimate | None:
+    """The estimate for ``cfg``'s SFT run on one GPU (``sft.launch=single``; DDP holds the same per GPU):
+    weights, trainable state, and one micro-batch of ``sft.batch_size`` samples of `sft_tokens` tokens
+    (saved activations, the full ``[B, T, V]`` logits in the model dtype and their gradient). None when the
+    model's config is not available offline. ``rollout_gb`` is 0 (there is none)."""
+    facts = facts or model_facts(cfg)
+    if facts is None:
+        return None
+    config, counts = facts.config, facts.counts
+    text = _text(config)
+    weights, bpw = weight_bytes(cfg, counts)
+    tokens = sft_tokens(cfg, facts.prompt_tokens)
+    dropout = cfg.model.lora.dropout if cfg.model.lora is not None else 0.0
+    per_token_layer = layer_values(cfg, text, bpw, "auto", dropout)
+    batch = cfg.sft.batch_size
+    update = activation_bytes(cfg, text, tokens * batch, per_token_layer, bpw)
+    update += batch * tokens * text.vocab_size * bpw * 2  # logits and their gradient
+    return MemoryEstimate(
+        params=counts.total,
+        trainable=counts.trainable,
+        prompt_tokens=tokens,
+        weights_gb=weights / GIB,
+        trainable_state_gb=trainable_state_bytes(cfg, counts, bpw) / GIB,
+        rollout_gb=0.0,
+        update_gb=update / GIB,
+        stage="sft",
     )

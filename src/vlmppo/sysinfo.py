@@ -88,6 +88,46 @@ def resolve_device(cfg) -> str:
     device = cfg.run.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        apply_gpu_memory_cap()
     if device == "cpu" and cfg.model.path.startswith("tiny:") and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
     return device
+
+
+GPU_MEM_CAP_VAR = "VLMPPO_GPU_MEM_CAP_GB"
+
+
+def apply_gpu_memory_cap(cap_gb: float | None = None) -> float | None:
+    """Cap this process's CUDA allocations at ``cap_gb`` GiB (default: ``$VLMPPO_GPU_MEM_CAP_GB``), so that a
+    large card behaves like a small one (an H200 as a 24 GB card): allocations past the cap raise
+    ``torch.OutOfMemoryError``. Returns the cap applied, or None when there is none.
+
+    Raises:
+        ConfigError: the variable is not a positive number, or asks for more than the card has.
+    """
+    import torch
+
+    from vlmppo.errors import ConfigError
+
+    if cap_gb is None:
+        text = os.environ.get(GPU_MEM_CAP_VAR, "").strip()
+        if not text:
+            return None
+        try:
+            cap_gb = float(text)
+        except ValueError:
+            cap_gb = -1.0
+        if not cap_gb > 0:
+            raise ConfigError(
+                f"{GPU_MEM_CAP_VAR}={text!r} is not a positive number of GiB.",
+                hint="Set it to e.g. 24 to emulate a 24 GB card, or unset it.",
+            )
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+    if cap_gb > total:
+        raise ConfigError(
+            f"{GPU_MEM_CAP_VAR}={cap_gb:g} GiB is more than this GPU has ({total:.1f} GiB).",
+            hint="Lower it, or unset it to use the whole card.",
+        )
+    torch.cuda.set_per_process_memory_fraction(cap_gb / total)
+    return cap_gb

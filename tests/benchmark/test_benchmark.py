@@ -207,6 +207,52 @@ def test_a_built_shape_loads_like_a_checkpoint_with_the_released_pixel_budget(tm
     assert loaded.model.config.text_config.vocab_size == 1024
 
 
+def test_llava_next_mistral_7b_shape_has_the_released_checkpoints_size():
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from vlmppo.models.shapes import LLAVA_NEXT_MISTRAL_7B, SHAPES
+
+    assert SHAPES["llava-next-mistral-7b"] is LLAVA_NEXT_MISTRAL_7B  # `--shape` builds it
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(LLAVA_NEXT_MISTRAL_7B.config())
+    total = sum(p.numel() for p in model.parameters())
+    vision = sum(p.numel() for n, p in model.named_parameters() if ".vision_tower." in n)
+    assert 7.5e9 < total < 7.6e9 and 0.30e9 < vision < 0.31e9  # 7.57B, CLIP ViT-L/14-336 303M
+    text = model.config.text_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_key_value_heads) == (4096, 32, 8)
+
+
+def test_a_built_llava_next_shape_takes_the_released_image_token_count(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from vlmppo.config.schema import ModelConfig
+    from vlmppo.models import build_inputs, load_model
+    from vlmppo.models.shapes import LLAVA_NEXT_MISTRAL_7B, Shape, shape_model_path
+
+    small = Shape(  # the 7B shape's CLIP views and grid of crops, toy widths
+        name="toy-llava",
+        family="llava-next",
+        text=dict(LLAVA_NEXT_MISTRAL_7B.text, vocab_size=1024, hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2),
+        vision=dict(LLAVA_NEXT_MISTRAL_7B.vision, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=2, projection_dim=32),
+        min_pixels=None,
+        max_pixels=None,
+        tie_word_embeddings=False,
+        released_ids=LLAVA_NEXT_MISTRAL_7B.released_ids,
+    )  # fmt: skip
+    monkeypatch.setenv("VLMPPO_CACHE", str(tmp_path))
+    path = shape_model_path(small)
+    loaded = load_model(ModelConfig(family="llava-next", path=str(path), lora=None), for_training=False)
+    batch = build_inputs(loaded, [Image.new("RGB", (300, 300))], ["hi"])
+    # 336 px CLIP views of 24 x 24 patches: the base view + the 1 x 2 grid's crops unpadded to the square
+    # frame + one newline per row: 1176, as the memory estimate counts
+    assert int((batch["input_ids"] == loaded.model.config.image_token_index).sum()) == 1176
+    with __import__("torch").no_grad():
+        assert loaded.model(**batch).logits.shape[-1] == 1024
+
+
 def test_method_clock_times_calls_and_restores_nested_wrappers():
     from vlmppo.benchmark.timing import MethodClock
 

@@ -89,11 +89,22 @@ def checkpoint_config(ckpt: str | None) -> tuple[Path, list[str]]:
     return config, [f"run.output_dir={json.dumps(output_dir)}", f"run.name={json.dumps(run_root.name)}"]
 
 
-def gpu_memory_row(cfg) -> str:
-    """The PPO memory estimate, or why there is none (the model's config is not available offline)."""
-    from vlmppo.memory import estimate_ppo_memory
+def check_quantization_here(cfg) -> None:
+    """``model.quantization`` on a machine without CUDA (or bitsandbytes): one clear error before anything
+    is written or loaded."""
+    if not cfg.model.quantization:
+        return
+    from vlmppo.models.quantization import check_quantization
+    from vlmppo.sysinfo import resolve_device
 
-    est = estimate_ppo_memory(cfg)
+    check_quantization(cfg.model, resolve_device(cfg))
+
+
+def gpu_memory_row(cfg, stage: str = "ppo") -> str:
+    """The PPO (or SFT) memory estimate, or why there is none (the model's config is not available offline)."""
+    from vlmppo.memory import estimate_ppo_memory, estimate_sft_memory
+
+    est = estimate_sft_memory(cfg) if stage == "sft" else estimate_ppo_memory(cfg)
     if est is None:
         return (
             f"unknown: no config for {cfg.model.path} offline (point model.path at a local model folder "
@@ -107,7 +118,8 @@ def plan_rows(cfg, stage: str) -> list[tuple[str, str]]:
     estimate."""
     from vlmppo.config.plan import stage_plan
 
-    return stage_plan(cfg, stage, gpu_memory=gpu_memory_row(cfg) if stage == "ppo" else None)
+    estimated = stage in ("ppo", "sft") and (stage == "ppo" or cfg.run.device != "cpu")
+    return stage_plan(cfg, stage, gpu_memory=gpu_memory_row(cfg, stage) if estimated else None)
 
 
 def print_dry_run(cfg, *stages: str) -> None:

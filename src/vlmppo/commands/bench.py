@@ -14,8 +14,8 @@ from vlmppo.commands._common import ConfigOpt, OverridesArg, PresetOpt, examples
 
 # Kept here (not imported from vlmppo.models.shapes) so that --help stays free of heavy imports.
 SHAPE_HELP = (
-    "Model to measure: 'tiny' (the family's tiny random model) or 'qwen2-vl-2b' (Qwen2-VL-2B's real "
-    "config, random bf16 weights; needs a GPU). Default: the preset's model.path."
+    "Model to measure: 'tiny' (the family's tiny random model), 'qwen2-vl-2b' or 'llava-next-mistral-7b' (the "
+    "released config, random bf16 weights; needs a GPU). Default: the preset's model.path."
 )
 
 

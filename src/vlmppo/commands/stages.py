@@ -17,6 +17,7 @@ from vlmppo.commands._common import (
     OverridesArg,
     PresetOpt,
     ResumeOpt,
+    check_quantization_here,
     checkpoint_config,
     examples,
     model_wait,
@@ -156,6 +157,7 @@ def sft(
     from vlmppo.quiet import quiet_libraries
     from vlmppo.sft import train_sft
 
+    check_quantization_here(cfg)
     save_resolved_config(cfg)
     # Under a launcher (torchrun/accelerate: RANK is set) only the first process draws and prints.
     main = os.environ.get("RANK", "0") == "0"
@@ -244,6 +246,7 @@ def ppo(
         if os.environ.get("RANK", "0") != "0":
             raise typer.Exit(1) from None  # the first process says why, once
         raise
+    check_quantization_here(cfg)
     save_resolved_config(cfg)
     notes: list[str] = []
     start = find_resume_checkpoint(cfg, resume, notes)
@@ -392,6 +395,8 @@ def pipeline(
         return print_dry_run(pipeline_config(cfg, stages), *stages)
     from vlmppo.console import console
 
+    if {"sft", "ppo", "eval"} & set(stages):
+        check_quantization_here(cfg)
     save_resolved_config(cfg)
     numbered = {stage: i for i, stage in enumerate(stages, start=1)}
 

@@ -33,6 +33,8 @@ def ppo_counts(cfg: Config) -> dict[str, int]:
 def _common(cfg: Config) -> list[tuple[str, str]]:
     lora = cfg.model.lora
     training = f"LoRA r={lora.r} alpha={lora.alpha}" if lora else "full fine-tuning"
+    if cfg.model.quantization:
+        training = f"{cfg.model.quantization} base (QLoRA), " + training
     return [
         ("run directory", str(run_dir(cfg))),
         ("device", cfg.run.device),
@@ -45,7 +47,7 @@ def stage_plan(cfg: Config, stage: str, *, gpu_memory: str | None = None) -> lis
     """(what, value) rows of ``stage``'s plan.
 
     Args:
-        gpu_memory: PPO's "est. GPU memory" row. The estimate builds the model on the meta device, so the
+        gpu_memory: PPO's and SFT's "est. GPU memory" row. The estimate builds the model on the meta device, so the
             command layer computes it (``vlmppo.memory``) and hands it in: the config layer stays below
             models and envs.
     """
@@ -76,6 +78,14 @@ def stage_plan(cfg: Config, stage: str, *, gpu_memory: str | None = None) -> lis
                 f"every {p.save_every} updates and at the end, in {run_dir(cfg) / 'ppo/checkpoints'}",
             ),
         ]
+        if cfg.model.quantization:
+            rows.append(
+                (
+                    "sampling",
+                    f"from the adapter model (unmerged): a {cfg.model.quantization} base has no weights to merge "
+                    "the adapter into; scoring and the update also run on the quantised base",
+                )
+            )
         if p.kl_coef:
             anchor = (
                 f"the starting policy ({p.init_from})" if p.init_from else "the base model (adapter disabled)"
@@ -95,6 +105,8 @@ def stage_plan(cfg: Config, stage: str, *, gpu_memory: str | None = None) -> lis
             ("learning rate", f"{s.lr:g}, {s.lr_schedule}, warm-up {s.warmup_ratio:.0%}"),
             ("launch", s.launch),
         ]
+        if gpu_memory is not None:
+            rows.append(("est. GPU memory", gpu_memory))
     elif stage == "collect":
         c = cfg.collect
         rows += [("policy", c.policy + (f" ({c.ckpt})" if c.ckpt else "")), ("episodes", str(c.episodes))]

@@ -147,10 +147,25 @@ class ModelConfig(Section):
         "generate = transformers' generate (the reference); auto = static on a GPU, generate on the CPU.",
     )
 
+    quantization: Literal["4bit", "8bit"] | None = Field(
+        None,
+        description="Load the frozen base quantised with bitsandbytes (QLoRA; needs a CUDA GPU and the [quant] "
+        "extra): 4bit = NF4 with bf16 compute, 8bit = LLM.int8. The language model's linear layers only; the "
+        "LoRA adapters, value head, vision tower and output layer stay in bf16/fp32. Needs model.lora.",
+    )
+    double_quant: bool = Field(
+        True, description="4bit: also quantise the quantisation constants (~0.4 bit less per weight)."
+    )
+
     @model_validator(mode="after")
     def _pixels_ordered(self) -> ModelConfig:
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels ({self.min_pixels}) is larger than max_pixels ({self.max_pixels})")
+        if self.quantization and self.lora is None:
+            raise ValueError(
+                f"quantization={self.quantization} needs LoRA: quantised base weights cannot be trained; set "
+                "model.lora (e.g. model.lora.r=64) or model.quantization=null"
+            )
         return self
 
 
@@ -312,7 +327,8 @@ class PpoConfig(Section):
     merged_sampling: Literal["auto", True, False] = Field(
         "auto",
         description="Sample from a merged copy of the LoRA model (about 2x decode speed on a GPU, one more copy "
-        "of the weights): true, false, or auto = true when the device is a GPU.",
+        "of the weights): true, false, or auto = true when the device is a GPU and the base is not quantised "
+        "(a quantised base samples from the adapter model: its weights cannot be merged).",
     )
     mixed_precision: Literal["auto", "bf16", "no"] = Field(
         "auto",
@@ -449,6 +465,16 @@ class Config(Section):
             problems.append(
                 f"model.path '{self.model.path}' builds a tiny {self.model.path[5:]!r} model but model.family is "
                 f"{self.model.family!r}; use model.path=tiny:{self.model.family}"
+            )
+        if self.model.quantization and self.ppo.merged_sampling is True:
+            problems.append(
+                f"ppo.merged_sampling=true cannot be used with model.quantization={self.model.quantization}: a "
+                "quantised base has no weights to merge the adapter into; use ppo.merged_sampling=auto or false"
+            )
+        if self.model.quantization and self.sft.launch.startswith("zero3"):
+            problems.append(
+                f"sft.launch={self.sft.launch} shards the base weights, which a quantised base "
+                f"(model.quantization={self.model.quantization}) cannot be; use sft.launch=single, ddp or zero2"
             )
         if problems:
             raise ValueError("; ".join(problems))

@@ -12,6 +12,7 @@ from vlmppo.models.adapter import FamilyAdapter
 from vlmppo.models.end_of_turn import align_eos_with_template
 from vlmppo.models.hub import locate_hub_model
 from vlmppo.models.processors import load_processor
+from vlmppo.models.quantization import bnb_config, check_quantization
 from vlmppo.models.tiny import check_supported, resolve_model_path
 
 if TYPE_CHECKING:
@@ -168,7 +169,8 @@ def load_model(
     """Load the model, processor and tokenizer that `cfg` describes.
 
     Args:
-        cfg: The ``model`` config section (family, path, dtype, attention, LoRA, checkpointing, pixels).
+        cfg: The ``model`` config section (family, path, dtype, attention, LoRA, checkpointing, pixels,
+            quantisation: a quantised base loads straight onto `device`, LoRA on top as usual).
         device: Where the weights go.
         for_training: Wrap in LoRA (when ``cfg.lora`` is set) or make every weight trainable (when
             it is null), and turn on gradient checkpointing if asked. Otherwise every weight is frozen.
@@ -177,13 +179,15 @@ def load_model(
         A `LoadedModel`; the model is in eval mode (callers switch to train mode for updates).
 
     Raises:
-        ModelError: Bad path, unsupported or mismatched family, flash-attention unavailable, LoRA
+        ModelError: Bad path, unsupported or mismatched family, flash-attention unavailable, quantisation
+            asked for without a CUDA device or bitsandbytes, LoRA
             targets that match nothing, or a checkpoint transformers can't load.
     """
     import torch
     from transformers import AutoModelForImageTextToText
 
     device = torch.device(device)
+    check_quantization(cfg, device.type)  # before the (possibly long) build or download
     path = resolve_model_path(cfg.path)
     # A hub id loads from its cached snapshot when complete; LoadedModel.path keeps the id (checkpoints record it).
     source = locate_hub_model(path) if isinstance(path, str) else path
@@ -194,16 +198,26 @@ def load_model(
     family.set_pixel_budget(processor.image_processor, cfg.min_pixels, cfg.max_pixels)
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"  # batched generation
+    dtype = resolve_dtype(cfg.dtype, device)
+    quantized = {}
+    if cfg.quantization:
+        # bitsandbytes quantises while the weights are placed, so they are placed by from_pretrained itself.
+        place = str(device)
+        if device.type == "cuda":
+            place = device.index if device.index is not None else torch.cuda.current_device()
+        quantized = dict(quantization_config=bnb_config(cfg, family, dtype), device_map={"": place})
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             str(source),
-            dtype=resolve_dtype(cfg.dtype, device),
+            dtype=dtype,
             attn_implementation=attn,
             trust_remote_code=cfg.trust_remote_code,
+            **quantized,
         )
     except (OSError, ValueError) as exc:
         raise ModelError(f"Could not load the weights of '{path}': {exc}") from exc
-    model.to(device)
+    if not cfg.quantization:  # a quantised model is on its device already (and refuses a dtype move)
+        model.to(device)
     model.eval()
     if not for_training:
         model.requires_grad_(False)

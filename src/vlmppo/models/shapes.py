@@ -56,8 +56,8 @@ class Shape:
     family: str
     text: dict = field(default_factory=dict)
     vision: dict = field(default_factory=dict)
-    min_pixels: int = 56 * 56
-    max_pixels: int = 28 * 28 * 1280
+    min_pixels: int | None = 56 * 56
+    max_pixels: int | None = 28 * 28 * 1280
     tie_word_embeddings: bool = True
     hub_ids: tuple[str, ...] = ()
     released_ids: dict = field(default_factory=dict)
@@ -178,6 +178,8 @@ LLAVA_NEXT_MISTRAL_7B = Shape(
         num_key_value_heads=8,
         max_position_embeddings=32768,
         rms_norm_eps=1e-5,
+        rope_theta=1e6,
+        sliding_window=None,  # Mistral-7B-Instruct-v0.2, as llava-v1.6-mistral ships it
     ),
     vision=dict(
         model_type="clip_vision_model",
@@ -189,6 +191,8 @@ LLAVA_NEXT_MISTRAL_7B = Shape(
         patch_size=14,
         projection_dim=768,
     ),
+    min_pixels=None,  # fixed-size CLIP views: no pixel budget
+    max_pixels=None,
     tie_word_embeddings=False,
     hub_ids=("llava-hf/llava-v1.6-mistral-7b-hf",),
     released_ids=dict(
@@ -197,7 +201,8 @@ LLAVA_NEXT_MISTRAL_7B = Shape(
     ),
 )
 
-SHAPES: dict[str, Shape] = {s.name: s for s in (QWEN2_VL_2B,)}  # shapes `vlmppo bench --shape` builds
+# Shapes `vlmppo bench --shape` builds.
+SHAPES: dict[str, Shape] = {s.name: s for s in (QWEN2_VL_2B, LLAVA_NEXT_MISTRAL_7B)}
 KNOWN_RELEASES: tuple[Shape, ...] = (QWEN2_VL_2B, QWEN25_VL_3B, LLAVA_NEXT_MISTRAL_7B)  # the presets' models
 
 
@@ -235,7 +240,10 @@ def build_shape_model(shape: Shape, out_dir: Path, *, device: str = "cpu") -> Pa
 
     family = get_family(shape.family)
     processor = load_processor(resolve_model_path(f"tiny:{shape.family}"), family)
-    family.set_pixel_budget(processor.image_processor, shape.min_pixels, shape.max_pixels)
+    if shape.family.startswith("qwen"):
+        family.set_pixel_budget(processor.image_processor, shape.min_pixels, shape.max_pixels)
+    else:
+        use_clip_views(processor, shape)
     tokenizer = processor.tokenizer
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     start = time.perf_counter()
@@ -246,6 +254,18 @@ def build_shape_model(shape: Shape, out_dir: Path, *, device: str = "cpu") -> Pa
     save_build(model, processor, out_dir, {"shape": shape.name, "shape_version": SHAPE_VERSION,
                                            "build_seconds": seconds}, MARKER)  # fmt: skip
     return out_dir
+
+
+def use_clip_views(processor, shape: Shape) -> None:
+    """Set a LLaVA processor to the shape's CLIP input size (and LLaVA-NeXT's grid of crops), so that a
+    frame takes the released model's number of image tokens."""
+    side = shape.vision["image_size"]
+    image_processor = processor.image_processor
+    image_processor.size = {"shortest_edge": side}
+    image_processor.crop_size = {"height": side, "width": side}
+    if "image_grid_pinpoints" in shape.released_ids:
+        image_processor.image_grid_pinpoints = shape.released_ids["image_grid_pinpoints"]
+    processor.patch_size = shape.vision["patch_size"]
 
 
 def shape_model_path(shape: Shape, *, device: str = "cpu") -> Path:

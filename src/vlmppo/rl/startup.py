@@ -39,6 +39,7 @@ def start_run(cfg: Config, resume: str | None) -> PpoRun:
     from vlmppo.accel import make_accelerator, precision_for
     from vlmppo.checkpoints import latest_checkpoint
     from vlmppo.config.plan import ppo_counts
+    from vlmppo.models.quantization import check_quantization
     from vlmppo.rl.checkpointing import check_resume_config, find_resume_checkpoint, restore_run
     from vlmppo.rl.schedule import make_cosine_scheduler
     from vlmppo.sysinfo import resolve_device
@@ -47,6 +48,7 @@ def start_run(cfg: Config, resume: str | None) -> PpoRun:
     ppo = cfg.ppo
     check_kl_reference(cfg)
     device = resolve_device(cfg)
+    check_quantization(cfg.model, device)  # before the run folder or any weight
     # Single process for now (one GPU or the CPU; check_single_process); the Accelerator gives bf16 autocast
     # on a GPU, and its backward/clipping are what a launched multi-process run will need.
     accelerator = make_accelerator(device, precision_for(ppo.mixed_precision, device))
@@ -209,9 +211,12 @@ def disable_dropout(model) -> None:
 
 
 def uses_merged_sampling(cfg: Config, device: str) -> bool:
-    """``ppo.merged_sampling``: auto means on a GPU (where decoding is launch-bound), off on the CPU."""
+    """``ppo.merged_sampling``: auto means on a GPU (where decoding is launch-bound), off on the CPU. Never for a
+    quantised base (``model.quantization``): its weights can't take the adapter, so it samples unmerged."""
     mode = cfg.ppo.merged_sampling
-    return cfg.model.lora is not None and (mode is True or (mode == "auto" and device.startswith("cuda")))
+    if cfg.model.lora is None or cfg.model.quantization:
+        return False
+    return mode is True or (mode == "auto" and device.startswith("cuda"))
 
 
 def make_optimizer(policy: ActorCritic, cfg: Config) -> torch.optim.Optimizer:

@@ -49,11 +49,13 @@ def sft_accelerator(cfg: Config, device: str):
 def start_run(cfg: Config, resume: str | None) -> SftRun:
     """Check everything a user can get wrong before any weight is loaded or file written, then build the
     model and optimizer, and on a resume restore the optimizer, counters and (last) every RNG stream."""
+    from vlmppo.models.quantization import check_quantization
     from vlmppo.sysinfo import resolve_device
     from vlmppo.train_state import load_trainer_state, restore_rng
 
     sft = cfg.sft
     check_launch(sft.launch)
+    check_quantization(cfg.model, resolve_device(cfg))
     train_path, val_path = dataset_paths(cfg)
     train = load_sft_examples(train_path)
     val = load_val(val_path, explicit=sft.val_file is not None)

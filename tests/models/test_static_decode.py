@@ -214,3 +214,21 @@ def test_the_static_decoder_takes_plain_configs_and_leaves_a_checkpoints_own_to_
     )
     # the tiny checkpoint ships top-k, min-p and a repetition penalty: only transformers' generate applies them
     assert static_spec(checkpoint_generation_config(loaded.model, tok, media, max_new_tokens=5)) is None
+
+
+def test_slot_cache_takes_keys_and_values_of_another_dtype_than_its_buffers():
+    """An fp32 model under bf16 autocast hands the cache fp32 keys (after the rotary embedding) and bf16
+    values; the buffers hold the prefill's dtype, and a decode step writes into them (seen on an H200)."""
+    from vlmppo.models.static_cache import slot_cache
+
+    keys = [torch.zeros(2, 1, 4, 3)]
+    values = [torch.zeros(2, 1, 4, 3)]
+    position = torch.tensor([2])
+    cache = slot_cache(keys, values, position)
+    new_key = torch.full((2, 1, 1, 3), 0.5)
+    new_value = torch.full((2, 1, 1, 3), 0.25, dtype=torch.bfloat16)
+    out_keys, out_values = cache.layers[0].update(new_key, new_value)
+    assert out_values.dtype == torch.float32
+    assert torch.equal(out_keys[:, :, 2], torch.full((2, 1, 3), 0.5))
+    assert torch.equal(out_values[:, :, 2], torch.full((2, 1, 3), 0.25))
+    assert out_values[:, :, :2].abs().sum() == 0

@@ -86,6 +86,7 @@ def next_micro_batch(run: SftRun):
             dataset, batch_size=None, shuffle=False, collate_fn=_as_is, num_workers=workers,
             prefetch_factor=4 if workers else None, worker_init_fn=_one_thread if workers else None,
             persistent_workers=False,
+            generator=torch.Generator(),  # its own: the global RNG (dropout; saved in checkpoints) stays untouched
         )  # fmt: skip
         run.batches = iter(loader)
     batch, truncated, skipped = next(run.batches)

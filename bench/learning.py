@@ -72,7 +72,8 @@ class Protocol:
         self.common = [f"run.output_dir={self.runs}", f"run.seed={self.seed}"]
         self.common += (DRY_OVERRIDES if self.dry else []) + shlex.split(os.environ.get("EXTRA", ""))
         self.report: dict = {"task": self.task, "preset": self.preset, "dry": self.dry, "seed": self.seed,
-                             "budget_s": self.budget.seconds, "stages": [], "results": {}}  # fmt: skip
+                             "budget_s": self.budget.seconds, "stages": [], "results": {},
+                             "common_overrides": self.common}  # fmt: skip
 
     def vlmppo(self, stage: str, args: list[str], *, box_s: float | None = None) -> float:
         """Run ``python -m vlmppo <args>`` (the common overrides added), logged; past ``box_s`` seconds it gets

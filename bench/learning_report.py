@@ -57,7 +57,7 @@ def markdown(report: dict) -> str:
         last = ppo[-1]
         lines.append(f"- PPO from weak: {last.get('update')} updates, {last.get('env_steps')} env steps, "
                      f"last rollout success {last.get('rollout/success_rate')}")  # fmt: skip
-    lines += ["", *stage_table(report)]
+    lines += ["", *stage_table(report), "", "Every command also got: `" + " ".join(report.get("common_overrides", [])) + "`"]
     if report.get("notes"):
         lines += ["", *[f"- note: {n}" for n in report["notes"]]]
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ Stages, each a `vlmppo` command of the product (stdout and stderr go to the log)
 
 Environment: TASK (numberline | minigrid-empty | minigrid-doorkey | ezpoints), BUDGET_S (whole call, default 510),
 DRY=1 (the same commands on a CPU with a tiny model at toy sizes), SEED (run.seed, default 0), WEAK_STEPS,
-WEAK_SAMPLES, SFT_STEPS (a cap on the strong SFT), SFT_SHARE (its share of the time left, default 0.45), EXTRA
+WEAK_SAMPLES, SFT_STEPS (a cap on the strong SFT), SFT_SHARE (its share of the time left, default 0.5), EXTRA
 (overrides added to every command), RUNS (the runs folder, default /tmp/learning-runs).
 """
 
@@ -105,7 +105,9 @@ class Protocol:
         return self.runs / name
 
     def data(self) -> None:
-        self.vlmppo("data", ["pipeline", "--preset", self.preset, "--to", "preprocess", f"run.name={self.name}"])
+        self.vlmppo(
+            "data", ["pipeline", "--preset", self.preset, "--to", "preprocess", f"run.name={self.name}"]
+        )
         train = self.run_dir(self.name) / "data" / "train.jsonl"
         lines = train.read_text().splitlines()
         self.report["data"] = {"train_samples": len(lines),
@@ -118,14 +120,24 @@ class Protocol:
 
     def weak_args(self) -> list[str]:
         data = self.run_dir(self.name) / "data"
-        return [f"run.name={self.weak}", f"sft.train_file={data / 'train-weak.jsonl'}", f"sft.val_file={data / 'val.jsonl'}"]
+        return [
+            f"run.name={self.weak}",
+            f"sft.train_file={data / 'train-weak.jsonl'}",
+            f"sft.val_file={data / 'val.jsonl'}",
+        ]
 
     def eval(self, label: str, name: str, which: list[str]) -> None:
-        self.vlmppo(f"eval {label}", ["eval", "--preset", self.preset, *which, "--overwrite", f"run.name={name}"])
-        folders = sorted((self.run_dir(name) / "eval").glob("*/metrics.json"), key=lambda p: p.stat().st_mtime)
+        self.vlmppo(
+            f"eval {label}", ["eval", "--preset", self.preset, *which, "--overwrite", f"run.name={name}"]
+        )
+        folders = sorted(
+            (self.run_dir(name) / "eval").glob("*/metrics.json"), key=lambda p: p.stat().st_mtime
+        )
         if folders:
             metrics = json.loads(folders[-1].read_text())
-            self.report["results"][label] = {k: metrics.get(k) for k in EVAL_KEYS} | {"folder": str(folders[-1].parent)}
+            self.report["results"][label] = {k: metrics.get(k) for k in EVAL_KEYS} | {
+                "folder": str(folders[-1].parent)
+            }
 
     def sft_rate(self, name: str) -> float | None:
         """Median samples/s of a run's SFT steps (its first tenth left out: CUDA warm-up)."""
@@ -151,7 +163,7 @@ class Protocol:
         eval_s = self.vlmppo_eval_timed("weak sft", self.weak, ["--ckpt", "sft"])
         self.strong_sft(eval_s)
         self.eval("strong sft", self.name, ["--ckpt", "sft"])
-        box = self.budget.left() - 1.5 * eval_s - 60
+        box = self.budget.left() - 1.3 * eval_s - 45  # the signal's update + save, then the last eval
         if box < 45 and not self.dry:
             self.report["notes"] = [f"no time left for PPO ({box:.0f} s)"]
         else:
@@ -175,8 +187,9 @@ class Protocol:
         """Strong SFT, its steps sized from the weak run's samples/s to its share of the time left."""
         batch = 4 if self.dry else 64
         rate = self.sft_rate(self.weak) or 100.0
-        share = float(os.environ.get("SFT_SHARE", "0.45"))
-        seconds = max(30.0, share * (self.budget.left() - 3 * eval_s - 90))
+        share = float(os.environ.get("SFT_SHARE", "0.5"))
+        # The rest: two evals, PPO's start and its last update and save after the signal (~60 s), PPO itself.
+        seconds = max(30.0, share * (self.budget.left() - 2 * eval_s - 60))
         cap = int(os.environ.get("SFT_STEPS", "4" if self.dry else "3000"))
         steps = max(1, min(cap, int(rate * seconds / batch)))
         self.report["strong_sft_plan"] = {"seconds": round(seconds), "samples_per_s": rate, "steps": steps}

@@ -57,7 +57,12 @@ def markdown(report: dict) -> str:
         last = ppo[-1]
         lines.append(f"- PPO from weak: {last.get('update')} updates, {last.get('env_steps')} env steps, "
                      f"last rollout success {last.get('rollout/success_rate')}")  # fmt: skip
-    lines += ["", *stage_table(report), "", "Every command also got: `" + " ".join(report.get("common_overrides", [])) + "`"]
+    lines += [
+        "",
+        *stage_table(report),
+        "",
+        "Every command also got: `" + " ".join(report.get("common_overrides", [])) + "`",
+    ]
     if report.get("notes"):
         lines += ["", *[f"- note: {n}" for n in report["notes"]]]
     return "\n".join(lines) + "\n"
@@ -80,7 +85,9 @@ def curves(report: dict, path: Path) -> str | None:
     left.set(xlabel="training samples", ylabel="token loss", yscale="log", title="SFT")
     left.legend()
     ppo = report.get("ppo") or []
-    right.plot([r.get("env_steps") for r in ppo], [r.get("rollout/success_rate") for r in ppo], label="PPO rollouts")
+    right.plot(
+        [r.get("env_steps") for r in ppo], [r.get("rollout/success_rate") for r in ppo], label="PPO rollouts"
+    )
     for label, style in (("expert", "g--"), ("random", "r--"), ("weak sft", "k:"), ("strong sft", "b:"),
                          ("weak + ppo", "m-.")):  # fmt: skip
         r = report["results"].get(label)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from tests.sft.helpers import sft_config, write_color_dataset
+
 from vlmppo.sft import train_sft
 from vlmppo.sft.loader import loader_workers
 

@@ -21,7 +21,8 @@ app = typer.Typer(
 
 @app.command(
     epilog=examples(
-        "vlmppo model init qwen2-vl --out tiny-qwen", "vlmppo model init llava-next --out tiny-llava",
+        "vlmppo model init qwen2-vl --out tiny-qwen",
+        "vlmppo model init llava-next --out tiny-llava",
         "vlmppo model init qwen2-vl --size small --out small-qwen",
     )
 )

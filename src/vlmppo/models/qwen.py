@@ -78,8 +78,11 @@ class QwenAdapter(FamilyAdapter):
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=None,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                             "mrope_section": [half // 4, rest // 2, rest - rest // 2]},  # fmt: skip
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 1e6,
+                "mrope_section": [half // 4, rest // 2, rest - rest // 2],
+            },  # fmt: skip
         )
         return transformers_class(self.config_class)(
             text_config=text,

@@ -43,7 +43,11 @@ class MicroBatches(torch.utils.data.Dataset):
         sft = run.cfg.sft
         self.start, self.stop = start, stop
         self.train, self.lengths, self.counts = run.train, run.lengths, run.counts
-        self.seed, self.batch_size, self.group_by_length = run.cfg.run.seed, sft.batch_size, sft.group_by_length
+        self.seed, self.batch_size, self.group_by_length = (
+            run.cfg.run.seed,
+            sft.batch_size,
+            sft.group_by_length,
+        )
         self.world, self.rank = run.accelerator.num_processes, run.accelerator.process_index
         self.collator = SftCollator(replace(run.loaded, model=None), sft.max_length, sft.on_too_long)
         self._orders: dict[int, list[int]] = {}  # one shuffle per epoch, not one per micro-batch

@@ -9,9 +9,9 @@ import time
 import torch
 
 from vlmppo.models.inputs import IGNORE_INDEX
+from vlmppo.sft.loader import next_micro_batch
 from vlmppo.sft.loss import token_loss
 from vlmppo.sft.run import SftRun
-from vlmppo.sft.loader import next_micro_batch
 from vlmppo.sft.schedule import lr_at
 
 

@@ -127,12 +127,15 @@ class Protocol:
         ]
 
     def eval(self, label: str, name: str, which: list[str]) -> None:
+        started = time.time()
         self.vlmppo(
             f"eval {label}", ["eval", "--preset", self.preset, *which, "--overwrite", f"run.name={name}"]
         )
-        folders = sorted(
-            (self.run_dir(name) / "eval").glob("*/metrics.json"), key=lambda p: p.stat().st_mtime
-        )
+        # The metrics this eval wrote (a failed eval leaves none: an older one must not stand in for it).
+        written = [
+            p for p in (self.run_dir(name) / "eval").glob("*/metrics.json") if p.stat().st_mtime >= started
+        ]
+        folders = sorted(written, key=lambda p: p.stat().st_mtime)
         if folders:
             metrics = json.loads(folders[-1].read_text())
             self.report["results"][label] = {k: metrics.get(k) for k in EVAL_KEYS} | {

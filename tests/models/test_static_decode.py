@@ -107,6 +107,22 @@ def test_greedy_answers_equal_generate_while_finished_rows_are_dropped(family):
     assert (reference[:, ours.shape[1] :] == tok.pad_token_id).all()  # generate had nothing more to say
 
 
+def test_fp32_weights_under_bf16_autocast_decode_like_generate():
+    # The small models train from scratch in fp32 weights with bf16 autocast (presets *-small): the keys leave the
+    # rotary embedding in fp32, the values in bf16, and both go into one cache.
+    torch.manual_seed(0)
+    loaded = load_model(ModelConfig(family="qwen2-vl", path="tiny:qwen2-vl", lora=None), for_training=False)
+    batch = _batch(loaded, 4, seed=5)
+    greedy = explicit_generation_config(
+        loaded.tokenizer, media_token_ids(loaded.model), temperature=0.0, max_new_tokens=12
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = generate_ids(loaded.model, batch, greedy, decoder="static")
+        reference = generate_ids(loaded.model, batch, greedy, decoder="generate")
+    assert torch.equal(ours[:, : batch["input_ids"].shape[1]], batch["input_ids"])
+    assert torch.equal(ours, reference[:, : ours.shape[1]])
+
+
 def test_buffers_grow_for_a_larger_batch_and_are_reused_for_a_smaller_one(loaded):
     decoder = StaticDecoder(loaded.model)
     spec = _spec(loaded, 1.0, 6)

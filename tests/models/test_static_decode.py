@@ -107,6 +107,22 @@ def test_greedy_answers_equal_generate_while_finished_rows_are_dropped(family):
     assert (reference[:, ours.shape[1] :] == tok.pad_token_id).all()  # generate had nothing more to say
 
 
+def test_fp32_weights_under_bf16_autocast_decode_like_generate():
+    # The small models train from scratch in fp32 weights with bf16 autocast (presets *-small): the keys leave the
+    # rotary embedding in fp32, the values in bf16, and both go into one cache.
+    torch.manual_seed(0)
+    loaded = load_model(ModelConfig(family="qwen2-vl", path="tiny:qwen2-vl", lora=None), for_training=False)
+    batch = _batch(loaded, 4, seed=5)
+    greedy = explicit_generation_config(
+        loaded.tokenizer, media_token_ids(loaded.model), temperature=0.0, max_new_tokens=12
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = generate_ids(loaded.model, batch, greedy, decoder="static")
+        reference = generate_ids(loaded.model, batch, greedy, decoder="generate")
+    assert torch.equal(ours[:, : batch["input_ids"].shape[1]], batch["input_ids"])
+    assert torch.equal(ours, reference[:, : ours.shape[1]])
+
+
 def test_buffers_grow_for_a_larger_batch_and_are_reused_for_a_smaller_one(loaded):
     decoder = StaticDecoder(loaded.model)
     spec = _spec(loaded, 1.0, 6)
@@ -215,20 +231,3 @@ def test_the_static_decoder_takes_plain_configs_and_leaves_a_checkpoints_own_to_
     # the tiny checkpoint ships top-k, min-p and a repetition penalty: only transformers' generate applies them
     assert static_spec(checkpoint_generation_config(loaded.model, tok, media, max_new_tokens=5)) is None
 
-
-def test_slot_cache_takes_keys_and_values_of_another_dtype_than_its_buffers():
-    """An fp32 model under bf16 autocast hands the cache fp32 keys (after the rotary embedding) and bf16
-    values; the buffers hold the prefill's dtype, and a decode step writes into them (seen on an H200)."""
-    from vlmppo.models.static_cache import slot_cache
-
-    keys = [torch.zeros(2, 1, 4, 3)]
-    values = [torch.zeros(2, 1, 4, 3)]
-    position = torch.tensor([2])
-    cache = slot_cache(keys, values, position)
-    new_key = torch.full((2, 1, 1, 3), 0.5)
-    new_value = torch.full((2, 1, 1, 3), 0.25, dtype=torch.bfloat16)
-    out_keys, out_values = cache.layers[0].update(new_key, new_value)
-    assert out_values.dtype == torch.float32
-    assert torch.equal(out_keys[:, :, 2], torch.full((2, 1, 3), 0.5))
-    assert torch.equal(out_values[:, :, 2], torch.full((2, 1, 3), 0.25))
-    assert out_values[:, :, :2].abs().sum() == 0

@@ -284,13 +284,14 @@ def format_seconds(seconds: float) -> str:
 
 def model_wait(cfg) -> str:
     """What a stage waits for before its first step: loading the model, or building a tiny one first."""
-    path = cfg.model.path
-    if path.startswith("tiny:"):
-        from vlmppo.models.tiny import tiny_model_built
+    from vlmppo.models.tiny import built_size, tiny_model_built
 
-        family = path.removeprefix("tiny:")
-        if not tiny_model_built(family):
-            return f"building the tiny {family} model (first use only), then loading it"
+    path = cfg.model.path
+    size = built_size(path)
+    if size is not None:
+        family = path.partition(":")[2]
+        if not tiny_model_built(family, size):
+            return f"building the {size.name} {family} model (first use only), then loading it"
     return f"loading {path}"
 
 

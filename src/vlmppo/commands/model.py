@@ -1,4 +1,4 @@
-"""`vlmppo model init|info`: write a tiny random model; describe a checkpoint."""
+"""`vlmppo model init|info`: write a tiny or small random model; describe a checkpoint."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from vlmppo.commands._common import examples
 from vlmppo.registry import FAMILIES
 
 app = typer.Typer(
-    help="Build tiny random models and describe checkpoints.",
+    help="Build tiny or small random models and describe checkpoints.",
     no_args_is_help=True,
     epilog=examples(
         "vlmppo model init qwen2-vl --out tiny-qwen", "vlmppo model info tiny-qwen --image-size 300"
@@ -21,7 +21,9 @@ app = typer.Typer(
 
 @app.command(
     epilog=examples(
-        "vlmppo model init qwen2-vl --out tiny-qwen", "vlmppo model init llava-next --out tiny-llava"
+        "vlmppo model init qwen2-vl --out tiny-qwen",
+        "vlmppo model init llava-next --out tiny-llava",
+        "vlmppo model init qwen2-vl --size small --out small-qwen",
     )
 )
 def init(
@@ -29,20 +31,27 @@ def init(
     out: Annotated[
         Path, typer.Option("--out", help="Folder to write the model, tokenizer and processor to.")
     ],
+    size: Annotated[
+        str, typer.Option(help="tiny (~200k parameters, tests on a CPU) or small (~14M, learning on a GPU).")
+    ] = "tiny",
 ):
-    """Write a tiny random model of a family (a few layers, hidden <= 128) with a locally trained tokenizer."""
+    """Write a random model of a family (tiny: a few layers, hidden <= 128; small: ~14M parameters, 168 px images)
+    with a locally trained tokenizer."""
     from vlmppo.console import console
     from vlmppo.errors import ModelError
+    from vlmppo.models.adapter import SIZES
 
     if family not in FAMILIES:
         raise ModelError(f"Unknown model family '{family}'. Supported families: {', '.join(FAMILIES)}.")
+    if size not in SIZES:
+        raise ModelError(f"Unknown model size '{size}'. Sizes: {', '.join(SIZES)}.")
     import shlex
 
     from vlmppo.models import build_tiny_model
 
-    path = build_tiny_model(family, out)
+    path = build_tiny_model(family, out, SIZES[size])
     override = shlex.quote(f"model.path={path}")  # pasted onto a command line: one word
-    console.print(f"wrote a tiny random {family} model to {path}; use it with {override}", markup=False)
+    console.print(f"wrote a {size} random {family} model to {path}; use it with {override}", markup=False)
 
 
 @app.command(

@@ -124,7 +124,8 @@ class ModelConfig(Section):
     family: Family = Field("qwen2-vl", description=f"Model family: one of {', '.join(FAMILIES)}.")
     path: str = Field(
         "tiny:qwen2-vl",
-        description="Local folder, hub id, or tiny:<family> for a tiny random model built and cached locally.",
+        description="Local folder, hub id, or tiny:<family> / small:<family> for a random model built and cached "
+        "locally (tiny: tests on a CPU; small: ~14M parameters, learning from scratch on a GPU).",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = bfloat16 on GPU, float32 on CPU."
@@ -258,6 +259,12 @@ class SftConfig(Section):
     max_length: int = Field(2048, ge=16, description="Token limit per sample (prompt + image + answer).")
     on_too_long: Literal["truncate", "skip"] = Field("truncate", description="Samples over max_length.")
     group_by_length: bool = Field(False, description="Batch samples of similar length together.")
+    loader_workers: int | None = Field(
+        None,
+        ge=0,
+        description="Processes that collate the next micro-batches (decode, resize, tokenize) during the step; "
+        "null: 0 on a CPU, min(8, cores - 1) on a GPU. The data order does not depend on it.",
+    )
     eval_every: int = Field(100, ge=1, description="Optimizer steps between val evaluations.")
     save_every: int = Field(200, ge=1, description="Optimizer steps between checkpoints.")
     keep_last: int | None = Field(
@@ -461,10 +468,11 @@ class Config(Section):
                 f"slurm.gpus_per_node ({self.slurm.gpus_per_node}) is more than the cluster's nodes have "
                 f"(slurm.max_gpus_per_node = {self.slurm.max_gpus_per_node})"
             )
-        if self.model.path.startswith("tiny:") and self.model.path[5:] != self.model.family:
+        size, sep, built = self.model.path.partition(":")
+        if sep and size in ("tiny", "small") and built != self.model.family:
             problems.append(
-                f"model.path '{self.model.path}' builds a tiny {self.model.path[5:]!r} model but model.family is "
-                f"{self.model.family!r}; use model.path=tiny:{self.model.family}"
+                f"model.path '{self.model.path}' builds a {size} {built!r} model but model.family is "
+                f"{self.model.family!r}; use model.path={size}:{self.model.family}"
             )
         if self.model.quantization and self.ppo.merged_sampling is True:
             problems.append(

@@ -237,7 +237,9 @@ def _write_frames(frames_dir: Path, episode: int, frames: list[np.ndarray]) -> N
     try:
         tmp.mkdir(parents=True)
         for step, frame in enumerate(frames):
-            Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(tmp / f"{step:03d}.png")
+            # Fast compression: half the encode time of the default level, ~1.1-1.5x the bytes; at hundreds
+            # of thousands of frames the encoding is most of what collect does.
+            Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(tmp / f"{step:03d}.png", compress_level=1)
         atomic_replace_dir(tmp, final)
     except OSError as exc:  # a full disk: PIL's error names no file
         shutil.rmtree(tmp, ignore_errors=True)

@@ -41,6 +41,56 @@ TINY_TEXT = dict(
 )
 
 
+# Small models: the same code with real widths (~14M parameters), for learning real tasks from scratch on a GPU
+# (docs/learning.md). Standard init (0.02): they are trained, not only run.
+SMALL_INIT = 0.02
+SMALL_TEXT = dict(
+    hidden_size=384,
+    intermediate_size=1536,
+    num_hidden_layers=4,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    initializer_range=SMALL_INIT,
+)
+
+
+@dataclass(frozen=True)
+class BuildSize:
+    """How big a model built from code is; each family maps these numbers onto its own config keys.
+
+    Attributes:
+        name: ``tiny`` (tests on a CPU) or ``small`` (learning on a GPU): the ``<name>:<family>`` model path.
+        text: The decoder's config values (width, layers, heads, init).
+        vision_width, vision_depth, vision_heads, vision_mlp_ratio: The vision tower's.
+        init: Weight init std of the vision tower.
+        min_pixels, max_pixels: Qwen image processor's pixel budget (images resized to multiples of 28).
+        image_size: LLaVA's CLIP input side (``(image_size / 14)²`` image tokens per view).
+    """
+
+    name: str
+    text: dict
+    vision_width: int
+    vision_depth: int
+    vision_heads: int
+    vision_mlp_ratio: int
+    init: float
+    min_pixels: int
+    max_pixels: int
+    image_size: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.text["hidden_size"] // self.text["num_attention_heads"]
+
+
+TINY = BuildSize("tiny", TINY_TEXT, 32, 2, 2, 2, TINY_INIT, 56 * 56, 112 * 112, 28)
+# 168 px: NumberLine's digits (44 px at 300) come out ~25 px tall, two 14 px patches; a 6x6 MiniGrid at
+# tile 28 is 168 px, one cell = 2x2 patches = one merged Qwen token.
+SMALL = BuildSize("small", SMALL_TEXT, 256, 4, 4, 4, SMALL_INIT, 56 * 56, 168 * 168, 168)
+SIZES = {size.name: size for size in (TINY, SMALL)}
+
+
 def transformers_class(name: str):
     """A class exported by transformers, by name (``"Qwen2VLConfig"``)."""
     import transformers
@@ -95,12 +145,12 @@ class FamilyAdapter(ABC):
         """A byte-level BPE tokenizer with the family's special tokens (trained locally)."""
 
     @abstractmethod
-    def tiny_config(self, tokenizer):
-        """The tiny model's ``PreTrainedConfig``; every token id is looked up in `tokenizer`."""
+    def tiny_config(self, tokenizer, size: BuildSize = TINY):
+        """The ``PreTrainedConfig`` of a model of `size`; every token id is looked up in `tokenizer`."""
 
     @abstractmethod
-    def tiny_processor(self, tokenizer):
-        """The processor: image processor set for small images + `tokenizer` + chat template."""
+    def tiny_processor(self, tokenizer, size: BuildSize = TINY):
+        """The processor: image processor set for `size`'s images + `tokenizer` + chat template."""
 
     def tiny_generation_kwargs(self, tokenizer) -> dict:
         """``GenerationConfig`` fields of the tiny model: stop at the end-of-turn token, pad with the pad token,

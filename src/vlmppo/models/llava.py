@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlmppo.models.adapter import TINY_INIT, TINY_TEXT, FamilyAdapter, transformers_class
+from vlmppo.models.adapter import TINY, BuildSize, FamilyAdapter, transformers_class
 from vlmppo.models.templates import LLAVA_CHAT_TEMPLATE, LLAVA_NEXT_CHAT_TEMPLATE
 from vlmppo.models.tokenizer import train_byte_level_bpe
 
@@ -17,7 +17,6 @@ class LlavaAdapter(FamilyAdapter):
 
     text_model_type: str = "llama"
     any_resolution: bool = False
-    image_size: int = 28  # CLIP input: (28 / 14)² = 4 image tokens per view
     special_tokens: tuple[str, ...] = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 
     def tiny_tokenizer(self):
@@ -44,14 +43,15 @@ class LlavaAdapter(FamilyAdapter):
         tokenizer.chat_template = self.chat_template
         return tokenizer
 
-    def _pinpoints(self) -> list[list[int]]:
-        # One base view plus up to 2x2 crops of the CLIP input size.
-        s = self.image_size
+    @staticmethod
+    def _pinpoints(size: BuildSize) -> list[list[int]]:
+        # One base view plus up to 2x2 crops of the CLIP input size (tiny: 28 px, 4 image tokens per view).
+        s = size.image_size
         return [[s, 2 * s], [2 * s, s], [2 * s, 2 * s]]
 
-    def tiny_config(self, tokenizer):
+    def tiny_config(self, tokenizer, size: BuildSize = TINY):
         text = dict(
-            TINY_TEXT,
+            size.text,
             model_type=self.text_model_type,
             vocab_size=len(tokenizer),
             bos_token_id=tokenizer.bos_token_id,
@@ -62,19 +62,19 @@ class LlavaAdapter(FamilyAdapter):
             text["sliding_window"] = None  # as Mistral-7B-Instruct-v0.2 under llava-v1.6-mistral
         vision = dict(
             model_type="clip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=self.image_size,
+            hidden_size=size.vision_width,
+            intermediate_size=size.vision_width * size.vision_mlp_ratio,
+            num_hidden_layers=size.vision_depth,
+            num_attention_heads=size.vision_heads,
+            image_size=size.image_size,
             patch_size=PATCH,
-            projection_dim=32,
-            initializer_range=TINY_INIT,
+            projection_dim=size.vision_width,
+            initializer_range=size.init,
         )
         if self.any_resolution:
-            extra = {"image_grid_pinpoints": self._pinpoints()}
+            extra = {"image_grid_pinpoints": self._pinpoints(size)}
         else:
-            extra = {"image_seq_length": (self.image_size // PATCH) ** 2}
+            extra = {"image_seq_length": (size.image_size // PATCH) ** 2}
         return transformers_class(self.config_class)(
             text_config=text,
             vision_config=vision,
@@ -84,9 +84,9 @@ class LlavaAdapter(FamilyAdapter):
             **extra,
         )
 
-    def tiny_processor(self, tokenizer):
-        side = self.image_size
-        extra = {"image_grid_pinpoints": self._pinpoints()} if self.any_resolution else {}
+    def tiny_processor(self, tokenizer, size: BuildSize = TINY):
+        side = size.image_size
+        extra = {"image_grid_pinpoints": self._pinpoints(size)} if self.any_resolution else {}
         image_processor = transformers_class(self.image_processor_class)(
             size={"shortest_edge": side}, crop_size={"height": side, "width": side}, **extra
         )

@@ -13,7 +13,7 @@ from vlmppo.models.end_of_turn import align_eos_with_template
 from vlmppo.models.hub import locate_hub_model
 from vlmppo.models.processors import load_processor
 from vlmppo.models.quantization import bnb_config, check_quantization
-from vlmppo.models.tiny import check_supported, resolve_model_path
+from vlmppo.models.tiny import built_size, check_supported, resolve_model_path
 
 if TYPE_CHECKING:
     import torch
@@ -232,13 +232,13 @@ def load_model(
 
 
 def load_model_config(model_cfg: ModelConfig):
-    """The transformers config of ``model.path`` without downloading: a local folder (or ``tiny:``), the
-    Hugging Face cache, or a released architecture vlmppo knows by its Hub id. None if none of these."""
+    """The transformers config of ``model.path`` without downloading: a local folder (or ``tiny:``/``small:``),
+    the Hugging Face cache, or a released architecture vlmppo knows by its Hub id. None if none of these."""
     from transformers import AutoConfig
 
     path = model_cfg.path
     try:
-        if path.startswith("tiny:"):
+        if built_size(path) is not None:
             return AutoConfig.from_pretrained(str(resolve_model_path(path)))
         return AutoConfig.from_pretrained(
             path, local_files_only=True, trust_remote_code=model_cfg.trust_remote_code

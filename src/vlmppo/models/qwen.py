@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from vlmppo.models.adapter import TINY_INIT, TINY_TEXT, FamilyAdapter, transformers_class
+from vlmppo.models.adapter import TINY, BuildSize, FamilyAdapter, transformers_class
 from vlmppo.models.templates import QWEN_CHAT_TEMPLATE
 from vlmppo.models.tokenizer import train_byte_level_bpe, vocab_and_merges
 
 
 @dataclass(frozen=True)
 class QwenAdapter(FamilyAdapter):
-    """A Qwen VL family; `tiny_vision` is the tiny model's vision config (the two differ there)."""
+    """A Qwen VL family; `windowed_vision` marks Qwen2.5-VL's vision tower (the two differ there)."""
 
-    tiny_vision: dict = field(default_factory=dict)
-    # The image processor resizes to multiples of 28 within [min, max] pixels; 56²..112² keeps a tiny
-    # model's images at 4..16 tokens ((H/14 * W/14) / 4).
-    min_pixels: int = 56 * 56
-    max_pixels: int = 112 * 112
+    windowed_vision: bool = False
     special_tokens: tuple[str, ...] = (
         "<|endoftext|>",
         "<|im_start|>",
@@ -59,20 +55,38 @@ class QwenAdapter(FamilyAdapter):
         tokenizer.chat_template = self.chat_template
         return tokenizer
 
-    def tiny_config(self, tokenizer):
+    def vision_config(self, size: BuildSize) -> dict:
+        """The vision tower's config of a model of `size` (its head dim must be a multiple of 4, for the 2D
+        rotary embedding)."""
+        width, depth, heads = size.vision_width, size.vision_depth, size.vision_heads
+        if self.windowed_vision:
+            # Qwen2.5-VL: SwiGLU MLP, windowed attention (112 px windows) except in the fullatt blocks.
+            return dict(depth=depth, hidden_size=width, intermediate_size=width * size.vision_mlp_ratio,
+                        num_heads=heads, out_hidden_size=size.text["hidden_size"], window_size=112,
+                        fullatt_block_indexes=list(range(1, depth, 2)), initializer_range=size.init)  # fmt: skip
+        return dict(depth=depth, embed_dim=width, hidden_size=size.text["hidden_size"], num_heads=heads,
+                    mlp_ratio=size.vision_mlp_ratio, initializer_range=size.init)  # fmt: skip
+
+    def tiny_config(self, tokenizer, size: BuildSize = TINY):
         ids = tokenizer.convert_tokens_to_ids
+        # mrope_section must sum to head_dim / 2, split like the real 16/24/24 (tiny: 2/3/3, small: 8/12/12).
+        half = size.head_dim // 2
+        rest = half - half // 4
         text = dict(
-            TINY_TEXT,
+            size.text,
             vocab_size=len(tokenizer),
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=None,
-            # mrope_section must sum to head_dim / 2 (64 / 4 heads / 2 = 8), split like the real 16/24/24.
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 1e6,
+                "mrope_section": [half // 4, rest // 2, rest - rest // 2],
+            },  # fmt: skip
         )
         return transformers_class(self.config_class)(
             text_config=text,
-            vision_config=dict(self.tiny_vision),
+            vision_config=self.vision_config(size),
             image_token_id=ids("<|image_pad|>"),
             video_token_id=ids("<|video_pad|>"),
             vision_start_token_id=ids("<|vision_start|>"),
@@ -80,9 +94,11 @@ class QwenAdapter(FamilyAdapter):
             tie_word_embeddings=True,  # as in the 2B/3B checkpoints
         )
 
-    def tiny_processor(self, tokenizer):
+    def tiny_processor(self, tokenizer, size: BuildSize = TINY):
+        # The image processor resizes to multiples of 28 within [min, max] pixels: a tiny model's images
+        # come to 4..16 tokens ((H/14 * W/14) / 4), a small one's to 4..36.
         image_processor = transformers_class(self.image_processor_class)(
-            min_pixels=self.min_pixels, max_pixels=self.max_pixels
+            min_pixels=size.min_pixels, max_pixels=size.max_pixels
         )
         # The image-only variant on every machine, so the saved folder is the same everywhere; it saves
         # itself under the stock class name (see processors.py).
@@ -104,38 +120,19 @@ _COMMON = dict(
     chat_template=QWEN_CHAT_TEMPLATE,
 )
 
-# The vision head dim (embed_dim / num_heads = 16) must be a multiple of 4 for the 2D rotary embedding.
 QWEN2_VL = QwenAdapter(
     name="qwen2-vl",
     model_type="qwen2_vl",
     processor_class="Qwen2VLProcessor",
     config_class="Qwen2VLConfig",
-    tiny_vision=dict(
-        depth=2,
-        embed_dim=32,
-        hidden_size=TINY_TEXT["hidden_size"],
-        num_heads=2,
-        mlp_ratio=2,
-        initializer_range=TINY_INIT,
-    ),
     **_COMMON,
 )
 
-# Qwen2.5-VL's vision tower: SwiGLU MLP, windowed attention (112 px windows) except in fullatt blocks.
 QWEN2_5_VL = QwenAdapter(
     name="qwen2.5-vl",
     model_type="qwen2_5_vl",
     processor_class="Qwen2_5_VLProcessor",
     config_class="Qwen2_5_VLConfig",
-    tiny_vision=dict(
-        depth=2,
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
-        out_hidden_size=TINY_TEXT["hidden_size"],
-        window_size=112,
-        fullatt_block_indexes=[1],
-        initializer_range=TINY_INIT,
-    ),
+    windowed_vision=True,
     **_COMMON,
 )

@@ -73,8 +73,8 @@ def slot_cache(keys: list[torch.Tensor], values: list[torch.Tensor], position: t
             pass
 
         def update(self, key_states, value_states, *args, **kwargs):
-            # Under autocast an fp32 model's keys leave the rotary embedding in fp32 while its values
-            # stay bf16: the buffers keep one dtype (the prefill's keys'), so cast what comes in.
+            # Under bf16 autocast with fp32 weights the keys come out of the rotary embedding in fp32 and the
+            # values in bf16; the buffers take the prefill's key dtype (attention casts both back under autocast).
             self.keys.index_copy_(2, position, key_states.to(self.keys.dtype))
             self.values.index_copy_(2, position, value_states.to(self.values.dtype))
             return self.keys, self.values

@@ -1,6 +1,9 @@
-"""Tiny random models built from code, and model-path resolution (``tiny:<family>``, folders, hub ids).
+"""Random models built from code, and model-path resolution (``tiny:<family>``, ``small:<family>``, folders,
+hub ids).
 
-A tiny model is saved with ``save_pretrained`` like any checkpoint and then loaded through the same code
+``tiny:`` models (~150-200k parameters) exercise every code path in tests on a CPU; ``small:`` ones (~14M,
+168 px images; `vlmppo.models.adapter.SMALL`) are for learning real tasks from scratch on a GPU
+(docs/learning.md). A built model is saved with ``save_pretrained`` like any checkpoint and then loaded through the same code
 as a real one, so tests on CPU exercise the real loading path. The cache is written atomically: a build
 goes to a temp folder beside the final one, the completion marker is written last, then the folder is
 renamed into place. A folder without the marker (an interrupted build) is removed and rebuilt.
@@ -17,11 +20,12 @@ import uuid
 from pathlib import Path
 
 from vlmppo.errors import ModelError
-from vlmppo.models.adapter import FamilyAdapter
+from vlmppo.models.adapter import SIZES, TINY, BuildSize, FamilyAdapter
 from vlmppo.models.families import FAMILIES, family_for_model_type
 
-TINY_PREFIX = "tiny:"
 TINY_VERSION = "v2"  # bump when the tiny models change, so old caches are not reused
+SMALL_VERSION = "v1"  # likewise for the small ones
+_VERSIONS = {"tiny": TINY_VERSION, "small": SMALL_VERSION}
 MARKER = "vlmppo-tiny-complete.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SEED = 0
@@ -42,15 +46,17 @@ def get_family(name: str) -> FamilyAdapter:
         ) from None
 
 
-def build_tiny_model(family: str, out_dir: Path) -> Path:
-    """Build a tiny random model of `family` and save it (model, tokenizer, processor) to `out_dir`.
+def build_tiny_model(family: str, out_dir: Path, size: BuildSize = TINY) -> Path:
+    """Build a random model of `family` (tiny unless `size` says otherwise) and save it (model, tokenizer,
+    processor) to `out_dir`.
 
-    Same seed, same model: the weights, tokenizer and processor depend only on the family and the
+    Same seed, same model: the weights, tokenizer and processor depend only on the family, the size and the
     installed library versions. The completion marker is written last.
 
     Args:
         family: A registered family name, e.g. ``"qwen2-vl"``.
         out_dir: Folder to write; created if missing, must be empty if it exists.
+        size: `vlmppo.models.adapter.TINY` or ``SMALL``.
 
     Returns:
         `out_dir`.
@@ -69,33 +75,38 @@ def build_tiny_model(family: str, out_dir: Path) -> Path:
         )
     start = time.perf_counter()
     tokenizer = adapter.tiny_tokenizer()
-    processor = adapter.tiny_processor(tokenizer)
-    config = adapter.tiny_config(tokenizer)
+    processor = adapter.tiny_processor(tokenizer, size)
+    config = adapter.tiny_config(tokenizer, size)
     with torch.random.fork_rng(devices=[]):  # a fixed seed without disturbing the caller's RNG
         torch.manual_seed(_SEED)
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
     model.generation_config = GenerationConfig(**adapter.tiny_generation_kwargs(tokenizer))
     seconds = round(time.perf_counter() - start, 3)
-    save_build(
-        model, processor, out_dir, {"family": family, "tiny_version": TINY_VERSION, "build_seconds": seconds}
-    )
+    marker = {"family": family, f"{size.name}_version": _VERSIONS[size.name], "build_seconds": seconds}
+    save_build(model, processor, out_dir, marker)
     return out_dir
 
 
-def tiny_model_dir(family: str) -> Path:
-    """Where the tiny model of `family` is cached (built or not)."""
-    return cache_dir() / "tiny" / f"{family}-{TINY_VERSION}"
+def built_size(path: str) -> BuildSize | None:
+    """The size a ``tiny:<family>`` / ``small:<family>`` model path names; None for any other path."""
+    prefix, sep, _ = path.partition(":")
+    return SIZES.get(prefix) if sep else None
 
 
-def tiny_model_built(family: str) -> bool:
-    """Whether the tiny model of `family` is in the cache already (else its first use builds it)."""
-    return (tiny_model_dir(family) / MARKER).is_file()
+def tiny_model_dir(family: str, size: BuildSize = TINY) -> Path:
+    """Where the built model of `family` and `size` is cached (built or not)."""
+    return cache_dir() / size.name / f"{family}-{_VERSIONS[size.name]}"
 
 
-def tiny_model_path(family: str) -> Path:
-    """The cached tiny model of `family`, built on first use (atomically; see the module docstring)."""
+def tiny_model_built(family: str, size: BuildSize = TINY) -> bool:
+    """Whether that model is in the cache already (else its first use builds it)."""
+    return (tiny_model_dir(family, size) / MARKER).is_file()
+
+
+def tiny_model_path(family: str, size: BuildSize = TINY) -> Path:
+    """The cached model of `family` and `size`, built on first use (atomically; see the module docstring)."""
     get_family(family)
-    return cached_build(tiny_model_dir(family), lambda out: build_tiny_model(family, out))
+    return cached_build(tiny_model_dir(family, size), lambda out: build_tiny_model(family, out, size))
 
 
 def cached_build(final: Path, build, marker: str = MARKER) -> Path:
@@ -173,17 +184,18 @@ def resolve_model_path(path: str) -> Path | str:
     """Turn ``model.path`` into something ``from_pretrained`` can load.
 
     Args:
-        path: ``tiny:<family>``, a local checkpoint folder, or a hub id (``org/name``).
+        path: ``tiny:<family>``, ``small:<family>``, a local checkpoint folder, or a hub id (``org/name``).
 
     Returns:
-        A local folder (`Path`) for tiny models and existing folders; the hub id (`str`) otherwise.
+        A local folder (`Path`) for built models and existing folders; the hub id (`str`) otherwise.
 
     Raises:
-        ModelError: Unknown tiny family; a local path that does not exist (and is not a hub id);
+        ModelError: Unknown family after ``tiny:``/``small:``; a local path that does not exist (and is not a hub id);
             a folder that is not a checkpoint or whose ``model_type`` is not a supported family.
     """
-    if path.startswith(TINY_PREFIX):
-        return tiny_model_path(path[len(TINY_PREFIX) :])
+    size = built_size(path)
+    if size is not None:
+        return tiny_model_path(path.partition(":")[2], size)
     local = Path(path).expanduser()
     if local.exists():
         if not local.is_dir():
@@ -194,6 +206,6 @@ def resolve_model_path(path: str) -> Path | str:
         return path
     raise ModelError(
         f"Model path '{path}' does not exist.",
-        hint=f"Give a checkpoint folder, a hub id like 'Qwen/Qwen2-VL-2B-Instruct', or tiny:<family> "
-        f"({', '.join(FAMILIES)}).",
+        hint=f"Give a checkpoint folder, a hub id like 'Qwen/Qwen2-VL-2B-Instruct', or tiny:<family> / "
+        f"small:<family> ({', '.join(FAMILIES)}).",
     )

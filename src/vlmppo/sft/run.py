@@ -63,6 +63,7 @@ class SftRun:
         eval_batch: Eval micro-batch size (no activations kept: twice the training batch fits).
         saved_at: The step of the newest checkpoint (-1: none yet).
         tracker: ``metrics.jsonl`` and friends (main process only, else None).
+        batches: The collated micro-batches (``sft/loader.py``), from ``progress.micro`` on.
     """
 
     cfg: Config
@@ -88,6 +89,7 @@ class SftRun:
     notes: list[str] = field(default_factory=list)
     saved_at: int = -1
     tracker: Any = None
+    batches: Any = None  # the iterator of collated micro-batches (sft/loader.py), started on first use
 
     @property
     def main(self) -> bool:

@@ -77,8 +77,12 @@ def micro_batch(
     world: int,
     rank: int,
     group_by_length: bool,
+    order: list[int] | None = None,
 ) -> list[int]:
     """Sample indices of this rank's share of global micro-batch ``micro_index`` (counted over all epochs).
+
+    ``order``: the epoch's `epoch_order`, when the caller keeps it (it is recomputed otherwise: a shuffle of
+    the whole dataset per call).
 
     A global micro-batch is ``batch_size × world`` consecutive samples of the epoch's order; rank ``r``
     takes every ``world``-th of them from ``r``. The last one of an epoch may be short; with several
@@ -87,7 +91,8 @@ def micro_batch(
     """
     epoch, position = divmod(micro_index, counts.micro_per_epoch)
     global_batch = batch_size * world
-    order = epoch_order(lengths, epoch, seed=seed, batch=global_batch, group_by_length=group_by_length)
+    if order is None:
+        order = epoch_order(lengths, epoch, seed=seed, batch=global_batch, group_by_length=group_by_length)
     chunk = order[position * global_batch : (position + 1) * global_batch]
     if world > 1 and len(chunk) < global_batch:
         chunk = (chunk + order * global_batch)[:global_batch]

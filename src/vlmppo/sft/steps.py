@@ -9,9 +9,10 @@ import time
 import torch
 
 from vlmppo.models.inputs import IGNORE_INDEX
+from vlmppo.sft.loader import next_micro_batch
 from vlmppo.sft.loss import token_loss
 from vlmppo.sft.run import SftRun
-from vlmppo.sft.schedule import lr_at, micro_batch
+from vlmppo.sft.schedule import lr_at
 
 
 def sum_over_ranks(accelerator, *values: float) -> list[float]:
@@ -41,11 +42,7 @@ def train_step(run: SftRun) -> dict:
     # Collate all micro-batches first: their answer tokens (all ranks) normalise the loss.
     batches = []
     for _ in range(sft.grad_accum):
-        indices = micro_batch(run.lengths, progress.micro, run.counts, seed=cfg.run.seed,
-                              batch_size=sft.batch_size, world=accelerator.num_processes,
-                              rank=accelerator.process_index, group_by_length=sft.group_by_length)  # fmt: skip
-        progress.micro += 1
-        batches.append(run.collator([run.train[index] for index in indices]))
+        batches.append(next_micro_batch(run))  # collated ahead (sft/loader.py); counts progress.micro
     local_tokens = sum(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in batches)
     local_samples = sum(len(batch["input_ids"]) for batch in batches)
     n_tokens, n_samples = sum_over_ranks(accelerator, local_tokens, local_samples)

@@ -22,6 +22,7 @@ from typing import Any
 from vlmppo.config import Config
 from vlmppo.locks import locked
 from vlmppo.sft.checkpointing import checkpoints_dir, save_run, write_final
+from vlmppo.sft.loader import close_loader
 from vlmppo.sft.run import SftRun
 from vlmppo.sft.startup import start_run
 from vlmppo.sft.steps import action_accuracy, evaluate, sum_over_ranks, train_step
@@ -107,11 +108,13 @@ def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult
             # Steps not saved yet: none when resumed at the end (nothing trained, nothing new to save).
             if run.saved_at != progress.step:
                 result.checkpoint = save_run(run, row)
+        close_loader(run)  # before the greedy accuracy: the workers' prefetched batches are not needed
         finish(run, result, row)
         if not result.stopped_by:
             # 5. greedy action accuracy on val, then checkpoints/final
             write_final_checkpoint(run, result)
     finally:
+        close_loader(run)
         if run.tracker is not None:
             run.tracker.close()
     return result

@@ -1,0 +1,58 @@
+"""bench/gpu_learning.sh (the learning protocol on a GPU, docs/learning.md): its commands resolve for every task,
+its report is written from what the runs leave, and DRY=1 runs the whole protocol on a CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+from bench.learning import DRY_OVERRIDES, TASKS
+from bench.learning_report import write_report
+from tests.helpers import REPO
+
+from vlmppo.config import load_config
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_resolves_on_the_gpu_and_in_the_dry_run(task):
+    gpu = load_config(TASKS[task], overrides=["run.output_dir=/tmp/runs", "sft.max_steps=100"])
+    dry = load_config(TASKS[task], overrides=DRY_OVERRIDES)
+    assert gpu.model.path == "small:qwen2-vl" and dry.model.path == "tiny:qwen2-vl"
+    assert dry.run.device == "cpu" and dry.ppo.total_env_steps <= 16 and dry.env.id == gpu.env.id
+
+
+def test_report_has_a_row_per_policy_a_stage_table_and_curves(tmp_path):
+    sft_rows = [{"step": s, "samples": 64 * s, "sft/loss": 2.0 / s} for s in range(1, 5)]
+    report = {
+        "task": "numberline", "preset": "numberline-small", "dry": False, "seed": 0, "budget_s": 510, "gpu": "H200",
+        "wall_s": 500.0, "data": {"train_samples": 100},
+        "stages": [{"stage": "weak sft", "command": "vlmppo sft --preset numberline-small", "rc": 0, "wall_s": 30.0,
+                    "time_boxed": False}],
+        "results": {"expert": {"success_rate": 1.0, "success_ci95": [0.98, 1.0], "episodes": 200},
+                    "random": {"success_rate": 0.25, "success_ci95": [0.2, 0.31], "episodes": 200}},
+        "sft": {"weak": {"steps": 4, "samples_per_s": 900.0}},
+        "sft_curves": {"weak": sft_rows, "strong": sft_rows},
+        "ppo": [{"update": u, "env_steps": 512 * u, "rollout/success_rate": 0.1 * u} for u in range(1, 4)],
+    }  # fmt: skip
+    write_report(report, tmp_path / "learning-numberline")
+    md = (tmp_path / "learning-numberline.md").read_text()
+    assert "| expert | 100.0 | [98.0, 100.0] |" in md and "| random | 25.0 |" in md
+    assert "| strong sft | not run |" in md and "| weak sft | 30.0 | 0 |" in md and "900 samples/s" in md
+    saved = json.loads((tmp_path / "learning-numberline.json").read_text())
+    assert saved["ppo"][-1]["update"] == 3 and "sft_curves" not in saved
+    assert (tmp_path / "learning-numberline.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_dry_run_plays_the_whole_protocol_on_the_cpu(tmp_path):
+    env = dict(os.environ, DRY="1", TASK="numberline", OUT=str(tmp_path / "out"), RUNS=str(tmp_path / "runs"))
+    done = subprocess.run(["bash", "bench/gpu_learning.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "learning-numberline.json").read_text())
+    assert [s["rc"] for s in report["stages"]] == [0] * 9, report["stages"]
+    assert set(report["results"]) == {"expert", "random", "weak sft", "strong sft", "weak + ppo"}
+    assert report["results"]["expert"]["success_rate"] == 1.0 and report["ppo"]
+    assert {p.suffix for p in (tmp_path / "out").iterdir()} == {".md", ".json", ".png", ".log"}

@@ -10,18 +10,8 @@ import dataclasses
 import weakref
 from dataclasses import dataclass
 
-import numpy as np
-from PIL import Image
-
-from vlmppo.models.inputs import build_inputs
+from vlmppo.models.inputs import build_inputs, to_pil
 from vlmppo.models.loading import LoadedModel, load_model
-
-
-def to_pil(image) -> Image.Image:
-    """uint8 HxWx3 arrays go to PIL directly (no float round trip, which once inverted colours)."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
 
 
 MEDIA_TOKEN_KEYS = (

@@ -81,12 +81,16 @@ def start_run(cfg: Config, resume: str | None) -> PpoRun:
 
 
 def start_envs(run: PpoRun) -> None:
-    """A fresh run: a fresh sample log, the vector env of ``cfg.env`` and its first observations."""
+    """A fresh run: a fresh sample log, the vector env of ``cfg.env``, its first observations and, with
+    ``env.history``, empty windows of earlier turns."""
     from vlmppo.envs import make_vec_env_from_config
+    from vlmppo.rl.history import HistoryWindows
 
     (run.out / "samples.jsonl").unlink(missing_ok=True)
-    run.vec = make_vec_env_from_config(run.cfg.env, run.cfg.env.n_envs, run.cfg.run.seed)
+    env = run.cfg.env
+    run.vec = make_vec_env_from_config(env, env.n_envs, run.cfg.run.seed)
     run.obs, run.infos = run.vec.reset()
+    run.history = HistoryWindows(env.n_envs, env.history) if env.history else None
 
 
 def check_single_process(accelerator: Accelerator | None = None) -> None:

@@ -102,12 +102,34 @@ def gpu_memory_row(cfg) -> str:
     return est.describe()
 
 
+# The stages whose steps a model answers, with the setting that bounds an answer's length.
+ANSWER_LENGTH_KEYS = {"ppo": "ppo.max_new_tokens", "eval": "eval.max_new_tokens"}
+
+
+def prompt_budget_row(cfg, stage: str) -> str:
+    """A step's longest input (frames with ``env.history``, image tokens, text, answers) against the model's
+    context; ConfigError when it does not fit. The figures come from the model's processor where it is
+    available offline."""
+    from vlmppo.models.budget import config_prompt_budget
+
+    key = ANSWER_LENGTH_KEYS[stage]
+    section, field = key.split(".")
+    budget = config_prompt_budget(cfg, getattr(getattr(cfg, section), field))
+    if budget is None:
+        return f"unknown: the processor of {cfg.model.path} is not available offline"
+    budget.check(cfg.model.path, key)
+    return budget.describe()
+
+
 def plan_rows(cfg, stage: str) -> list[tuple[str, str]]:
-    """The rows ``--dry-run`` prints for ``stage``: the config's derived numbers, and for PPO the GPU memory
-    estimate."""
+    """The rows ``--dry-run`` prints for ``stage``: the config's derived numbers, for PPO the GPU memory
+    estimate, and for the stages a model answers in, the prompt budget."""
     from vlmppo.config.plan import stage_plan
 
-    return stage_plan(cfg, stage, gpu_memory=gpu_memory_row(cfg) if stage == "ppo" else None)
+    rows = stage_plan(cfg, stage, gpu_memory=gpu_memory_row(cfg) if stage == "ppo" else None)
+    if stage in ANSWER_LENGTH_KEYS:
+        rows.append(("prompt budget", prompt_budget_row(cfg, stage)))
+    return rows
 
 
 def print_dry_run(cfg, *stages: str) -> None:

@@ -62,6 +62,10 @@ def start_run(cfg: Config, resume: str | None) -> PpoRun:
     changes = check_resume_config(resume_from, cfg) if resume_from is not None else []
     torch.manual_seed(cfg.run.seed)
     policy = build_policy(cfg, device, resume_from, accelerator)
+    if cfg.env.history:  # K earlier frames and answers must fit the model's context
+        from vlmppo.models.budget import config_prompt_budget
+
+        config_prompt_budget(cfg, ppo.max_new_tokens, policy.loaded).check(cfg.model.path, "ppo.max_new_tokens")
     optimizer = make_optimizer(policy, cfg)
     total_updates = ppo_counts(cfg)["updates"]
     run = PpoRun(

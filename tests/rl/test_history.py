@@ -54,7 +54,9 @@ def test_window_state_round_trips_and_a_smaller_k_keeps_the_newest_turns():
         windows.advance([frame, frame], [f"a{i}", f"b{i}"], [False, i == 1])
     restored = HistoryWindows.from_state(windows.state(), 3)
     assert [[t.answer for t in h] for h in restored.histories()] == [["a1", "a2", "a3"], ["b2", "b3"]]
-    assert all(np.array_equal(a.frame, b.frame) for a, b in zip(restored.windows[0], windows.windows[0]))
+    assert all(
+        np.array_equal(a.frame, b.frame) for a, b in zip(restored.windows[0], windows.windows[0], strict=True)
+    )
     smaller = HistoryWindows.from_state(windows.state(), 1)
     assert [[t.answer for t in h] for h in smaller.histories()] == [["a3"], ["b3"]]
     assert HistoryWindows(2, 0).advance(frames[:2], ["x", "y"], [False, False]) == [(), ()]
@@ -103,7 +105,9 @@ def test_update_rescoring_with_history_equals_the_rollout_and_scores_the_last_an
     assert (token_logp[~sampled.answer_mask] == 0).all()
     # The value token is the prompt's last one: the generation prompt after the current frame and the task.
     opener = policy.loaded.tokenizer(generation_opener(policy), add_special_tokens=False)["input_ids"]
-    assert sampled.sequences[:, sampled.prompt_len - len(opener) : sampled.prompt_len].tolist() == [opener] * 4
+    assert (
+        sampled.sequences[:, sampled.prompt_len - len(opener) : sampled.prompt_len].tolist() == [opener] * 4
+    )
 
 
 def image_token_id(policy) -> int:

@@ -19,6 +19,15 @@ import numpy as np
 from vlmppo.models.inputs import Turn
 
 
+def episode_history(frames: Sequence, answers: Sequence[str | None], size: int) -> tuple[Turn, ...]:
+    """The last ``size`` turns of an episode recorded as its frames and answers (``frames[i]`` the frame step
+    ``i`` acted on, ``answers[i]`` the answer of that step; frames may run one longer, to the next step's).
+    What the prompt of step ``len(answers)`` shows with ``env.history = size``."""
+    steps = len(answers)
+    first = max(0, steps - size)
+    return tuple(Turn(frames[i], answers[i] or "") for i in range(first, steps))
+
+
 class HistoryWindows:
     """The last ``size`` turns of each of ``n_envs`` envs' current episodes (oldest first).
 

@@ -172,7 +172,9 @@ def collect_rollout(
         step = rollout_step(policy, vec, obs, infos, cfg, histories)
         obs, rewards, terminated, truncated, infos = vec.step(step.actions)
         # The windows follow the vector env's auto-reset: an ended episode's turns go with it.
-        after = history.advance(step.images, step.texts, terminated | truncated) if history is not None else None
+        after = (
+            history.advance(step.images, step.texts, terminated | truncated) if history is not None else None
+        )
         penalised = np.asarray(rewards, dtype=np.float64) + ppo.invalid_action_penalty * step.invalid.numpy()
         bootstrap = torch.zeros(vec.n_envs)
         ended = [env for env in range(vec.n_envs) if truncated[env] and not terminated[env]]

@@ -65,7 +65,9 @@ def start_run(cfg: Config, resume: str | None) -> PpoRun:
     if cfg.env.history:  # K earlier frames and answers must fit the model's context
         from vlmppo.models.budget import config_prompt_budget
 
-        config_prompt_budget(cfg, ppo.max_new_tokens, policy.loaded).check(cfg.model.path, "ppo.max_new_tokens")
+        config_prompt_budget(cfg, ppo.max_new_tokens, policy.loaded).check(
+            cfg.model.path, "ppo.max_new_tokens"
+        )
     optimizer = make_optimizer(policy, cfg)
     total_updates = ppo_counts(cfg)["updates"]
     run = PpoRun(

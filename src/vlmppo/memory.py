@@ -142,7 +142,9 @@ def estimate_ppo_memory(cfg) -> MemoryEstimate | None:
     head_dim = getattr(text, "head_dim", None) or hidden // heads
     inter, vocab = text.intermediate_size, text.vocab_size
     size = next((e["frame_size"] for e in list_envs() if e["id"] == cfg.env.id), (300, 300))
-    prompt = image_tokens(config, m.family, size[0], size[1], m.min_pixels, m.max_pixels) + 200  # + task text
+    frame = image_tokens(config, m.family, size[0], size[1], m.min_pixels, m.max_pixels)
+    # + task text; with env.history, K more frames and answers (and ~10 template tokens per turn)
+    prompt = frame + 200 + cfg.env.history * (frame + p.max_new_tokens + 10)
     total, trainable = count_parameters(config, m.family, m.lora)
     bpw = 4 if m.dtype == "float32" else 2
     if m.lora is not None:  # adapters in fp32 (peft upcasts them): value, gradient, two AdamW moments

@@ -60,3 +60,13 @@ def test_dry_run_reports_the_budget_and_refuses_a_history_that_cannot_fit(tmp_pa
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     message = " ".join(refused.stderr.split())
     assert "env.history=60 does not fit tiny:qwen2-vl" in message and "eval.max_new_tokens" in message
+
+
+def test_the_memory_estimate_counts_the_earlier_frames_and_answers():
+    from vlmppo.memory import estimate_ppo_memory
+
+    base = estimate_ppo_memory(load_config("numberline-tiny"))
+    more = estimate_ppo_memory(load_config("numberline-tiny", overrides=["env.history=2"]))
+    frame = base.prompt_tokens - 200
+    assert more.prompt_tokens == base.prompt_tokens + 2 * (frame + 48 + 10)  # max_new_tokens 48
+    assert more.rollout_gb > base.rollout_gb and more.update_gb > base.update_gb

@@ -108,6 +108,31 @@ def image_tokens(
     return base + (tiles_h * side) * (tiles_w * side) + tiles_h * side
 
 
+def estimate_prompt_budget(cfg, max_new_tokens: int):
+    """The prompt budget of ``cfg`` (``models.budget.PromptBudget``) from the model's config alone, for a model
+    whose processor is not available offline: the frame's image tokens by the family's resizing rules, ~200
+    tokens of task text and ~10 of template per earlier turn. None without the config either."""
+    from vlmppo.envs import list_envs
+    from vlmppo.models.budget import PromptBudget, context_length
+    from vlmppo.models.loading import load_model_config
+
+    config = load_model_config(cfg.model)
+    if config is None:
+        return None
+    m, turns = cfg.model, cfg.env.history
+    size = next((e["frame_size"] for e in list_envs() if e["id"] == cfg.env.id), (300, 300))
+    frame = image_tokens(config, m.family, size[0], size[1], m.min_pixels, m.max_pixels)
+    return PromptBudget(
+        history=turns,
+        image_tokens=frame,
+        text_tokens=200 + 10 * turns,
+        turn_tokens=frame + 10 + max_new_tokens,
+        answer_tokens=max_new_tokens,
+        context=context_length(config),
+        estimated=True,
+    )
+
+
 def count_parameters(config, family_name: str, lora) -> tuple[int, int]:
     """(all parameters, trainable parameters) of the model as the run builds it, on the meta device."""
     import torch

@@ -70,3 +70,14 @@ def test_the_memory_estimate_counts_the_earlier_frames_and_answers():
     frame = base.prompt_tokens - 200
     assert more.prompt_tokens == base.prompt_tokens + 2 * (frame + 48 + 10)  # max_new_tokens 48
     assert more.rollout_gb > base.rollout_gb and more.update_gb > base.update_gb
+
+
+def test_a_model_known_only_by_its_config_gets_an_estimated_budget():
+    from vlmppo.memory import estimate_prompt_budget
+
+    cfg = load_config("numberline-llava", overrides=["env.history=2"])  # a Hub id, not downloaded
+    budget = estimate_prompt_budget(cfg, cfg.ppo.max_new_tokens)
+    assert budget.estimated and budget.images == 3 and budget.image_tokens > 500
+    assert budget.context == 32768 and budget.fits and "estimated" in budget.describe()
+    too_many = estimate_prompt_budget(load_config("numberline-llava", overrides=["env.history=40"]), 256)
+    assert not too_many.fits and 0 < too_many.most_turns() < 40

@@ -109,14 +109,16 @@ ANSWER_LENGTH_KEYS = {"ppo": "ppo.max_new_tokens", "eval": "eval.max_new_tokens"
 def prompt_budget_row(cfg, stage: str) -> str:
     """A step's longest input (frames with ``env.history``, image tokens, text, answers) against the model's
     context; ConfigError when it does not fit. The figures come from the model's processor where it is
-    available offline."""
+    available offline, else from its config (an estimate)."""
+    from vlmppo.memory import estimate_prompt_budget
     from vlmppo.models.budget import config_prompt_budget
 
     key = ANSWER_LENGTH_KEYS[stage]
     section, field = key.split(".")
-    budget = config_prompt_budget(cfg, getattr(getattr(cfg, section), field))
+    max_new_tokens = getattr(getattr(cfg, section), field)
+    budget = config_prompt_budget(cfg, max_new_tokens) or estimate_prompt_budget(cfg, max_new_tokens)
     if budget is None:
-        return f"unknown: the processor of {cfg.model.path} is not available offline"
+        return f"unknown: neither the processor nor the config of {cfg.model.path} is available offline"
     budget.check(cfg.model.path, key)
     return budget.describe()
 

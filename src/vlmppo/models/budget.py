@@ -26,6 +26,8 @@ class PromptBudget:
         turn_tokens: What one more earlier turn adds: its frame, its template, an answer of the longest length.
         answer_tokens: The longest answer (``max_new_tokens``).
         context: The model's context length (``max_position_embeddings``), None when the config has none.
+        estimated: The counts come from the model's config and the families' resizing rules
+            (``vlmppo.memory.estimate_prompt_budget``), not from its processor.
     """
 
     history: int
@@ -34,6 +36,7 @@ class PromptBudget:
     turn_tokens: int
     answer_tokens: int
     context: int | None
+    estimated: bool = False
 
     @property
     def images(self) -> int:
@@ -65,7 +68,8 @@ class PromptBudget:
         """The dry-run's line: ``1234 of 4096 tokens (2 frame(s) x 576 image tokens + ...)``."""
         context = f"of {self.context} " if self.context is not None else ""
         unknown = "" if self.context is not None else "; the model's context length is unknown"
-        return f"{self.total} {context}tokens ({self.parts()}{unknown})"
+        how = "; estimated: the processor is not available offline" if self.estimated else ""
+        return f"{self.total} {context}tokens ({self.parts()}{unknown}{how})"
 
     def check(self, model_path: str, max_new_tokens_key: str) -> None:
         """ConfigError, naming the settings to change, when the longest input is longer than the context."""

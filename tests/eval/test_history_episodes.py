@@ -12,6 +12,8 @@ from PIL import Image
 from vlmppo.config import config_to_yaml, load_config
 from vlmppo.models.generation import Generator
 
+pytestmark = pytest.mark.e2e  # eval and collect with a tiny VLM acting
+
 
 @pytest.fixture
 def seen_histories():

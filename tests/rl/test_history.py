@@ -143,6 +143,7 @@ PPO_SMALL = [
 ]
 
 
+@pytest.mark.e2e  # 8 short PPO runs
 @pytest.mark.parametrize("preset", ["minigrid-doorkey-tiny", "numberline-tiny"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_ppo_with_two_turns_of_history_runs_on_every_family(preset, family, tmp_path):
@@ -179,6 +180,7 @@ def test_ppo_with_two_turns_of_history_runs_on_every_family(preset, family, tmp_
     assert np.isfinite(row["train/policy_loss"]) and np.isfinite(row["train/value_loss"])
 
 
+@pytest.mark.e2e  # three short PPO runs
 def test_ppo_with_history_resumes_exactly(tmp_path):
     import os
     import signal
@@ -214,3 +216,26 @@ def test_ppo_with_history_resumes_exactly(tmp_path):
                for run in ("a", "b")]  # fmt: skip
     for key in weights[0]:
         torch.testing.assert_close(weights[0][key], weights[1][key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ppo_with_history_trains_for_several_updates_and_its_checkpoint_evaluates_with_history(
+    family, tmp_path
+):
+    from tests.helpers import run_cli
+
+    common = ["--preset", "minigrid-doorkey-tiny", f"run.output_dir={tmp_path}", "env.history=2",
+              f"model.family={family}", f"model.path=tiny:{family}"]  # fmt: skip
+    trained = run_cli("ppo", *common, "ppo.total_env_steps=48", "ppo.n_steps=4", "ppo.minibatch_size=8",
+                      "ppo.micro_batch_size=8", "ppo.max_new_tokens=12", "ppo.n_epochs=2",
+                      "ppo.save_every=2")  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    run = tmp_path / "minigrid-doorkey-tiny"
+    rows = [json.loads(line) for line in (run / "ppo/metrics.jsonl").read_text().splitlines()]
+    assert [row["update"] for row in rows] == [1, 2, 3]
+    assert all(np.isfinite(row["train/policy_loss"]) for row in rows)
+    evaluated = run_cli("eval", *common, "--episodes", "2", "eval.max_new_tokens=12")
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads((run / "eval/ppo-000003/metrics.json").read_text())
+    assert metrics["episodes"] == 2 and metrics["value_head"] is True

@@ -11,7 +11,6 @@ import torch
 
 from vlmppo.config import load_config
 from vlmppo.envs import make_vec_env
-from vlmppo.models.inputs import Turn
 from vlmppo.rl.history import HistoryWindows
 
 FAMILIES = ["qwen2-vl", "qwen2.5-vl", "llava", "llava-next"]
@@ -38,7 +37,8 @@ def test_windows_keep_the_last_k_turns_of_each_env_and_empty_when_its_episode_en
         after = windows.advance(obs, answers, done)
         for env in range(vec.n_envs):
             episode_frames[env].append(obs[env])
-            assert after[env][-1] == Turn(obs[env], answers[env])  # the final obs's history ends with it
+            last = after[env][-1]  # the history of the next (or final) observation ends with this turn
+            assert last.frame is obs[env] and last.answer == answers[env]
             if done[env]:
                 ends += 1
                 assert "final_obs" in infos[env] and windows.histories()[env] == ()

@@ -117,6 +117,30 @@ def image_tokens(
     return base + (tiles_h * side) * (tiles_w * side) + tiles_h * side
 
 
+def estimate_prompt_budget(cfg, max_new_tokens: int):
+    """The prompt budget of ``cfg`` (``models.budget.PromptBudget``) from the model's config alone, for a model
+    whose processor is not available offline: the frame's image tokens by the family's resizing rules, ~200
+    tokens of task text and ~10 of template per earlier turn. None without the config either."""
+    from vlmppo.models.budget import PromptBudget, context_length
+    from vlmppo.models.loading import load_model_config
+
+    config = load_model_config(cfg.model)
+    if config is None:
+        return None
+    m, turns = cfg.model, cfg.env.history
+    size = frame_size(cfg)
+    frame = image_tokens(config, m.family, size[0], size[1], m.min_pixels, m.max_pixels)
+    return PromptBudget(
+        history=turns,
+        image_tokens=frame,
+        text_tokens=200 + 10 * turns,
+        turn_tokens=frame + 10 + max_new_tokens,
+        answer_tokens=max_new_tokens,
+        context=context_length(config),
+        estimated=True,
+    )
+
+
 def count_parameters(config, family_name: str, lora) -> tuple[int, int]:
     """(all parameters, trainable parameters) of the model as the run builds it, on the meta device."""
     sizes = count_model(config, family_name, lora)
@@ -201,16 +225,22 @@ def value_head_bytes(hidden: int) -> int:
     return (hidden * 1024 + 1024 + 1024 * 512 + 512 + 513) * 16
 
 
-def prompt_length(cfg, config) -> int:
-    """Tokens of one prompt: the env frame's image tokens + ~200 of task text."""
+def frame_size(cfg) -> tuple[int, int]:
+    """The env's frame size; 300x300 for a plugin that fails to load (the stage itself will say why)."""
     from vlmppo.envs import list_envs
 
-    m = cfg.model
-    # A plugin that fails to load has no frame size; the stage itself will say why.
-    size = next(
+    return next(
         (e["frame_size"] for e in list_envs() if e["id"] == cfg.env.id and e["frame_size"]), (300, 300)
     )
-    return image_tokens(config, m.family, size[0], size[1], m.min_pixels, m.max_pixels) + 200
+
+
+def prompt_length(cfg, config) -> int:
+    """Tokens of one prompt: the env frame's image tokens + ~200 of task text; with ``env.history``, K more
+    frames and answers (and ~10 template tokens per turn)."""
+    m = cfg.model
+    size = frame_size(cfg)
+    frame = image_tokens(config, m.family, size[0], size[1], m.min_pixels, m.max_pixels)
+    return frame + 200 + cfg.env.history * (frame + cfg.ppo.max_new_tokens + 10)
 
 
 def layer_values(cfg, text, bpw: int, mixed_precision: str, dropout: float) -> float:

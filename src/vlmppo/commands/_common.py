@@ -113,13 +113,37 @@ def gpu_memory_row(cfg, stage: str = "ppo") -> str:
     return est.describe()
 
 
+# The stages whose steps a model answers, with the setting that bounds an answer's length.
+ANSWER_LENGTH_KEYS = {"ppo": "ppo.max_new_tokens", "eval": "eval.max_new_tokens"}
+
+
+def prompt_budget_row(cfg, stage: str) -> str:
+    """A step's longest input (frames with ``env.history``, image tokens, text, answers) against the model's
+    context; ConfigError when it does not fit. The figures come from the model's processor where it is
+    available offline, else from its config (an estimate)."""
+    from vlmppo.memory import estimate_prompt_budget
+    from vlmppo.models.budget import config_prompt_budget
+
+    key = ANSWER_LENGTH_KEYS[stage]
+    section, field = key.split(".")
+    max_new_tokens = getattr(getattr(cfg, section), field)
+    budget = config_prompt_budget(cfg, max_new_tokens) or estimate_prompt_budget(cfg, max_new_tokens)
+    if budget is None:
+        return f"unknown: neither the processor nor the config of {cfg.model.path} is available offline"
+    budget.check(cfg.model.path, key)
+    return budget.describe()
+
+
 def plan_rows(cfg, stage: str) -> list[tuple[str, str]]:
-    """The rows ``--dry-run`` prints for ``stage``: the config's derived numbers, and for PPO the GPU memory
-    estimate."""
+    """The rows ``--dry-run`` prints for ``stage``: the config's derived numbers, for PPO the GPU memory
+    estimate, and for the stages a model answers in, the prompt budget."""
     from vlmppo.config.plan import stage_plan
 
     estimated = stage in ("ppo", "sft") and (stage == "ppo" or cfg.run.device != "cpu")
-    return stage_plan(cfg, stage, gpu_memory=gpu_memory_row(cfg, stage) if estimated else None)
+    rows = stage_plan(cfg, stage, gpu_memory=gpu_memory_row(cfg, stage) if estimated else None)
+    if stage in ANSWER_LENGTH_KEYS:
+        rows.append(("prompt budget", prompt_budget_row(cfg, stage)))
+    return rows
 
 
 def print_dry_run(cfg, *stages: str) -> None:

@@ -30,6 +30,10 @@ def ppo_counts(cfg: Config) -> dict[str, int]:
     }
 
 
+def _history(turns: int) -> str:
+    return f", history: the last {turns} turn(s) with their frames" if turns else ""
+
+
 def _common(cfg: Config) -> list[tuple[str, str]]:
     lora = cfg.model.lora
     training = f"LoRA r={lora.r} alpha={lora.alpha}" if lora else "full fine-tuning"
@@ -38,7 +42,7 @@ def _common(cfg: Config) -> list[tuple[str, str]]:
     return [
         ("run directory", str(run_dir(cfg))),
         ("device", cfg.run.device),
-        ("env", f"{cfg.env.id} x {cfg.env.n_envs} (prompt: {cfg.env.prompt})"),
+        ("env", f"{cfg.env.id} x {cfg.env.n_envs} (prompt: {cfg.env.prompt}{_history(cfg.env.history)})"),
         ("model", f"{cfg.model.path} ({cfg.model.family}, dtype {cfg.model.dtype}, {training})"),
     ]
 

@@ -87,6 +87,15 @@ class EnvConfig(Section):
         "full", description="MiniGrid only: the full top-down render or the agent's partial view."
     )
     tile_size: int = Field(32, ge=4, description="MiniGrid only: pixels per grid tile in the rendered frame.")
+    history: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description=(
+            "Earlier turns of the episode in each prompt: the last K frames (images) with the model's "
+            "answers to them, before the current frame and the task text. 0: the current frame only."
+        ),
+    )
     prompt: Literal["rl4vlm", "rl4vlm_action_only", "cot", "action_only"] = Field(
         "cot",
         description=(

@@ -180,11 +180,17 @@ def _play(cfg: Config, adapter, policy, todo: list[int], frames_dir: Path, write
     written whole when it ends: its frames, then its lines."""
     from vlmppo.envs import make_env_from_config, play_episodes
     from vlmppo.envs.episodes import jsonable
+    from vlmppo.rl.history import episode_history
 
     def decide(running: list[Episode]):
         prompts = [adapter.prompt(e.info) for e in running]
+        histories = None
+        if cfg.env.history:  # the episode's last K frames with the answers given to them
+            histories = [
+                episode_history(e.frames, [row["answer"] for row in e.rows], cfg.env.history) for e in running
+            ]
         decisions = policy.act(
-            [e.env for e in running], [e.obs for e in running], [e.info for e in running], prompts
+            [e.env for e in running], [e.obs for e in running], [e.info for e in running], prompts, histories
         )
         return [(adapter.to_env_action(d.index), (p, d)) for p, d in zip(prompts, decisions, strict=True)]
 

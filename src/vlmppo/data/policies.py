@@ -28,7 +28,7 @@ class ExpertPolicy:
     def __init__(self, adapter, rng: np.random.Generator, epsilon: float = 0.0):
         self.adapter, self.rng, self.epsilon = adapter, rng, epsilon
 
-    def act(self, envs, observations, infos, prompts) -> list[Decision]:
+    def act(self, envs, observations, infos, prompts, histories=None) -> list[Decision]:
         decisions = []
         for env, info in zip(envs, infos, strict=True):
             n_actions = len(self.adapter.legal_actions)
@@ -51,7 +51,7 @@ class RandomPolicy:
     def __init__(self, adapter, rng: np.random.Generator):
         self.adapter, self.rng = adapter, rng
 
-    def act(self, envs, observations, infos, prompts) -> list[Decision]:
+    def act(self, envs, observations, infos, prompts, histories=None) -> list[Decision]:
         n_actions = len(self.adapter.legal_actions)
         return [Decision(int(self.rng.integers(n_actions))) for _ in envs]
 
@@ -67,9 +67,13 @@ class VlmPolicy:
         self.generator, self.adapter, self.rng = generator, adapter, rng
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
 
-    def act(self, envs, observations, infos, prompts) -> list[Decision]:
+    def act(self, envs, observations, infos, prompts, histories=None) -> list[Decision]:
         answers = self.generator.generate_text(
-            observations, prompts, temperature=self.temperature, max_new_tokens=self.max_new_tokens
+            observations,
+            prompts,
+            temperature=self.temperature,
+            max_new_tokens=self.max_new_tokens,
+            histories=histories,  # earlier turns (env.history); the baselines above need none
         )
         decisions = []
         for text in answers:

@@ -11,6 +11,11 @@ into ``data/images/``, and image paths are relative to ``data/``, so ``data/`` c
 read without the collect folder. ``preprocess.format=llamafactory`` also writes LLaMA-Factory's files
 (`vlmppo.data.llamafactory`). The split is by episode, never by step, so no episode has frames on both
 sides.
+
+With ``env.history: K`` an example starts with its episode's K earlier steps as the model will see them in
+PPO and eval (``models.inputs.conversation``): a user turn with the step's frame, an assistant turn with its
+answer (the label's, in the prompt's format, else what was done), then the example's own turn; ``images``
+lists the frames in that order.
 """
 
 from __future__ import annotations
@@ -40,13 +45,17 @@ class PreprocessResult:
     skipped_lines: list = field(default_factory=list)
 
 
-def sft_example(prompt: str, answer: str, image: str, **meta) -> dict:
+def sft_example(prompt: str, answer: str, image: str, history: list[tuple[str, str]] = (), **meta) -> dict:
+    """One dataset line; ``history``: earlier turns as (image path, answer), oldest first."""
+    from vlmppo.models.inputs import Turn, conversation
+
+    earlier = [Turn(None, past_answer) for _, past_answer in history]
     return {
         "messages": [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
+            *conversation(prompt, earlier),
             {"role": "assistant", "content": [{"type": "text", "text": answer}]},
         ],
-        "images": [image],
+        "images": [past_image for past_image, _ in history] + [image],
         **meta,
     }
 
@@ -137,16 +146,47 @@ def _examples(cfg: Config, root: Path, steps: dict, labels: list[dict], dropped:
         prompt = (
             adapter.prompt(step["state"], action_only=pc.action_only) if pc.action_only else step["prompt"]
         )
+        history = _earlier_turns(cfg, root, key, steps, action_labels, adapter)
         if pc.dedupe:
-            identity = (_frame_digest(frame), answer)
+            identity = (_frame_digest(frame), answer, tuple(past for _, past, _ in history))
             if identity in seen:
                 dropped["duplicate (frame, answer)"] += 1
                 continue
             seen.add(identity)
-        image = "images/" + "/".join(Path(step["frame"]).parts[-2:])  # frames/<episode>/<step>.png
-        kept.append(sft_example(prompt, answer, image, episode=key[0], step=key[1], action=lab["action"]))
+        image = _data_image(step)
+        turns = [(past_image, past_answer) for past_image, past_answer, _ in history]
+        kept.append(
+            sft_example(prompt, answer, image, turns, episode=key[0], step=key[1], action=lab["action"])
+        )
         sources[image] = frame
+        sources.update((past_image, source) for past_image, _, source in history)
     return kept, sources
+
+
+def _data_image(step: dict) -> str:
+    """The image path under data/ of a collected step's frame (frames/<episode>/<step>.png)."""
+    return "images/" + "/".join(Path(step["frame"]).parts[-2:])
+
+
+def _earlier_turns(cfg: Config, root: Path, key, steps: dict, action_labels: dict, adapter):
+    """The ``env.history`` steps before ``key`` in its episode, oldest first, as (image path under data/,
+    answer, collected frame): the label's answer in the prompt's format where the step has one, else the
+    collected action. Stops at the first earlier step not collected or without its frame."""
+    episode, step_index = key
+    turns = []
+    for earlier in range(step_index - 1, max(-1, step_index - 1 - cfg.env.history), -1):
+        step = steps.get((episode, earlier))
+        frame = root / "collect" / step["frame"] if step is not None else None
+        if frame is None or not frame.is_file():
+            break
+        lab = action_labels.get((episode, earlier))
+        if lab is not None and lab.get("action_index") is not None:
+            thoughts = None if cfg.preprocess.action_only else lab.get("thoughts")
+            answer = adapter.format_answer(lab["action_index"], thoughts, step["state"])
+        else:
+            answer = adapter.format_answer(step["action"], None, step["state"])
+        turns.append((_data_image(step), answer, frame))
+    return turns[::-1]
 
 
 def _filtered_out(pc, step: dict | None, lab: dict, solved: dict[int, bool], score, key) -> str | None:
@@ -166,7 +206,7 @@ def _write_dataset(data_dir: Path, train: list[dict], val: list[dict], sources: 
     """The images, train.jsonl and val.jsonl (and LLaMA-Factory's files, or their removal) into ``data_dir``."""
     from vlmppo.data.llamafactory import remove_llamafactory, write_llamafactory
 
-    link_images(data_dir, {r["images"][0]: sources[r["images"][0]] for r in train + val})
+    link_images(data_dir, {image: sources[image] for r in train + val for image in r["images"]})
     atomic_write_text(
         data_dir / "train.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train)
     )

@@ -26,6 +26,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from vlmppo.config import Config, config_to_yaml, run_dir
 from vlmppo.errors import ConfigError, ResultExistsError
 from vlmppo.eval.metrics import BASELINES
 from vlmppo.io import atomic_replace_dir, atomic_write_json, atomic_write_text, storage_error, write_manifest
+from vlmppo.models.inputs import Turn
 
 if TYPE_CHECKING:
     from vlmppo.envs.episodes import Episode, Outcome
@@ -107,19 +109,24 @@ class _CheckpointActor:
             return f"checkpoint generation_config ({describe_generation(config)})"
         return describe_generation(config)
 
-    def answer(self, observations, prompts) -> tuple[list[str], list[int]]:
-        """One batched generate: the answer texts and the tokens each took (end-of-turn included)."""
+    def answer(self, observations, prompts, histories=None) -> tuple[list[str], list[int]]:
+        """One batched generate: the answer texts and the tokens each took (end-of-turn included).
+        ``histories``: each episode's earlier turns (``env.history``)."""
         texts, ids = self.generator.generate_answers(
-            observations, prompts, temperature=self.temperature, max_new_tokens=self.cfg.eval.max_new_tokens
+            observations,
+            prompts,
+            temperature=self.temperature,
+            max_new_tokens=self.cfg.eval.max_new_tokens,
+            histories=histories,
         )
         return texts, [len(answer) for answer in ids]
 
-    def values(self, observations, infos, adapter) -> list[float | None]:
+    def values(self, observations, infos, adapter, histories=None) -> list[float | None]:
         if self.critic is None:
             return [None] * len(observations)
         from vlmppo.rl.rollout import state_values
 
-        return [float(v) for v in state_values(self.critic, observations, infos, adapter)]
+        return [float(v) for v in state_values(self.critic, observations, infos, adapter, histories)]
 
 
 def check_adapter_family(path: Path, family: str) -> None:
@@ -167,8 +174,10 @@ def _play(cfg: Config, adapter, actor: _CheckpointActor | None, policy: str | No
         (index, seed, k) for index, (seed, k) in enumerate((s, k) for s in e.seeds for k in range(e.episodes))
     ]
     played = _Played([], [], {}, 0.0)
+    windows: dict = {}  # episode key -> its last env.history turns (frame, answer)
 
     def begin(episode: Episode) -> None:
+        windows[episode.key] = deque(maxlen=cfg.env.history)
         index, seed, k = episode.key
         rng = np.random.default_rng([seed, k, 2])  # parser fallback, random policy: per episode
         baseline = {"expert": ExpertPolicy, "random": RandomPolicy}.get(policy)
@@ -179,8 +188,11 @@ def _play(cfg: Config, adapter, actor: _CheckpointActor | None, policy: str | No
         prompts = [adapter.prompt(x.info) for x in running]
         observations = [x.obs for x in running]
         if actor is not None:
-            answers, token_counts = actor.answer(observations, prompts)
-            values = actor.values(observations, [x.info for x in running], adapter)
+            histories = [tuple(windows[x.key]) for x in running] if cfg.env.history else None
+            answers, token_counts = actor.answer(observations, prompts, histories)
+            values = actor.values(observations, [x.info for x in running], adapter, histories)
+            for episode, answer in zip(running, answers, strict=True):
+                windows[episode.key].append(Turn(episode.obs, answer))
         else:
             answers = token_counts = values = [None] * len(running)
         moves = []
@@ -192,6 +204,7 @@ def _play(cfg: Config, adapter, actor: _CheckpointActor | None, policy: str | No
         return moves
 
     def end(episode: Episode, outcome: Outcome) -> None:
+        windows.pop(episode.key)
         index, seed, _ = episode.key
         success, solved = is_success(episode.total), bool(adapter.is_solved(episode.total, outcome.info))
         episode.rows[-1].update({"episode_return": episode.total, "success": success, "solved": solved,
@@ -332,6 +345,11 @@ def evaluate(
         refuse_existing(root / "eval" / name)
     if ckpt_path is not None:
         actor = _CheckpointActor(cfg, ckpt_path, resolve_device(cfg))
+        if cfg.env.history:  # K earlier frames and answers must fit the model's context
+            from vlmppo.models.budget import config_prompt_budget
+
+            budget = config_prompt_budget(cfg, e.max_new_tokens, actor.loaded)
+            budget.check(cfg.model.path, "eval.max_new_tokens")
 
     played = _play(cfg, adapter, actor, policy, on_episode)
     metrics = {

@@ -10,19 +10,8 @@ import dataclasses
 import weakref
 from dataclasses import dataclass
 
-import numpy as np
-from PIL import Image
-
-from vlmppo.models.inputs import build_inputs
+from vlmppo.models.inputs import build_inputs, to_pil
 from vlmppo.models.loading import LoadedModel, load_model
-
-
-def to_pil(image) -> Image.Image:
-    """uint8 HxWx3 arrays go to PIL directly (no float round trip, which once inverted colours)."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
-
 
 MEDIA_TOKEN_KEYS = (
     "image_token_id",
@@ -275,20 +264,22 @@ class Generator:
         )
 
     def generate_answers(
-        self, images, prompts: list[str], *, temperature: float, max_new_tokens: int
+        self, images, prompts: list[str], *, temperature: float, max_new_tokens: int, histories=None
     ) -> tuple[list[str], list[list[int]]]:
         """Answer each (image, prompt) pair; ``temperature`` 0 is greedy (unused with ``checkpoint``).
 
         Args:
             images: one frame per prompt (uint8 ``[H, W, 3]`` arrays or PIL images).
             prompts: the task texts (the chat template is applied here).
+            histories: optional earlier turns per prompt (``models.inputs.Turn``, oldest first).
 
         Returns:
             The answer texts (without special tokens) and each answer's generated ids, through its
             end-of-turn token (padding after it dropped).
         """
         tokenizer = self.loaded.tokenizer
-        batch = build_inputs(self.loaded, [to_pil(im) for im in images], list(prompts)).to(self.device)
+        pil = [to_pil(im) for im in images]
+        batch = build_inputs(self.loaded, pil, list(prompts), histories=histories).to(self.device)
         config = self.generation_config(temperature=temperature, max_new_tokens=max_new_tokens)
         decoder = resolve_decoder(self.decoder, self.device)
         out = generate_ids(self.loaded.model, batch, config, decoder=decoder)
@@ -298,12 +289,12 @@ class Generator:
         return tokenizer.batch_decode(new_tokens, skip_special_tokens=True), ids
 
     def generate_text(
-        self, images, prompts: list[str], *, temperature: float, max_new_tokens: int
+        self, images, prompts: list[str], *, temperature: float, max_new_tokens: int, histories=None
     ) -> list[str]:
         """The answer texts only (see ``generate_answers``)."""
-        return self.generate_answers(images, prompts, temperature=temperature, max_new_tokens=max_new_tokens)[
-            0
-        ]
+        return self.generate_answers(
+            images, prompts, temperature=temperature, max_new_tokens=max_new_tokens, histories=histories
+        )[0]
 
 
 def load_generator(model_cfg, *, device: str = "cpu", generation: str = "explicit") -> Generator:

@@ -2,11 +2,20 @@
 
 PPO, SFT, collection and evaluation all build prompts here, so a prompt is tokenized the same way at
 generation time and when it is scored again later.
+
+With ``env.history: K`` a prompt also carries the episode's last K turns (``Turn``: the frame the model saw
+and the answer it gave), each as a user turn holding only its frame and an assistant turn holding the
+answer, before the current user turn (frame + task text). The task text is written once, last: it is the
+same at every step, and next to the current frame is where the model needs it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -17,20 +26,58 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100  # label value the loss skips (transformers' convention)
 
 
+@dataclass(frozen=True)
+class Turn:
+    """An earlier step of the episode, as the model saw and answered it.
+
+    Attributes:
+        frame: The observation of that step (``[H, W, 3]`` uint8 array or PIL image).
+        answer: The answer text the model gave (decoded, without special tokens).
+    """
+
+    frame: Any
+    answer: str
+
+
+def to_pil(image) -> Image:
+    """uint8 HxWx3 arrays go to PIL directly (no float round trip, which once inverted colours)."""
+    from PIL import Image as PilImage
+
+    if isinstance(image, PilImage.Image):
+        return image.convert("RGB")
+    return PilImage.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+
+
 def user_turn(prompt_text: str) -> list[dict]:
     """The conversation of one step: a user turn with the image first, then the text."""
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt_text}]}]
 
 
-def chat_prompt(loaded: LoadedModel, prompt_text: str, *, add_generation_prompt: bool = True) -> str:
+def conversation(prompt_text: str, history: Sequence[Turn] = ()) -> list[dict]:
+    """The chat of one step: for each earlier turn a user turn with its frame and an assistant turn with its
+    answer, oldest first, then the current user turn (frame, then the task text)."""
+    messages = []
+    for turn in history:
+        messages.append({"role": "user", "content": [{"type": "image"}]})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": turn.answer}]})
+    return messages + user_turn(prompt_text)
+
+
+def chat_prompt(
+    loaded: LoadedModel,
+    prompt_text: str,
+    *,
+    add_generation_prompt: bool = True,
+    history: Sequence[Turn] = (),
+) -> str:
     """The templated prompt text, up to and including the generation prompt (e.g. ``ASSISTANT:``).
 
-    The image appears as the family's single placeholder (``<image>``, or Qwen's
-    ``<|vision_start|><|image_pad|><|vision_end|>``); the processor expands it to one token per image
-    feature.
+    Each image (one per earlier turn in `history`, then the current one) appears as the family's single
+    placeholder (``<image>``, or Qwen's ``<|vision_start|><|image_pad|><|vision_end|>``); the processor
+    expands it to one token per image feature.
     """
     return loaded.processor.apply_chat_template(
-        user_turn(prompt_text), tokenize=False, add_generation_prompt=add_generation_prompt
+        conversation(prompt_text, history), tokenize=False, add_generation_prompt=add_generation_prompt
     )
 
 
@@ -41,8 +88,9 @@ def build_inputs(
     *,
     answers: list[str] | None = None,
     add_generation_prompt: bool = True,
+    histories: Sequence[Sequence[Turn]] | None = None,
 ) -> BatchFeature:
-    """Tokenize a batch of single-image user turns (optionally followed by answers), left-padded.
+    """Tokenize a batch of user turns (optionally followed by answers), left-padded.
 
     With `answers`, each row is its prompt's tokens followed by the answer's tokens and the end-of-turn
     (eos) token. The answer is tokenized on its own, so the prompt part is token for token what
@@ -54,23 +102,41 @@ def build_inputs(
         prompts: The user texts (before templating).
         answers: Optional assistant answers, one per prompt, without the end-of-turn token.
         add_generation_prompt: End each prompt with the assistant's turn opener.
+        histories: Optional earlier turns of each prompt's episode (oldest first; may be empty), put
+            before its user turn (see `conversation`). Only the last answer gets labels.
 
     Returns:
         A ``BatchFeature`` of tensors with every key in ``loaded.family.forward_keys``:
-        ``input_ids``/``attention_mask`` ``[B, T]`` (left-padded), pixel inputs (Qwen:
-        ``pixel_values`` ``[N_patches, C*t*p*p]``, ``image_grid_thw`` ``[B, 3]``; LLaVA:
-        ``pixel_values`` ``[B, 3, H, W]``; LLaVA-NeXT: ``pixel_values`` ``[B, N_views, 3, H, W]``,
-        ``image_sizes`` ``[B, 2]``), per-token keys such as ``mm_token_type_ids`` ``[B, T]``, and with
+        ``input_ids``/``attention_mask`` ``[B, T]`` (left-padded), pixel inputs over all ``N`` images
+        (row by row, each row's earlier frames first; ``N = B`` without history) (Qwen:
+        ``pixel_values`` ``[N_patches, C*t*p*p]``, ``image_grid_thw`` ``[N, 3]``; LLaVA:
+        ``pixel_values`` ``[N, 3, H, W]``; LLaVA-NeXT: ``pixel_values`` ``[N, N_views, 3, H, W]``,
+        ``image_sizes`` ``[N, 2]``), per-token keys such as ``mm_token_type_ids`` ``[B, T]``, and with
         `answers` also ``labels`` ``[B, T]``.
     """
-    if len(images) != len(prompts) or (answers is not None and len(answers) != len(prompts)):
+    if (
+        len(images) != len(prompts)
+        or (answers is not None and len(answers) != len(prompts))
+        or (histories is not None and len(histories) != len(prompts))
+    ):
         raise ValueError(
-            f"build_inputs needs one image (and answer) per prompt; got {len(images)} images, "
-            f"{len(prompts)} prompts, {None if answers is None else len(answers)} answers"
+            f"build_inputs needs one image (and answer, and history) per prompt; got {len(images)} images, "
+            f"{len(prompts)} prompts, {None if answers is None else len(answers)} answers, "
+            f"{None if histories is None else len(histories)} histories"
         )
-    texts = [chat_prompt(loaded, p, add_generation_prompt=add_generation_prompt) for p in prompts]
+    histories = histories if histories is not None else [()] * len(prompts)
+    texts = [
+        chat_prompt(loaded, p, add_generation_prompt=add_generation_prompt, history=h)
+        for p, h in zip(prompts, histories, strict=True)
+    ]
+    # The processor takes the images of all rows in the order their placeholders appear in the texts.
+    all_images = [
+        frame
+        for image, history in zip(images, histories, strict=True)
+        for frame in [*(to_pil(turn.frame) for turn in history), image]
+    ]
     batch = loaded.processor(
-        images=list(images), text=texts, padding=True, padding_side="left", return_tensors="pt"
+        images=all_images, text=texts, padding=True, padding_side="left", return_tensors="pt"
     )
     missing = [k for k in loaded.family.forward_keys if k not in batch]
     if missing:

@@ -1,7 +1,8 @@
 """The rollout buffer (SB3's ``RolloutBuffer`` for a VLM): one PPO rollout and what the update reads from it.
 
 A rollout is ``n_steps`` batched env steps of ``n_envs`` envs. Per env step the buffer keeps what the update
-needs to re-score exactly the sampled answer (the frame, the prompt, the answer ids as sampled with their
+needs to re-score exactly the sampled answer (the frame, the prompt, the earlier turns it showed with
+``env.history``, the answer ids as sampled with their
 thought/action/key token masks and, with a KL penalty, their log-probs under the reference), the old
 log-prob and value, the reward, the done flags and the bootstrap value of a truncated episode. Then:
 
@@ -31,6 +32,7 @@ from vlmppo.rl.gae import advantage_moments, compute_gae, normalize_advantages
 
 if TYPE_CHECKING:
     from vlmppo.config.schema import PpoConfig
+    from vlmppo.models.inputs import Turn
 
 
 @dataclass
@@ -53,6 +55,7 @@ class StepBatch:
         actions: ``N`` parsed action indices (None: no legal action parsed).
         invalid: ``[N]`` bool, the answer named no legal action.
         ended_with_eos: ``[N]`` bool, the answer ended with end-of-turn (not cut by ``max_new_tokens``).
+        histories: ``N`` tuples of the earlier turns each prompt showed (``env.history``), or None.
     """
 
     images: list[np.ndarray]
@@ -69,6 +72,7 @@ class StepBatch:
     actions: list[int | None]
     invalid: Tensor
     ended_with_eos: Tensor
+    histories: list[tuple[Turn, ...]] | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -91,6 +95,7 @@ class Samples:
         old_values: ``[B]`` fp32, values at rollout time.
         advantages: ``[B]`` fp32, normalised advantages.
         returns: ``[B]`` fp32, the value targets.
+        histories: ``B`` tuples of earlier turns (``env.history``), or None: the prompts had none.
     """
 
     images: list[np.ndarray]
@@ -105,6 +110,7 @@ class Samples:
     old_values: Tensor
     advantages: Tensor
     returns: Tensor
+    histories: list[tuple[Turn, ...]] | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -178,6 +184,7 @@ class RolloutBuffer:
         self.prompts: list[str] = []
         self.texts: list[str] = []
         self.actions: list[int | None] = []
+        self.histories: list[tuple[Turn, ...]] = []  # kept only when the prompts had earlier turns
         self.episodes: list[dict] = []
         self.seconds = 0.0
         self.steps_added = 0
@@ -229,6 +236,8 @@ class RolloutBuffer:
         self.prompts += step.prompts
         self.texts += step.texts
         self.actions += step.actions
+        if step.histories is not None:
+            self.histories += step.histories
         self.episode_ids[t] = self._episode
         done = self.terminated[t] | self.truncated[t]  # the env's next step starts a new episode
         new = int(done.sum())
@@ -289,6 +298,7 @@ class RolloutBuffer:
             old_values=self.values.reshape(-1)[index],
             advantages=self.advantages.reshape(-1)[index],
             returns=self.returns.reshape(-1)[index],
+            histories=[self.histories[flat] for flat in index.tolist()] if self.histories else None,
         )
 
     def minibatches(self, batch_size: int, rng: np.random.Generator) -> Iterator[Minibatch]:

@@ -3,7 +3,8 @@
 A checkpoint (``ppo/checkpoints/NNNNNN/``) holds everything the loop needs to continue exactly: the adapter
 (with the frozen KL ``reference/`` adapter when there is one), the value head, the processor,
 ``config.yaml``, and ``trainer_state.pt``: the optimizer and scheduler, every RNG stream, the vector env
-(pickled mid-episode), the current observations, the recent episodes and the counters. So ``--resume``
+(pickled mid-episode), the current observations, each env's window of earlier turns (``env.history``), the
+recent episodes and the counters. So ``--resume``
 continues the same run, and 4 updates straight equal 2 updates + resume + 2 (tested).
 """
 
@@ -78,10 +79,23 @@ def restore_run(run: PpoRun, checkpoint: Path) -> None:
     run.rng.bit_generator.state = state["loop_rng"]
     run.vec = pickle.loads(state["vec_env"])
     run.obs, run.infos = state["obs"], state["infos"]
+    run.history = restore_history(state.get("history"), run.cfg)
     run.recent_episodes.extend(state["recent_episodes"])
     run.update = run.saved_update = state["update"]
     run.env_steps = state["env_steps"]
     restore_rng(state["rng"])
+
+
+def restore_history(saved: list | None, cfg: Config):
+    """The windows of earlier turns a checkpoint saved, at the resumed run's ``env.history`` (a changed K
+    keeps the newest turns that fit); None without history."""
+    from vlmppo.rl.history import HistoryWindows
+
+    if not cfg.env.history:
+        return None
+    if saved is None:  # saved without history: every env's episode goes on with an empty window
+        return HistoryWindows(cfg.env.n_envs, cfg.env.history)
+    return HistoryWindows.from_state(saved, cfg.env.history)
 
 
 def save_run(run: PpoRun, metrics: dict, extra_meta: dict | None = None) -> Path:
@@ -111,6 +125,7 @@ def save_run(run: PpoRun, metrics: dict, extra_meta: dict | None = None) -> Path
                 "vec_env": pickle.dumps(run.vec),
                 "obs": run.obs,
                 "infos": run.infos,
+                "history": run.history.state() if run.history is not None else None,
                 "recent_episodes": list(run.recent_episodes),
             },
         )

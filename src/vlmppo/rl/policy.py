@@ -140,10 +140,15 @@ class ActorCritic:
         )
 
     @torch.no_grad()
-    def sample(self, images, prompts: list[str], *, temperature: float, max_new_tokens: int) -> Sampled:
-        """Answers for all (image, prompt) pairs in one ``generate`` (from the merged copy when there is one)."""
+    def sample(
+        self, images, prompts: list[str], *, temperature: float, max_new_tokens: int, histories=None
+    ) -> Sampled:
+        """Answers for all (image, prompt) pairs in one ``generate`` (from the merged copy when there is one).
+        ``histories``: each prompt's earlier turns (``build_inputs``); the answer is scored alone."""
         tokenizer = self.loaded.tokenizer
-        batch = build_inputs(self.loaded, [to_pil(im) for im in images], list(prompts)).to(self.device)
+        batch = build_inputs(
+            self.loaded, [to_pil(im) for im in images], list(prompts), histories=histories
+        ).to(self.device)
         generator = self.loaded.model
         if self.sampler is not None:
             if self.sampler.stale:

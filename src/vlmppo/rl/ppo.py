@@ -78,7 +78,9 @@ def train_ppo(
         for update in range(first, run.total_updates + 1):
             run.update = update
             # 1. collect rollouts
-            buffer, run.obs, run.infos = collect_rollout(run.policy, run.vec, run.obs, run.infos, cfg)
+            buffer, run.obs, run.infos = collect_rollout(
+                run.policy, run.vec, run.obs, run.infos, cfg, run.history
+            )
             run.env_steps += buffer.size
             run.recent_episodes.extend(buffer.episodes)
             # 2. advantages

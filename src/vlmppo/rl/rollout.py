@@ -1,7 +1,8 @@
 """Phase 1 of a PPO update: sample thoughts + action for all envs at once, step them, and keep in the
 rollout buffer (``rl/buffer.py``) what the update needs to re-score exactly the same input.
 
-Per env step that is the frame, the prompt text, the answer ids exactly as sampled (eos included), the
+Per env step that is the frame, the prompt text, the earlier turns the prompt showed (``env.history``: kept
+per env by ``rl/history.py``), the answer ids exactly as sampled (eos included), the
 thought/key/action token masks, the old log-prob and value, the reward and the done flags, and with a KL
 penalty the answer's per-token log-probs under the reference (``ActorCritic.reference_logprobs``). The
 update rebuilds the same inputs with the same template (the forward is left-padding invariant) and scores
@@ -18,6 +19,7 @@ import torch
 
 from vlmppo.config import Config
 from vlmppo.rl.buffer import RolloutBuffer, StepBatch
+from vlmppo.rl.history import HistoryWindows
 from vlmppo.rl.logprob import action_key_mask, action_key_start, action_token_mask, mixed_action_logprob
 from vlmppo.rl.policy import ActorCritic
 
@@ -58,14 +60,23 @@ def prompts_for(adapter: EnvAdapter, infos: list[dict]) -> list[str]:
 
 
 def rollout_step(
-    policy: ActorCritic, vec: VecEnv, obs: list[np.ndarray], infos: list[dict], cfg: Config
+    policy: ActorCritic,
+    vec: VecEnv,
+    obs: list[np.ndarray],
+    infos: list[dict],
+    cfg: Config,
+    histories: list[tuple] | None = None,
 ) -> StepBatch:
-    """One batched sample + score of all ``vec.n_envs`` envs: answers, parsed actions, log-probs, values."""
+    """One batched sample + score of all ``vec.n_envs`` envs: answers, parsed actions, log-probs, values.
+    ``histories``: each env's earlier turns (``HistoryWindows.histories``), shown before its frame; the
+    log-probs and value are those of this step's answer and prompt only."""
     ppo = cfg.ppo
     prompts = prompts_for(vec.adapter, infos)
     policy.loaded.model.eval()  # no LoRA dropout while sampling and scoring
     with torch.no_grad():
-        sampled = policy.sample(obs, prompts, temperature=ppo.temperature, max_new_tokens=ppo.max_new_tokens)
+        sampled = policy.sample(
+            obs, prompts, temperature=ppo.temperature, max_new_tokens=ppo.max_new_tokens, histories=histories
+        )
         token_logp, values = policy.score(sampled, temperature=ppo.temperature)
         ref_logp = (
             policy.reference_logprobs(sampled, temperature=ppo.temperature).cpu() if ppo.kl_coef else None
@@ -113,28 +124,41 @@ def rollout_step(
         actions=actions,
         invalid=torch.tensor(invalid, dtype=torch.bool),
         ended_with_eos=torch.tensor(ended_with_eos, dtype=torch.bool),
+        histories=histories,
     )
 
 
 def state_values(
-    policy: ActorCritic, images: list[np.ndarray], infos: list[dict], adapter: EnvAdapter
+    policy: ActorCritic,
+    images: list[np.ndarray],
+    infos: list[dict],
+    adapter: EnvAdapter,
+    histories: list[tuple] | None = None,
 ) -> torch.Tensor:
-    """V(s) of observations (for the rollout's bootstrap): a prompt-only forward, [len(images)] fp32."""
+    """V(s) of observations (for the rollout's bootstrap): a prompt-only forward, [len(images)] fp32.
+    ``histories``: the earlier turns each observation's prompt shows (``env.history``)."""
     from vlmppo.models.generation import to_pil
     from vlmppo.models.inputs import build_inputs
 
-    batch = build_inputs(policy.loaded, [to_pil(image) for image in images], prompts_for(adapter, infos))
+    pil = [to_pil(image) for image in images]
+    batch = build_inputs(policy.loaded, pil, prompts_for(adapter, infos), histories=histories)
     policy.loaded.model.eval()
     return policy.prompt_values(batch.to(policy.device)).float().cpu()
 
 
 def collect_rollout(
-    policy: ActorCritic, vec: VecEnv, obs: list[np.ndarray], infos: list[dict], cfg: Config
+    policy: ActorCritic,
+    vec: VecEnv,
+    obs: list[np.ndarray],
+    infos: list[dict],
+    cfg: Config,
+    history: HistoryWindows | None = None,
 ) -> tuple[RolloutBuffer, list[np.ndarray], list[dict]]:
     """``ppo.n_steps`` batched steps of all envs from (obs, infos).
 
     Truncated (time-limit) episodes are bootstrapped from V of their final observation, which the vector
     env hands over in ``info["final_obs"]`` before it resets that env; terminated ones are not.
+    ``history``: the envs' windows of earlier turns (``env.history`` > 0), advanced step by step here.
 
     Returns:
         The full buffer (``finish``-ed with V of the observation after its last step), and the new obs
@@ -144,8 +168,13 @@ def collect_rollout(
     started = time.time()
     buffer = RolloutBuffer(ppo.n_steps, vec.n_envs, ppo.max_new_tokens, reference=bool(ppo.kl_coef))
     for _ in range(ppo.n_steps):
-        step = rollout_step(policy, vec, obs, infos, cfg)
+        histories = history.histories() if history is not None else None
+        step = rollout_step(policy, vec, obs, infos, cfg, histories)
         obs, rewards, terminated, truncated, infos = vec.step(step.actions)
+        # The windows follow the vector env's auto-reset: an ended episode's turns go with it.
+        after = (
+            history.advance(step.images, step.texts, terminated | truncated) if history is not None else None
+        )
         penalised = np.asarray(rewards, dtype=np.float64) + ppo.invalid_action_penalty * step.invalid.numpy()
         bootstrap = torch.zeros(vec.n_envs)
         ended = [env for env in range(vec.n_envs) if truncated[env] and not terminated[env]]
@@ -155,6 +184,7 @@ def collect_rollout(
                 [infos[env]["final_obs"] for env in ended],
                 [infos[env]["final_info"] for env in ended],
                 vec.adapter,
+                [after[env] for env in ended] if after is not None else None,
             )
         buffer.add(
             step,
@@ -164,6 +194,7 @@ def collect_rollout(
             bootstrap,
         )
         buffer.episodes += [info["episode"] for info in infos if "episode" in info]
-    buffer.finish(state_values(policy, obs, infos, vec.adapter))
+    last = history.histories() if history is not None else None
+    buffer.finish(state_values(policy, obs, infos, vec.adapter, last))
     buffer.seconds = time.time() - started
     return buffer, obs, infos

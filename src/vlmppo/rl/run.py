@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from vlmppo.envs.vec_env import VecEnv
+    from vlmppo.rl.history import HistoryWindows
 
 
 @dataclass
@@ -33,6 +34,7 @@ class PpoRun:
         accelerator: The run's ``accelerate.Accelerator`` (bf16 autocast on a GPU, backward, clipping).
         rng: The minibatch order's generator.
         vec, obs, infos: The vector env and its current observations (pickled mid-episode on save).
+        history: Each env's window of earlier turns (``env.history`` > 0), else None.
         recent_episodes: The last finished episodes (``rollout/*`` rates average over them).
         total_updates: Updates the whole run makes.
         update: The update in progress (after a resume: the checkpoint's, which the loop continues from).
@@ -54,6 +56,7 @@ class PpoRun:
     vec: VecEnv | None = None
     obs: list[np.ndarray] = field(default_factory=list)
     infos: list[dict] = field(default_factory=list)
+    history: HistoryWindows | None = None
     recent_episodes: deque = field(default_factory=deque)
     update: int = 0
     env_steps: int = 0

@@ -64,6 +64,12 @@ def start_run(cfg: Config, resume: str | None) -> PpoRun:
     changes = check_resume_config(resume_from, cfg) if resume_from is not None else []
     torch.manual_seed(cfg.run.seed)
     policy = build_policy(cfg, device, resume_from, accelerator)
+    if cfg.env.history:  # K earlier frames and answers must fit the model's context
+        from vlmppo.models.budget import config_prompt_budget
+
+        config_prompt_budget(cfg, ppo.max_new_tokens, policy.loaded).check(
+            cfg.model.path, "ppo.max_new_tokens"
+        )
     optimizer = make_optimizer(policy, cfg)
     total_updates = ppo_counts(cfg)["updates"]
     run = PpoRun(
@@ -83,12 +89,16 @@ def start_run(cfg: Config, resume: str | None) -> PpoRun:
 
 
 def start_envs(run: PpoRun) -> None:
-    """A fresh run: a fresh sample log, the vector env of ``cfg.env`` and its first observations."""
+    """A fresh run: a fresh sample log, the vector env of ``cfg.env``, its first observations and, with
+    ``env.history``, empty windows of earlier turns."""
     from vlmppo.envs import make_vec_env_from_config
+    from vlmppo.rl.history import HistoryWindows
 
     (run.out / "samples.jsonl").unlink(missing_ok=True)
-    run.vec = make_vec_env_from_config(run.cfg.env, run.cfg.env.n_envs, run.cfg.run.seed)
+    env = run.cfg.env
+    run.vec = make_vec_env_from_config(env, env.n_envs, run.cfg.run.seed)
     run.obs, run.infos = run.vec.reset()
+    run.history = HistoryWindows(env.n_envs, env.history) if env.history else None
 
 
 def check_single_process(accelerator: Accelerator | None = None) -> None:

@@ -35,8 +35,9 @@ def collate(policy: ActorCritic, samples: Samples) -> tuple[Sampled, dict[str, t
 
     Args:
         policy: The actor-critic (its processor builds the prompts; tensors go to its device).
-        samples: ``B`` rollout steps (``RolloutBuffer.samples``): frames, prompt texts, answer ids
-            ``[B, W]`` with ``answer_mask`` ``[B, W]``, ``W`` the longest of their answers.
+        samples: ``B`` rollout steps (``RolloutBuffer.samples``): frames, prompt texts, the earlier turns
+            each prompt showed (``env.history``), answer ids ``[B, W]`` with ``answer_mask`` ``[B, W]``,
+            ``W`` the longest of their answers.
 
     Returns:
         ``(sampled, masks)`` on the policy's device:
@@ -45,16 +46,18 @@ def collate(policy: ActorCritic, samples: Samples) -> tuple[Sampled, dict[str, t
           prompt) followed by the answer ids, the tokenizer's pad id after each answer;
         - ``sampled.attention_mask``: ``[B, P + W]`` long, 1 on prompt and answer tokens;
         - ``sampled.answer_mask``: ``[B, W]`` bool; ``sampled.prompt_len``: ``P``;
-        - ``sampled.extra``: the prompt batch's other inputs, by family: Qwen2-VL / Qwen2.5-VL
-          ``pixel_values`` ``[n_patches, D]`` with ``image_grid_thw`` ``[B, 3]`` and ``mm_token_type_ids``
-          ``[B, P]``; LLaVA ``pixel_values`` ``[B, C, H, W]``; LLaVA-NeXT ``pixel_values``
-          ``[B, n_tiles, C, H, W]`` with ``image_sizes`` ``[B, 2]``;
+        - ``sampled.extra``: the prompt batch's other inputs over its ``N`` images (``N = B`` without
+          history), by family: Qwen2-VL / Qwen2.5-VL ``pixel_values`` ``[n_patches, D]`` with
+          ``image_grid_thw`` ``[N, 3]`` and ``mm_token_type_ids`` ``[B, P]``; LLaVA ``pixel_values``
+          ``[N, C, H, W]``; LLaVA-NeXT ``pixel_values`` ``[N, n_tiles, C, H, W]`` with ``image_sizes``
+          ``[N, 2]``;
         - ``masks``: ``thought``, ``action``, ``key``: ``[B, W]`` bool token masks of the answers.
     """
     from vlmppo.models.generation import to_pil
     from vlmppo.models.inputs import build_inputs
 
-    batch = build_inputs(policy.loaded, [to_pil(image) for image in samples.images], samples.prompts)
+    images = [to_pil(image) for image in samples.images]
+    batch = build_inputs(policy.loaded, images, samples.prompts, histories=samples.histories)
     batch = batch.to(policy.device)
     pad_id = policy.loaded.tokenizer.pad_token_id
     answers = samples.answer_ids.masked_fill(~samples.answer_mask, pad_id).to(policy.device)

@@ -4,6 +4,10 @@ Images are checked when the file is loaded (exists and decodes, via PIL ``verify
 fails before training starts; the pixels are decoded again lazily, in the collator. Tokenization,
 chat template and labels come from `vlmppo.models.inputs.build_inputs` (labels = -100 except the
 answer tokens and the end-of-turn token).
+
+An example made with ``env.history: K`` holds up to K earlier turns before its own: a user turn with only
+that step's frame and an assistant turn with its answer each, one image per user turn in order. They are
+the context the model will see in PPO and eval; the loss is on the last answer only.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vlmppo.errors import DataError
-from vlmppo.models.inputs import IGNORE_INDEX, build_inputs
+from vlmppo.models.inputs import IGNORE_INDEX, Turn, build_inputs
 
 if TYPE_CHECKING:
     from transformers import BatchFeature
@@ -29,11 +33,12 @@ class SftExample:
     answer: str
     image: Path  # absolute (resolved against the JSONL file's folder)
     source: str = ""  # "file:line", for messages
+    history: tuple[tuple[Path, str], ...] = ()  # earlier turns: (frame, answer), oldest first
 
     @property
     def approx_length(self) -> int:
         """A cheap length proxy (characters of text) for length grouping."""
-        return len(self.prompt) + len(self.answer)
+        return len(self.prompt) + len(self.answer) + sum(len(answer) for _, answer in self.history)
 
 
 def _text_of(turn: dict) -> str:
@@ -52,8 +57,6 @@ def load_sft_examples(path) -> list[SftExample]:
         DataError: Missing file, invalid JSON, no user/assistant turn, no image, a missing image file or
             one that does not decode (each naming file and line), or an empty dataset.
     """
-    from PIL import Image
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"SFT dataset {path} does not exist.", hint="Run `vlmppo preprocess` first.")
@@ -69,35 +72,18 @@ def load_sft_examples(path) -> list[SftExample]:
                     raise ValueError(f"a JSON {type(row).__name__}, not an object")
             except ValueError as exc:
                 raise DataError(f"{where}: not a valid JSON object ({str(exc).splitlines()[0]}).") from None
-            messages = row.get("messages") or []
-            user = next((m for m in messages if isinstance(m, dict) and m.get("role") == "user"), None)
-            assistant = next(
-                (m for m in messages if isinstance(m, dict) and m.get("role") == "assistant"), None
-            )
-            if user is None:
-                raise DataError(f"{where}: no user turn in 'messages'.")
-            if assistant is None or not _text_of(assistant):
-                raise DataError(
-                    f"{where}: no assistant turn (with text) in 'messages'; SFT needs the answer to learn.",
-                    hint="Preprocess the labels again, or delete that line.",
-                )
+            user, assistant, earlier = _turns(row.get("messages") or [], where)
             images = row.get("images") or []
-            if len(images) != 1:
-                raise DataError(f"{where}: expected exactly one image in 'images', got {len(images)}.")
-            image = (path.parent / images[0]).resolve()
-            if not image.is_file():
+            if len(images) != 1 + len(earlier):
                 raise DataError(
-                    f"{where}: image {image} does not exist.",
-                    hint="Image paths are relative to the dataset file's folder.",
+                    f"{where}: expected {1 + len(earlier)} image(s) in 'images' (one per user turn), "
+                    f"got {len(images)}."
                 )
-            try:
-                with Image.open(image) as im:
-                    im.verify()
-            except Exception as exc:
-                raise DataError(
-                    f"{where}: image {image} does not decode ({type(exc).__name__}: {exc})."
-                ) from None
-            examples.append(SftExample(_text_of(user), _text_of(assistant), image, f"{path}:{number}"))
+            frames = [_checked_image(path.parent / name, where) for name in images]
+            history = tuple((frame, answer) for frame, answer in zip(frames, earlier, strict=False))
+            examples.append(
+                SftExample(_text_of(user), _text_of(assistant), frames[-1], f"{path}:{number}", history)
+            )
     if not examples:
         raise DataError(
             f"SFT dataset {path} is empty.", hint="Check the preprocess filters and run it again."
@@ -105,14 +91,53 @@ def load_sft_examples(path) -> list[SftExample]:
     return examples
 
 
-def _open_rgb(example: SftExample):
+def _turns(messages: list, where: str) -> tuple[dict, dict, list[str]]:
+    """(last user turn, the assistant turn after it, the answers of the earlier turns) of an example."""
+    turns = [m for m in messages if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
+    users = [i for i, m in enumerate(turns) if m["role"] == "user"]
+    if not users:
+        raise DataError(f"{where}: no user turn in 'messages'.")
+    last = users[-1]
+    assistant = turns[last + 1] if last + 1 < len(turns) else None
+    if assistant is None or not _text_of(assistant):
+        raise DataError(
+            f"{where}: no assistant turn (with text) after the last user turn in 'messages'; SFT needs the "
+            "answer to learn.",
+            hint="Preprocess the labels again, or delete that line.",
+        )
+    earlier = [_text_of(m) for m in turns[:last] if m["role"] == "assistant"]
+    if len(earlier) != len(users) - 1:
+        raise DataError(f"{where}: earlier turns must alternate user (a frame) and assistant (its answer).")
+    return turns[last], assistant, earlier
+
+
+def _checked_image(image: Path, where: str) -> Path:
+    """The absolute path of an image that exists and decodes (DataError otherwise)."""
     from PIL import Image
 
+    image = image.resolve()
+    if not image.is_file():
+        raise DataError(
+            f"{where}: image {image} does not exist.",
+            hint="Image paths are relative to the dataset file's folder.",
+        )
     try:
-        with Image.open(example.image) as im:
+        with Image.open(image) as im:
+            im.verify()
+    except Exception as exc:
+        raise DataError(f"{where}: image {image} does not decode ({type(exc).__name__}: {exc}).") from None
+    return image
+
+
+def _open_rgb(example: SftExample, image: Path | None = None):
+    from PIL import Image
+
+    image = image or example.image
+    try:
+        with Image.open(image) as im:
             return im.convert("RGB")
     except Exception as exc:
-        raise DataError(f"{example.source}: image {example.image} does not decode ({exc}).") from None
+        raise DataError(f"{example.source}: image {image} does not decode ({exc}).") from None
 
 
 class SftCollator:
@@ -138,11 +163,15 @@ class SftCollator:
         self.truncated = 0
 
     def _build(self, examples: list[SftExample]) -> BatchFeature:
+        histories = None
+        if any(e.history for e in examples):
+            histories = [[Turn(_open_rgb(e, frame), answer) for frame, answer in e.history] for e in examples]
         return build_inputs(
             self.loaded,
             [_open_rgb(e) for e in examples],
             [e.prompt for e in examples],
             answers=[e.answer for e in examples],
+            histories=histories,
         )
 
     def __call__(self, examples: list[SftExample]) -> BatchFeature:

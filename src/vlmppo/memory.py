@@ -10,7 +10,7 @@ Terms:
 - weights: every parameter in the model's dtype (twice with LoRA and ``ppo.merged_sampling``, which samples
   from a merged copy);
 - trainable state: trainable parameters (LoRA adapters are kept in fp32 by peft) + their gradients + two
-  AdamW moments, all in the trainable dtype; the value head likewise;
+  AdamW moments, all in the trainable dtype; the value head likewise (none with ``ppo.advantage`` grpo/gigpo);
 - rollout: the prefill's KV cache of all envs' prompts (plus, with transformers' ``generate``, the cache
   that grows by concatenation to the whole answer, twice at the moment it grows), one layer's
   activations of the no-grad prefill/scoring forwards over all envs, and one chunk of the scoring
@@ -126,6 +126,12 @@ def count_parameters(config, family_name: str, lora) -> tuple[int, int]:
     return total, trainable
 
 
+def value_head_bytes(hidden: int) -> int:
+    """The value head's fp32 weights, gradient and two AdamW moments (``rl.policy.ValueHead``): all a critic
+    adds here, since it shares the policy's forward (its activations are one [B, H] row per sample)."""
+    return (hidden * 1024 + 1024 + 1024 * 512 + 512 + 513) * 16
+
+
 def estimate_ppo_memory(cfg) -> MemoryEstimate | None:
     """The estimate for ``cfg``'s PPO run on a GPU; None when the model's config is not available offline."""
     from vlmppo.envs import list_envs
@@ -149,7 +155,8 @@ def estimate_ppo_memory(cfg) -> MemoryEstimate | None:
         trainable_state = trainable * 4 * 4
     else:  # the weights are counted already: gradient and two moments in the model dtype
         trainable_state = total * bpw * 3
-    trainable_state += (hidden * 1024 + 1024 + 1024 * 512 + 512 + 513) * 16  # value head, fp32
+    if p.advantage == "gae":  # GRPO/GiGPO have no value head
+        trainable_state += value_head_bytes(hidden)
     seq, answer, envs = prompt + p.max_new_tokens, p.max_new_tokens, cfg.env.n_envs
     kv_token = 2 * layers * kv_heads * head_dim * bpw
     from vlmppo.models.generation import resolve_decoder

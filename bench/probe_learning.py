@@ -130,7 +130,14 @@ def clean_endings(cfg, ckpt: str, episodes: int, seed: int) -> float:
     return sum(t.strip().endswith("}") for t in texts) / len(texts)
 
 
-def color_probe(out: Path, sft_steps: int, updates: int, eval_episodes: int) -> dict:
+GROUP_OVERRIDES = {  # Color's 4 envs as one group of 4 (every episode is one step: 8 rounds per rollout)
+    "gae": [],
+    "grpo": ["ppo.advantage=grpo", "ppo.group_size=4"],
+    "gigpo": ["ppo.advantage=gigpo", "ppo.group_size=4"],
+}
+
+
+def color_probe(out: Path, sft_steps: int, updates: int, eval_episodes: int, advantage: str = "gae") -> dict:
     from vlmppo.config import run_dir
     from vlmppo.data.collect import collect
     from vlmppo.data.label import label
@@ -140,7 +147,8 @@ def color_probe(out: Path, sft_steps: int, updates: int, eval_episodes: int) -> 
 
     cfg = _cfg(
         "probe-color-tiny",
-        out,
+        out / advantage if advantage != "gae" else out,
+        *GROUP_OVERRIDES[advantage],
         f"sft.max_steps={sft_steps}",
         "ppo.init_from=sft",
         f"ppo.total_env_steps={updates * 32}",
@@ -159,6 +167,7 @@ def color_probe(out: Path, sft_steps: int, updates: int, eval_episodes: int) -> 
     endings = clean_endings(cfg, "ppo", 32, seed=20_000)
     return {
         "probe": "color",
+        "advantage": advantage,
         "sft_steps": sft_steps,
         "updates": updates,
         "seconds_sft": round(t_sft - t0, 1),

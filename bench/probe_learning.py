@@ -191,6 +191,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sft-steps", type=int, default=150)
     ap.add_argument("--color-updates", type=int, default=30)
     ap.add_argument("--eval-episodes", type=int, default=64)
+    ap.add_argument("--advantage", default="gae", choices=sorted(GROUP_OVERRIDES), help="Color's estimator.")
     args = ap.parse_args(argv)
     import torch
 
@@ -201,7 +202,9 @@ def main(argv=None) -> int:
         if probe in ("constant", "twostep"):
             results.append(value_probe(probe, out, args.value_updates))
         elif probe == "color":
-            results.append(color_probe(out, args.sft_steps, args.color_updates, args.eval_episodes))
+            results.append(
+                color_probe(out, args.sft_steps, args.color_updates, args.eval_episodes, args.advantage)
+            )
         else:
             raise SystemExit(f"unknown probe {probe!r}: use constant, twostep, color")
         print(json.dumps(results[-1]), flush=True)

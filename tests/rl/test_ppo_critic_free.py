@@ -99,3 +99,14 @@ def test_group_settings_that_cannot_give_a_signal_are_refused(overrides, message
 
     with pytest.raises(ConfigError, match=message):
         load_config("probe-color-tiny", overrides=["ppo.minibatch_size=4", "ppo.micro_batch_size=4", *overrides])
+
+
+def test_the_dry_run_plan_names_the_estimator_and_its_groups():
+    from vlmppo.config.plan import stage_plan
+
+    rows = dict(stage_plan(load_config("numberline-qwen-gigpo"), "ppo"))
+    assert rows["advantages"] == "GIGPO, no value head: 4 groups of 8 (mean only) + 1 x step level (gamma 0.95)"
+    assert dict(stage_plan(load_config("numberline-qwen-grpo"), "ppo"))["advantages"] == (
+        "GRPO, no value head: 4 groups of 8 (/ std)"
+    )
+    assert dict(stage_plan(load_config("numberline-qwen"), "ppo"))["advantages"].startswith("GAE (gamma 0.9")

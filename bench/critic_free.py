@@ -138,7 +138,9 @@ def main(argv=None) -> int:
         runs += [(a, 1, args.updates) for a in args.advantages.split(",")]
     results = []
     for advantage, steps, updates in runs:
-        results.append(probe_run(Path(args.out), advantage, steps, args.sft_steps, updates, args.eval_episodes))
+        results.append(
+            probe_run(Path(args.out), advantage, steps, args.sft_steps, updates, args.eval_episodes)
+        )
         print(json.dumps(results[-1]), flush=True)
         if args.json:  # after every run: a long bench that is stopped keeps what it measured
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

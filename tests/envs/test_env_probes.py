@@ -71,7 +71,9 @@ def test_color_with_steps_shows_a_seeded_sequence_marked_by_step_and_pays_each_s
         assert squares == [k < step for k in range(4)] and (obs[20:] == obs[20, 20]).all()
         colours.append(info["color"])
         frames.append(obs)
-        obs, reward, terminated, _, info = env.step(info["correct_index"] if step != 2 else 1 - info["correct_index"])
+        obs, reward, terminated, _, info = env.step(
+            info["correct_index"] if step != 2 else 1 - info["correct_index"]
+        )
         total += reward
         assert terminated == (step == 3)
     assert total == 2.0 and not adapter.is_solved(total, info) and adapter.is_solved(3.0, info)

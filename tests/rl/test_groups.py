@@ -70,14 +70,18 @@ def test_gigpo_adds_the_step_level_term_of_repeated_observations_within_a_group(
         [[False] * 4, [False, False, True, True]],
     )
     keys = torch.tensor([[A, A, A, A], [B, C, A, A]])
-    result = group_advantages(rewards, done, idle, 2, norm="mean", gamma=0.5, state_keys=keys, step_weight=1.0)
+    result = group_advantages(
+        rewards, done, idle, 2, norm="mean", gamma=0.5, state_keys=keys, step_weight=1.0
+    )
     # Episode level: returns 1 vs 0 -> ±0.5; group 1: 1 vs 1 -> 0. Step level at (group 0, A): returns to
     # go 0 + 0.5·1 = 0.5 vs 0 -> ±0.25; B and C are alone; (group 1, A): 1 vs 1 -> 0.
     expected = torch.tensor([[0.75, -0.75, 0.0, 0.0], [0.5, -0.5, 0.0, 0.0]])
     assert torch.allclose(result.advantages, expected)
     assert torch.allclose(result.returns[:, :2], torch.tensor([[0.5, 0.0], [1.0, 0.0]]))
     assert result.stats["rollout/step_groups"] == 2 and result.stats["rollout/step_group_size"] == 2
-    weighted = group_advantages(rewards, done, idle, 2, norm="std", gamma=0.5, state_keys=keys, step_weight=2.0)
+    weighted = group_advantages(
+        rewards, done, idle, 2, norm="std", gamma=0.5, state_keys=keys, step_weight=2.0
+    )
     assert weighted.advantages[0, 0] == pytest.approx(SQRT_HALF + 2 * SQRT_HALF, abs=1e-5)
     assert weighted.advantages[1, 0] == pytest.approx(SQRT_HALF, abs=1e-5)
 
@@ -100,7 +104,9 @@ def buffer_of(rewards, terminated, truncated, frames=None):
 
 def test_a_truncated_episode_counts_with_what_it_collected_no_bootstrap():
     # Env 0 is cut by the time limit after collecting 1; env 1 terminates with 0. No value is added.
-    buffer = buffer_of([[1.0, 0.0], [0.0, 0.0]], [[False, False], [False, True]], [[False, False], [True, False]])
+    buffer = buffer_of(
+        [[1.0, 0.0], [0.0, 0.0]], [[False, False], [False, True]], [[False, False], [True, False]]
+    )
     buffer.bootstrap_values[1, 0] = 100.0  # what GAE would add; the group estimators must ignore it
     buffer.compute_advantages(PpoConfig(advantage="grpo", group_size=2, group_norm="mean"), "grpo")
     assert torch.equal(buffer.advantages, torch.tensor([[0.5, -0.5], [0.5, -0.5]]))

@@ -50,7 +50,9 @@ def test_grpo_trains_the_lora_weights_without_any_value_head(tmp_path):
         startup.build_policy = original
     policy = captured["policy"]
     assert policy.value_head is None
-    moved = [not torch.equal(q.detach(), captured["before"][n]) for n, q in policy.loaded.model.named_parameters()]
+    moved = [
+        not torch.equal(q.detach(), captured["before"][n]) for n, q in policy.loaded.model.named_parameters()
+    ]
     assert any(moved)  # some group had a spread: the policy gradient was not all zero
     rows = metrics(tmp_path / "probe-color-tiny")
     assert len(rows) == result.updates == 1
@@ -89,7 +91,13 @@ def test_gigpo_four_updates_straight_equal_two_then_resume_two(tmp_path):
         (["ppo.advantage=grpo", "env.n_envs=6", "ppo.group_size=4"], "multiple of ppo.group_size"),
         (["ppo.advantage=gigpo", "env.n_envs=4", "ppo.group_size=1"], "no peers"),
         (
-            ["ppo.advantage=grpo", "env.n_envs=4", "ppo.group_size=2", "env.max_episode_steps=9", "ppo.n_steps=8"],
+            [
+                "ppo.advantage=grpo",
+                "env.n_envs=4",
+                "ppo.group_size=2",
+                "env.max_episode_steps=9",
+                "ppo.n_steps=8",
+            ],
             "does not fit a rollout",
         ),
     ],
@@ -98,14 +106,18 @@ def test_group_settings_that_cannot_give_a_signal_are_refused(overrides, message
     from vlmppo.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):
-        load_config("probe-color-tiny", overrides=["ppo.minibatch_size=4", "ppo.micro_batch_size=4", *overrides])
+        load_config(
+            "probe-color-tiny", overrides=["ppo.minibatch_size=4", "ppo.micro_batch_size=4", *overrides]
+        )
 
 
 def test_the_dry_run_plan_names_the_estimator_and_its_groups():
     from vlmppo.config.plan import stage_plan
 
     rows = dict(stage_plan(load_config("numberline-qwen-gigpo"), "ppo"))
-    assert rows["advantages"] == "GIGPO, no value head: 4 groups of 8 (mean only) + 1 x step level (gamma 0.95)"
+    assert (
+        rows["advantages"] == "GIGPO, no value head: 4 groups of 8 (mean only) + 1 x step level (gamma 0.95)"
+    )
     assert dict(stage_plan(load_config("numberline-qwen-grpo"), "ppo"))["advantages"] == (
         "GRPO, no value head: 4 groups of 8 (/ std)"
     )

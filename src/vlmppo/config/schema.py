@@ -331,7 +331,9 @@ class PpoConfig(Section):
         "repeated observations (Feng et al. 2025). docs/advantages.md says when each fits.",
     )
     group_size: int = Field(
-        8, ge=1, description="grpo/gigpo: envs per group, which start each round from one seed (divides env.n_envs)."
+        8,
+        ge=1,
+        description="grpo/gigpo: envs per group, which start each round from one seed (divides env.n_envs).",
     )
     group_norm: Literal["std", "mean"] = Field(
         "std", description="grpo/gigpo: divide by the group's std (std) or only subtract its mean (mean)."

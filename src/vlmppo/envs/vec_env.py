@@ -69,7 +69,9 @@ class VecEnv:
         self.env_id, self.n_envs, self.seed = env_id, n_envs, seed
         self.group_size = group_size
         self.group_rounds = np.zeros(n_envs // (group_size or 1), dtype=np.int64)
-        self._waiting: dict[int, tuple[np.ndarray, dict]] = {}  # env -> its finished episode's last frame, info
+        self._waiting: dict[
+            int, tuple[np.ndarray, dict]
+        ] = {}  # env -> its finished episode's last frame, info
         self.adapter = get_adapter(env_id, make_env_kwargs.get("observation", "full"), prompt)
         self.envs = [make_env(env_id, **make_env_kwargs) for _ in range(n_envs)]
         self.rngs = [np.random.default_rng([seed + i, 1]) for i in range(n_envs)]
@@ -230,9 +232,7 @@ def make_vec_env(
     return VecEnv(env_id, n_envs, seed, prompt, group_size, **make_env_kwargs)
 
 
-def make_vec_env_from_config(
-    env: EnvConfig, n_envs: int, seed: int, group_size: int | None = None
-) -> VecEnv:
+def make_vec_env_from_config(env: EnvConfig, n_envs: int, seed: int, group_size: int | None = None) -> VecEnv:
     """``n_envs`` envs as a config's ``env:`` section describes them (``env.n_envs`` is the caller's to pass:
     the benchmark runs other counts), env i seeded ``seed + i`` (or grouped resets: ``group_size``). See
     ``make_vec_env``."""

@@ -139,7 +139,11 @@ def gigpo_advantages(buffer: RolloutBuffer, ppo: PpoConfig) -> tuple[Tensor, Ten
 
 
 # Advantage estimators by name (``ppo.advantage`` picks one).
-ADVANTAGES: dict[str, AdvantageFn] = {"gae": gae_advantages, "grpo": grpo_advantages, "gigpo": gigpo_advantages}
+ADVANTAGES: dict[str, AdvantageFn] = {
+    "gae": gae_advantages,
+    "grpo": grpo_advantages,
+    "gigpo": gigpo_advantages,
+}
 
 
 class RolloutBuffer:

@@ -158,7 +158,9 @@ def group_advantages(
             to_go[span, member.env] = returns_to_go(rewards[span, member.env], gamma)
             if state_keys is not None:
                 for t in range(member.start, member.end + 1):
-                    anchors.setdefault((group, round_, int(state_keys[t, member.env])), []).append((t, member.env))
+                    anchors.setdefault((group, round_, int(state_keys[t, member.env])), []).append(
+                        (t, member.env)
+                    )
     for steps in anchors.values():
         index_t, index_n = torch.tensor([t for t, _ in steps]), torch.tensor([n for _, n in steps])
         advantages[index_t, index_n] += step_weight * relative(to_go[index_t, index_n], norm)
@@ -174,8 +176,8 @@ def group_advantages(
     if state_keys is not None:
         sizes = [len(steps) for steps in anchors.values()]
         stats["rollout/step_groups"] = float(sum(size > 1 for size in sizes))
-        stats["rollout/step_group_size"] = (
-            sum(size for size in sizes if size > 1) / max(1, sum(size > 1 for size in sizes))
+        stats["rollout/step_group_size"] = sum(size for size in sizes if size > 1) / max(
+            1, sum(size > 1 for size in sizes)
         )
     return GroupAdvantages(advantages, to_go, stats)
 

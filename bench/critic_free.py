@@ -49,7 +49,9 @@ def greedy(cfg, ckpt: str, episodes: int) -> dict:
     return {key: m.get(key) for key in ("success_rate", "solved_rate", "return_mean", "invalid_action_rate")}
 
 
-def probe_run(out: Path, advantage: str, steps: int, sft_steps: int, updates: int, episodes: int) -> dict:
+def probe_run(
+    out: Path, advantage: str, steps: int, sft_steps: int, updates: int, episodes: int, seed: int = 0
+) -> dict:
     """Image-blind SFT on probe/Color (``steps`` frames per episode), then PPO with ``advantage``."""
     from vlmppo.config import run_dir
     from vlmppo.data.collect import collect
@@ -61,7 +63,8 @@ def probe_run(out: Path, advantage: str, steps: int, sft_steps: int, updates: in
     n_steps = 8 if steps == 1 else 12  # whole rounds of 1 or 3 steps; 4 envs x 12 = 48 = 3 minibatches of 16
     cfg = _cfg(
         "probe-color-tiny",
-        out / f"{advantage}-steps{steps}",
+        out / f"{advantage}-steps{steps}-seed{seed}",
+        f"run.seed={seed}",
         *GROUP_OVERRIDES[advantage],
         *([f"env.kwargs.steps={steps}"] if steps > 1 else []),
         f"sft.max_steps={sft_steps}",
@@ -85,6 +88,7 @@ def probe_run(out: Path, advantage: str, steps: int, sft_steps: int, updates: in
     return {
         "probe": "color" if steps == 1 else f"color-steps{steps}",
         "advantage": advantage,
+        "seed": seed,
         "updates": updates,
         "reached_0.95_at_update": first_sustained(curve, 0.95),
         "seconds_ppo_wall": round(wall, 1),
@@ -98,14 +102,14 @@ def probe_run(out: Path, advantage: str, steps: int, sft_steps: int, updates: in
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| probe | advantage | updates | reached 0.95 at | PPO wall s | PPO CPU s | greedy success (solved) "
+        "| probe | advantage | seed | updates | reached 0.95 at | PPO wall s | PPO CPU s | greedy success (solved) "
         "before → after |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         b, a = r["greedy_before"], r["greedy_after"]
         lines.append(
-            f"| {r['probe']} | {r['advantage']} | {r['updates']} | {r['reached_0.95_at_update']} | "
+            f"| {r['probe']} | {r['advantage']} | {r['seed']} | {r['updates']} | {r['reached_0.95_at_update']} | "
             f"{r['seconds_ppo_wall']} | {r['seconds_ppo_cpu']} | {b['success_rate']:.2f} ({b['solved_rate']:.2f}) → "
             f"{a['success_rate']:.2f} ({a['solved_rate']:.2f}) |"
         )
@@ -123,6 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--chain-updates", type=int, default=20)
     ap.add_argument("--sft-steps", type=int, default=150)
     ap.add_argument("--eval-episodes", type=int, default=64)
+    ap.add_argument("--seeds", default="0", help="run.seed values: each run is repeated for each.")
     ap.add_argument("--dry", action="store_true", help="Every path at a toy size.")
     args = ap.parse_args(argv)
     import torch

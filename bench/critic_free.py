@@ -142,10 +142,10 @@ def main(argv=None) -> int:
     if "color" in args.only.split(","):
         runs += [(a, 1, args.updates) for a in args.advantages.split(",")]
     results = []
-    for advantage, steps, updates in runs:
-        results.append(
-            probe_run(Path(args.out), advantage, steps, args.sft_steps, updates, args.eval_episodes)
-        )
+    runs = [(*run, int(seed)) for seed in args.seeds.split(",") for run in runs]
+    for advantage, steps, updates, seed in runs:
+        out = Path(args.out)
+        results.append(probe_run(out, advantage, steps, args.sft_steps, updates, args.eval_episodes, seed))
         print(json.dumps(results[-1]), flush=True)
         if args.json:  # after every run: a long bench that is stopped keeps what it measured
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

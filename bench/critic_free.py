@@ -91,6 +91,7 @@ def probe_run(
         "seed": seed,
         "updates": updates,
         "reached_0.95_at_update": first_sustained(curve, 0.95),
+        "curve_mean": round(sum(v or 0.0 for v in curve) / max(1, len(curve)), 3),  # area under the curve
         "seconds_ppo_wall": round(wall, 1),
         "seconds_ppo_cpu": round(cpu, 1),
         "greedy_before": before,
@@ -102,15 +103,15 @@ def probe_run(
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| probe | advantage | seed | updates | reached 0.95 at | PPO wall s | PPO CPU s | greedy success (solved) "
-        "before → after |",
-        "|---|---|---|---|---|---|---|---|",
+        "| probe | advantage | seed | updates | reached 0.95 at | curve mean | PPO wall s | PPO CPU s | greedy "
+        "success (solved) before → after |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         b, a = r["greedy_before"], r["greedy_after"]
         lines.append(
             f"| {r['probe']} | {r['advantage']} | {r['seed']} | {r['updates']} | {r['reached_0.95_at_update']} | "
-            f"{r['seconds_ppo_wall']} | {r['seconds_ppo_cpu']} | {b['success_rate']:.2f} ({b['solved_rate']:.2f}) → "
+            f"{r['curve_mean']} | {r['seconds_ppo_wall']} | {r['seconds_ppo_cpu']} | {b['success_rate']:.2f} ({b['solved_rate']:.2f}) → "
             f"{a['success_rate']:.2f} ({a['solved_rate']:.2f}) |"
         )
     return "\n".join(lines)

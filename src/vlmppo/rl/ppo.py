@@ -140,6 +140,8 @@ def update_metrics(run: PpoRun, buffer: RolloutBuffer, train_stats: dict, update
         values, returns = buffer.values.reshape(-1), buffer.returns.reshape(-1)
         metrics["train/explained_variance"] = explained_variance(values, returns)
         metrics["train/lr_value_head"] = run.optimizer.param_groups[1]["lr"]
+    else:  # GRPO/GiGPO: no values to report
+        del metrics["rollout/value_mean"]
     if torch.cuda.is_available() and run.device.startswith("cuda"):
         metrics["sys/gpu_mem_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return metrics

@@ -1,4 +1,4 @@
-"""The PPO loop (RL4VLM): sample thoughts + action for all envs at once, GAE, clipped updates.
+"""The PPO loop (RL4VLM): sample thoughts + action for all envs at once, GAE (or GRPO/GiGPO), clipped updates.
 
 Reads top to bottom in phases: 1. collect a rollout into the buffer (``rl/rollout.py``, ``rl/buffer.py``),
 2. advantages, 3. PPO epochs (``rl/update.py``), 4. log, 5. checkpoint (``rl/checkpointing.py``). What comes

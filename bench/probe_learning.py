@@ -130,7 +130,14 @@ def clean_endings(cfg, ckpt: str, episodes: int, seed: int) -> float:
     return sum(t.strip().endswith("}") for t in texts) / len(texts)
 
 
-def color_probe(out: Path, sft_steps: int, updates: int, eval_episodes: int) -> dict:
+GROUP_OVERRIDES = {  # Color's 4 envs as one group of 4 (every episode is one step: 8 rounds per rollout)
+    "gae": [],
+    "grpo": ["ppo.advantage=grpo", "ppo.group_size=4"],
+    "gigpo": ["ppo.advantage=gigpo", "ppo.group_size=4"],
+}
+
+
+def color_probe(out: Path, sft_steps: int, updates: int, eval_episodes: int, advantage: str = "gae") -> dict:
     from vlmppo.config import run_dir
     from vlmppo.data.collect import collect
     from vlmppo.data.label import label
@@ -140,7 +147,8 @@ def color_probe(out: Path, sft_steps: int, updates: int, eval_episodes: int) -> 
 
     cfg = _cfg(
         "probe-color-tiny",
-        out,
+        out / advantage if advantage != "gae" else out,
+        *GROUP_OVERRIDES[advantage],
         f"sft.max_steps={sft_steps}",
         "ppo.init_from=sft",
         f"ppo.total_env_steps={updates * 32}",
@@ -159,6 +167,7 @@ def color_probe(out: Path, sft_steps: int, updates: int, eval_episodes: int) -> 
     endings = clean_endings(cfg, "ppo", 32, seed=20_000)
     return {
         "probe": "color",
+        "advantage": advantage,
         "sft_steps": sft_steps,
         "updates": updates,
         "seconds_sft": round(t_sft - t0, 1),
@@ -182,6 +191,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sft-steps", type=int, default=150)
     ap.add_argument("--color-updates", type=int, default=30)
     ap.add_argument("--eval-episodes", type=int, default=64)
+    ap.add_argument("--advantage", default="gae", choices=sorted(GROUP_OVERRIDES), help="Color's estimator.")
     args = ap.parse_args(argv)
     import torch
 
@@ -192,7 +202,9 @@ def main(argv=None) -> int:
         if probe in ("constant", "twostep"):
             results.append(value_probe(probe, out, args.value_updates))
         elif probe == "color":
-            results.append(color_probe(out, args.sft_steps, args.color_updates, args.eval_episodes))
+            results.append(
+                color_probe(out, args.sft_steps, args.color_updates, args.eval_episodes, args.advantage)
+            )
         else:
             raise SystemExit(f"unknown probe {probe!r}: use constant, twostep, color")
         print(json.dumps(results[-1]), flush=True)

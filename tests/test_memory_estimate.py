@@ -87,3 +87,16 @@ def test_estimate_terms_follow_the_run_shapes():
 def test_an_unknown_offline_model_gives_no_estimate():
     cfg = load_config("numberline-tiny", overrides=["model.path=someone/not-a-model-we-know"])
     assert estimate_ppo_memory(cfg) is None
+
+
+def test_critic_free_runs_leave_out_exactly_the_value_heads_weights_gradient_and_moments():
+    from vlmppo.memory import value_head_bytes
+    from vlmppo.rl.policy import ValueHead
+
+    gae = estimate_ppo_memory(load_config("numberline-tiny"))
+    for advantage in ("grpo", "gigpo"):
+        cfg = load_config("numberline-tiny", overrides=[f"ppo.advantage={advantage}", "ppo.group_size=2"])
+        saved = (gae.trainable_state_gb - estimate_ppo_memory(cfg).trainable_state_gb) * GIB
+        assert saved == pytest.approx(value_head_bytes(64))
+    head = ValueHead(64)  # fp32 weights + gradient + two AdamW moments = 16 bytes per parameter
+    assert value_head_bytes(64) == 16 * sum(p.numel() for p in head.parameters())

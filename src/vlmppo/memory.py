@@ -11,7 +11,7 @@ Terms:
   from a merged copy); with ``model.quantization`` the language model's linear weights take 4 or 8 bits plus
   their block constants (``models/quantization.py``), and there is no merged copy;
 - trainable state: trainable parameters (LoRA adapters are kept in fp32 by peft) + their gradients + two
-  AdamW moments, all in the trainable dtype; the value head likewise;
+  AdamW moments, all in the trainable dtype; the value head likewise (none with ``ppo.advantage`` grpo/gigpo);
 - rollout: the prefill's KV cache of all envs' prompts (plus, with transformers' ``generate``, the cache
   that grows by concatenation to the whole answer, twice at the moment it grows), one layer's
   activations of the no-grad prefill/scoring forwards over all envs, and one chunk of the scoring
@@ -287,7 +287,9 @@ def estimate_ppo_memory(cfg, facts: ModelFacts | None = None) -> MemoryEstimate 
     inter, vocab = text.intermediate_size, text.vocab_size
     prompt = facts.prompt_tokens
     weights, bpw = weight_bytes(cfg, counts)
-    trainable_state = trainable_state_bytes(cfg, counts, bpw) + value_head_bytes(hidden)
+    trainable_state = trainable_state_bytes(cfg, counts, bpw)
+    if p.advantage == "gae":  # GRPO/GiGPO have no value head
+        trainable_state += value_head_bytes(hidden)
     seq, answer, envs = prompt + p.max_new_tokens, p.max_new_tokens, cfg.env.n_envs
     kv_token = 2 * layers * kv_heads * head_dim * bpw
     from vlmppo.models.generation import resolve_decoder

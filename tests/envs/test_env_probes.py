@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 import vlmppo.envs as envs
 
 RED, BLUE = [255, 0, 0], [0, 0, 255]
@@ -56,3 +58,25 @@ def test_probe_prompts_are_short_and_name_the_actions():
         prompt = envs.get_adapter(env_id).prompt({"step": 1}, action_only=True)
         assert '"left", "right"' in prompt and len(prompt) < 300
     assert envs.get_adapter("probe/TwoStep-v0").is_solved(1.0, {}) is True
+
+
+def test_color_with_steps_shows_a_seeded_sequence_marked_by_step_and_pays_each_step():
+    adapter = envs.get_adapter("probe/Color-v0")
+    env = envs.make_env("probe/Color-v0", steps=3)
+    obs, info = env.reset(seed=4)
+    colours, frames, total = [], [], 0.0
+    for step in (1, 2, 3):
+        assert info["step"] == step and info["steps"] == 3
+        squares = [(obs[2:8, 2 + 8 * k : 8 + 8 * k] == 255).all() for k in range(4)]
+        assert squares == [k < step for k in range(4)] and (obs[20:] == obs[20, 20]).all()
+        colours.append(info["color"])
+        frames.append(obs)
+        obs, reward, terminated, _, info = env.step(
+            info["correct_index"] if step != 2 else 1 - info["correct_index"]
+        )
+        total += reward
+        assert terminated == (step == 3)
+    assert total == 2.0 and not adapter.is_solved(total, info) and adapter.is_solved(3.0, info)
+    again, info = env.reset(seed=4)  # the sequence is the seed's, whatever the actions were
+    replay = [info["color"]] + [env.step(0)[4]["color"] for _ in range(2)]
+    assert np.array_equal(again, frames[0]) and replay == colours

@@ -230,4 +230,3 @@ def test_the_static_decoder_takes_plain_configs_and_leaves_a_checkpoints_own_to_
     )
     # the tiny checkpoint ships top-k, min-p and a repetition penalty: only transformers' generate applies them
     assert static_spec(checkpoint_generation_config(loaded.model, tok, media, max_new_tokens=5)) is None
-

@@ -93,9 +93,9 @@ def test_gae_over_the_buffer_matches_the_hand_computed_rollout():
     buffer.compute_advantages(Ppo())
     assert buffer.advantages[:, 0].tolist() == [1.25, 1.0, 3.5, 4.0]
     assert buffer.returns[:, 0].tolist() == [1.75, 2.0, 5.0, 6.0]
-    with pytest.raises(ValueError, match="'grpo'.*known: gae"):
-        buffer.compute_advantages(Ppo(), method="grpo")
-    assert list(ADVANTAGES) == ["gae"]
+    with pytest.raises(ValueError, match="'rloo'.*known: gae, grpo, gigpo"):
+        buffer.compute_advantages(Ppo(), method="rloo")
+    assert list(ADVANTAGES) == ["gae", "grpo", "gigpo"]  # the group estimators: tests/rl/test_groups.py
 
 
 def test_normalisation_divides_by_the_statistics_the_moments_function_gives():

@@ -96,7 +96,10 @@ def measure_update(policy, cfg, steps: list, *, repeats: int) -> UpdateRow:
     """
     p, device = cfg.ppo, policy.device
     model = policy.loaded.model
-    params = [q for q in model.parameters() if q.requires_grad] + list(policy.value_head.parameters())
+    params = [q for q in model.parameters() if q.requires_grad]
+    params += (
+        list(policy.value_head.parameters()) if policy.value_head is not None else []
+    )  # none: grpo/gigpo
     optimizer = torch.optim.AdamW(params, lr=p.lr, eps=p.adam_eps, weight_decay=p.weight_decay)
     buffer = recorded_buffer(cfg, steps, cfg.run.seed)
     micro = min(p.micro_batch_size, buffer.size)

@@ -72,6 +72,7 @@ def stage_plan(cfg: Config, stage: str, *, gpu_memory: str | None = None) -> lis
                 f" of {p.minibatch_size}; {c['micro_steps_per_optimizer_step']} micro-batches of {p.micro_batch_size})",
             ),
             ("learning rate", f"{p.lr:g} -> {p.min_lr:g} cosine over {c['updates']} updates"),
+            ("advantages", advantage_plan(cfg)),
             (
                 "log pi(a|s)",
                 f'{p.thought_coef:g} x thought tokens + {p.action_key_coef:g} x "action": key tokens + action '
@@ -149,3 +150,15 @@ def stage_range(start: str | None, stop: str | None, *, error: type[Exception] =
     if first > last:
         raise error(f"--from {start} comes after --to {stop}.", hint=f"Stage order: {' -> '.join(STAGES)}.")
     return list(STAGES[first : last + 1])
+
+
+def advantage_plan(cfg: Config) -> str:
+    """The ``advantages`` row: GAE with its value head, or the groups of the critic-free estimators."""
+    p = cfg.ppo
+    if p.advantage == "gae":
+        return f"GAE (gamma {p.gamma:g}, lambda {p.gae_lambda:g}) with a value head"
+    norm = "/ std" if p.group_norm == "std" else "mean only"
+    text = f"{p.advantage.upper()}, no value head: {cfg.env.n_envs // p.group_size} groups of {p.group_size} ({norm})"
+    if p.advantage == "gigpo":
+        text += f" + {p.step_weight:g} x step level (gamma {p.gamma:g})"
+    return text

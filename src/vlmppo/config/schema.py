@@ -368,6 +368,23 @@ class PpoConfig(Section):
     value_head_lr: float | None = Field(
         None, gt=0, description="Separate LR for the value head (default: lr)."
     )
+    advantage: Literal["gae", "grpo", "gigpo"] = Field(
+        "gae",
+        description="gae: a value head and GAE (RL4VLM); grpo: no critic, an episode's return minus its group's "
+        "mean (envs of a group share reset seeds); gigpo: grpo plus a step-level term over the group's "
+        "repeated observations (Feng et al. 2025). docs/advantages.md says when each fits.",
+    )
+    group_size: int = Field(
+        8,
+        ge=1,
+        description="grpo/gigpo: envs per group, which start each round from one seed (divides env.n_envs).",
+    )
+    group_norm: Literal["std", "mean"] = Field(
+        "std", description="grpo/gigpo: divide by the group's std (std) or only subtract its mean (mean)."
+    )
+    step_weight: float = Field(
+        1.0, ge=0.0, description="gigpo: omega, the weight of the step-level advantage beside the episode's."
+    )
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -470,6 +487,8 @@ class Config(Section):
                 f"ppo.minibatch_size ({self.ppo.minibatch_size}) is not a multiple of ppo.micro_batch_size "
                 f"({self.ppo.micro_batch_size})"
             )
+        if self.ppo.advantage != "gae":
+            problems += _group_problems(self.env, self.ppo)
         if self.ppo.min_lr > self.ppo.lr:
             problems.append(f"ppo.min_lr ({self.ppo.min_lr}) is larger than ppo.lr ({self.ppo.lr})")
         if self.slurm.gpus_per_node > self.slurm.max_gpus_per_node:
@@ -496,3 +515,22 @@ class Config(Section):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def _group_problems(env: EnvConfig, ppo: PpoConfig) -> list[str]:
+    """What makes grpo/gigpo groups impossible or useless (every one gets no learning signal)."""
+    problems = []
+    if env.n_envs % ppo.group_size:
+        problems.append(
+            f"ppo.advantage={ppo.advantage} needs env.n_envs ({env.n_envs}) to be a multiple of ppo.group_size "
+            f"({ppo.group_size})"
+        )
+    if ppo.group_size == 1:
+        problems.append(f"ppo.advantage={ppo.advantage} with ppo.group_size=1 has no peers to compare with")
+    if env.max_episode_steps is not None and env.max_episode_steps > ppo.n_steps:
+        problems.append(
+            f"ppo.advantage={ppo.advantage}: an episode of env.max_episode_steps={env.max_episode_steps} steps "
+            f"does not fit a rollout of ppo.n_steps={ppo.n_steps} (every rollout starts new groups; an episode "
+            "it cuts gets no credit)"
+        )
+    return problems

@@ -71,7 +71,10 @@ class ColorEnv(_ProbeEnv):
     """Colour probe (``probe/Color-v0``).
 
     Description:
-        The whole 64x64 frame is red or blue, chosen by the env's RNG (50/50).
+        The whole 64x64 frame is red or blue, chosen by the env's RNG (50/50). With ``steps=n`` (``env.kwargs``)
+        an episode shows ``n`` such frames, all drawn at reset (the sequence depends on the seed only), the
+        ``k``-th with ``k`` white squares along its top edge: a multi-step probe whose states repeat across
+        the episodes of one seed, where each step's own answer earns its own reward (step-level credit).
 
     Mission:
         Answer "left" for red, "right" for blue.
@@ -80,34 +83,48 @@ class ColorEnv(_ProbeEnv):
         ``Discrete(2)``: 0 "left", 1 "right".
 
     Reward:
-        +1 for the correct action, 0 otherwise.
+        +1 for the correct action, 0 otherwise, at every step.
 
     Termination:
-        Terminated after the first step. ``info`` has ``color``, ``correct_action`` (the string) and
-        ``correct_index``.
+        Terminated after ``steps`` steps (default 1). ``info`` has ``color``, ``correct_action`` (the string)
+        and ``correct_index``; with ``steps > 1`` also ``step`` (1-based) and ``steps``.
     """
 
-    def __init__(self, render_mode: str | None = None):
+    def __init__(self, render_mode: str | None = None, steps: int = 1):
         super().__init__(render_mode)
-        self.color = "red"
+        if steps < 1:
+            raise ValueError(f"probe/Color steps must be at least 1, got {steps}")
+        self.steps, self.colors, self.step_index = steps, ["red"], 0
         self.done = False
 
+    @property
+    def color(self) -> str:
+        return self.colors[min(self.step_index, self.steps - 1)]
+
     def _new_episode(self) -> None:
-        self.color = "red" if self.np_random.integers(0, 2) == 0 else "blue"
-        self.done = False
+        self.colors = ["red" if self.np_random.integers(0, 2) == 0 else "blue" for _ in range(self.steps)]
+        self.step_index, self.done = 0, False
 
     def _transition(self, action: int) -> tuple[float, bool, bool]:
         reward = 1.0 if action == self._info()["correct_index"] else 0.0
-        self.done = True
-        return reward, True, False
+        self.step_index += 1
+        self.done = self.step_index >= self.steps
+        return reward, self.done, False
 
     def _draw(self) -> np.ndarray:
         # The final frame is black so it carries no hint about the next episode.
-        return _fill("black" if self.done else self.color)
+        frame = _fill("black" if self.done else self.color)
+        if self.steps > 1 and not self.done:
+            for k in range(self.step_index + 1):
+                frame[2:8, 2 + 8 * k : 8 + 8 * k] = 255
+        return frame
 
     def _info(self) -> dict:
         index = 0 if self.color == "red" else 1
-        return {"color": self.color, "correct_action": PROBE_ACTIONS[index], "correct_index": index}
+        info = {"color": self.color, "correct_action": PROBE_ACTIONS[index], "correct_index": index}
+        if self.steps > 1:
+            info.update(step=self.step_index + 1, steps=self.steps)
+        return info
 
 
 class TwoStepEnv(_ProbeEnv):
@@ -170,8 +187,8 @@ class ProbeAdapter(EnvAdapter):
         return ExpertAction(0, "any action is right")
 
     def is_solved(self, total_reward: float, info: dict) -> bool:
-        if self._kind() == "Color":
-            return total_reward > 0
+        if self._kind() == "Color":  # every step answered right
+            return total_reward >= info.get("steps", 1)
         return True  # Constant and TwoStep have no goal to miss
 
     def expert_score(self, info_before, action_index, info_after, reward):

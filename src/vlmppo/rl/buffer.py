@@ -7,9 +7,9 @@ thought/action/key token masks and, with a KL penalty, their log-probs under the
 log-prob and value, the reward, the done flags and the bootstrap value of a truncated episode. Then:
 
 1. ``add(step, ...)`` once per env step (``rl/rollout.py``), ``finish(last_value)`` after the last one;
-2. ``compute_advantages(ppo)``: advantages and returns by the function registered in ``ADVANTAGES`` (GAE;
-   GRPO and GiGPO would be two more over the same fields: ``episode_ids`` and ``episode_rewards`` are there
-   for them);
+2. ``compute_advantages(ppo)``: advantages and returns by the function registered in ``ADVANTAGES``: GAE,
+   or the critic-free GRPO and GiGPO of ``rl/groups.py`` (over grouped resets: ``idle`` marks the steps an
+   env waited for its group);
 3. ``normalize_advantages()``: standardised over the whole rollout, with the mean and std from one function
    (``rl.gae.advantage_moments``) that a data-parallel run replaces by an all-reduced one;
 4. ``minibatches(batch_size, rng)``: the update's shuffled minibatches, each split into micro-batches of
@@ -134,8 +134,22 @@ def gae_advantages(buffer: RolloutBuffer, ppo: PpoConfig) -> tuple[Tensor, Tenso
     )
 
 
-# Advantage estimators by name (a future ``ppo.advantage`` setting picks one; GRPO and GiGPO go here).
-ADVANTAGES: dict[str, AdvantageFn] = {"gae": gae_advantages}
+def grpo_advantages(buffer: RolloutBuffer, ppo: PpoConfig) -> tuple[Tensor, Tensor]:
+    """GRPO: each episode's return relative to its group's (``rl.groups``); no critic."""
+    return buffer.group_advantages(ppo, state_keys=None)
+
+
+def gigpo_advantages(buffer: RolloutBuffer, ppo: PpoConfig) -> tuple[Tensor, Tensor]:
+    """GiGPO: GRPO's term plus ``ppo.step_weight`` times the step-level one over repeated observations."""
+    return buffer.group_advantages(ppo, state_keys=buffer.observation_keys())
+
+
+# Advantage estimators by name (``ppo.advantage`` picks one).
+ADVANTAGES: dict[str, AdvantageFn] = {
+    "gae": gae_advantages,
+    "grpo": grpo_advantages,
+    "gigpo": gigpo_advantages,
+}
 
 
 class RolloutBuffer:
@@ -160,6 +174,8 @@ class RolloutBuffer:
         advantages: ``[T, N]`` fp32 after ``compute_advantages`` (normalised by ``normalize_advantages``).
         returns: ``[T, N]`` fp32 value targets after ``compute_advantages``.
         invalid, ended_with_eos: ``[T, N]`` bool (``StepBatch``); answer_lengths: ``[T, N]`` long.
+        idle: ``[T, N]`` bool, the env waited for its group (grouped resets; set by the collector).
+        group_stats: The ``rollout/group_*`` statistics of a critic-free estimator.
         episodes: ``{"return", "length", "success", "solved"}`` of the episodes that ended in it.
         seconds: Wall-clock seconds the rollout took (set by the collector).
     """
@@ -173,6 +189,8 @@ class RolloutBuffer:
             torch.zeros(shape, dtype=torch.bool) for _ in range(4)
         )
         self.last_value = torch.zeros(n_envs)
+        self.idle = torch.zeros(shape, dtype=torch.bool)
+        self.group_stats: dict[str, float] = {}
         self.episode_ids = torch.zeros(shape, dtype=torch.long)
         self.answer_lengths = torch.zeros(shape, dtype=torch.long)
         self.answer_ids = torch.zeros(answers, dtype=torch.int32)  # token ids fit; half of long's memory
@@ -266,6 +284,36 @@ class RolloutBuffer:
         if method not in ADVANTAGES:
             raise ValueError(f"unknown advantage estimator {method!r}; known: {', '.join(ADVANTAGES)}")
         self.advantages, self.returns = ADVANTAGES[method](self, ppo)
+
+    def group_advantages(self, ppo: PpoConfig, state_keys: Tensor | None) -> tuple[Tensor, Tensor]:
+        """GRPO/GiGPO advantages and returns-to-go ``[T, N]`` (``rl.groups``); keeps their statistics."""
+        from vlmppo.rl.groups import group_advantages
+
+        result = group_advantages(
+            self.rewards,
+            self.terminated | self.truncated,
+            self.idle,
+            ppo.group_size,
+            norm=ppo.group_norm,
+            gamma=ppo.gamma,
+            state_keys=state_keys,
+            step_weight=ppo.step_weight,
+        )
+        self.group_stats = result.stats
+        return result.advantages, result.returns
+
+    def observation_keys(self) -> Tensor:
+        """``[T, N]`` int64: a hash of each step's observation (frame bytes and prompt text), GiGPO's anchor
+        state: equal keys, equal input to the policy."""
+        import hashlib
+
+        keys = torch.zeros(self.n_steps * self.n_envs, dtype=torch.long)
+        for flat, (image, prompt) in enumerate(zip(self.images, self.prompts, strict=True)):
+            digest = hashlib.blake2b(prompt.encode(), digest_size=8)
+            digest.update(str(image.shape).encode())
+            digest.update(image.tobytes())
+            keys[flat] = int.from_bytes(digest.digest(), "little", signed=True)
+        return keys.reshape(self.n_steps, self.n_envs)
 
     def normalize_advantages(
         self, moments: Callable[[Tensor], tuple[Tensor, Tensor]] = advantage_moments

@@ -30,6 +30,8 @@ FIXED_ON_RESUME = (
     "env.max_episode_steps",
     "env.observation",
     "env.tile_size",
+    "ppo.advantage",  # a value head or none, and grouped resets or not
+    "ppo.group_size",
 )
 
 
@@ -111,7 +113,8 @@ def save_run(run: PpoRun, metrics: dict, extra_meta: dict | None = None) -> Path
 
         policy.loaded.model.save_pretrained(folder)
         policy.loaded.processor.save_pretrained(folder)
-        save_file(policy.value_head.state_dict(), str(folder / "value_head.safetensors"))
+        if policy.value_head is not None:  # GRPO/GiGPO runs have none
+            save_file(policy.value_head.state_dict(), str(folder / "value_head.safetensors"))
         (folder / "config.yaml").write_text(config_to_yaml(cfg))
         save_trainer_state(
             folder,

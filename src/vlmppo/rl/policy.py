@@ -82,7 +82,7 @@ def hidden_size(model) -> int:
 
 
 class ActorCritic:
-    """The policy (the VLM) and the value head.
+    """The policy (the VLM) and the value head (None for the critic-free GRPO/GiGPO: values are then 0).
 
     Args:
         merged_sampling: Sample from a merged copy of the LoRA model (``rl/merged.py``): about twice the
@@ -100,14 +100,15 @@ class ActorCritic:
     def __init__(
         self,
         loaded: LoadedModel,
-        value_head: ValueHead,
+        value_head: ValueHead | None,
         device: str = "cpu",
         *,
         merged_sampling: bool = False,
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
         decoder: str = "generate",
     ):
-        self.loaded, self.value_head, self.device = loaded, value_head.to(device), device
+        self.loaded, self.device = loaded, device
+        self.value_head = value_head.to(device) if value_head is not None else None
         self.autocast = autocast
         self.decoder = decoder
         self.forced_lengths: Callable[[int], torch.Tensor] | None = None
@@ -214,7 +215,13 @@ class ActorCritic:
         prompt token's final hidden state, as ``score`` computes it; [B] fp32. Logits only for that token."""
         with self.autocast():
             hidden = self.backbone(**batch).last_hidden_state
-        return self.value_head(hidden[:, -1])
+        return self.values(hidden[:, -1])
+
+    def values(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[B, H] last-prompt-token hidden states -> [B] fp32 values (zeros without a value head)."""
+        if self.value_head is None:
+            return torch.zeros(hidden.shape[0], device=hidden.device)
+        return self.value_head(hidden)
 
     def score(self, sampled: Sampled, *, temperature: float, return_logits: bool = False):
         """Teacher-forced pass over prompt + answer.
@@ -243,7 +250,7 @@ class ActorCritic:
             inputs = {"input_ids": sampled.sequences, "attention_mask": sampled.attention_mask, **extra}
         with self.autocast():
             hidden = self.backbone(**inputs).last_hidden_state
-        values = self.value_head(hidden[:, p - 1])
+        values = self.values(hidden[:, p - 1])
         answer_hidden = hidden[:, p - 1 : -1]  # the positions that predict the answer tokens
         targets = sampled.sequences[:, p:]
         if grad:

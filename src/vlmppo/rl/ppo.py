@@ -1,4 +1,4 @@
-"""The PPO loop (RL4VLM): sample thoughts + action for all envs at once, GAE, clipped updates.
+"""The PPO loop (RL4VLM): sample thoughts + action for all envs at once, GAE (or GRPO/GiGPO), clipped updates.
 
 Reads top to bottom in phases: 1. collect a rollout into the buffer (``rl/rollout.py``, ``rl/buffer.py``),
 2. advantages, 3. PPO epochs (``rl/update.py``), 4. log, 5. checkpoint (``rl/checkpointing.py``). What comes
@@ -21,6 +21,7 @@ from vlmppo.config import Config
 from vlmppo.locks import locked
 from vlmppo.rl.buffer import RolloutBuffer
 from vlmppo.rl.checkpointing import save_run
+from vlmppo.rl.history import HistoryWindows
 from vlmppo.rl.losses import explained_variance
 from vlmppo.rl.rollout import collect_rollout
 from vlmppo.rl.run import PpoRun
@@ -77,15 +78,21 @@ def train_ppo(
     ):
         for update in range(first, run.total_updates + 1):
             run.update = update
-            # 1. collect rollouts
+            # 1. collect rollouts (GRPO/GiGPO: every group starts a new round, so none straddles two rollouts;
+            # the windows of earlier turns start empty with them)
+            if run.vec.group_size is not None:
+                run.obs, run.infos = run.vec.reset()
+                if run.history is not None:
+                    run.history = HistoryWindows(run.vec.n_envs, run.history.size)
             buffer, run.obs, run.infos = collect_rollout(
                 run.policy, run.vec, run.obs, run.infos, cfg, run.history
             )
             run.env_steps += buffer.size
             run.recent_episodes.extend(buffer.episodes)
             # 2. advantages
-            buffer.compute_advantages(ppo)
-            buffer.normalize_advantages()
+            buffer.compute_advantages(ppo, ppo.advantage)
+            if ppo.advantage == "gae":  # GRPO/GiGPO's are relative to their groups already (0: no signal)
+                buffer.normalize_advantages()
             check_finite_rollout(buffer, run.checkpoint)
             # 3. PPO epochs
             started = time.time()
@@ -130,12 +137,17 @@ def update_metrics(run: PpoRun, buffer: RolloutBuffer, train_stats: dict, update
         "update": run.update,
         "env_steps": run.env_steps,
         **rollout_metrics(buffer, run.recent_episodes),
+        **buffer.group_stats,
         **train_stats,
-        "train/explained_variance": explained_variance(buffer.values.reshape(-1), buffer.returns.reshape(-1)),
         "train/lr": run.optimizer.param_groups[0]["lr"],
-        "train/lr_value_head": run.optimizer.param_groups[1]["lr"],
         "time/update_s": update_seconds,
     }
+    if run.policy.value_head is not None:
+        values, returns = buffer.values.reshape(-1), buffer.returns.reshape(-1)
+        metrics["train/explained_variance"] = explained_variance(values, returns)
+        metrics["train/lr_value_head"] = run.optimizer.param_groups[1]["lr"]
+    else:  # GRPO/GiGPO: no values to report
+        del metrics["rollout/value_mean"]
     if torch.cuda.is_available() and run.device.startswith("cuda"):
         metrics["sys/gpu_mem_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return metrics

@@ -167,7 +167,9 @@ def collect_rollout(
     ppo = cfg.ppo
     started = time.time()
     buffer = RolloutBuffer(ppo.n_steps, vec.n_envs, ppo.max_new_tokens, reference=bool(ppo.kl_coef))
-    for _ in range(ppo.n_steps):
+    critic = policy.value_head is not None  # GRPO/GiGPO have none: nothing to bootstrap from
+    for t in range(ppo.n_steps):
+        buffer.idle[t] = torch.tensor([bool(info.get("group_wait")) for info in infos])  # grouped resets
         histories = history.histories() if history is not None else None
         step = rollout_step(policy, vec, obs, infos, cfg, histories)
         obs, rewards, terminated, truncated, infos = vec.step(step.actions)
@@ -178,7 +180,7 @@ def collect_rollout(
         penalised = np.asarray(rewards, dtype=np.float64) + ppo.invalid_action_penalty * step.invalid.numpy()
         bootstrap = torch.zeros(vec.n_envs)
         ended = [env for env in range(vec.n_envs) if truncated[env] and not terminated[env]]
-        if ended:
+        if ended and critic:
             bootstrap[ended] = state_values(
                 policy,
                 [infos[env]["final_obs"] for env in ended],
@@ -195,6 +197,6 @@ def collect_rollout(
         )
         buffer.episodes += [info["episode"] for info in infos if "episode" in info]
     last = history.histories() if history is not None else None
-    buffer.finish(state_values(policy, obs, infos, vec.adapter, last))
+    buffer.finish(state_values(policy, obs, infos, vec.adapter, last) if critic else torch.zeros(vec.n_envs))
     buffer.seconds = time.time() - started
     return buffer, obs, infos

@@ -96,7 +96,8 @@ def start_envs(run: PpoRun) -> None:
 
     (run.out / "samples.jsonl").unlink(missing_ok=True)
     env = run.cfg.env
-    run.vec = make_vec_env_from_config(env, env.n_envs, run.cfg.run.seed)
+    grouped = run.cfg.ppo.group_size if run.cfg.ppo.advantage != "gae" else None
+    run.vec = make_vec_env_from_config(env, env.n_envs, run.cfg.run.seed, grouped)
     run.obs, run.infos = run.vec.reset()
     run.history = HistoryWindows(env.n_envs, env.history) if env.history else None
 
@@ -181,8 +182,8 @@ def build_policy(
         # The KL anchor: the adapter PPO started from, frozen (ActorCritic.reference_logprobs says why).
         loaded.model.load_adapter(str(reference), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
     disable_dropout(loaded.model)
-    head = ValueHead(hidden_size(loaded.model))
-    if resume_from is not None:
+    head = ValueHead(hidden_size(loaded.model)) if cfg.ppo.advantage == "gae" else None  # GRPO/GiGPO: none
+    if resume_from is not None and head is not None:
         from safetensors.torch import load_file
 
         head.load_state_dict(load_file(str(resume_from / "value_head.safetensors")))
@@ -230,10 +231,10 @@ def uses_merged_sampling(cfg: Config, device: str) -> bool:
 
 
 def make_optimizer(policy: ActorCritic, cfg: Config) -> torch.optim.Optimizer:
-    """AdamW over the trainable LoRA weights and the value head (at ``ppo.value_head_lr`` if set)."""
+    """AdamW over the trainable LoRA weights and the value head (at ``ppo.value_head_lr`` if set), if any."""
     ppo = cfg.ppo
     lora = [param for param in policy.loaded.model.parameters() if param.requires_grad]
-    groups = [{"params": lora, "lr": ppo.lr}, {"params": list(policy.value_head.parameters()), "lr": ppo.lr}]
-    if ppo.value_head_lr is not None:
-        groups[1]["lr"] = ppo.value_head_lr
+    groups = [{"params": lora, "lr": ppo.lr}]
+    if policy.value_head is not None:
+        groups.append({"params": list(policy.value_head.parameters()), "lr": ppo.value_head_lr or ppo.lr})
     return torch.optim.AdamW(groups, lr=ppo.lr, eps=ppo.adam_eps, weight_decay=ppo.weight_decay)

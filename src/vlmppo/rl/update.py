@@ -108,8 +108,10 @@ def micro_loss(policy: ActorCritic, samples: Samples, cfg: Config) -> tuple[torc
     surrogate, ratio_stats = policy_loss(
         new_logp, samples.old_logp.to(device), samples.advantages.to(device), ppo.clip_range
     )
-    critic = value_loss(
-        new_values, samples.old_values.to(device), samples.returns.to(device), ppo.clip_range_vf
+    critic = (  # GRPO/GiGPO: no value head, no value loss
+        value_loss(new_values, samples.old_values.to(device), samples.returns.to(device), ppo.clip_range_vf)
+        if policy.value_head is not None
+        else torch.zeros((), device=device)
     )
     # Entropy of the action tokens only: gather those rows first (not a [B, T, V] pass); without an
     # entropy bonus it is a diagnostic and carries no gradient.
@@ -120,7 +122,7 @@ def micro_loss(policy: ActorCritic, samples: Samples, cfg: Config) -> tuple[torc
     loss = surrogate + ppo.vf_coef * critic - ppo.ent_coef * entropy
     stats = {
         "policy_loss": surrogate.item(),
-        "value_loss": critic.item(),
+        **({"value_loss": critic.item()} if policy.value_head is not None else {}),
         "entropy": entropy.item(),
         "approx_kl": ratio_stats["approx_kl"].item(),
         "clip_frac": ratio_stats["clip_frac"].item(),

@@ -126,8 +126,22 @@ def count_parameters(config, family_name: str, lora) -> tuple[int, int]:
     return total, trainable
 
 
-def estimate_ppo_memory(cfg) -> MemoryEstimate | None:
-    """The estimate for ``cfg``'s PPO run on a GPU; None when the model's config is not available offline."""
+def data_parallel_state(trainable_state: float, launch: str, world: int) -> float:
+    """Bytes of trainable state per GPU under data parallelism, from the one-process value (value, gradient,
+    two moments: four equal parts)."""
+    part = trainable_state / 4
+    if launch == "zero2":
+        return part + 3 * part / world
+    return trainable_state + part  # DDP's gradient buckets
+
+
+def estimate_ppo_memory(cfg, world: int = 1) -> MemoryEstimate | None:
+    """The estimate for ``cfg``'s PPO run per GPU; None when the model's config is not available offline.
+
+    ``world`` > 1 (data parallel): every GPU holds the whole model and its own envs' activations; DDP adds a
+    bucket copy of the trainable gradients for its all-reduce, and ZeRO-2 (``ppo.launch=zero2``) shards the
+    gradients and AdamW moments over the ranks (the fp32 trainable values stay whole on each).
+    """
     from vlmppo.envs import list_envs
     from vlmppo.models.loading import load_model_config
 
@@ -150,6 +164,8 @@ def estimate_ppo_memory(cfg) -> MemoryEstimate | None:
     else:  # the weights are counted already: gradient and two moments in the model dtype
         trainable_state = total * bpw * 3
     trainable_state += (hidden * 1024 + 1024 + 1024 * 512 + 512 + 513) * 16  # value head, fp32
+    if world > 1:
+        trainable_state = data_parallel_state(trainable_state, p.launch, world)
     seq, answer, envs = prompt + p.max_new_tokens, p.max_new_tokens, cfg.env.n_envs
     kv_token = 2 * layers * kv_heads * head_dim * bpw
     from vlmppo.models.generation import resolve_decoder

@@ -89,11 +89,11 @@ def checkpoint_config(ckpt: str | None) -> tuple[Path, list[str]]:
     return config, [f"run.output_dir={json.dumps(output_dir)}", f"run.name={json.dumps(run_root.name)}"]
 
 
-def gpu_memory_row(cfg) -> str:
+def gpu_memory_row(cfg, world: int = 1) -> str:
     """The PPO memory estimate, or why there is none (the model's config is not available offline)."""
     from vlmppo.memory import estimate_ppo_memory
 
-    est = estimate_ppo_memory(cfg)
+    est = estimate_ppo_memory(cfg, world)
     if est is None:
         return (
             f"unknown: no config for {cfg.model.path} offline (point model.path at a local model folder "
@@ -102,16 +102,17 @@ def gpu_memory_row(cfg) -> str:
     return est.describe()
 
 
-def plan_rows(cfg, stage: str) -> list[tuple[str, str]]:
+def plan_rows(cfg, stage: str, world: int = 1) -> list[tuple[str, str]]:
     """The rows ``--dry-run`` prints for ``stage``: the config's derived numbers, and for PPO the GPU memory
-    estimate."""
+    estimate (per GPU of ``world`` data-parallel ranks)."""
     from vlmppo.config.plan import stage_plan
 
-    return stage_plan(cfg, stage, gpu_memory=gpu_memory_row(cfg) if stage == "ppo" else None)
+    memory = gpu_memory_row(cfg, world) if stage == "ppo" else None
+    return stage_plan(cfg, stage, gpu_memory=memory, world=world)
 
 
-def print_dry_run(cfg, *stages: str) -> None:
-    """Print the resolved YAML and each stage's derived plan."""
+def print_dry_run(cfg, *stages: str, world: int = 1) -> None:
+    """Print the resolved YAML and each stage's derived plan (``world``: processes of a launch)."""
     from rich.table import Table
 
     from vlmppo.config import config_to_yaml
@@ -122,7 +123,7 @@ def print_dry_run(cfg, *stages: str) -> None:
         table = Table(title=f"plan: vlmppo {stage}", show_header=False, title_justify="left")
         table.add_column("what", style="bold")
         table.add_column("value")
-        for key, value in plan_rows(cfg, stage):
+        for key, value in plan_rows(cfg, stage, world):
             table.add_row(key, value)
         console.print(table)
 
@@ -305,3 +306,37 @@ def print_preprocess_summary(result) -> None:
         table.add_row(f"action {action!r}", str(count))
     console.print(table)
     summary(f"wrote {result.train} train and {result.val} val examples", result.out_dir)
+
+
+def print_comparison(paths: list[str]) -> None:
+    """``eval --compare``: one column per evaluation, one row per metric."""
+    from rich.table import Table
+
+    from vlmppo.console import console
+    from vlmppo.eval.compare import compare_rows
+
+    headers, rows = compare_rows(paths)
+    table = Table(title="vlmppo eval --compare", title_justify="left")
+    for i, header in enumerate(headers):
+        table.add_column(header, style="bold" if i == 0 else None, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def success_table(agent: dict, baselines: dict):
+    """The agent's success rate with its 95% interval beside the baselines', and where it stands."""
+    from rich.table import Table
+
+    from vlmppo.eval.metrics import BASELINES
+    from vlmppo.eval.report import standing
+
+    caption = standing(agent, baselines) if baselines else "No expert or random baseline of this task."
+    table = Table(title="success (eval)", title_justify="left", caption=caption, caption_justify="left")
+    for column in ("policy", "episodes", "success", "95% CI (Wilson)"):
+        table.add_column(column)
+    entries = [(f"{agent['name']} (agent)", agent)] + [(p, baselines[p]) for p in BASELINES if p in baselines]
+    for label, m in entries:
+        low, high = m["success_ci95"]
+        table.add_row(label, str(m["episodes"]), f"{m['success_rate']:.1%}", f"{low:.1%} - {high:.1%}")
+    return table

@@ -109,3 +109,38 @@ def test_tiny_models_ship_a_hostile_generation_config_that_loading_keeps(frozen_
     assert {"repetition_penalty", "top_k", "no_repeat_ngram_size", "min_p"} <= saved.keys()
     loaded = frozen_models[family].model.generation_config  # through load_model, as a real checkpoint
     assert {k: getattr(loaded, k) for k in HOSTILE_GENERATION} == HOSTILE_GENERATION
+
+
+BUILD_AT_ONCE = """
+import sys, time
+from pathlib import Path
+from vlmppo.models.tiny import MARKER, cached_build
+
+final, log = Path(sys.argv[1]), Path(sys.argv[2])
+
+def build(out):
+    with log.open("a") as f:
+        f.write("build\\n")
+    out.mkdir()
+    time.sleep(1.0)  # long enough for the other process to arrive while this one builds
+    (out / "weights").write_text("w")
+    (out / MARKER).write_text("{}")
+
+path = cached_build(final, build)
+print((path / "weights").read_text())
+"""
+
+
+def test_two_processes_building_the_same_tiny_model_at_once_build_it_once(tmp_path):
+    # The ranks of a launched run start together on an empty cache; one must not remove, as an interrupted
+    # build, the folder the other has just renamed into place.
+    import subprocess
+    import sys
+
+    final, log = tmp_path / "cache" / "tiny" / "model", tmp_path / "builds.log"
+    command = [sys.executable, "-c", BUILD_AT_ONCE, str(final), str(log)]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0]
+    assert outputs == ["w\n", "w\n"]
+    assert log.read_text() == "build\n"  # the second waited for the first and took its copy

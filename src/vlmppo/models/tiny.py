@@ -100,23 +100,29 @@ def tiny_model_path(family: str) -> Path:
 
 def cached_build(final: Path, build, marker: str = MARKER) -> Path:
     """``final`` if it holds a complete build (its ``marker`` file), else ``build(temp)`` into a temp folder
-    beside it, renamed into place. An interrupted build is never loaded; when another process (e.g. another
-    rank) finishes first, its complete copy is used."""
+    beside it, renamed into place. An interrupted build is never loaded.
+
+    Processes that build the same model at once (the ranks of a launched run, test workers) take turns on a
+    file lock beside it: without it one could remove, as an interrupted build, the folder another had just
+    renamed into place and was loading. The first builds; the others then find its complete copy.
+    """
+    import fcntl
+
     if (final / marker).is_file():
         return final
-    shutil.rmtree(final, ignore_errors=True)  # an interrupted build
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(final)
-    temp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        build(temp)
+    with open(final.parent / f".{final.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        if (final / marker).is_file():  # built by another process while this one waited
+            return final
+        shutil.rmtree(final, ignore_errors=True)  # an interrupted build
+        _remove_stale_temps(final)
+        temp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
+            build(temp)
             os.rename(temp, final)
-        except OSError:
-            if not (final / marker).is_file():
-                raise
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
     return final
 
 

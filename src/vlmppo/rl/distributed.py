@@ -125,7 +125,7 @@ def reduce_metrics(accelerator: Accelerator | None, metrics: dict) -> dict:
         if count == 0:
             out[key] = None
         elif key in SUMMED:
-            out[key] = total
+            out[key] = int(total) if isinstance(metrics[key], int) else total
         elif key in SLOWEST:
             out[key] = slowest[column].item()
         else:

@@ -1,0 +1,83 @@
+"""`vlmppo ppo --launch ddp --gpus 2` on a machine without GPUs: two CPU ranks on gloo, stopped by a signal to
+one rank, resumed with --resume auto."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.helpers import run_cli
+
+SMALL = [
+    "env.n_envs=2",
+    "ppo.n_steps=4",
+    "ppo.minibatch_size=4",
+    "ppo.micro_batch_size=2",
+    "ppo.n_epochs=1",
+    "ppo.max_new_tokens=8",
+    "ppo.save_every=100",
+    "ppo.total_env_steps=96",  # 6 updates of 2 ranks x 2 envs x 4 steps
+]
+
+
+def rows(run: Path) -> list[dict]:
+    path = run / "ppo" / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the launcher's workers), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def test_two_cpu_ranks_stop_together_on_one_ranks_sigterm_and_resume_without_lost_rows(tmp_path):
+    args = ["ppo", "--preset", "probe-color-tiny", f"run.output_dir={tmp_path}", *SMALL, "--launch", "ddp",
+            "--gpus", "2"]  # fmt: skip
+    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "vlmppo", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run = tmp_path / "probe-color-tiny"
+    deadline = time.time() + 300
+    while not rows(run) and launcher.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    workers = children(launcher.pid)  # the CLI became torchrun (exec): its children are the two ranks
+    assert len(workers) == 2, (workers, launcher.poll())
+    os.kill(workers[-1], signal.SIGTERM)  # one rank only: the other must learn of it and stop too
+    stdout, stderr = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, stderr[-3000:]
+    assert "launching: ACCELERATE_USE_CPU=1" in stdout and "--nproc_per_node 2" in stdout
+    assert "stopped on a signal on another rank" in " ".join(stdout.split())
+    first = rows(run)
+    stopped_at = first[-1]["update"]
+    assert [r["update"] for r in first] == list(range(1, stopped_at + 1)) and stopped_at < 6
+    state = run / "ppo" / "checkpoints" / "last"
+    assert json.loads((state / "vlmppo.json").read_text())["update"] == stopped_at
+    assert (state / "ranks.pt").is_file()  # rank 1's envs and RNG streams
+
+    out = run_cli(*args, "--resume", "auto", env={"OMP_NUM_THREADS": "1"}, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resuming from {run / 'ppo' / 'checkpoints'}" in " ".join(out.stdout.split())
+    assert out.stdout.count("done:") == 1  # rank 0 alone reports
+    every = rows(run)
+    assert [r["update"] for r in every] == [1, 2, 3, 4, 5, 6]  # none lost, none twice
+    assert [r["env_steps"] for r in every] == [16 * u for u in range(1, 7)]  # both ranks' steps
+    assert every[:stopped_at] == first

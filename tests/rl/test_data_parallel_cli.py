@@ -3,6 +3,7 @@ one rank, resumed with --resume auto."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from tests.helpers import run_cli
 
 SMALL = [
@@ -81,3 +83,41 @@ def test_two_cpu_ranks_stop_together_on_one_ranks_sigterm_and_resume_without_los
     assert [r["update"] for r in every] == [1, 2, 3, 4, 5, 6]  # none lost, none twice
     assert [r["env_steps"] for r in every] == [16 * u for u in range(1, 7)]  # both ranks' steps
     assert every[:stopped_at] == first
+
+
+def test_the_dry_run_shows_each_ranks_plan_the_memory_per_gpu_and_the_launch_command(tmp_path):
+    out = run_cli("ppo", "--preset", "probe-color-tiny", f"run.output_dir={tmp_path}", "env.n_envs=4",
+                  "ppo.total_env_steps=64", "--launch", "ddp", "--gpus", "2", "--dry-run")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = " ".join(out.stdout.replace("│", " ").split())  # the plan's table cells, one line
+    assert "4 envs x 8 steps = 32 x 2 ranks = 64 samples per update" in text
+    assert "updates 1 (64 env steps" in text
+    assert "rank 0 4 envs (seeds 0-3)" in text and "rank 1 4 envs (seeds 4-7)" in text
+    assert "ddp over 2 processes" in text and "per GPU" in text
+    assert "would launch: ACCELERATE_USE_CPU=1" in text and "--nproc_per_node 2" in text
+    launched = text.split("would launch:")[1]
+    assert "ppo.launch=ddp" in launched and "--gpus" not in launched and "--dry-run" not in launched
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+@pytest.mark.parametrize(
+    "launch, message",
+    [
+        ("zero2", "ppo.launch=zero2 uses DeepSpeed, which is not installed in this environment."),
+        (
+            "zero3",
+            "ppo.launch=zero3 is not supported: each rollout step samples with `generate` from the whole",
+        ),
+    ],
+)
+def test_a_zero_launch_that_cannot_run_here_says_why_in_one_paragraph_before_any_work(
+    tmp_path, launch, message
+):
+    if launch == "zero2" and importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("DeepSpeed is installed here")
+    out = run_cli("ppo", "--preset", "probe-color-tiny", f"run.output_dir={tmp_path}", "--launch", launch,
+                  "--gpus", "2")  # fmt: skip
+    assert out.returncode == 1
+    err = " ".join(out.stderr.split())
+    assert message in err and "Traceback" not in err and "launching" not in out.stdout
+    assert not any(tmp_path.iterdir())

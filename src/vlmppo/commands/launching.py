@@ -101,14 +101,15 @@ def launch_plan(cfg, stage: str, gpus: int | None) -> tuple[list[str], dict[str,
 
 
 def strip_launch_options(args: list[str]) -> list[str]:
-    """The command line without ``--launch X`` / ``--gpus N`` (the launched processes are the ranks)."""
+    """The command line without ``--launch X`` / ``--gpus N`` (the launched processes are the ranks) and
+    ``--dry-run`` (which shows this command)."""
     out, skip = [], False
     for arg in args:
         if skip:
             skip = False
         elif arg in ("--launch", "--gpus"):
             skip = True
-        elif not arg.startswith(("--launch=", "--gpus=")):
+        elif arg != "--dry-run" and not arg.startswith(("--launch=", "--gpus=")):
             out.append(arg)
     return out
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.helpers import run_cli
+from tests.helpers import child_processes, run_cli
 
 SMALL = [
     "env.n_envs=2",
@@ -32,20 +32,6 @@ def rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (the launcher's workers), from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return sorted(found)
-
-
 def test_two_cpu_ranks_stop_together_on_one_ranks_sigterm_and_resume_without_lost_rows(tmp_path):
     args = ["ppo", "--preset", "probe-color-tiny", f"run.output_dir={tmp_path}", *SMALL, "--launch", "ddp",
             "--gpus", "2"]  # fmt: skip
@@ -61,7 +47,7 @@ def test_two_cpu_ranks_stop_together_on_one_ranks_sigterm_and_resume_without_los
     deadline = time.time() + 300
     while not rows(run) and launcher.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    workers = children(launcher.pid)  # the CLI became torchrun (exec): its children are the two ranks
+    workers = child_processes(launcher.pid)  # the CLI became torchrun (exec): its children are the two ranks
     assert len(workers) == 2, (workers, launcher.poll())
     os.kill(workers[-1], signal.SIGTERM)  # one rank only: the other must learn of it and stop too
     stdout, stderr = launcher.communicate(timeout=300)

@@ -132,7 +132,12 @@ def save_build(model, processor, out_dir: Path, marker: dict, marker_name: str =
     import transformers
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    # transformers 5.x writes no model files on a rank other than 0 once torch.distributed is initialised
+    # (``should_save_on_this_rank``), silently; a cache build is this process's own, whichever rank it is.
+    model.should_save_on_this_rank = lambda is_main_process: is_main_process
     model.save_pretrained(out_dir)
+    if not (out_dir / "config.json").is_file():
+        raise RuntimeError(f"save_pretrained wrote no config.json into {out_dir}")
     processor.save_pretrained(out_dir)
     marker = {
         **marker,

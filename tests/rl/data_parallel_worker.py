@@ -5,7 +5,7 @@ Given a pickled rollout buffer (un-normalised advantages) and a config, rank r o
 slices of the flat steps: it normalises its slice's advantages with the all-reduced statistics, then
 accumulates the gradient of its slice as one minibatch through the engine's own ``accumulate_minibatch``
 (micro-batches, DDP with ``no_sync`` on all but the last). Rank 0 saves the gradients, the statistics and the
-number of gradient all-reduces DDP made.
+number of gradient all-reduces DDP made, and a metrics row and a stop flag reduced over the ranks.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def run(config_path: Path, buffer_path: Path, out_path: Path) -> None:
     from vlmppo.accel import make_accelerator
     from vlmppo.config import load_config
     from vlmppo.rl.buffer import Minibatch
-    from vlmppo.rl.distributed import ScoringModule, all_reduced_moments
+    from vlmppo.rl.distributed import ScoringModule, agree_stop, all_reduced_moments, reduce_metrics
     from vlmppo.rl.gae import normalize_advantages
     from vlmppo.rl.startup import build_policy
     from vlmppo.rl.update import accumulate_minibatch
@@ -57,11 +57,17 @@ def run(config_path: Path, buffer_path: Path, out_path: Path) -> None:
     finite, stats = accumulate_minibatch(policy, Minibatch(buffer, mine), cfg, accelerator.backward, scorer)
     params = {f"model.{n}": p for n, p in policy.loaded.model.named_parameters() if p.requires_grad}
     params.update({f"value_head.{n}": p for n, p in policy.value_head.named_parameters()})
+    # Rank r's own numbers: rank 1 has finished no episode yet (None), rank 0 alone got a stop signal.
+    reduced = reduce_metrics(accelerator, {
+        "update": 3, "rollout/success_rate": 0.5 if rank == 0 else None, "rollout/reward_mean": float(rank),
+        "rollout/episodes": 3 + rank, "time/rollout_s": 1.0 + rank, "time/env_steps_per_s": 10.0,
+    })  # fmt: skip
+    stop = agree_stop(accelerator, rank == 0)
     if rank == 0:
         grads = {name: param.grad.detach().clone() for name, param in params.items()}
         torch.save(
             {"grads": grads, "mean": float(mean), "std": float(std), "finite": finite,
-             "micro_batches": len(stats["policy_loss"]), "reduces": reduces[0]},
+             "micro_batches": len(stats["policy_loss"]), "reduces": reduces[0], "metrics": reduced, "stop": stop},
             out_path,
         )  # fmt: skip
     accelerator.wait_for_everyone()

@@ -14,6 +14,8 @@ import torch
 
 from vlmppo.config import config_to_yaml, load_config
 
+pytestmark = pytest.mark.e2e  # launches processes (torchrun, two gloo ranks)
+
 WORKER = Path(__file__).with_name("data_parallel_worker.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -75,6 +77,13 @@ def test_a_minibatch_split_over_two_ranks_has_the_one_process_gradient(rollout):
     assert moved and all(k in moved for k in one["grads"] if "lora_B" in k or k.startswith("value_head"))
     # Gradient accumulation all-reduced once per bucket for the minibatch, not once per micro-batch.
     assert two["reduces"] == 1
+    # The logged row: rates averaged over the ranks that have one, counts and throughput summed, the slowest
+    # rank's time, the shared counters as they are; a signal on one rank stops both.
+    assert two["metrics"] == {
+        "update": 3, "rollout/success_rate": 0.5, "rollout/reward_mean": 0.5, "rollout/episodes": 7,
+        "time/rollout_s": 2.0, "time/env_steps_per_s": 20.0,
+    }  # fmt: skip
+    assert two["stop"] is True
 
 
 def test_one_process_moments_are_the_plain_ones():

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from tests.helpers import child_processes, run_cli
 
+pytestmark = pytest.mark.e2e  # launches processes (torchrun, two gloo ranks)
+
 SMALL = [
     "env.n_envs=2",
     "ppo.n_steps=4",

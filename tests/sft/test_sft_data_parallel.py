@@ -10,8 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from tests.helpers import child_processes, run_cli
 from tests.sft.helpers import write_color_dataset
+
+pytestmark = pytest.mark.e2e  # launches processes (torchrun, two gloo ranks)
 
 
 def rows(path: Path) -> list[dict]:

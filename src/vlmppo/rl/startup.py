@@ -99,6 +99,7 @@ def ppo_accelerator(cfg: Config) -> Accelerator:
 
     ppo = cfg.ppo
     device = resolve_device(cfg)
+    precision = precision_for(ppo.mixed_precision, device)
     plugin = None
     if launched_world() > 1:
         plugin = deepspeed_plugin(
@@ -107,7 +108,21 @@ def ppo_accelerator(cfg: Config) -> Accelerator:
             max_grad_norm=ppo.max_grad_norm,
             batch_size=ppo.micro_batch_size,
         )
-    return make_accelerator(device, precision_for(ppo.mixed_precision, device), deepspeed_plugin=plugin)
+    if plugin is not None:
+        # DeepSpeed's bf16 mode would cast every trained weight, the value head included, to bf16; the design
+        # keeps the value head and the adapter in fp32 and autocasts the forward passes (``model_autocast``).
+        precision = "no"
+    return make_accelerator(device, precision, deepspeed_plugin=plugin)
+
+
+def model_autocast(cfg: Config, accelerator: Accelerator, device: str):
+    """The context the model's forward passes run in: the Accelerator's autocast, or under DeepSpeed (whose
+    Accelerator has no mixed precision, ``ppo_accelerator``) torch's own bf16 autocast on a GPU."""
+    from vlmppo.accel import precision_for
+
+    if accelerator.state.deepspeed_plugin is None or precision_for(cfg.ppo.mixed_precision, device) != "bf16":
+        return accelerator.autocast
+    return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 def wrap_for_data_parallel(run: PpoRun) -> None:
@@ -211,7 +226,9 @@ def build_policy(
         head,
         device,
         merged_sampling=uses_merged_sampling(cfg, device),
-        autocast=accelerator.autocast if accelerator is not None else contextlib.nullcontext,
+        autocast=model_autocast(cfg, accelerator, device)
+        if accelerator is not None
+        else contextlib.nullcontext,
         decoder=resolve_decoder(cfg.model.decoder, device),
     )
 

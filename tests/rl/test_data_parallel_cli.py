@@ -109,3 +109,16 @@ def test_a_zero_launch_that_cannot_run_here_says_why_in_one_paragraph_before_any
     err = " ".join(out.stderr.split())
     assert message in err and "Traceback" not in err and "launching" not in out.stdout
     assert not any(tmp_path.iterdir())
+
+
+def test_a_process_started_by_a_launcher_never_launches_again(monkeypatch):
+    # `accelerate launch` of one process sets no RANK; its ACCELERATE_* variables still mark the process a rank.
+    from vlmppo.commands.launching import under_launcher, wants_launch
+    from vlmppo.config import load_config
+
+    for mark in ("RANK", "ACCELERATE_DYNAMO_BACKEND", "VLMPPO_LAUNCHED"):
+        monkeypatch.delenv(mark, raising=False)
+    cfg = load_config("probe-color-tiny", overrides=["ppo.launch=ddp"])
+    assert not under_launcher() and wants_launch(cfg, "ppo", None)
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")
+    assert under_launcher() and not wants_launch(cfg, "ppo", 2)

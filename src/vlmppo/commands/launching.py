@@ -41,9 +41,14 @@ def launch_overrides(stage: str, launch: str | None) -> list[str]:
     return [f"{stage}.launch={launch}"] if launch else []
 
 
+# Set by torchrun (and accelerate's multi-process launch), by every ``accelerate launch`` (also of one process),
+# and by this module's own launch: a process started so is a rank, and never launches again.
+LAUNCHED_MARKS = ("RANK", "ACCELERATE_DYNAMO_BACKEND", "VLMPPO_LAUNCHED")
+
+
 def under_launcher() -> bool:
-    """Started by torchrun / ``accelerate launch`` (they set ``RANK``): this process is one rank."""
-    return "RANK" in os.environ
+    """Started by torchrun / ``accelerate launch`` / ``--launch``: this process is one rank."""
+    return any(mark in os.environ for mark in LAUNCHED_MARKS)
 
 
 def is_main_rank() -> bool:
@@ -126,7 +131,7 @@ def start_processes(cfg, stage: str, gpus: int | None) -> None:
     console.print(f"launching: {command_line(argv, env)}", markup=False, highlight=False, soft_wrap=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execvpe(argv[0], argv, {**os.environ, **env})
+    os.execvpe(argv[0], argv, {**os.environ, **env, "VLMPPO_LAUNCHED": "1"})
 
 
 def print_launch(cfg, stage: str, gpus: int | None) -> None:

@@ -237,7 +237,9 @@ def launch_section(cfg: Config, stage: str, lay: Layout, launch_config: Path | N
     many = lay.nodes > 1
     nnodes, rank = ('"$SLURM_NNODES"', '"$SLURM_NODEID"') if many else ("1", "0")
     # Groups of words, one line each in the script.
-    if cfg.slurm.launcher == "torchrun" or lay.gpus_per_node == 0:
+    if cfg.slurm.launcher == "torchrun" or (
+        lay.gpus_per_node == 0 and lay.per_node > 1
+    ):  # CPU ranks: torchrun
         launcher = [
             f'"$VLMPPO_PYTHON" -m torch.distributed.run --nproc_per_node {lay.per_node}',
             f"--nnodes {nnodes} --node_rank {rank}",

@@ -71,6 +71,7 @@ def test_a_minibatch_split_over_two_ranks_has_the_one_process_gradient(rollout):
     assert one["std"] == pytest.approx(float(buffer.advantages.std(unbiased=False)), rel=1e-6)
     assert set(one["grads"]) == set(two["grads"]) and len(one["grads"]) > 4
     worst = max((one["grads"][k] - two["grads"][k]).abs().max().item() for k in one["grads"])
+    print(f"max |gradient difference| one process vs two ranks: {worst:.1e}")
     assert worst < 1e-5, worst
     # A fresh LoRA's B is zero, so A has no gradient yet; B and the value head do, and that is what is compared.
     moved = {k for k, g in one["grads"].items() if g.abs().sum() > 0}

@@ -43,3 +43,17 @@ def with_path(*folders: Path) -> dict:
     """Environment variables for `run_cli` with ``folders`` first on PYTHONPATH."""
     current = os.environ.get("PYTHONPATH", "")
     return {"PYTHONPATH": os.pathsep.join([*map(str, folders), *([current] if current else [])])}
+
+
+def child_processes(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (e.g. a launcher's ranks), read from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return sorted(found)

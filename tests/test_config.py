@@ -190,6 +190,7 @@ def test_ppo_counts_derive_updates_and_optimizer_steps():
     # 4 envs x 8 steps = 32 per update; ceil(100 / 32) = 4 updates; 32 // 16 = 2 minibatches x 4 epochs.
     assert counts == {
         "rollout_size": 32,
+        "global_rollout_size": 32,
         "updates": 4,
         "env_steps_run": 128,
         "minibatches_per_epoch": 2,
@@ -197,6 +198,11 @@ def test_ppo_counts_derive_updates_and_optimizer_steps():
         "micro_steps_per_optimizer_step": 4,
         "dropped_per_epoch": 0,
     }
+    # Over 2 data-parallel ranks (each its own 4 envs): 64 env steps per update, ceil(100 / 64) = 2 updates; each
+    # rank still takes 8 optimizer steps per update (its minibatches of 16, gradients averaged).
+    two = ppo_counts(cfg, world=2)
+    assert (two["global_rollout_size"], two["updates"], two["env_steps_run"]) == (64, 2, 128)
+    assert two["optimizer_steps_per_update"] == 8
 
 
 @pytest.mark.parametrize("value, expected", [("true", True), ("false", False), ("auto", "auto")])

@@ -100,3 +100,17 @@ def test_critic_free_runs_leave_out_exactly_the_value_heads_weights_gradient_and
         assert saved == pytest.approx(value_head_bytes(64))
     head = ValueHead(64)  # fp32 weights + gradient + two AdamW moments = 16 bytes per parameter
     assert value_head_bytes(64) == 16 * sum(p.numel() for p in head.parameters())
+
+
+def test_data_parallel_estimates_are_per_gpu():
+    # Each GPU holds the whole model and its own envs: the same rollout and update terms. DDP adds a bucket copy
+    # of the trainable gradients; ZeRO-2 shards gradients and AdamW moments over the ranks.
+    cfg = load_config("numberline-qwen", overrides=["model.path=tiny:qwen2-vl", "model.family=qwen2-vl"])
+    one = estimate_ppo_memory(cfg)
+    ddp = estimate_ppo_memory(cfg, world=2)
+    zero2 = estimate_ppo_memory(
+        cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"launch": "zero2"})}), world=4
+    )
+    assert (ddp.rollout_gb, ddp.update_gb, ddp.weights_gb) == (one.rollout_gb, one.update_gb, one.weights_gb)
+    assert ddp.trainable_state_gb == pytest.approx(one.trainable_state_gb * 1.25)
+    assert zero2.trainable_state_gb == pytest.approx(one.trainable_state_gb * (1 + 3 / 4) / 4)

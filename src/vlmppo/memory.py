@@ -268,11 +268,23 @@ def activation_bytes(cfg, text, tokens: int, per_token_layer: float, bpw: int) -
     return tokens * layers * per_token_layer
 
 
-def estimate_ppo_memory(cfg, facts: ModelFacts | None = None) -> MemoryEstimate | None:
-    """The estimate for ``cfg``'s PPO run on a GPU; None when the model's config is not available offline.
+def data_parallel_state(trainable_state: float, launch: str, world: int) -> float:
+    """Bytes of trainable state per GPU under data parallelism, from the one-process value (value, gradient,
+    two moments: four equal parts)."""
+    part = trainable_state / 4
+    if launch == "zero2":
+        return part + 3 * part / world
+    return trainable_state + part  # DDP's gradient buckets
+
+
+def estimate_ppo_memory(cfg, facts: ModelFacts | None = None, world: int = 1) -> MemoryEstimate | None:
+    """The estimate for ``cfg``'s PPO run per GPU; None when the model's config is not available offline.
 
     ``facts``: the model's `model_facts` when the caller has them (they depend on ``model.path``, ``family``
-    and ``lora`` only).
+    and ``lora`` only). ``world`` > 1 (data parallel): every GPU holds the whole model and its own envs'
+    activations; DDP adds a bucket copy of the trainable gradients for its all-reduce, and ZeRO-2
+    (``ppo.launch=zero2``) shards the gradients and AdamW moments over the ranks (the fp32 trainable values
+    stay whole on each).
     """
     facts = facts or model_facts(cfg)
     if facts is None:
@@ -290,6 +302,8 @@ def estimate_ppo_memory(cfg, facts: ModelFacts | None = None) -> MemoryEstimate 
     trainable_state = trainable_state_bytes(cfg, counts, bpw)
     if p.advantage == "gae":  # GRPO/GiGPO have no value head
         trainable_state += value_head_bytes(hidden)
+    if world > 1:
+        trainable_state = data_parallel_state(trainable_state, p.launch, world)
     seq, answer, envs = prompt + p.max_new_tokens, p.max_new_tokens, cfg.env.n_envs
     kv_token = 2 * layers * kv_heads * head_dim * bpw
     from vlmppo.models.generation import resolve_decoder

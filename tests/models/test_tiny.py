@@ -109,3 +109,72 @@ def test_tiny_models_ship_a_hostile_generation_config_that_loading_keeps(frozen_
     assert {"repetition_penalty", "top_k", "no_repeat_ngram_size", "min_p"} <= saved.keys()
     loaded = frozen_models[family].model.generation_config  # through load_model, as a real checkpoint
     assert {k: getattr(loaded, k) for k in HOSTILE_GENERATION} == HOSTILE_GENERATION
+
+
+BUILD_AT_ONCE = """
+import sys, time
+from pathlib import Path
+from vlmppo.models.tiny import MARKER, cached_build
+
+final, log = Path(sys.argv[1]), Path(sys.argv[2])
+
+def build(out):
+    with log.open("a") as f:
+        f.write("build\\n")
+    out.mkdir()
+    time.sleep(1.0)  # long enough for the other process to arrive while this one builds
+    (out / "weights").write_text("w")
+    (out / MARKER).write_text("{}")
+
+path = cached_build(final, build)
+print((path / "weights").read_text())
+"""
+
+
+def test_two_processes_building_the_same_tiny_model_at_once_build_it_once(tmp_path):
+    # The ranks of a launched run start together on an empty cache; one must not remove, as an interrupted
+    # build, the folder the other has just renamed into place.
+    import subprocess
+    import sys
+
+    final, log = tmp_path / "cache" / "tiny" / "model", tmp_path / "builds.log"
+    command = [sys.executable, "-c", BUILD_AT_ONCE, str(final), str(log)]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0]
+    assert outputs == ["w\n", "w\n"]
+    assert log.read_text() == "build\n"  # the second waited for the first and took its copy
+
+
+BUILD_ON_EACH_RANK = """
+import os, sys
+from pathlib import Path
+import torch.distributed as dist
+
+dist.init_process_group("gloo")
+os.environ["VLMPPO_CACHE"] = str(Path(sys.argv[1]) / f"rank{dist.get_rank()}")
+from vlmppo.models.tiny import tiny_model_path
+
+print(dist.get_rank(), sorted(p.name for p in tiny_model_path("qwen2-vl").iterdir()))
+dist.destroy_process_group()
+"""
+
+
+def test_a_rank_other_than_0_builds_a_whole_tiny_model(tmp_path):
+    # transformers 5.x silently writes no model files on rank > 0 of an initialised process group; a rank that
+    # builds the cache (the first to take the lock) must still write config.json and the weights.
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "build_on_each_rank.py"
+    script.write_text(BUILD_ON_EACH_RANK)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    out = subprocess.run(
+        [*torchrun, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    for rank in (0, 1):
+        files = {p.name for p in (tmp_path / f"rank{rank}" / "tiny" / "qwen2-vl-v2").iterdir()}
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= files, (rank, files)

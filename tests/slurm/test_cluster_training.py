@@ -196,3 +196,22 @@ def test_sft_job_with_a_shipped_launch_config_runs_through_accelerate(tmp_path, 
     assert [r["step"] for r in rows(sft / "metrics.jsonl") if not r.get("final")] == [1, 2, 3]
     assert saved(sft / "checkpoints/final")["step"] == 3
     assert job["Restarts"] == "0"
+
+
+def test_a_two_rank_ppo_job_runs_on_cpu_processes_through_torchrun(tmp_path, job_ids):
+    """slurm.cpu_processes=2: the multi-process PPO job's launch (torchrun, gloo) really runs two ranks on the
+    local one-node cluster; each rank plays its own envs, so an update counts both ranks' env steps."""
+    updates = 2
+    job_id = submit(
+        tmp_path, job_ids, "ppo", "numberline-tiny", "slurm.cpu_processes=2", "ppo.launch=ddp",
+        f"ppo.total_env_steps={2 * updates * STEPS_PER_UPDATE}", *SMALL_PPO,
+    )  # fmt: skip
+    script = (tmp_path / "runs/numberline-tiny/slurm/ppo.sbatch").read_text()
+    assert "export ACCELERATE_USE_CPU=1" in script and "torch.distributed.run --nproc_per_node 2" in script
+    job = finished(job_id)
+    ppo = tmp_path / "runs/numberline-tiny/ppo"
+    metrics = rows(ppo / "metrics.jsonl")
+    assert [r["update"] for r in metrics] == [1, 2]
+    assert [r["env_steps"] for r in metrics] == [16, 32]  # 2 ranks x 2 envs x 4 steps per update
+    assert (ppo / "checkpoints/last/ranks.pt").is_file()  # rank 1's own envs and RNG streams
+    assert output(job).count("done:") == 1  # rank 0 alone reports

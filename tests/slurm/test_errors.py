@@ -65,11 +65,11 @@ def test_a_refused_job_in_a_chain_cancels_the_jobs_before_it(tmp_path, monkeypat
         (["slurm.mem=lots"], "collect", "slurm.mem 'lots' is not a SLURM memory size"),
         (["slurm.extra_sbatch=[constraint=h100]"], "eval", "is not an sbatch option"),
         (['slurm.partition="gpu\\nrm -rf ~"'], "ppo", "holds a line break"),
-        (["slurm.gpus_per_node=2"], "ppo", "`vlmppo ppo` runs as one process"),
+        (["slurm.gpus_per_node=2", "ppo.launch=zero3"], "ppo", "ppo.launch=zero3 is not supported"),
         (
-            ["slurm.nodes=2", "slurm.gpus_per_node=8"],
+            ["slurm.gpus_per_node=0", "slurm.cpu_processes=2", "ppo.launch=zero2"],
             "ppo",
-            "slurm.nodes x slurm.gpus_per_node = 2 x 8 asks for 16",
+            "DeepSpeed needs GPUs",
         ),
     ],
 )
@@ -105,13 +105,21 @@ def test_cli_shows_an_impossible_request_as_one_message(tmp_path):
     assert "needs GPUs" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_a_multi_gpu_ppo_job_is_refused_at_render_time_in_one_line_and_sft_is_not(tmp_path):
+def test_a_zero3_ppo_job_is_refused_at_render_time_in_one_paragraph_and_zero2_is_not(tmp_path):
     overrides = ["slurm.nodes=2", "slurm.gpus_per_node=8", f"run.output_dir={tmp_path}"]
-    out = run_cli("slurm", "render", "ppo", "--preset", PRESET, *overrides)
+    out = run_cli("slurm", "render", "ppo", "--preset", PRESET, *overrides, "ppo.launch=zero3")
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert "multi-GPU PPO is not built yet" in out.stderr and "slurm.gpus_per_node=1" in out.stderr
+    err = " ".join(out.stderr.split())
+    assert "ppo.launch=zero3 is not supported" in err and "use ppo.launch=zero2 or ddp" in err
     assert not (tmp_path / "golden").exists()  # nothing written
-    assert write_job(cfg_with(tmp_path, *overrides[:2]), "sft", cwd=tmp_path).text  # SFT runs on 16 GPUs
+    job = write_job(cfg_with(tmp_path, *overrides[:2], "ppo.launch=zero2"), "ppo", cwd=tmp_path)
+    assert "--num_processes 16" in job.text and "/sft/launch/zero2.yaml" in job.text  # PPO on 16 GPUs
+
+
+def test_cpu_processes_with_a_deepspeed_launch_are_refused(tmp_path):
+    cfg = cfg_with(tmp_path, "slurm.gpus_per_node=0", "slurm.cpu_processes=2", "sft.launch=zero2")
+    with pytest.raises(SlurmError, match="DeepSpeed needs GPUs"):
+        write_job(cfg, "sft", cwd=tmp_path)
 
 
 def test_single_process_stages_ask_for_one_node_and_say_so(tmp_path):

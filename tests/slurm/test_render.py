@@ -64,6 +64,16 @@ CASES = {
         ["slurm.nodes=2", "slurm.gpus_per_node=8", "sft.launch=zero3-offload"],
         None,
     ),
+    "ppo-2node-8gpu-zero2.sbatch": (
+        "ppo",
+        ["slurm.nodes=2", "slurm.gpus_per_node=8", "ppo.launch=zero2"],
+        None,
+    ),
+    "ppo-1node-cpu-2proc.sbatch": (
+        "ppo",
+        ["slurm.gpus_per_node=0", "slurm.cpu_processes=2", "ppo.launch=ddp", "slurm.setup=[]"],
+        None,
+    ),
     "collect-cpu.sbatch": (
         "collect",
         ["slurm.gpus_per_node=0", "slurm.setup=[]", "slurm.requeue=false"],

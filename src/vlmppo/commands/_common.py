@@ -100,11 +100,12 @@ def check_quantization_here(cfg) -> None:
     check_quantization(cfg.model, resolve_device(cfg))
 
 
-def gpu_memory_row(cfg, stage: str = "ppo") -> str:
-    """The PPO (or SFT) memory estimate, or why there is none (the model's config is not available offline)."""
+def gpu_memory_row(cfg, stage: str = "ppo", world: int = 1) -> str:
+    """The PPO (or SFT) memory estimate (per GPU of ``world`` data-parallel ranks), or why there is none (the
+    model's config is not available offline)."""
     from vlmppo.memory import estimate_ppo_memory, estimate_sft_memory
 
-    est = estimate_sft_memory(cfg) if stage == "sft" else estimate_ppo_memory(cfg)
+    est = estimate_sft_memory(cfg) if stage == "sft" else estimate_ppo_memory(cfg, world=world)
     if est is None:
         return (
             f"unknown: no config for {cfg.model.path} offline (point model.path at a local model folder "
@@ -134,20 +135,21 @@ def prompt_budget_row(cfg, stage: str) -> str:
     return budget.describe()
 
 
-def plan_rows(cfg, stage: str) -> list[tuple[str, str]]:
+def plan_rows(cfg, stage: str, world: int = 1) -> list[tuple[str, str]]:
     """The rows ``--dry-run`` prints for ``stage``: the config's derived numbers, for PPO the GPU memory
     estimate, and for the stages a model answers in, the prompt budget."""
     from vlmppo.config.plan import stage_plan
 
     estimated = stage in ("ppo", "sft") and (stage == "ppo" or cfg.run.device != "cpu")
-    rows = stage_plan(cfg, stage, gpu_memory=gpu_memory_row(cfg, stage) if estimated else None)
+    memory = gpu_memory_row(cfg, stage, world) if estimated else None
+    rows = stage_plan(cfg, stage, gpu_memory=memory, world=world)
     if stage in ANSWER_LENGTH_KEYS:
         rows.append(("prompt budget", prompt_budget_row(cfg, stage)))
     return rows
 
 
-def print_dry_run(cfg, *stages: str) -> None:
-    """Print the resolved YAML and each stage's derived plan."""
+def print_dry_run(cfg, *stages: str, world: int = 1) -> None:
+    """Print the resolved YAML and each stage's derived plan (``world``: processes of a launch)."""
     from rich.table import Table
 
     from vlmppo.config import config_to_yaml
@@ -158,7 +160,7 @@ def print_dry_run(cfg, *stages: str) -> None:
         table = Table(title=f"plan: vlmppo {stage}", show_header=False, title_justify="left")
         table.add_column("what", style="bold")
         table.add_column("value")
-        for key, value in plan_rows(cfg, stage):
+        for key, value in plan_rows(cfg, stage, world):
             table.add_row(key, value)
         console.print(table)
 
@@ -342,3 +344,37 @@ def print_preprocess_summary(result) -> None:
         table.add_row(f"action {action!r}", str(count))
     console.print(table)
     summary(f"wrote {result.train} train and {result.val} val examples", result.out_dir)
+
+
+def print_comparison(paths: list[str]) -> None:
+    """``eval --compare``: one column per evaluation, one row per metric."""
+    from rich.table import Table
+
+    from vlmppo.console import console
+    from vlmppo.eval.compare import compare_rows
+
+    headers, rows = compare_rows(paths)
+    table = Table(title="vlmppo eval --compare", title_justify="left")
+    for i, header in enumerate(headers):
+        table.add_column(header, style="bold" if i == 0 else None, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def success_table(agent: dict, baselines: dict):
+    """The agent's success rate with its 95% interval beside the baselines', and where it stands."""
+    from rich.table import Table
+
+    from vlmppo.eval.metrics import BASELINES
+    from vlmppo.eval.report import standing
+
+    caption = standing(agent, baselines) if baselines else "No expert or random baseline of this task."
+    table = Table(title="success (eval)", title_justify="left", caption=caption, caption_justify="left")
+    for column in ("policy", "episodes", "success", "95% CI (Wilson)"):
+        table.add_column(column)
+    entries = [(f"{agent['name']} (agent)", agent)] + [(p, baselines[p]) for p in BASELINES if p in baselines]
+    for label, m in entries:
+        low, high = m["success_ci95"]
+        table.add_row(label, str(m["episodes"]), f"{m['success_rate']:.1%}", f"{low:.1%} - {high:.1%}")
+    return table

@@ -5,7 +5,6 @@ Each resolves the config, prints the plan on --dry-run, and calls one engine fun
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from typing import Annotated
 
@@ -21,12 +20,24 @@ from vlmppo.commands._common import (
     checkpoint_config,
     examples,
     model_wait,
+    print_comparison,
     print_dry_run,
     print_preprocess_summary,
     progress_bar,
     resolve_config,
     save_resolved_config,
+    success_table,
     summary,
+)
+from vlmppo.commands.launching import (
+    GpusOpt,
+    LaunchOpt,
+    is_main_rank,
+    launch_overrides,
+    print_launch,
+    said_once,
+    start_processes,
+    wants_launch,
 )
 
 
@@ -145,14 +156,17 @@ def sft(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     resume: ResumeOpt = None,
+    launch: LaunchOpt = None,
+    gpus: GpusOpt = None,
     dry_run: DryRunOpt = False,
 ):
     """Supervised fine-tuning (LoRA or full) on the preprocessed dataset."""
-    cfg = resolve_config(preset, config, overrides)
+    cfg = resolve_config(preset, config, overrides, launch_overrides("sft", launch))
     if dry_run:
-        return print_dry_run(cfg, "sft")
-    import os
-
+        print_dry_run(cfg, "sft", world=gpus or 1)
+        return print_launch(cfg, "sft", gpus) if wants_launch(cfg, "sft", gpus) else None
+    if wants_launch(cfg, "sft", gpus):
+        return start_processes(cfg, "sft", gpus)
     from vlmppo.console import console
     from vlmppo.quiet import quiet_libraries
     from vlmppo.sft import train_sft
@@ -160,7 +174,7 @@ def sft(
     check_quantization_here(cfg)
     save_resolved_config(cfg)
     # Under a launcher (torchrun/accelerate: RANK is set) only the first process draws and prints.
-    main = os.environ.get("RANK", "0") == "0"
+    main = is_main_rank()
     with progress_bar("sft: optimizer steps", model_wait(cfg)) if main else quiet_libraries() as advance:
         result = train_sft(cfg, on_step=sft_reporter(advance) if main else None, resume=resume)
     if not main:
@@ -228,36 +242,46 @@ def ppo(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     resume: ResumeOpt = None,
+    launch: LaunchOpt = None,
+    gpus: GpusOpt = None,
     dry_run: DryRunOpt = False,
 ):
     """On-line PPO of the VLM (RL4VLM): chain of thought + action, value head, GAE, clipped updates."""
-    cfg = resolve_config(preset, config, overrides)
+    cfg = resolve_config(preset, config, overrides, launch_overrides("ppo", launch))
     if dry_run:
-        return print_dry_run(cfg, "ppo")
+        print_dry_run(cfg, "ppo", world=gpus or 1)
+        return print_launch(cfg, "ppo", gpus) if wants_launch(cfg, "ppo", gpus) else None
+    if wants_launch(cfg, "ppo", gpus):
+        return start_processes(cfg, "ppo", gpus)
     from vlmppo.console import console
-    from vlmppo.errors import LaunchError
+    from vlmppo.quiet import quiet_libraries
     from vlmppo.rl import train_ppo
     from vlmppo.rl.checkpointing import check_resume_config, find_resume_checkpoint
-    from vlmppo.rl.startup import check_single_process
 
-    try:
-        check_single_process()
-    except LaunchError:
-        if os.environ.get("RANK", "0") != "0":
-            raise typer.Exit(1) from None  # the first process says why, once
-        raise
     check_quantization_here(cfg)
-    save_resolved_config(cfg)
-    notes: list[str] = []
-    start = find_resume_checkpoint(cfg, resume, notes)
-    for note in notes:
-        console.print(f"note: {note}", markup=False, soft_wrap=True)
-    if start is not None:
-        console.print(f"resuming from {start}")
-        for change in check_resume_config(start, cfg):  # a change the checkpoint fixes is an error
-            console.print(f"[yellow]changed since the checkpoint:[/yellow] {change}", highlight=False)
-    with progress_bar("ppo: updates", f"{model_wait(cfg)}, then the first update") as advance:
-        result = train_ppo(cfg, on_update=lambda u, total, m: advance(u, total, ppo_status(m)), resume=resume)
+    main = is_main_rank()  # under a launcher only rank 0 writes the config, prints and draws
+    if main:
+        save_resolved_config(cfg)
+        notes: list[str] = []
+        start = find_resume_checkpoint(cfg, resume, notes)
+        for note in notes:
+            console.print(f"note: {note}", markup=False, soft_wrap=True)
+        if start is not None:
+            console.print(f"resuming from {start}")
+            for change in check_resume_config(start, cfg):  # a change the checkpoint fixes is an error
+                console.print(f"[yellow]changed since the checkpoint:[/yellow] {change}", highlight=False)
+    with (
+        (
+            progress_bar("ppo: updates", f"{model_wait(cfg)}, then the first update")
+            if main
+            else quiet_libraries()
+        ) as advance,
+        said_once(),
+    ):
+        reporter = (lambda u, total, m: advance(u, total, ppo_status(m))) if main else None
+        result = train_ppo(cfg, on_update=reporter, resume=resume)
+    if not main:
+        return
     m = result.last_metrics
     if result.stopped_by:
         console.print(
@@ -292,6 +316,7 @@ ppo_epilog = examples(
     "vlmppo ppo --preset probe-color-tiny",
     "vlmppo ppo --preset minigrid-doorkey-qwen --dry-run",
     "vlmppo ppo --preset numberline-qwen ppo.clip_range=0.2 env.n_envs=32 --resume auto",
+    "vlmppo ppo --preset numberline-qwen --launch ddp --gpus 2 --dry-run",
 )
 
 
@@ -351,22 +376,6 @@ def evaluate(
         f"report {result.report.with_name('report.html')}",
         result.out_dir,
     )
-
-
-def print_comparison(paths: list[str]) -> None:
-    """``eval --compare``: one column per evaluation, one row per metric."""
-    from rich.table import Table
-
-    from vlmppo.console import console
-    from vlmppo.eval.compare import compare_rows
-
-    headers, rows = compare_rows(paths)
-    table = Table(title="vlmppo eval --compare", title_justify="left")
-    for i, header in enumerate(headers):
-        table.add_column(header, style="bold" if i == 0 else None, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
 
 
 eval_epilog = examples(
@@ -457,24 +466,6 @@ def print_pipeline_summary(result) -> None:
         + (f"\n  report: {result.report}" if result.report else ""),
         result.run_dir,
     )
-
-
-def success_table(agent: dict, baselines: dict):
-    """The agent's success rate with its 95% interval beside the baselines', and where it stands."""
-    from rich.table import Table
-
-    from vlmppo.eval.metrics import BASELINES
-    from vlmppo.eval.report import standing
-
-    caption = standing(agent, baselines) if baselines else "No expert or random baseline of this task."
-    table = Table(title="success (eval)", title_justify="left", caption=caption, caption_justify="left")
-    for column in ("policy", "episodes", "success", "95% CI (Wilson)"):
-        table.add_column(column)
-    entries = [(f"{agent['name']} (agent)", agent)] + [(p, baselines[p]) for p in BASELINES if p in baselines]
-    for label, m in entries:
-        low, high = m["success_ci95"]
-        table.add_row(label, str(m["episodes"]), f"{m['success_rate']:.1%}", f"{low:.1%} - {high:.1%}")
-    return table
 
 
 pipeline_epilog = examples(

@@ -13,16 +13,22 @@ from vlmppo.errors import ConfigError
 from vlmppo.registry import STAGES
 
 
-def ppo_counts(cfg: Config) -> dict[str, int]:
-    """Rollout size, number of updates and optimizer steps of a PPO run."""
+def ppo_counts(cfg: Config, world: int = 1) -> dict[str, int]:
+    """Rollout size, number of updates and optimizer steps of a PPO run over ``world`` data-parallel ranks.
+
+    ``env.n_envs``, ``ppo.minibatch_size`` and ``ppo.micro_batch_size`` are per rank (each rank its own envs
+    and minibatches, whose gradients are averaged); ``ppo.total_env_steps`` counts every rank's steps, so
+    more ranks make fewer, larger updates.
+    """
     p = cfg.ppo
     rollout = cfg.env.n_envs * p.n_steps
-    updates = max(1, math.ceil(p.total_env_steps / rollout))
+    updates = max(1, math.ceil(p.total_env_steps / (rollout * world)))
     minibatches = rollout // p.minibatch_size
     return {
         "rollout_size": rollout,
+        "global_rollout_size": rollout * world,
         "updates": updates,
-        "env_steps_run": updates * rollout,
+        "env_steps_run": updates * rollout * world,
         "minibatches_per_epoch": minibatches,
         "optimizer_steps_per_update": minibatches * p.n_epochs,
         "micro_steps_per_optimizer_step": p.minibatch_size // p.micro_batch_size,
@@ -47,23 +53,55 @@ def _common(cfg: Config) -> list[tuple[str, str]]:
     ]
 
 
-def stage_plan(cfg: Config, stage: str, *, gpu_memory: str | None = None) -> list[tuple[str, str]]:
+def rank_rows(cfg: Config, world: int) -> list[tuple[str, str]]:
+    """The data-parallel plan of a PPO run over ``world`` ranks: the launch, then one row per rank (the first
+    8): its envs' seeds, env steps and optimizer steps per update."""
+    if world <= 1:
+        return []
+    c, p, n = ppo_counts(cfg, world), cfg.ppo, cfg.env.n_envs
+    rows = [
+        (
+            "launch",
+            f"{p.launch if p.launch != 'single' else 'ddp'} over {world} processes (one per GPU; without GPUs "
+            "CPU processes on gloo); gradients averaged over ranks: "
+            f"{world * p.minibatch_size} samples per optimizer step",
+        )
+    ]
+    for rank in range(min(world, 8)):
+        first = cfg.run.seed + rank * n  # rl.distributed.env_seed
+        rows.append(
+            (
+                f"rank {rank}",
+                f"{n} envs (seeds {first}-{first + n - 1}), {c['rollout_size']} env steps and "
+                f"{c['optimizer_steps_per_update']} optimizer steps per update",
+            )
+        )
+    if world > 8:
+        rows.append((f"ranks 8-{world - 1}", "likewise, seeds following on"))
+    return rows
+
+
+def stage_plan(
+    cfg: Config, stage: str, *, gpu_memory: str | None = None, world: int = 1
+) -> list[tuple[str, str]]:
     """(what, value) rows of ``stage``'s plan.
 
     Args:
+        world: Processes of a data-parallel run (``--gpus``): PPO's per-rank plan.
         gpu_memory: PPO's and SFT's "est. GPU memory" row. The estimate builds the model on the meta device, so the
             command layer computes it (``vlmppo.memory``) and hands it in: the config layer stays below
             models and envs.
     """
     rows = _common(cfg)
     if stage == "ppo":
-        c = ppo_counts(cfg)
+        c = ppo_counts(cfg, world)
         p = cfg.ppo
+        ranks = f" x {world} ranks = {c['global_rollout_size']}" if world > 1 else ""
         rows += [
             ("starts from", p.init_from or "the base model (fresh LoRA)"),
             (
                 "rollout",
-                f"{cfg.env.n_envs} envs x {p.n_steps} steps = {c['rollout_size']} samples per update",
+                f"{cfg.env.n_envs} envs x {p.n_steps} steps = {c['rollout_size']}{ranks} samples per update",
             ),
             ("updates", f"{c['updates']} ({c['env_steps_run']} env steps; asked {p.total_env_steps})"),
             (
@@ -96,6 +134,7 @@ def stage_plan(cfg: Config, stage: str, *, gpu_memory: str | None = None) -> lis
                 f"the starting policy ({p.init_from})" if p.init_from else "the base model (adapter disabled)"
             )
             rows.append(("KL penalty", f"{p.kl_coef:g} x KL to {anchor}"))
+        rows += rank_rows(cfg, world)
         if gpu_memory is not None:
             rows.append(("est. GPU memory", gpu_memory))
         if c["dropped_per_epoch"]:
@@ -108,7 +147,7 @@ def stage_plan(cfg: Config, stage: str, *, gpu_memory: str | None = None) -> lis
             ("length", length),
             ("batch", f"{s.batch_size} per device x {s.grad_accum} accumulation"),
             ("learning rate", f"{s.lr:g}, {s.lr_schedule}, warm-up {s.warmup_ratio:.0%}"),
-            ("launch", s.launch),
+            ("launch", s.launch + (f" over {world} processes" if world > 1 else "")),
         ]
         if gpu_memory is not None:
             rows.append(("est. GPU memory", gpu_memory))

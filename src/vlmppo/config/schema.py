@@ -385,6 +385,13 @@ class PpoConfig(Section):
     step_weight: float = Field(
         1.0, ge=0.0, description="gigpo: omega, the weight of the step-level advantage beside the episode's."
     )
+    launch: Literal["single", "ddp", "zero2", "zero3"] = Field(
+        "single",
+        description="How many processes run PPO and how they share the update: single (one process), ddp "
+        "(data parallel: each GPU its own n_envs, gradients averaged), zero2 (DeepSpeed ZeRO-2: optimizer "
+        "state and gradients sharded). zero3 is refused: sampling needs every rank's whole weights. Start "
+        "it with --launch/--gpus, which prints the launcher command.",
+    )
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -438,6 +445,12 @@ class SlurmConfig(Section):
     )
     launcher: Literal["accelerate", "torchrun"] = Field(
         "accelerate", description="Per-node process launcher."
+    )
+    cpu_processes: int = Field(
+        0,
+        ge=0,
+        description="With slurm.gpus_per_node=0: start this many CPU processes (gloo) per node for a training "
+        "stage, through torchrun (a laptop-sized try of a multi-process job; 0 = one plain process).",
     )
     extra_sbatch: list[str] = Field(
         default_factory=list, description="More #SBATCH options, e.g. '--constraint=h100'."

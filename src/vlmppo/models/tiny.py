@@ -111,23 +111,29 @@ def tiny_model_path(family: str, size: BuildSize = TINY) -> Path:
 
 def cached_build(final: Path, build, marker: str = MARKER) -> Path:
     """``final`` if it holds a complete build (its ``marker`` file), else ``build(temp)`` into a temp folder
-    beside it, renamed into place. An interrupted build is never loaded; when another process (e.g. another
-    rank) finishes first, its complete copy is used."""
+    beside it, renamed into place. An interrupted build is never loaded.
+
+    Processes that build the same model at once (the ranks of a launched run, test workers) take turns on a
+    file lock beside it: without it one could remove, as an interrupted build, the folder another had just
+    renamed into place and was loading. The first builds; the others then find its complete copy.
+    """
+    import fcntl
+
     if (final / marker).is_file():
         return final
-    shutil.rmtree(final, ignore_errors=True)  # an interrupted build
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(final)
-    temp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        build(temp)
+    with open(final.parent / f".{final.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        if (final / marker).is_file():  # built by another process while this one waited
+            return final
+        shutil.rmtree(final, ignore_errors=True)  # an interrupted build
+        _remove_stale_temps(final)
+        temp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
+            build(temp)
             os.rename(temp, final)
-        except OSError:
-            if not (final / marker).is_file():
-                raise
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
     return final
 
 
@@ -137,7 +143,12 @@ def save_build(model, processor, out_dir: Path, marker: dict, marker_name: str =
     import transformers
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    # transformers 5.x writes no model files on a rank other than 0 once torch.distributed is initialised
+    # (``should_save_on_this_rank``), silently; a cache build is this process's own, whichever rank it is.
+    model.should_save_on_this_rank = lambda is_main_process: is_main_process
     model.save_pretrained(out_dir)
+    if not (out_dir / "config.json").is_file():
+        raise RuntimeError(f"save_pretrained wrote no config.json into {out_dir}")
     processor.save_pretrained(out_dir)
     marker = {
         **marker,

@@ -6,6 +6,11 @@ A checkpoint (``ppo/checkpoints/NNNNNN/``) holds everything the loop needs to co
 (pickled mid-episode), the current observations, each env's window of earlier turns (``env.history``), the
 recent episodes and the counters. So ``--resume``
 continues the same run, and 4 updates straight equal 2 updates + resume + 2 (tested).
+
+A data-parallel run (``world`` ranks) is saved by rank 0: the weights and optimizer are the same on every rank
+(DDP; under ZeRO-2 each rank also writes its optimizer shard to ``deepspeed/``), and each other rank's own
+state — its envs, observations, recent episodes and RNG streams — is gathered into ``ranks.pt``. A resume
+needs the same number of ranks, each taking its own state back.
 """
 
 from __future__ import annotations
@@ -68,24 +73,57 @@ def check_resume_config(checkpoint: Path, cfg: Config) -> list[str]:
     return changes
 
 
+RANKS_FILE = "ranks.pt"
+
+
+def rank_state(run: PpoRun) -> dict:
+    """What is this rank's own: its envs (pickled mid-episode), observations, windows of earlier turns, recent
+    episodes, RNG streams."""
+    from vlmppo.train_state import capture_rng
+
+    return {
+        "loop_rng": run.rng.bit_generator.state,
+        "vec_env": pickle.dumps(run.vec),
+        "obs": run.obs,
+        "infos": run.infos,
+        "history": run.history.state() if run.history is not None else None,
+        "recent_episodes": list(run.recent_episodes),
+        "rng": capture_rng(),
+    }
+
+
 def restore_run(run: PpoRun, checkpoint: Path) -> None:
     """Continue ``run`` from ``checkpoint`` (its weights are already loaded by ``build_policy``): optimizer,
-    scheduler, minibatch RNG, envs and counters, then every global RNG stream, last."""
+    scheduler, counters, and this rank's minibatch RNG and envs, then every global RNG stream, last."""
+    import torch
+
     from vlmppo.io import truncate_jsonl
     from vlmppo.train_state import load_trainer_state, restore_rng
 
     state = load_trainer_state(checkpoint, stage="ppo")
-    truncate_jsonl(run.out / "samples.jsonl", "update", state["update"])  # what followed it is redone
-    run.optimizer.load_state_dict(state["optimizer"])
+    saved_world = state.get("world", 1)
+    if saved_world != run.world:
+        raise CheckpointError(
+            f"{checkpoint} was saved by a PPO run of {saved_world} process(es), but this one has {run.world}: "
+            "each rank resumes its own envs mid-episode, so the count must stay the same.",
+            hint=f"Resume with --gpus {saved_world} (or slurm.nodes x slurm.gpus_per_node = {saved_world}).",
+        )
+    if run.main:
+        truncate_jsonl(run.out / "samples.jsonl", "update", state["update"])  # what followed it is redone
+    if run.accelerator.state.deepspeed_plugin is not None:
+        run.accelerator.load_state(str(checkpoint / "deepspeed"))
+    else:
+        run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
-    run.rng.bit_generator.state = state["loop_rng"]
-    run.vec = pickle.loads(state["vec_env"])
-    run.obs, run.infos = state["obs"], state["infos"]
-    run.history = restore_history(state.get("history"), run.cfg)
-    run.recent_episodes.extend(state["recent_episodes"])
+    own = state if run.rank == 0 else torch.load(checkpoint / RANKS_FILE, weights_only=False)[run.rank - 1]
+    run.rng.bit_generator.state = own["loop_rng"]
+    run.vec = pickle.loads(own["vec_env"])
+    run.obs, run.infos = own["obs"], own["infos"]
+    run.recent_episodes.extend(own["recent_episodes"])
+    run.history = restore_history(own.get("history"), run.cfg)
     run.update = run.saved_update = state["update"]
     run.env_steps = state["env_steps"]
-    restore_rng(state["rng"])
+    restore_rng(own["rng"])
 
 
 def restore_history(saved: list | None, cfg: Config):
@@ -102,15 +140,32 @@ def restore_history(saved: list | None, cfg: Config):
 
 def save_run(run: PpoRun, metrics: dict, extra_meta: dict | None = None) -> Path:
     """Checkpoint ``run`` at its current update, atomically (``ppo.keep_last`` prunes); returns the folder.
-    ``extra_meta`` goes into ``vlmppo.json`` too (the tracker's W&B run id)."""
+    ``extra_meta`` goes into ``vlmppo.json`` too (the tracker's W&B run id). Every rank calls it (their
+    states are gathered); rank 0 writes."""
     from vlmppo.checkpoints import protected_checkpoints, save_checkpoint
     from vlmppo.train_state import save_trainer_state
 
-    cfg, policy = run.cfg, run.policy
+    cfg, policy, accelerator = run.cfg, run.policy, run.accelerator
+    root = run.out / "checkpoints"
+    deepspeed = accelerator.state.deepspeed_plugin is not None and run.world > 1
+    deepspeed_dir = root / f".{run.update:06d}.deepspeed"
+    if deepspeed:
+        accelerator.save_state(str(deepspeed_dir))  # each rank writes its shard of the optimizer state
+    others = gather_rank_states(run)
+    if not run.main:
+        accelerator.wait_for_everyone()
+        run.saved_update = run.update
+        return root / f"{run.update:06d}"
 
     def write(folder: Path) -> None:
         from safetensors.torch import save_file
 
+        if deepspeed:
+            deepspeed_dir.rename(folder / "deepspeed")
+        if others:
+            import torch
+
+            torch.save(others, folder / RANKS_FILE)
         policy.loaded.model.save_pretrained(folder)
         policy.loaded.processor.save_pretrained(folder)
         if policy.value_head is not None:  # GRPO/GiGPO runs have none
@@ -122,7 +177,8 @@ def save_run(run: PpoRun, metrics: dict, extra_meta: dict | None = None) -> Path
                 "stage": "ppo",
                 "update": run.update,
                 "env_steps": run.env_steps,
-                "optimizer": run.optimizer.state_dict(),
+                "world": run.world,
+                "optimizer": None if deepspeed else run.optimizer.state_dict(),
                 "scheduler": run.scheduler.state_dict(),
                 "loop_rng": run.rng.bit_generator.state,
                 "vec_env": pickle.dumps(run.vec),
@@ -143,6 +199,19 @@ def save_run(run: PpoRun, metrics: dict, extra_meta: dict | None = None) -> Path
         **(extra_meta or {}),
     }
     keep = {"keep_last": cfg.ppo.keep_last, "protect": protected_checkpoints(cfg)}
-    run.checkpoint = save_checkpoint(run.out / "checkpoints", run.update, meta, write, **keep)
+    run.checkpoint = save_checkpoint(root, run.update, meta, write, **keep)
     run.saved_update = run.update
+    if run.world > 1:
+        accelerator.wait_for_everyone()
     return run.checkpoint
+
+
+def gather_rank_states(run: PpoRun) -> list[dict]:
+    """On rank 0: the ``rank_state`` of ranks 1..world-1, in order (empty in one process); elsewhere: []."""
+    if run.world == 1:
+        return []
+    import torch.distributed as dist
+
+    gathered = [None] * run.world if run.main else None
+    dist.gather_object(rank_state(run), gathered, dst=0)
+    return gathered[1:] if run.main else []

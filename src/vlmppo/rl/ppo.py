@@ -7,6 +7,7 @@ before the loop — the checks, the model, the optimizer, the envs, a resume —
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -55,12 +56,72 @@ def train_ppo(
 
     ``on_update(update, total_updates, metrics)`` is called after each update's metrics are logged.
     """
-    from vlmppo.io import JsonlWriter
+    from vlmppo.rl.distributed import agree_stop, all_reduced_moments, reduce_metrics
     from vlmppo.signals import stop_handlers
-    from vlmppo.tracking import Tracker
 
     run = start_run(cfg, resume)  # checks, model, optimizer, envs; a resume restores all of them
     ppo, first, metrics, stopped_by = cfg.ppo, run.update + 1, {}, None
+    with run_outputs(run) as (tracker, samples), stop_handlers() as stop:
+        for update in range(first, run.total_updates + 1):
+            run.update = update
+            # 1. collect rollouts (each rank its own envs; GRPO/GiGPO: every group starts a new round, so none
+            # straddles two rollouts, and the windows of earlier turns start empty with them)
+            if run.vec.group_size is not None:
+                run.obs, run.infos = run.vec.reset()
+                if run.history is not None:
+                    run.history = HistoryWindows(run.vec.n_envs, run.history.size)
+            buffer, run.obs, run.infos = collect_rollout(
+                run.policy, run.vec, run.obs, run.infos, cfg, run.history
+            )
+            run.env_steps += buffer.size * run.world
+            run.recent_episodes.extend(buffer.episodes)
+            # 2. advantages; GAE's normalised by the statistics of every rank's rollout (GRPO/GiGPO's are
+            # relative to their groups already, and a 0 there means no signal)
+            buffer.compute_advantages(ppo, ppo.advantage)
+            if ppo.advantage == "gae":
+                buffer.normalize_advantages(all_reduced_moments(run.accelerator))
+            check_finite_rollout(buffer, run.checkpoint)
+            # 3. PPO epochs (gradients averaged over ranks)
+            started = time.time()
+            train_stats = ppo_epochs(
+                run.policy, run.optimizer, buffer, cfg, run.rng, run.guard, run.accelerator, run.scorer
+            )
+            run.policy.weights_changed()  # every rank refreshes its merged sampling copy
+            run.scheduler.step()
+            # 4. log (reduced over ranks; rank 0 writes)
+            metrics = update_metrics(run, buffer, train_stats, update_seconds=time.time() - started)
+            metrics = reduce_metrics(run.accelerator, metrics)
+            if tracker is not None:
+                tracker.log(metrics)
+                if update % ppo.log_samples_every == 0 or update == first:
+                    rows = sample_rows(buffer, update, run.vec.adapter)
+                    samples.write_many(rows)
+                    tracker.log_samples(rows, run.env_steps)
+                if on_update:
+                    on_update(update, run.total_updates, metrics)
+            # 5. checkpoint (a stop signal on any rank stops all after this same update)
+            stop_now = agree_stop(run.accelerator, stop.requested)
+            if update % ppo.save_every == 0 or update == run.total_updates or stop_now:
+                meta = tracker.checkpoint_meta() if tracker is not None else {}
+                save_run(run, metrics, meta)  # + the W&B run a resume continues
+            if stop_now:
+                stopped_by = stop.signal_name or "a signal on another rank"
+                break
+    return PpoResult(
+        run.out, run.saved_update, run.env_steps, metrics, stopped_by, run.checkpoint, run.resume_changes
+    )
+
+
+@contextlib.contextmanager
+def run_outputs(run: PpoRun):
+    """Rank 0's tracker (``metrics.jsonl``, TensorBoard, W&B) and sample log; (None, None) on other ranks."""
+    from vlmppo.io import JsonlWriter
+    from vlmppo.tracking import Tracker
+
+    if not run.main:
+        yield None, None
+        return
+    cfg = run.cfg
     with (
         Tracker(
             run.out,
@@ -74,51 +135,8 @@ def train_ppo(
             hparam_metrics=("rollout/success_rate", "rollout/ep_return_mean"),
         ) as tracker,
         JsonlWriter(run.out / "samples.jsonl") as samples,
-        stop_handlers() as stop,
     ):
-        for update in range(first, run.total_updates + 1):
-            run.update = update
-            # 1. collect rollouts (GRPO/GiGPO: every group starts a new round, so none straddles two rollouts;
-            # the windows of earlier turns start empty with them)
-            if run.vec.group_size is not None:
-                run.obs, run.infos = run.vec.reset()
-                if run.history is not None:
-                    run.history = HistoryWindows(run.vec.n_envs, run.history.size)
-            buffer, run.obs, run.infos = collect_rollout(
-                run.policy, run.vec, run.obs, run.infos, cfg, run.history
-            )
-            run.env_steps += buffer.size
-            run.recent_episodes.extend(buffer.episodes)
-            # 2. advantages
-            buffer.compute_advantages(ppo, ppo.advantage)
-            if ppo.advantage == "gae":  # GRPO/GiGPO's are relative to their groups already (0: no signal)
-                buffer.normalize_advantages()
-            check_finite_rollout(buffer, run.checkpoint)
-            # 3. PPO epochs
-            started = time.time()
-            train_stats = ppo_epochs(
-                run.policy, run.optimizer, buffer, cfg, run.rng, run.guard, run.accelerator
-            )
-            run.policy.weights_changed()
-            run.scheduler.step()
-            # 4. log
-            metrics = update_metrics(run, buffer, train_stats, update_seconds=time.time() - started)
-            tracker.log(metrics)
-            if update % ppo.log_samples_every == 0 or update == first:
-                rows = sample_rows(buffer, update, run.vec.adapter)
-                samples.write_many(rows)
-                tracker.log_samples(rows, run.env_steps)
-            if on_update:
-                on_update(update, run.total_updates, metrics)
-            # 5. checkpoint
-            if update % ppo.save_every == 0 or update == run.total_updates or stop.requested:
-                save_run(run, metrics, tracker.checkpoint_meta())  # + the W&B run a resume continues
-            if stop.requested:
-                stopped_by = stop.signal_name
-                break
-    return PpoResult(
-        run.out, run.saved_update, run.env_steps, metrics, stopped_by, run.checkpoint, run.resume_changes
-    )
+        yield tracker, samples
 
 
 def check_finite_rollout(buffer: RolloutBuffer, last_checkpoint: Path | None) -> None:

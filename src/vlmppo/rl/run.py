@@ -41,6 +41,9 @@ class PpoRun:
         env_steps: Env steps taken so far.
         checkpoint: The newest checkpoint written (or resumed from); ``saved_update`` its update.
         resume_changes: Settings changed since the resumed checkpoint (``key: old -> new``).
+        world, rank: Processes of a launched data-parallel run and this one's index (1 and 0 without a
+            launcher); only rank 0 writes logs, samples and checkpoints.
+        scorer: The DDP/DeepSpeed-wrapped ``ScoringModule`` the update scores through when ``world`` > 1.
     """
 
     cfg: Config
@@ -63,3 +66,10 @@ class PpoRun:
     checkpoint: Path | None = None
     saved_update: int = 0
     resume_changes: list[str] = field(default_factory=list)
+    world: int = 1
+    rank: int = 0
+    scorer: torch.nn.Module | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0

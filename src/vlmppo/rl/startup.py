@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from vlmppo.config import Config, run_dir
-from vlmppo.errors import CheckpointError, ConfigError, LaunchError
+from vlmppo.errors import CheckpointError, ConfigError
 from vlmppo.rl.policy import REFERENCE_ADAPTER, ActorCritic, ValueHead, hidden_size
 from vlmppo.rl.run import PpoRun
 from vlmppo.rl.update import BadMinibatchGuard
+from vlmppo.sysinfo import resolve_device
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -30,29 +31,29 @@ INIT_CHOICES = "null (start from model.path), sft, ppo, last or a checkpoint fol
 
 
 def start_run(cfg: Config, resume: str | None) -> PpoRun:
-    """Everything the loop needs, after every check a user can fail: one process, a LoRA model for a KL
-    penalty, no fresh run over an existing one, no resume that changes what the checkpoint fixes.
+    """Everything the loop needs, after every check a user can fail: a launch this machine can run, a LoRA
+    model for a KL penalty, no fresh run over an existing one, no resume that changes what the checkpoint
+    fixes.
 
     The order of what draws random numbers is that of a fresh run, and a resume restores every stream
-    last, so 4 updates straight equal 2 updates + resume + 2.
+    last, so 4 updates straight equal 2 updates + resume + 2. Under a launcher (several processes) every
+    rank builds the same model and optimizer (same seed; DDP also broadcasts rank 0's weights), then its
+    own envs and sampling streams (``rl/distributed.py``).
     """
-    from vlmppo.accel import make_accelerator, precision_for
     from vlmppo.checkpoints import latest_checkpoint
     from vlmppo.config.plan import ppo_counts
     from vlmppo.models.quantization import check_quantization
     from vlmppo.rl.checkpointing import check_resume_config, find_resume_checkpoint, restore_run
     from vlmppo.rl.schedule import make_cosine_scheduler
-    from vlmppo.sysinfo import resolve_device
+    from vlmppo.sft.launching import check_ppo_launch
 
-    check_single_process()
     ppo = cfg.ppo
+    check_ppo_launch(cfg.ppo.launch, launched_world())
     check_kl_reference(cfg)
-    device = resolve_device(cfg)
-    check_quantization(cfg.model, device)  # before the run folder or any weight
-    # Single process for now (one GPU or the CPU; check_single_process); the Accelerator gives bf16 autocast
-    # on a GPU, and its backward/clipping are what a launched multi-process run will need.
-    accelerator = make_accelerator(device, precision_for(ppo.mixed_precision, device))
-    check_single_process(accelerator)
+    check_quantization(cfg.model, resolve_device(cfg))  # before the run folder or any weight
+    accelerator = ppo_accelerator(cfg)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    device = str(accelerator.device) if world > 1 else resolve_device(cfg)
     out = run_dir(cfg) / "ppo"
     out.mkdir(parents=True, exist_ok=True)
     resume_from = find_resume_checkpoint(cfg, resume)
@@ -71,14 +72,18 @@ def start_run(cfg: Config, resume: str | None) -> PpoRun:
             cfg.model.path, "ppo.max_new_tokens"
         )
     optimizer = make_optimizer(policy, cfg)
-    total_updates = ppo_counts(cfg)["updates"]
+    total_updates = ppo_counts(cfg, world)["updates"]
     run = PpoRun(
         cfg, out, device, accelerator, policy, optimizer,
         # The value head's group keeps its ratio to the policy LR as both follow the cosine.
         make_cosine_scheduler(optimizer, total_updates, ppo.lr, ppo.min_lr, proportional_groups=True),
-        np.random.default_rng(cfg.run.seed), BadMinibatchGuard(ppo.max_bad_minibatches), total_updates,
+        np.random.default_rng(cfg.run.seed if rank == 0 else [cfg.run.seed, rank]),
+        BadMinibatchGuard(ppo.max_bad_minibatches), total_updates,
         recent_episodes=deque(maxlen=max(cfg.env.n_envs, 10)), checkpoint=resume_from, resume_changes=changes,
+        world=world, rank=rank,
     )  # fmt: skip
+    if world > 1:
+        wrap_for_data_parallel(run)
     if resume_from is not None:
         restore_run(run, resume_from)
     else:
@@ -88,34 +93,76 @@ def start_run(cfg: Config, resume: str | None) -> PpoRun:
     return run
 
 
+def launched_world() -> int:
+    """Processes the launcher started (torchrun / ``accelerate launch`` set ``WORLD_SIZE``); 1 without one."""
+    return int(os.environ.get("WORLD_SIZE") or 1)
+
+
+def ppo_accelerator(cfg: Config) -> Accelerator:
+    """The run's Accelerator: bf16 autocast on a GPU; under a launcher the process group (gloo on CPU ranks,
+    NCCL on GPUs) and, for ``ppo.launch=zero2``, the DeepSpeed plugin (accumulation over the micro-batches
+    of a minibatch, clipping at ``ppo.max_grad_norm``)."""
+    from vlmppo.accel import make_accelerator, precision_for
+    from vlmppo.sft.launching import deepspeed_plugin
+
+    ppo = cfg.ppo
+    device = resolve_device(cfg)
+    precision = precision_for(ppo.mixed_precision, device)
+    plugin = None
+    if launched_world() > 1:
+        plugin = deepspeed_plugin(
+            ppo.launch,
+            grad_accum=ppo.minibatch_size // ppo.micro_batch_size,
+            max_grad_norm=ppo.max_grad_norm,
+            batch_size=ppo.micro_batch_size,
+        )
+    if plugin is not None:
+        # DeepSpeed's bf16 mode would cast every trained weight, the value head included, to bf16; the design
+        # keeps the value head and the adapter in fp32 and autocasts the forward passes (``model_autocast``).
+        precision = "no"
+    return make_accelerator(device, precision, deepspeed_plugin=plugin)
+
+
+def model_autocast(cfg: Config, accelerator: Accelerator, device: str):
+    """The context the model's forward passes run in: the Accelerator's autocast, or under DeepSpeed (whose
+    Accelerator has no mixed precision, ``ppo_accelerator``) torch's own bf16 autocast on a GPU."""
+    from vlmppo.accel import precision_for
+
+    if accelerator.state.deepspeed_plugin is None or precision_for(cfg.ppo.mixed_precision, device) != "bf16":
+        return accelerator.autocast
+    return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def wrap_for_data_parallel(run: PpoRun) -> None:
+    """Wrap the trained parts in DDP (or the DeepSpeed engine, which then owns the optimizer): the update
+    scores through ``run.scorer``, whose backward all-reduces the gradients (``rl/distributed.py``)."""
+    from vlmppo.rl.distributed import ScoringModule
+
+    module = ScoringModule(run.policy)
+    if run.accelerator.state.deepspeed_plugin is not None:
+        run.scorer, run.optimizer = run.accelerator.prepare(module, run.optimizer)
+    else:
+        run.scorer = run.accelerator.prepare_model(module)
+
+
 def start_envs(run: PpoRun) -> None:
-    """A fresh run: a fresh sample log, the vector env of ``cfg.env``, its first observations and, with
+    """A fresh run: a fresh sample log, this rank's vector env of ``cfg.env`` (grouped resets for GRPO/GiGPO),
+    its first observations (rank r's envs seeded after rank r-1's: ``rl.distributed.env_seed``) and, with
     ``env.history``, empty windows of earlier turns."""
     from vlmppo.envs import make_vec_env_from_config
+    from vlmppo.rl.distributed import env_seed
     from vlmppo.rl.history import HistoryWindows
 
-    (run.out / "samples.jsonl").unlink(missing_ok=True)
+    if run.rank == 0:
+        (run.out / "samples.jsonl").unlink(missing_ok=True)
     env = run.cfg.env
     grouped = run.cfg.ppo.group_size if run.cfg.ppo.advantage != "gae" else None
-    run.vec = make_vec_env_from_config(env, env.n_envs, run.cfg.run.seed, grouped)
+    seed = env_seed(run.cfg.run.seed, run.rank, env.n_envs)
+    run.vec = make_vec_env_from_config(env, env.n_envs, seed, grouped)
     run.obs, run.infos = run.vec.reset()
     run.history = HistoryWindows(env.n_envs, env.history) if env.history else None
-
-
-def check_single_process(accelerator: Accelerator | None = None) -> None:
-    """LaunchError when started as several processes (torchrun / ``accelerate launch``: ``WORLD_SIZE`` > 1):
-    PPO has no data-parallel rollouts or updates yet, so each process would run its own copy of the run
-    and all would write the same run folder."""
-    world = int(os.environ.get("WORLD_SIZE") or 1)
-    if accelerator is not None:
-        world = max(world, accelerator.num_processes)
-    if world > 1:
-        raise LaunchError(
-            f"`vlmppo ppo` runs as one process (multi-GPU PPO is not built yet), but it was launched as {world} "
-            "processes, which would each run the whole run into the same folder.",
-            hint="Start it without a launcher (`vlmppo ppo ...`: one GPU or the CPU); for SLURM, render the "
-            "job with slurm.nodes=1 slurm.gpus_per_node=1.",
-        )
+    if run.rank > 0:  # its own sampling stream (the model was built from the shared seed above)
+        torch.manual_seed(run.cfg.run.seed + 7919 * run.rank)
 
 
 def check_kl_reference(cfg: Config) -> None:
@@ -192,7 +239,9 @@ def build_policy(
         head,
         device,
         merged_sampling=uses_merged_sampling(cfg, device),
-        autocast=accelerator.autocast if accelerator is not None else contextlib.nullcontext,
+        autocast=model_autocast(cfg, accelerator, device)
+        if accelerator is not None
+        else contextlib.nullcontext,
         decoder=resolve_decoder(cfg.model.decoder, device),
     )
 

@@ -10,6 +10,7 @@ anything non-finite can be checkpointed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 
 from vlmppo.config import Config
 from vlmppo.errors import VlmppoError
-from vlmppo.rl.buffer import RolloutBuffer, Samples
+from vlmppo.rl.buffer import Minibatch, RolloutBuffer, Samples
 from vlmppo.rl.logprob import mixed_action_logprob
 from vlmppo.rl.losses import entropy_from_logits, kl_to_reference, policy_loss, value_loss
 from vlmppo.rl.policy import ActorCritic, Sampled
@@ -96,12 +97,19 @@ class BadMinibatchGuard:
             )
 
 
-def micro_loss(policy: ActorCritic, samples: Samples, cfg: Config) -> tuple[torch.Tensor, dict[str, float]]:
-    """The PPO loss of one micro-batch (a mean over its samples) and its statistics."""
+def micro_loss(
+    policy: ActorCritic, samples: Samples, cfg: Config, scorer: torch.nn.Module | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The PPO loss of one micro-batch (a mean over its samples) and its statistics.
+
+    ``scorer``: the DDP/DeepSpeed-wrapped ``ScoringModule`` of a data-parallel run (its forward is
+    ``policy.score``, and arms the gradient all-reduce); None scores with ``policy.score`` directly.
+    """
     ppo, device = cfg.ppo, policy.device
     sampled, masks = collate(policy, samples)
     action = masks["action"]
-    token_logp, new_values, logits = policy.score(sampled, temperature=ppo.temperature, return_logits=True)
+    score = scorer if scorer is not None else policy.score
+    token_logp, new_values, logits = score(sampled, temperature=ppo.temperature, return_logits=True)
     new_logp = mixed_action_logprob(
         token_logp, masks["thought"], action, ppo.thought_coef, masks["key"], ppo.action_key_coef
     )
@@ -134,6 +142,45 @@ def micro_loss(policy: ActorCritic, samples: Samples, cfg: Config) -> tuple[torc
     return loss, stats
 
 
+def accumulate_minibatch(
+    policy: ActorCritic,
+    minibatch: Minibatch,
+    cfg: Config,
+    backward: Callable[[torch.Tensor], None],
+    scorer: torch.nn.Module | None = None,
+) -> tuple[bool, dict[str, list[float]]]:
+    """Forward and backward of ``minibatch``'s micro-batches, gradients accumulated (not stepped).
+
+    Each micro-batch's loss is weighted by its share of the rank's minibatch, so the accumulated gradient
+    is that of the minibatch's mean loss; DDP then averages it over ranks, which is the gradient of the
+    global minibatch (every rank's minibatch has the same size). Only the last micro-batch all-reduces
+    (``GradientSync``).
+
+    Returns:
+        ``(finite, stats)``: False when a loss was NaN/inf (one process stops at it; under several every
+        rank runs all its micro-batches, so that no rank waits alone in an all-reduce, and the caller
+        agrees on the flag); the micro-batches' statistics.
+    """
+    from vlmppo.rl.distributed import GradientSync
+
+    sync = GradientSync(scorer)
+    parallel = scorer is not None and hasattr(scorer, "no_sync")
+    stats: dict[str, list[float]] = {}
+    finite = True
+    micro = list(minibatch.micro_batches(cfg.ppo.micro_batch_size))
+    for index, samples in enumerate(micro):
+        with sync.micro(last=index == len(micro) - 1):
+            loss, micro_stats = micro_loss(policy, samples, cfg, scorer)
+            if not torch.isfinite(loss):
+                finite = False
+                if not parallel:
+                    break
+            backward(loss * len(samples) / len(minibatch))
+        for key, value in micro_stats.items():
+            stats.setdefault(key, []).append(value)
+    return finite, stats
+
+
 def ppo_epochs(
     policy: ActorCritic,
     optimizer: torch.optim.Optimizer,
@@ -142,14 +189,19 @@ def ppo_epochs(
     rng: np.random.Generator,
     guard: BadMinibatchGuard,
     accelerator: Accelerator | None = None,
+    scorer: torch.nn.Module | None = None,
 ) -> dict[str, float]:
     """``ppo.n_epochs`` passes of shuffled minibatches over ``buffer``; returns the update's mean statistics.
 
-    ``accelerator``: the run's `accelerate.Accelerator`; its backward and gradient clipping are used
-    (what a launched multi-process run needs). None: plain torch, as in the unit tests.
+    ``accelerator``: the run's `accelerate.Accelerator`; its backward and gradient clipping are used.
+    None: plain torch, as in the unit tests. ``scorer``: the wrapped ``ScoringModule`` of a data-parallel
+    run (``rl/distributed.py``); the ranks then agree on skipping a non-finite minibatch and on stopping
+    early at ``ppo.target_kl``, so they always take the same optimizer steps.
     """
+    from vlmppo.rl.distributed import world_of
+
     ppo = cfg.ppo
-    backward = accelerator.backward if accelerator is not None else torch.Tensor.backward
+    backward = backward_of(accelerator, ppo.minibatch_size // ppo.micro_batch_size)
     clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
     params = [param for group in optimizer.param_groups for param in group["params"]]
     stats: dict[str, list[float]] = {}
@@ -158,23 +210,19 @@ def ppo_epochs(
     for _epoch in range(ppo.n_epochs):
         for minibatch in buffer.minibatches(ppo.minibatch_size, rng):
             optimizer.zero_grad(set_to_none=True)
-            minibatch_stats: dict[str, list[float]] = {}
-            finite = True
-            for samples in minibatch.micro_batches(ppo.micro_batch_size):
-                loss, micro_stats = micro_loss(policy, samples, cfg)
-                if not torch.isfinite(loss):
-                    finite = False
-                    break
-                backward(loss * len(samples) / len(minibatch))
-                for key, value in micro_stats.items():
-                    minibatch_stats.setdefault(key, []).append(value)
+            finite, minibatch_stats = accumulate_minibatch(policy, minibatch, cfg, backward, scorer)
+            if world_of(accelerator) > 1:
+                finite = agreed_mean(accelerator, float(not finite)) == 0.0
             if not finite:
                 optimizer.zero_grad(set_to_none=True)
                 guard.bad("the loss")
                 continue
             # SB3's rule: once the policy has moved too far from the rollout's, stop this update's epochs
             # without taking the step (approx_kl was measured at the current parameters, before it).
-            if ppo.target_kl is not None and np.mean(minibatch_stats["approx_kl"]) > 1.5 * ppo.target_kl:
+            kl = float(np.mean(minibatch_stats["approx_kl"]))
+            if world_of(accelerator) > 1:
+                kl = agreed_mean(accelerator, kl)
+            if ppo.target_kl is not None and kl > 1.5 * ppo.target_kl:
                 optimizer.zero_grad(set_to_none=True)
                 stopped_early = True
                 break
@@ -196,3 +244,20 @@ def ppo_epochs(
     out["train/early_stopped"] = float(stopped_early)
     out["train/bad_minibatches"] = guard.total
     return out
+
+
+def backward_of(accelerator: Accelerator | None, micro_steps: int) -> Callable[[torch.Tensor], None]:
+    """The backward of a micro-batch's (already weighted) loss. DeepSpeed's engine divides every loss by its
+    gradient accumulation steps (set to ``micro_steps``) itself, so that is undone first; it also takes
+    its optimizer step at the last micro-batch, and clips there (``ppo.max_grad_norm``)."""
+    if accelerator is None:
+        return torch.Tensor.backward
+    if accelerator.state.deepspeed_plugin is not None:
+        return lambda loss: accelerator.backward(loss * micro_steps)
+    return accelerator.backward
+
+
+def agreed_mean(accelerator: Accelerator, value: float) -> float:
+    """The mean of ``value`` over ranks (an all-reduce), which every rank then decides by."""
+    tensor = torch.tensor([value], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(tensor, reduction="mean").item())

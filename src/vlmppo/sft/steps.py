@@ -66,7 +66,7 @@ def train_step(run: SftRun) -> dict:
     run.throughput.samples += n_samples
     loss_sum, correct = sum_over_ranks(accelerator, loss_sum, correct)
     truncated, skipped = sum_over_ranks(accelerator, run.collator.truncated, run.collator.skipped)
-    return {
+    row = {
         "step": progress.step,
         "epoch": round(run.counts.epoch_at(progress.micro), 4),
         "samples": progress.samples_seen,
@@ -79,6 +79,10 @@ def train_step(run: SftRun) -> dict:
         "data/truncated": int(truncated),
         "data/skipped": int(skipped),
     }
+    if accelerator.device.type == "cuda":  # the fullest GPU of the run (bench/data_parallel.py reads it)
+        peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30], device=accelerator.device)
+        row["sys/gpu_mem_peak_gb"] = float(accelerator.gather(peak).max())
+    return row
 
 
 def evaluate(run: SftRun) -> dict:

@@ -145,18 +145,26 @@ def sbatch_header(
 def accelerate_config(cfg: Config, stage: str) -> Path | None:
     """The shipped accelerate config file the launch passes as ``--config_file``, or None.
 
-    Only ``vlmppo sft`` with ``sft.launch`` other than ``single`` under the accelerate launcher has one: the file
-    picks the distributed type (DDP, or DeepSpeed ZeRO-2/3 with or without offload) that accelerate launches.
-    torchrun reads no such file; there the trainer builds the same DeepSpeed plugin from it by itself.
+    ``vlmppo sft`` and ``vlmppo ppo`` with ``sft.launch``/``ppo.launch`` other than ``single`` under the
+    accelerate launcher on GPUs have one: the file picks the distributed type (DDP, or DeepSpeed ZeRO-2/3)
+    that accelerate launches. torchrun reads no such file; there the trainer builds the same DeepSpeed plugin
+    from it by itself. CPU processes (``slurm.cpu_processes``) always go through torchrun.
     """
-    if stage != "sft" or cfg.slurm.launcher != "accelerate":
+    if stage not in ("sft", "ppo") or cfg.slurm.launcher != "accelerate" or cpu_ranks(cfg, stage):
         return None
-    return launch_config_path(cfg.sft.launch)
+    return launch_config_path(getattr(cfg, stage).launch)
+
+
+def cpu_ranks(cfg: Config, stage: str) -> bool:
+    """Several CPU processes per node (``slurm.cpu_processes`` on a CPU-only job of a training stage)."""
+    lay = layout(cfg, stage)
+    return lay.gpus_per_node == 0 and lay.per_node > 1
 
 
 def run_section(
     cfg: Config,
     lay: Layout,
+    stage: str,
     *,
     configs: list[Path],
     seeds: list[int] | None,
@@ -182,13 +190,20 @@ def run_section(
         lines.append(f"VLMPPO_CONFIG={shlex.quote(str(configs[0]))}")
     lines.append(f"VLMPPO_REQUEUE={1 if cfg.slurm.requeue else 0}")
     lines.append("export VLMPPO_PYTHON VLMPPO_CONFIG")
-    if launch_config is not None:
-        launch = cfg.sft.launch  # one of the schema's fixed names: nothing to quote
+    if lay.gpus_per_node == 0 and lay.per_node > 1:
         lines += [
-            f"# sft.launch={launch}: the accelerate config shipped with vlmppo, read by `accelerate launch`.",
+            f"# slurm.cpu_processes={lay.per_node}: CPU processes on gloo, started by torchrun (`accelerate launch",
+            "# --cpu` would start one whatever --num_processes says).",
+            "export ACCELERATE_USE_CPU=1",
+        ]
+    if launch_config is not None:
+        key = f"{stage}.launch"
+        launch = getattr(cfg, stage).launch  # one of the schema's fixed names: nothing to quote
+        lines += [
+            f"# {key}={launch}: the accelerate config shipped with vlmppo, read by `accelerate launch`.",
             f"VLMPPO_LAUNCH_CONFIG={shlex.quote(str(launch_config))}",
             'if [ ! -r "$VLMPPO_LAUNCH_CONFIG" ]; then',
-            f'  echo "vlmppo: cannot read $VLMPPO_LAUNCH_CONFIG (sft.launch={launch}) on $(hostname); render the job'
+            f'  echo "vlmppo: cannot read $VLMPPO_LAUNCH_CONFIG ({key}={launch}) on $(hostname); render the job'
             ' with the vlmppo that slurm.python runs." >&2',
             "  exit 1",
             "fi",
@@ -222,9 +237,11 @@ def launch_section(cfg: Config, stage: str, lay: Layout, launch_config: Path | N
     many = lay.nodes > 1
     nnodes, rank = ('"$SLURM_NNODES"', '"$SLURM_NODEID"') if many else ("1", "0")
     # Groups of words, one line each in the script.
-    if cfg.slurm.launcher == "torchrun":
+    if cfg.slurm.launcher == "torchrun" or (
+        lay.gpus_per_node == 0 and lay.per_node > 1
+    ):  # CPU ranks: torchrun
         launcher = [
-            f'"$VLMPPO_PYTHON" -m torch.distributed.run --nproc_per_node {max(lay.gpus_per_node, 1)}',
+            f'"$VLMPPO_PYTHON" -m torch.distributed.run --nproc_per_node {lay.per_node}',
             f"--nnodes {nnodes} --node_rank {rank}",
             '--master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT"',
         ]
@@ -235,7 +252,7 @@ def launch_section(cfg: Config, stage: str, lay: Layout, launch_config: Path | N
             f"--num_machines {nnodes} --machine_rank {rank}",
             '--main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT"',
         ]
-        if launch_config is not None and many and cfg.sft.launch.startswith("zero"):
+        if launch_config is not None and many and getattr(cfg, stage).launch.startswith("zero"):
             # accelerate's default for DeepSpeed on several nodes is pdsh over ssh from the head node; srun
             # already started one launcher per node, so each runs its node's processes with torch's launcher.
             launcher.append("--deepspeed_multinode_launcher standard")
@@ -287,7 +304,7 @@ def render_script(
         "setup": "\n".join(cfg.slurm.setup)
         or "# (none: the job keeps the environment sbatch was called from)",
         "run": run_section(
-            cfg, lay, configs=configs, seeds=seeds, python=python, launch_config=launch_config
+            cfg, lay, stage, configs=configs, seeds=seeds, python=python, launch_config=launch_config
         ),
         "launch": launch_section(cfg, stage, lay, launch_config),
     }

@@ -31,11 +31,17 @@ class Layout:
 
     nodes: int
     gpus_per_node: int
+    cpu_processes: int = 0  # per node, on a CPU-only job (slurm.cpu_processes)
+
+    @property
+    def per_node(self) -> int:
+        """Processes per node: one per GPU; on a CPU-only job ``cpu_processes`` (or one)."""
+        return self.gpus_per_node or max(self.cpu_processes, 1)
 
     @property
     def processes(self) -> int:
-        """One process per GPU; a CPU-only job is one process."""
-        return max(1, self.nodes * self.gpus_per_node)
+        """One process per GPU; a CPU-only job is one process, or ``cpu_processes`` per node."""
+        return self.nodes * self.per_node
 
     @property
     def distributed(self) -> bool:
@@ -49,7 +55,8 @@ def layout(cfg: Config, stage: str) -> Layout:
     node's GPUs itself), so running them on more nodes would only leave nodes idle.
     """
     if stage in TRAINING_STAGES:
-        return Layout(cfg.slurm.nodes, cfg.slurm.gpus_per_node)
+        cpu = cfg.slurm.cpu_processes if cfg.slurm.gpus_per_node == 0 else 0
+        return Layout(cfg.slurm.nodes, cfg.slurm.gpus_per_node, cpu)
     return Layout(1, cfg.slurm.gpus_per_node)
 
 
@@ -109,12 +116,15 @@ def check_request(cfg: Config, stage: str) -> None:
             f"slurm.nodes={s.nodes} with slurm.gpus_per_node=0: a run over several nodes needs GPUs "
             "(one process per GPU); set slurm.gpus_per_node or slurm.nodes=1"
         )
-    processes = layout(cfg, stage).processes if stage in STAGES else 1
-    if stage == "ppo" and processes > 1:
+    if stage == "ppo" and cfg.ppo.launch == "zero3":
+        from vlmppo.sft.launching import PPO_ZERO3
+
+        problems.append(PPO_ZERO3.removesuffix(".") + "; use ppo.launch=zero2 or ddp")
+    launch = getattr(cfg, stage).launch if stage in ("sft", "ppo") else "single"
+    if s.gpus_per_node == 0 and s.cpu_processes > 1 and launch.startswith("zero"):
         problems.append(
-            f"`vlmppo ppo` runs as one process (multi-GPU PPO is not built yet), but slurm.nodes x "
-            f"slurm.gpus_per_node = {s.nodes} x {s.gpus_per_node} asks for {processes}: each would run the whole "
-            "run into the same folder; set slurm.nodes=1 slurm.gpus_per_node=1 for the PPO job"
+            f"slurm.cpu_processes={s.cpu_processes} with {stage}.launch={launch}: DeepSpeed needs GPUs; CPU "
+            f"processes run data parallel on gloo ({stage}.launch=ddp)"
         )
     try:
         limit = time_limit_seconds(s.time)

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from vlmppo.config.checks import cross_section_problems
 from vlmppo.registry import FAMILIES
 
 Family = Literal[FAMILIES]  # type: ignore[valid-type]  (the names of vlmppo.registry)
@@ -483,67 +484,7 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
-        problems = []
-        rollout = self.env.n_envs * self.ppo.n_steps
-        if self.ppo.minibatch_size > rollout:
-            problems.append(
-                f"ppo.minibatch_size ({self.ppo.minibatch_size}) is larger than one rollout "
-                f"(env.n_envs * ppo.n_steps = {self.env.n_envs} * {self.ppo.n_steps} = {rollout})"
-            )
-        if self.ppo.micro_batch_size > self.ppo.minibatch_size:
-            problems.append(
-                f"ppo.micro_batch_size ({self.ppo.micro_batch_size}) is larger than ppo.minibatch_size "
-                f"({self.ppo.minibatch_size})"
-            )
-        elif self.ppo.minibatch_size % self.ppo.micro_batch_size:
-            problems.append(
-                f"ppo.minibatch_size ({self.ppo.minibatch_size}) is not a multiple of ppo.micro_batch_size "
-                f"({self.ppo.micro_batch_size})"
-            )
-        if self.ppo.advantage != "gae":
-            problems += _group_problems(self.env, self.ppo)
-        if self.ppo.min_lr > self.ppo.lr:
-            problems.append(f"ppo.min_lr ({self.ppo.min_lr}) is larger than ppo.lr ({self.ppo.lr})")
-        if self.slurm.gpus_per_node > self.slurm.max_gpus_per_node:
-            problems.append(
-                f"slurm.gpus_per_node ({self.slurm.gpus_per_node}) is more than the cluster's nodes have "
-                f"(slurm.max_gpus_per_node = {self.slurm.max_gpus_per_node})"
-            )
-        size, sep, built = self.model.path.partition(":")
-        if sep and size in ("tiny", "small") and built != self.model.family:
-            problems.append(
-                f"model.path '{self.model.path}' builds a {size} {built!r} model but model.family is "
-                f"{self.model.family!r}; use model.path={size}:{self.model.family}"
-            )
-        if self.model.quantization and self.ppo.merged_sampling is True:
-            problems.append(
-                f"ppo.merged_sampling=true cannot be used with model.quantization={self.model.quantization}: a "
-                "quantised base has no weights to merge the adapter into; use ppo.merged_sampling=auto or false"
-            )
-        if self.model.quantization and self.sft.launch.startswith("zero3"):
-            problems.append(
-                f"sft.launch={self.sft.launch} shards the base weights, which a quantised base "
-                f"(model.quantization={self.model.quantization}) cannot be; use sft.launch=single, ddp or zero2"
-            )
+        problems = cross_section_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self
-
-
-def _group_problems(env: EnvConfig, ppo: PpoConfig) -> list[str]:
-    """What makes grpo/gigpo groups impossible or useless (every one gets no learning signal)."""
-    problems = []
-    if env.n_envs % ppo.group_size:
-        problems.append(
-            f"ppo.advantage={ppo.advantage} needs env.n_envs ({env.n_envs}) to be a multiple of ppo.group_size "
-            f"({ppo.group_size})"
-        )
-    if ppo.group_size == 1:
-        problems.append(f"ppo.advantage={ppo.advantage} with ppo.group_size=1 has no peers to compare with")
-    if env.max_episode_steps is not None and env.max_episode_steps > ppo.n_steps:
-        problems.append(
-            f"ppo.advantage={ppo.advantage}: an episode of env.max_episode_steps={env.max_episode_steps} steps "
-            f"does not fit a rollout of ppo.n_steps={ppo.n_steps} (every rollout starts new groups; an episode "
-            "it cuts gets no credit)"
-        )
-    return problems

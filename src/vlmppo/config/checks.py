@@ -1,0 +1,74 @@
+"""The checks that read more than one section of a config (``Config`` runs them after each section's own)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vlmppo.config.schema import Config, EnvConfig, PpoConfig
+
+
+def cross_section_problems(cfg: Config) -> list[str]:
+    """Every inconsistency between sections, each one sentence naming the fields and values."""
+    problems = []
+    rollout = cfg.env.n_envs * cfg.ppo.n_steps
+    if cfg.ppo.minibatch_size > rollout:
+        problems.append(
+            f"ppo.minibatch_size ({cfg.ppo.minibatch_size}) is larger than one rollout "
+            f"(env.n_envs * ppo.n_steps = {cfg.env.n_envs} * {cfg.ppo.n_steps} = {rollout})"
+        )
+    if cfg.ppo.micro_batch_size > cfg.ppo.minibatch_size:
+        problems.append(
+            f"ppo.micro_batch_size ({cfg.ppo.micro_batch_size}) is larger than ppo.minibatch_size "
+            f"({cfg.ppo.minibatch_size})"
+        )
+    elif cfg.ppo.minibatch_size % cfg.ppo.micro_batch_size:
+        problems.append(
+            f"ppo.minibatch_size ({cfg.ppo.minibatch_size}) is not a multiple of ppo.micro_batch_size "
+            f"({cfg.ppo.micro_batch_size})"
+        )
+    if cfg.ppo.advantage != "gae":
+        problems += _group_problems(cfg.env, cfg.ppo)
+    if cfg.ppo.min_lr > cfg.ppo.lr:
+        problems.append(f"ppo.min_lr ({cfg.ppo.min_lr}) is larger than ppo.lr ({cfg.ppo.lr})")
+    if cfg.slurm.gpus_per_node > cfg.slurm.max_gpus_per_node:
+        problems.append(
+            f"slurm.gpus_per_node ({cfg.slurm.gpus_per_node}) is more than the cluster's nodes have "
+            f"(slurm.max_gpus_per_node = {cfg.slurm.max_gpus_per_node})"
+        )
+    size, sep, built = cfg.model.path.partition(":")
+    if sep and size in ("tiny", "small") and built != cfg.model.family:
+        problems.append(
+            f"model.path '{cfg.model.path}' builds a {size} {built!r} model but model.family is "
+            f"{cfg.model.family!r}; use model.path={size}:{cfg.model.family}"
+        )
+    if cfg.model.quantization and cfg.ppo.merged_sampling is True:
+        problems.append(
+            f"ppo.merged_sampling=true cannot be used with model.quantization={cfg.model.quantization}: a "
+            "quantised base has no weights to merge the adapter into; use ppo.merged_sampling=auto or false"
+        )
+    if cfg.model.quantization and cfg.sft.launch.startswith("zero3"):
+        problems.append(
+            f"sft.launch={cfg.sft.launch} shards the base weights, which a quantised base "
+            f"(model.quantization={cfg.model.quantization}) cannot be; use sft.launch=single, ddp or zero2"
+        )
+    return problems
+
+
+def _group_problems(env: EnvConfig, ppo: PpoConfig) -> list[str]:
+    """What makes grpo/gigpo groups impossible or useless (every one gets no learning signal)."""
+    problems = []
+    if env.n_envs % ppo.group_size:
+        problems.append(
+            f"ppo.advantage={ppo.advantage} needs env.n_envs ({env.n_envs}) to be a multiple of ppo.group_size "
+            f"({ppo.group_size})"
+        )
+    if ppo.group_size == 1:
+        problems.append(f"ppo.advantage={ppo.advantage} with ppo.group_size=1 has no peers to compare with")
+    if env.max_episode_steps is not None and env.max_episode_steps > ppo.n_steps:
+        problems.append(
+            f"ppo.advantage={ppo.advantage}: an episode of env.max_episode_steps={env.max_episode_steps} steps "
+            f"does not fit a rollout of ppo.n_steps={ppo.n_steps} (every rollout starts new groups; an episode "
+            "it cuts gets no credit)"
+        )
+    return problems

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from vlmppo.config.schema import Config, EnvConfig, PpoConfig
-
-
-def cross_section_problems(cfg: Config) -> list[str]:
-    """Every inconsistency between sections, each one sentence naming the fields and values."""
+def cross_section_problems(cfg) -> list[str]:
+    """Every inconsistency between the sections of ``cfg`` (a ``schema.Config``; not imported here: the schema
+    imports this module), each one sentence naming the fields and values."""
     problems = []
     rollout = cfg.env.n_envs * cfg.ppo.n_steps
     if cfg.ppo.minibatch_size > rollout:
@@ -55,7 +51,7 @@ def cross_section_problems(cfg: Config) -> list[str]:
     return problems
 
 
-def _group_problems(env: EnvConfig, ppo: PpoConfig) -> list[str]:
+def _group_problems(env, ppo) -> list[str]:
     """What makes grpo/gigpo groups impossible or useless (every one gets no learning signal)."""
     problems = []
     if env.n_envs % ppo.group_size:

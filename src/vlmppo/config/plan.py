@@ -81,6 +81,19 @@ def rank_rows(cfg: Config, world: int) -> list[tuple[str, str]]:
     return rows
 
 
+def quantized_sampling_rows(cfg: Config) -> list[tuple[str, str]]:
+    """PPO's "sampling" row for a quantised base (none otherwise)."""
+    if not cfg.model.quantization:
+        return []
+    return [
+        (
+            "sampling",
+            f"from the adapter model (unmerged): a {cfg.model.quantization} base has no weights to merge the "
+            "adapter into; scoring and the update also run on the quantised base",
+        )
+    ]
+
+
 def stage_plan(
     cfg: Config, stage: str, *, gpu_memory: str | None = None, world: int = 1
 ) -> list[tuple[str, str]]:
@@ -121,14 +134,7 @@ def stage_plan(
                 f"every {p.save_every} updates and at the end, in {run_dir(cfg) / 'ppo/checkpoints'}",
             ),
         ]
-        if cfg.model.quantization:
-            rows.append(
-                (
-                    "sampling",
-                    f"from the adapter model (unmerged): a {cfg.model.quantization} base has no weights to merge "
-                    "the adapter into; scoring and the update also run on the quantised base",
-                )
-            )
+        rows += quantized_sampling_rows(cfg)
         if p.kl_coef:
             anchor = (
                 f"the starting policy ({p.init_from})" if p.init_from else "the base model (adapter disabled)"

@@ -85,6 +85,37 @@ def test_gigpo_four_updates_straight_equal_two_then_resume_two(tmp_path):
     assert any(m["train/policy_loss"] != 0 for m in a)
 
 
+def test_gigpo_with_a_history_of_turns_resumes_exactly_and_starts_each_round_with_empty_windows(tmp_path):
+    # Two-step Color episodes with env.history=1: the second step's prompt holds the first turn. Every update
+    # restarts the groups (vec.reset), so the windows of earlier turns start empty with them.
+    from tests.rl.test_ppo_resume import stop_at
+
+    overrides = [
+        *SMALL,
+        "ppo.advantage=gigpo",
+        "ppo.total_env_steps=48",
+        "env.history=1",
+        "env.kwargs.steps=2",
+    ]
+    straight = load_config("probe-color-tiny", overrides=[*overrides, f"run.output_dir={tmp_path / 'a'}"])
+    train_ppo(straight)
+    split = load_config("probe-color-tiny", overrides=[*overrides, f"run.output_dir={tmp_path / 'b'}"])
+    assert train_ppo(split, on_update=stop_at(1)).updates == 1
+    assert train_ppo(split, resume="auto").updates == 3
+    a, b = metrics(tmp_path / "a/probe-color-tiny"), metrics(tmp_path / "b/probe-color-tiny")
+    assert [m["update"] for m in b] == [1, 2, 3]
+    for ma, mb in zip(a, b, strict=True):
+        for key in ("train/policy_loss", "train/approx_kl", "rollout/reward_mean"):
+            assert ma[key] == pytest.approx(mb[key], rel=1e-6, abs=1e-7), (ma["update"], key)
+    from vlmppo.checkpoints import latest_checkpoint
+    from vlmppo.train_state import load_trainer_state
+
+    state = load_trainer_state(
+        latest_checkpoint(tmp_path / "b/probe-color-tiny/ppo/checkpoints"), stage="ppo"
+    )
+    assert len(state["history"]) == 4  # one window per env, saved with the checkpoint
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

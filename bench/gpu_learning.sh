@@ -5,6 +5,7 @@
 #
 #   TASK=numberline|minigrid-empty|minigrid-doorkey|ezpoints  BUDGET_S=510  SEED=0  bash bench/gpu_learning.sh
 #   DRY=1 TASK=numberline bash bench/gpu_learning.sh    # the same commands on a CPU, tiny model, toy sizes
+#   PROTOCOL=curve PHASE=sft|rl|all ...                 # one long SFT curve, RL from its weak point (learning_curve.py)
 #
 # Knobs (bench/learning.py): WEAK_STEPS, WEAK_SAMPLES, SFT_STEPS, SFT_SHARE, EXTRA (overrides for every command).
 # The GPU image lacks gymnasium, minigrid, pygame-ce and pydantic: carry them as wheels in .whl/ (gpu_env.sh
@@ -20,5 +21,11 @@ else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   export RUNS=${RUNS:-/tmp/learning-runs}
 fi
-rm -f "$OUT/learning-$TASK.log"
-python3 bench/learning.py
+if [ "${PROTOCOL:-steps}" = curve ]; then
+  # The curve protocol (bench/learning_curve.py): PHASE=sft|rl|all; a warm machine keeps RUNS inside the tree.
+  export RUNS=${RUNS_CURVE:-.gpu/learning-runs}
+  python3 bench/learning_curve.py
+else
+  rm -f "$OUT/learning-$TASK.log"
+  python3 bench/learning.py
+fi

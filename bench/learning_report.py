@@ -32,6 +32,17 @@ def results_table(report: dict) -> list[str]:
     return lines
 
 
+def curve_table(report: dict) -> list[str]:
+    """The curve protocol's greedy evals of the long SFT run's checkpoints (bench/learning_curve.py)."""
+    if not report.get("curve"):
+        return []
+    lines = ["| SFT step | samples | success % | 95% CI | invalid % |", "|---|---|---|---|---|"]
+    for p in report["curve"]:
+        lines.append(f"| {p['step']} | {p.get('samples', '-')} | {_pct(p.get('success_rate'))} | "
+                     f"{_ci(p.get('success_ci95'))} | {_pct(p.get('invalid_action_rate'))} |")  # fmt: skip
+    return [*lines, ""]
+
+
 def stage_table(report: dict) -> list[str]:
     lines = ["| stage | wall s | rc | time-boxed | command |", "|---|---|---|---|---|"]
     for s in report["stages"]:
@@ -46,7 +57,9 @@ def markdown(report: dict) -> str:
     lines = [f"# Learning: {report['task']} ({report['preset']}){' — DRY run, not a result' if report['dry'] else ''}",
              "", f"GPU: {report.get('gpu')}; run.seed {report['seed']}; eval seeds as in the preset (greedy); "
              f"budget {report['budget_s']:.0f} s, wall {report.get('wall_s')} s.", "",
-             f"Data: {report.get('data', {})}", "", *results_table(report), ""]  # fmt: skip
+             f"Data: {report.get('data', {})}", "", *results_table(report), "", *curve_table(report)]  # fmt: skip
+    if report.get("weak_start"):
+        lines += [f"Weak start (from the curve): {report['weak_start'].get('checkpoint')}", ""]
     for name in ("weak", "strong"):
         s = sft.get(name) or {}
         rate = s.get("samples_per_s")

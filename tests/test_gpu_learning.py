@@ -56,3 +56,34 @@ def test_dry_run_plays_the_whole_protocol_on_the_cpu(tmp_path):
     assert set(report["results"]) == {"expert", "random", "weak sft", "strong sft", "weak + ppo"}
     assert report["results"]["expert"]["success_rate"] == 1.0 and report["ppo"]
     assert {p.suffix for p in (tmp_path / "out").iterdir()} == {".md", ".json", ".png", ".log"}
+
+
+def test_the_curve_protocol_starts_rl_from_the_best_checkpoint_under_the_ceiling():
+    from bench.learning_curve import pick_weak_start, samples_by_step
+
+    curve = [{"step": 100, "success_rate": 0.45}, {"step": 200, "success_rate": 0.58},
+             {"step": 300, "success_rate": 0.58}, {"step": 400, "success_rate": 0.81},
+             {"step": 500, "success_rate": None}]  # fmt: skip
+    assert pick_weak_start(curve, 0.6)["step"] == 300  # the tie goes to the later one
+    assert pick_weak_start(curve, 0.5)["step"] == 100
+    assert pick_weak_start(curve, 0.4) is None
+    rows = [{"step": 10, "samples": 640}, {"step": 20, "samples": 1280}, {"final": True, "eval/loss": 1.0}]
+    assert samples_by_step(rows, 20) == 1280 and samples_by_step(rows, 25) == 1280
+    assert samples_by_step(rows, 15) == 640 and samples_by_step(rows, 5) is None
+
+
+@pytest.mark.slow
+def test_dry_curve_protocol_in_two_phases_shares_its_runs_folder(tmp_path):
+    base = dict(os.environ, DRY="1", TASK="numberline", PROTOCOL="curve", OUT=str(tmp_path / "out"),
+                RUNS_CURVE=str(tmp_path / "runs"))  # fmt: skip
+    for phase in ("sft", "rl"):
+        done = subprocess.run(["bash", "bench/gpu_learning.sh"], cwd=REPO, env=dict(base, PHASE=phase),
+                              capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    sft = json.loads((tmp_path / "out" / "learning-numberline-sft.json").read_text())
+    rl = json.loads((tmp_path / "out" / "learning-numberline-rl.json").read_text())
+    assert [p["step"] for p in sft["curve"]] == [2, 4] and all(s["rc"] == 0 for s in sft["stages"])
+    # DRY's tiny model reads nothing (0% success): the weak start is the later checkpoint, and PPO ran from it.
+    assert rl["weak_start"]["step"] == 4 and rl["weak_start"]["checkpoint"].endswith("000004")
+    assert [s["stage"] for s in rl["stages"]] == ["weak + ppo", "eval weak + ppo"] and rl["ppo"]
+    assert all(s["rc"] == 0 for s in rl["stages"]) and "weak + ppo" in rl["results"]

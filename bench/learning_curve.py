@@ -1,0 +1,153 @@
+"""The learning protocol in two phases that share one runs folder (docs/learning.md, "the curve protocol"):
+
+PHASE=sft: expert data, the expert and random baselines, then ONE long SFT run that saves a checkpoint every
+``SFT_STEPS / CURVE_POINTS`` steps, and a greedy eval of each of those checkpoints: success against SFT samples.
+PHASE=rl: the weak start is the best of those checkpoints at or below ``WEAK_MAX`` success (0.6; or the
+checkpoint ``WEAK_CKPT`` names), and PPO runs from it until its time is up, then its eval.
+PHASE=all: both in one call.
+
+Why two phases: a weak start picked from the strong run's own curve is a policy that reads *some* of what it
+must read (a start that reads nothing gives RL a reward uncorrelated with its readings: run 2 of
+docs/learning.md), and the SFT curve answers "how many samples does reading take" in the same run. The phases fit
+two back-to-back calls of the GPU tool: a call made while the machine is still warm finds the runs folder the
+first left (put RUNS inside the tree, e.g. RUNS=.gpu/learning-runs, which git ignores).
+
+Environment, besides bench/learning.py's (TASK, BUDGET_S, SEED, EXTRA, RUNS, DRY): PHASE, SFT_STEPS (the long
+run's max_steps, 3000 by default; the budget also time-boxes it), CURVE_POINTS (checkpoints evaluated, 5),
+WEAK_MAX, WEAK_CKPT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from learning import Protocol, read_jsonl  # noqa: E402  (beside this file)
+from learning_report import write_report  # noqa: E402
+
+
+def pick_weak_start(points: list[dict], ceiling: float) -> dict | None:
+    """The checkpoint RL starts from: the most successful one at or below ``ceiling`` (the later on a tie, it
+    read more); None when every checkpoint is above it or none was evaluated."""
+    below = [p for p in points if p.get("success_rate") is not None and p["success_rate"] <= ceiling]
+    return max(below, key=lambda p: (p["success_rate"], p["step"])) if below else None
+
+
+def samples_by_step(rows: list[dict], step: int) -> int | None:
+    """Training samples seen at ``step``: from the newest metrics row at or before it."""
+    seen = [r for r in rows if r.get("samples") is not None and r.get("step", 1 << 62) <= step]
+    return max(seen, key=lambda r: r["step"])["samples"] if seen else None
+
+
+class CurveProtocol(Protocol):
+    """Phase ``sft`` or ``rl`` (or both) of the curve protocol; the report goes to ``learning-<task>-<phase>``."""
+
+    def __init__(self):
+        super().__init__()
+        self.phase = os.environ.get("PHASE", "all")
+        if self.phase not in ("sft", "rl", "all"):
+            sys.exit(f"PHASE={self.phase!r} is not one of sft, rl, all")
+        self.rl_name = f"{self.name}-rl"
+        self.report["protocol"] = "curve"
+        self.report["phase"] = self.phase
+        self.curve_file = self.run_dir(self.name) / "curve.json"
+        self.log = self.out / f"learning-{self.task}-{self.phase}.log"
+
+    # -- phase sft ---------------------------------------------------------------------------------------
+    def long_sft(self) -> None:
+        steps = int(os.environ.get("SFT_STEPS", "4" if self.dry else "3000"))
+        points = int(os.environ.get("CURVE_POINTS", "2" if self.dry else "5"))
+        every = max(1, steps // points)
+        # The evals after it: one per point, ~30 s each on the GPU machine (a 14M model, 200 episodes).
+        box = None if self.dry else max(60.0, self.budget.left() - 35 * (points + 1) - 20)
+        self.report["long_sft_plan"] = {"steps": steps, "save_every": every, "time_box_s": box}
+        self.vlmppo("long sft", ["pipeline", "--preset", self.preset, "--from", "sft", "--to", "sft",
+                                 f"run.name={self.name}", f"sft.max_steps={steps}", f"sft.save_every={every}",
+                                 f"sft.eval_every={every}", "sft.keep_last=null"],
+                    box_s=box)  # fmt: skip
+
+    def checkpoints(self) -> list[Path]:
+        root = self.run_dir(self.name) / "sft" / "checkpoints"
+        return sorted(p for p in root.glob("[0-9]*") if p.is_dir()) if root.is_dir() else []
+
+    def curve(self) -> list[dict]:
+        """A greedy eval of every numbered SFT checkpoint, newest first (the time may run out)."""
+        points = []
+        for ckpt in reversed(self.checkpoints()):
+            if not self.dry and self.budget.left() < 40:
+                self.report.setdefault("notes", []).append(f"no time left to evaluate {ckpt.name}")
+                break
+            label = f"sft step {int(ckpt.name)}"
+            self.eval(label, self.name, ["--ckpt", str(ckpt)])
+            result = self.report["results"].get(label)
+            if result:
+                points.append({"step": int(ckpt.name), "checkpoint": str(ckpt), **result})
+        points.sort(key=lambda p: p["step"])
+        rows = read_jsonl(self.run_dir(self.name) / "sft" / "metrics.jsonl")
+        for p in points:  # the samples seen by then, from the run's own metrics
+            p["samples"] = samples_by_step(rows, p["step"])
+        self.curve_file.write_text(json.dumps(points, indent=1) + "\n")
+        return points
+
+    # -- phase rl ----------------------------------------------------------------------------------------
+    def weak_start(self) -> dict | None:
+        if os.environ.get("WEAK_CKPT"):
+            return {"checkpoint": os.environ["WEAK_CKPT"], "success_rate": None, "step": None}
+        if not self.curve_file.is_file():
+            return None
+        points = json.loads(self.curve_file.read_text())
+        return pick_weak_start(points, float(os.environ.get("WEAK_MAX", "0.6")))
+
+    def rl(self) -> None:
+        start = self.weak_start()
+        self.report["weak_start"] = start
+        if start is None:
+            self.report.setdefault("notes", []).append(
+                f"no weak start: no SFT checkpoint at or below WEAK_MAX in {self.curve_file} (run PHASE=sft first)"
+            )
+            return
+        if start.get("success_rate") is not None:
+            self.report["results"]["weak sft"] = {"success_rate": start["success_rate"],
+                                                  "success_ci95": start.get("success_ci95"),
+                                                  "episodes": start.get("episodes")}  # fmt: skip
+        box = None if self.dry else self.budget.left() - 75  # the signal's update + save, then the eval
+        self.vlmppo("weak + ppo", ["ppo", "--preset", self.preset, f"run.name={self.rl_name}",
+                                   f"ppo.init_from={start['checkpoint']}"], box_s=box)  # fmt: skip
+        self.eval("weak + ppo", self.rl_name, ["--ckpt", "ppo"])
+
+    def run(self) -> None:
+        if self.phase in ("sft", "all"):
+            self.data()
+            for policy in ("expert", "random"):
+                self.eval(policy, self.name, ["--policy", policy])
+            self.long_sft()
+            self.report["curve"] = self.curve()
+            if self.report["curve"]:
+                self.report["results"]["strong sft"] = self.report["curve"][-1]
+        if self.phase in ("rl", "all"):
+            self.rl()
+
+    def gather(self) -> None:
+        self.report["sft"] = {"strong": self.sft_summary(self.name)}
+        self.report["sft_curves"] = {"long": read_jsonl(self.run_dir(self.name) / "sft" / "metrics.jsonl")}
+        self.report["ppo"] = read_jsonl(self.run_dir(self.rl_name) / "ppo" / "metrics.jsonl")
+
+
+def main() -> None:
+    protocol = CurveProtocol()
+    protocol.out.mkdir(parents=True, exist_ok=True)
+    protocol.report["gpu"] = __import__("learning").gpu_name()
+    try:
+        protocol.run()
+    finally:
+        protocol.report["wall_s"] = round(time.monotonic() - protocol.budget.start, 1)
+        protocol.gather()
+        write_report(protocol.report, protocol.out / f"learning-{protocol.task}-{protocol.phase}")
+
+
+if __name__ == "__main__":
+    main()

@@ -31,8 +31,8 @@ the run's 374-token prompts (the tiny tokenizer it borrows spells the text out l
 ~321 tokens estimated for Qwen's own, 24.3) — bench/results/gpu_ppo_h200.md. `bench/gpu_quant.py`'s first
 run (bench/results/h200-quant-24gb.md) ran its cases in one process while every model sampled from with the
 static decoder stayed alive (fixed since), so only its first row is clean: 2B 4-bit PPO 17.2 GiB measured,
-16.2 estimated; its later rows less the models earlier rows left behind agree within 5–20% (the estimate
-above), the LLaVA-1.6-7B rows included.
+16.2 estimated; less the models earlier rows left behind (by their sizes), the others' estimates are 5–8%
+above the peaks, the LLaVA-1.6-7B bf16 rows included (bench/RESULTS.md).
 """
 
 from __future__ import annotations

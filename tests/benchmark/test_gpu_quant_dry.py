@@ -74,3 +74,28 @@ def test_no_memory_cap_when_the_variable_is_unset(monkeypatch):
 
     monkeypatch.delenv(GPU_MEM_CAP_VAR, raising=False)
     assert apply_gpu_memory_cap() is None
+
+
+def test_a_measured_ppo_stage_leaves_no_model_alive(tmp_path):
+    # The bench's rows are only comparable if a stage frees what it loaded: the static decoder (the GPU
+    # default) once kept every model it sampled from alive, and each later row measured them all.
+    import gc
+
+    from transformers import PreTrainedModel
+
+    from vlmppo.benchmark.fit import measure_stage
+    from vlmppo.config import load_config
+
+    def live_models() -> int:
+        gc.collect()
+        return sum(isinstance(o, PreTrainedModel) for o in gc.get_objects())
+
+    before = live_models()
+    cfg = load_config(
+        "numberline-tiny",
+        overrides=["model.decoder=static", "env.n_envs=2", "ppo.micro_batch_size=2", "ppo.minibatch_size=2",
+                   "ppo.max_new_tokens=4", "ppo.init_from=null", "ppo.n_epochs=1"],
+    )  # fmt: skip
+    row = measure_stage("tiny", "ppo", cfg, "cpu", None, tmp_path)
+    assert row.status == "ok" and row.decoder == "static", row
+    assert live_models() == before

@@ -25,6 +25,7 @@ stages that would start after ``--budget-s`` (or ``$BENCH_DEADLINE``) are skippe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -171,7 +172,8 @@ def stage_in_child(number: int, stage: str, folder: Path, timeout_s: float) -> t
         output, _ = child.communicate(timeout=timeout_s)
         ended = f"exited with status {child.returncode}"
     except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it may have ended just now
+            os.killpg(child.pid, signal.SIGKILL)
         output, _ = child.communicate()
         ended = f"killed after the stage's {timeout_s:.0f} s"
     print(output, end="", flush=True)

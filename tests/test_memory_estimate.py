@@ -114,3 +114,63 @@ def test_data_parallel_estimates_are_per_gpu():
     assert (ddp.rollout_gb, ddp.update_gb, ddp.weights_gb) == (one.rollout_gb, one.update_gb, one.weights_gb)
     assert ddp.trainable_state_gb == pytest.approx(one.trainable_state_gb * 1.25)
     assert zero2.trainable_state_gb == pytest.approx(one.trainable_state_gb * (1 + 3 / 4) / 4)
+
+
+def test_the_7b_4bit_preset_estimate_is_the_hand_computed_one():
+    # llava-v1.6-mistral-7b (released config: h 4096, I 14336, 32 layers, 8 KV heads of 128, vocab 32064) with
+    # the numberline-llava-4bit preset: 8 envs, micro-batch 8, 256-token answers, checkpointing, NF4 with double
+    # quantisation, LoRA r=128 on all linears, a value head (gae). Every term by hand, in bytes:
+    from vlmppo.memory import OVERHEAD, estimate_sft_memory, model_facts
+
+    cfg = load_config("numberline-llava-4bit")
+    assert (cfg.env.n_envs, cfg.ppo.micro_batch_size, cfg.ppo.max_new_tokens, cfg.sft.batch_size) == (
+        8,
+        8,
+        256,
+        4,
+    )
+    facts = model_facts(cfg)
+    total, quantizable, lora = 7_566_747_648, 6_979_321_856, 335_544_320
+    assert (facts.counts.total, facts.counts.quantizable, facts.counts.trainable) == (
+        total,
+        quantizable,
+        lora,
+    )
+    # prompt: a 300×300 frame is one 336 view (576 tokens) + one tile (576) + 24 row ends; ~200 text tokens
+    assert facts.prompt_tokens == 576 + 576 + 24 + 200 == 1376
+    weights = quantizable * (0.5 + 1 / 64 + 4 / (64 * 256)) + (total - quantizable) * 2
+    value_head = (4096 * 1024 + 1024 + 1024 * 512 + 512 + 513) * 16
+    trainable = lora * 16 + value_head  # fp32 value, gradient, two AdamW moments
+    seq, kv_token = 1376 + 256, 2 * 32 * 8 * 128 * 2
+    static_kv = 8 * 1664 * kv_token  # 1632 positions rounded up to 64
+    dequantized = 4096 * 14336 * 2  # the largest NF4 layer in bf16
+    rollout = 8 * 1376 * kv_token + 8 * seq * (3 * 14336 + 4 * 4096) * 2 + 2**27 * 10 + dequantized
+    # checkpointing: each layer's bf16 input for 8 × 1632 tokens, plus one layer recomputed (8h + 3I values;
+    # no adapter input copies: NF4 LoRA under autocast, no dropout in PPO); answer logits at 2 + 16 bytes
+    update = 8 * seq * (32 * 4096 * 2 + (8 * 4096 + 3 * 14336) * 2) + 8 * 256 * 32064 * 18 + dequantized
+    assert update > rollout
+    expected = OVERHEAD * (weights + trainable + static_kv + update) / GIB
+    est = estimate_ppo_memory(cfg, facts)
+    assert est.peak_gb == pytest.approx(expected, rel=1e-9)
+    assert est.peak_gb == pytest.approx(19.12, abs=0.01)  # under 24 less a 10% margin
+    # SFT: 4 samples of 1376 + 256 tokens; dropout 0.05 keeps a mask and the dropout's bf16 output per adapter
+    tokens = 4 * 1632
+    layer = (8 * 4096 + 3 * 14336) * 2 + (6 * 4096 + 14336) * 3
+    sft_update = tokens * (32 * 4096 * 2 + layer) + tokens * 32064 * 2 * 2 + dequantized
+    sft_expected = OVERHEAD * (weights + lora * 16 + sft_update) / GIB
+    assert estimate_sft_memory(cfg, facts).peak_gb == pytest.approx(sft_expected, rel=1e-9)
+
+
+def test_adapters_keep_an_input_copy_on_a_plain_base_only_and_ppo_ignores_lora_dropout():
+    from vlmppo.memory import adapter_input_bytes
+
+    assert adapter_input_bytes(None, True, 0.0) == 2  # the bf16 copy autocast makes of peft's fp32 cast
+    assert adapter_input_bytes(None, False, 0.0) == 4  # the fp32 cast itself
+    assert adapter_input_bytes("4bit", True, 0.0) == 0  # bitsandbytes layers feed the base layer's input
+    assert adapter_input_bytes("4bit", True, 0.05) == adapter_input_bytes(None, True, 0.05) == 3
+    base = ["model.dtype=bfloat16", "model.quantization=4bit"]
+    with_dropout = estimate_ppo_memory(
+        load_config("numberline-tiny", overrides=[*base, "model.lora.dropout=0.3"])
+    )
+    without = estimate_ppo_memory(load_config("numberline-tiny", overrides=[*base, "model.lora.dropout=0"]))
+    assert with_dropout.update_gb == without.update_gb  # PPO sets every dropout to 0 (rl/startup.py)

@@ -53,6 +53,16 @@ def test_a_7b_model_on_a_24gb_card_needs_the_4bit_base():
     assert any("samples from the adapter model" in note for note in plan.notes)
 
 
+@pytest.mark.parametrize("preset", ["numberline-llava-4bit", "minigrid-doorkey-qwen-4bit"])
+def test_the_24gb_presets_fit_24gb_with_the_margin(preset):
+    cfg = load_config(preset)
+    facts = model_facts(cfg)
+    assert estimate_ppo_memory(cfg, facts).peak_gb <= 24 * 0.9
+    assert estimate_sft_memory(cfg, facts).peak_gb <= 24 * 0.9
+    if preset == "numberline-llava-4bit":  # its settings are the plan's for a 24 GB card
+        assert plan_for_gpu(cfg, 24, quantization="4bit", facts=facts).chosen.overrides == []
+
+
 def test_nothing_fits_a_card_smaller_than_the_smallest_setting():
     cfg = load_config("numberline-llava")
     plan = plan_for_gpu(cfg, 8)

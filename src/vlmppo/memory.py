@@ -19,14 +19,20 @@ Terms:
 - decoder buffers (``model.decoder=static``, the default on a GPU): the static KV cache of all envs,
   kept between rollouts, so it sits beside the update's peak too;
 - update: the saved activations of one micro-batch through the decoder (≈ 8·h + 3·I values per token and
-  layer in the model dtype, plus the fp32 inputs peft keeps for each LoRA adapter; with gradient
-  checkpointing one h per layer plus one full layer), and its answer logits in the model dtype, in fp32,
-  and their gradient.
+  layer in the model dtype, plus what each LoRA adapter keeps of its input: a bf16 copy on a plain base, none
+  on a quantised one, see `adapter_input_bytes`; with gradient checkpointing one h per layer plus one full
+  layer recomputed), and its answer logits at the start of the backward (`answer_logit_bytes`). PPO trains
+  without dropout whatever ``lora.dropout`` says, SFT with it;
+- a quantised base also has one dequantised copy of its largest layer live during its matmuls.
 
 Checked on an H200 with `bench/gpu_ppo.sh` (Qwen2-VL-2B shape, LoRA r=128, 32 envs, micro-batch 8, 128 new
 tokens): `torch.cuda.max_memory_allocated` 26.3 GiB, against 25.5 GiB here before the overhead factor for
 the run's 374-token prompts (the tiny tokenizer it borrows spells the text out longer than Qwen's; with the
-~321 tokens estimated for Qwen's own, 23.6) — bench/results/gpu_ppo_h200.md.
+~321 tokens estimated for Qwen's own, 24.3) — bench/results/gpu_ppo_h200.md. `bench/gpu_quant.py`'s first
+run (bench/results/h200-quant-24gb.md) ran its cases in one process while every model sampled from with the
+static decoder stayed alive (fixed since), so only its first row is clean: 2B 4-bit PPO 17.2 GiB measured,
+16.2 estimated; less the models earlier rows left behind (by their sizes), the others' estimates are 5–8%
+above the peaks, the LLaVA-1.6-7B bf16 rows included (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -245,18 +251,47 @@ def prompt_length(cfg, config) -> int:
 
 def layer_values(cfg, text, bpw: int, mixed_precision: str, dropout: float) -> float:
     """Bytes one token keeps per decoder layer for the backward (no gradient checkpointing): ≈ 8·h + 3·I
-    values in the model dtype, plus the input each LoRA-adapted linear keeps (peft casts it to the fp32
-    adapter dtype; under bf16 autocast the kept copy is bf16: measured 3.8 GiB less on the 2B shape at
-    micro-batch 8, which this term predicts) and a dropout mask with dropout on."""
+    values in the model dtype, plus what each LoRA-adapted linear keeps of its input
+    (`adapter_input_bytes`: measured 3.8 GiB less on the 2B shape at micro-batch 8 with bf16 autocast than
+    without, which that term predicts). ``dropout``: the rate the stage trains with (PPO: 0)."""
     from vlmppo.accel import precision_for
 
     hidden, inter = text.hidden_size, text.intermediate_size
     values = (8 * hidden + 3 * inter) * bpw
-    if cfg.model.lora is not None:
-        # q, k, v, o, gate, up see h values, down sees I
-        kept = 2 if precision_for(mixed_precision, "cuda") == "bf16" else 4
-        values += (6 * hidden + inter) * (kept + (1 if dropout else 0))
+    if cfg.model.lora is not None:  # q, k, v, o, gate, up see h values, down sees I
+        bf16 = precision_for(mixed_precision, "cuda") == "bf16"
+        values += (6 * hidden + inter) * adapter_input_bytes(cfg.model.quantization, bf16, dropout)
     return values
+
+
+def adapter_input_bytes(quantization: str | None, bf16_autocast: bool, dropout: float) -> int:
+    """Bytes per input value a LoRA-adapted linear keeps for the backward beyond its base layer's input.
+
+    peft's plain LoRA layer casts the input to the fp32 adapter dtype; under bf16 autocast ``lora_A`` then
+    keeps the bf16 copy autocast makes of that (2 bytes), without autocast the fp32 copy itself (4). peft's
+    bitsandbytes layers skip that cast under autocast, so ``lora_A`` reads the base layer's own bf16 input
+    and keeps nothing more (0). Dropout (SFT; PPO sets it to 0, which returns the input itself) adds its
+    1-byte mask, and on a quantised base its own bf16 output, which ``lora_A`` keeps instead (2 + 1).
+    """
+    if quantization and bf16_autocast:
+        return 3 if dropout else 0
+    return (2 if bf16_autocast else 4) + (1 if dropout else 0)
+
+
+def dequantized_weight_bytes(cfg, text) -> int:
+    """bitsandbytes multiplies by a quantised weight after dequantising it whole to the compute dtype (for
+    any input of more than one token, and in every backward): one such copy of the largest quantised layer
+    (an MLP projection, h × I) is live at a time. 0 for an unquantised base."""
+    return text.hidden_size * text.intermediate_size * 2 if cfg.model.quantization else 0
+
+
+def answer_logit_bytes(bpw: int) -> int:
+    """Bytes per value of the update's answer logits ``[micro-batch, answer, V]`` at their peak (the first
+    steps of the backward, `rl/logprob.py: token_logprobs`): the output layer's logits in the model dtype
+    (placeholder ids filled with -inf in a copy, the first freed), the fp32 ``logits / T`` that
+    ``logsumexp`` keeps, and in its backward ``exp(x − lse)``, its product with the incoming gradient and
+    the gradient ``gather`` adds in: four fp32 tensors of that size beside the model-dtype one."""
+    return bpw + 4 * 4
 
 
 def activation_bytes(cfg, text, tokens: int, per_token_layer: float, bpw: int) -> float:
@@ -314,9 +349,12 @@ def estimate_ppo_memory(cfg, facts: ModelFacts | None = None, world: int = 1) ->
     growing_cache = 0 if static else 2 * envs * seq * kv_token
     no_grad_layer = envs * seq * (3 * inter + 4 * hidden) * bpw  # gate, up, act; residual, norm, attention
     rollout = envs * prompt * kv_token + growing_cache + no_grad_layer + SCORE_CHUNK_VALUES * (bpw + 8)
+    rollout += dequantized_weight_bytes(cfg, text)
     mb = p.micro_batch_size
-    per_token_layer = layer_values(cfg, text, bpw, p.mixed_precision, m.lora.dropout if m.lora else 0.0)
-    update = activation_bytes(cfg, text, seq * mb, per_token_layer, bpw) + mb * answer * vocab * (bpw + 8)
+    # PPO trains without dropout (rl/startup.py: disable_dropout), whatever lora.dropout says
+    per_token_layer = layer_values(cfg, text, bpw, p.mixed_precision, 0.0)
+    update = activation_bytes(cfg, text, seq * mb, per_token_layer, bpw)
+    update += mb * answer * vocab * answer_logit_bytes(bpw) + dequantized_weight_bytes(cfg, text)
     # ppo.merged_sampling (auto = on, on a GPU, unless the base is quantised): one more copy, merged
     from vlmppo.rl.startup import uses_merged_sampling
 
@@ -359,6 +397,7 @@ def estimate_sft_memory(cfg, facts: ModelFacts | None = None) -> MemoryEstimate 
     batch = cfg.sft.batch_size
     update = activation_bytes(cfg, text, tokens * batch, per_token_layer, bpw)
     update += batch * tokens * text.vocab_size * bpw * 2  # logits and their gradient
+    update += dequantized_weight_bytes(cfg, text)
     return MemoryEstimate(
         params=counts.total,
         trainable=counts.trainable,

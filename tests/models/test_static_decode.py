@@ -135,6 +135,30 @@ def test_buffers_grow_for_a_larger_batch_and_are_reused_for_a_smaller_one(loaded
     assert decoder.buffers is grown and out.shape[0] == 2
 
 
+def test_a_model_sampled_from_is_freed_with_its_decoder_once_the_caller_drops_it():
+    # The decoders are cached per model (weak keys); a decoder holding its model strongly kept every model a
+    # process ever sampled from alive, with its KV buffers: bench/gpu_quant.py's later cases measured them.
+    import gc
+    import weakref
+
+    from vlmppo.models.generation import _STATIC_DECODERS
+
+    torch.manual_seed(0)
+    loaded = load_model(ModelConfig(family="qwen2-vl", path="tiny:qwen2-vl", lora=None), for_training=False)
+    config = explicit_generation_config(
+        loaded.tokenizer, media_token_ids(loaded.model), temperature=1.0, max_new_tokens=3
+    )
+    generate_ids(loaded.model, _batch(loaded, 2), config, decoder="static")
+    assert loaded.model in _STATIC_DECODERS
+    model_ref = weakref.ref(loaded.model)
+    gc.collect()  # earlier tests' garbage first, so only this model's entry goes below
+    before = len(_STATIC_DECODERS)
+    del loaded, config
+    gc.collect()
+    assert model_ref() is None
+    assert len(_STATIC_DECODERS) == before - 1
+
+
 @pytest.mark.parametrize("decoder", ["static", "generate"])
 def test_forced_lengths_make_every_answer_exactly_that_long(loaded, decoder):
     # Benchmarks force lengths (random weights never stop by themselves); both decoders must obey.

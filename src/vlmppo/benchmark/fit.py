@@ -36,6 +36,9 @@ class FitRow:
     decoder: str | None = None
     seconds: float = 0.0
     note: str = ""
+    # GiB allocated when the stage began (after freeing what could be freed): 0 in a fresh process; more means
+    # an earlier stage left tensors alive, which the peak includes
+    start_gib: float | None = None
 
     @property
     def estimate_ratio(self) -> float | None:
@@ -165,6 +168,7 @@ def measure_stage(case: str, stage: str, cfg, device: str, cap_gib: float | None
     row = FitRow(case, stage, "ok", cap_gib, None, est.peak_gb if est else None)
     free_memory()  # first: cached blocks of the last stage would count against the cap
     if device == "cuda":
+        row.start_gib = torch.cuda.memory_allocated() / 2**30
         if cap_gib is None:
             torch.cuda.set_per_process_memory_fraction(1.0)
         else:

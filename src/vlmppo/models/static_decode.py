@@ -31,6 +31,7 @@ as sampled.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -124,7 +125,9 @@ class StaticDecoder:
 
     def __init__(self, model, *, use_graphs: bool | None = None, check_every: int = 8, compile: bool = False):
         inner = _inner_model(model)
-        self.model = model
+        # Weakly: `static_decoder_for` keys its decoders by the model in a WeakKeyDictionary, and a value that
+        # held its key would keep every model ever sampled from (weights, KV buffers, graph pools) alive.
+        self._model = weakref.ref(model)
         self.language_model = inner.model.language_model
         self.forward = self.language_model
         if compile:  # rows vary by bucket: one dynamic-shape compilation serves them all
@@ -155,10 +158,10 @@ class StaticDecoder:
         if prompt is not None:
             from vlmppo.models.prompt_embeds import prefill_inputs
 
-            prefill = self.model(**prefill_inputs(prompt), use_cache=True, logits_to_keep=1)
+            prefill = self._model()(**prefill_inputs(prompt), use_cache=True, logits_to_keep=1)
             deltas = prompt.rope_deltas
         else:
-            prefill = self.model(**batch, use_cache=True, logits_to_keep=1)
+            prefill = self._model()(**batch, use_cache=True, logits_to_keep=1)
             deltas = getattr(prefill, "rope_deltas", None)
         kv = prefill.past_key_values
         self.mrope = deltas is not None

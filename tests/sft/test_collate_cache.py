@@ -127,3 +127,21 @@ def test_the_cache_keys_on_file_contents_not_paths(tmp_path, numberline):
     cached([SftExample("q", "a", tmp_path / "a.png"), SftExample("q", "b", tmp_path / "b.png")])
     assert len(cached.cache.pixels.items) == 1 and len(cached.cache.rows.items) == 2
     assert cached.cache.digest(tmp_path / "a.png") == cached.cache.digest(tmp_path / "b.png")
+
+
+def test_qwen_batches_carry_the_models_own_position_ids_and_the_same_logits(family_examples):
+    loaded, examples = family_examples
+    batch = SftCollator(loaded, 4096)(examples[-4:])  # with padding, two frame sizes, a row with two images
+    if not loaded.family.name.startswith("qwen"):
+        assert "position_ids" not in batch
+        return
+    positions = batch.pop("position_ids")
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    own, _ = loaded.model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                               inputs["image_grid_thw"], attention_mask=inputs["attention_mask"])  # fmt: skip
+    assert positions.dtype == own.dtype and torch.equal(positions, own)
+    assert int(positions.max()) < int(inputs["attention_mask"].sum(1).max())  # images take fewer positions
+    with torch.no_grad():
+        given = loaded.model(**inputs, position_ids=positions).logits
+        computed = loaded.model(**inputs).logits
+    assert torch.equal(given, computed)

@@ -140,6 +140,11 @@ class FamilyAdapter(ABC):
                 hint="Remove them from the config.",
             )
 
+    def position_ids(self, batch, image_processor):
+        """The position ids the model would compute from ``batch`` itself, computed here on the CPU (a collator
+        calls this, so the training process does not), or None: the model's own default is cheap."""
+        return None
+
     @abstractmethod
     def tiny_tokenizer(self):
         """A byte-level BPE tokenizer with the family's special tokens (trained locally)."""

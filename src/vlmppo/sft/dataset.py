@@ -221,6 +221,9 @@ class SftCollator:
         if cut:
             self.truncated += len(cut)
             batch = self._truncate(batch, cut)
+        positions = self.loaded.family.position_ids(batch, self.loaded.processor.image_processor)
+        if positions is not None:
+            batch["position_ids"] = positions
         return batch
 
     @staticmethod

@@ -32,6 +32,12 @@ class QwenAdapter(FamilyAdapter):
         if max_pixels is not None:
             image_processor.size.longest_edge = max_pixels
 
+    def speed_up(self, model) -> None:
+        if not self.windowed_vision:  # Qwen2-VL: its vision tower without per-image loops (models/qwen_vision.py)
+            from vlmppo.models.qwen_vision import speed_up_vision
+
+            speed_up_vision(model)
+
     def position_ids(self, batch, image_processor):
         """M-RoPE positions ``[3, B, T]``, as ``get_rope_index`` computes them for images (zeros at padding).
 

@@ -120,10 +120,13 @@ def collation_rows(run) -> list[dict]:
         start = time.perf_counter()
         _append_answers(loaded, batch, [e.answer for e in chunk])
         add("answers appended (tokenizer, re-pad)", time.perf_counter() - start)
-    plain, cached = SftCollator(loaded, 768, cache=False), SftCollator(loaded, 768)
-    add("= collator, no cache", sum(timed(lambda c=c: plain(c)) for c in chunks))
-    add("= collator, cache cold (first epoch)", sum(timed(lambda c=c: cached(c)) for c in chunks))
-    add("= collator, cache warm (later epochs)", sum(timed(lambda c=c: cached(c)) for c in chunks))
+        start = time.perf_counter()
+        loaded.family.position_ids(batch, loaded.processor.image_processor)
+        add("M-RoPE position ids (new: in the collator)", time.perf_counter() - start)
+    plain, cached = SftCollator(loaded, 768, cache=False, positions=False), SftCollator(loaded, 768)
+    add("= before: collator, no cache", sum(timed(lambda c=c: plain(c)) for c in chunks))
+    add("= after, first epoch: cache cold, + position ids", sum(timed(lambda c=c: cached(c)) for c in chunks))
+    add("= after, later epochs: cache warm, + position ids", sum(timed(lambda c=c: cached(c)) for c in chunks))
     rows = [{"part": name, "ms_per_sample": round(1e3 * s / n, 3)} for name, s in parts.items()]
     rows.append({"part": f"(cache: {len(cached.cache.pixels.items)} image entries, "
                  f"{cached.cache.pixels.used / 2**20:.1f} MiB; {n} samples)", "ms_per_sample": None})  # fmt: skip
@@ -131,14 +134,25 @@ def collation_rows(run) -> list[dict]:
     return rows
 
 
-def with_cache(enabled: bool):
-    """The loader's collator with or without its cache (the loader builds its own in ``MicroBatches``)."""
+def variant(run, after: bool) -> None:
+    """Before (the collator without cache or position ids, transformers' own vision classes) or after (the
+    product as it is now): the loader builds its collator in ``MicroBatches``, the model is changed in place."""
     import functools
 
+    from transformers.models.qwen2_vl import modeling_qwen2_vl as qwen
+
     import vlmppo.sft.loader as loader
+    from vlmppo.models.qwen_vision import speed_up_vision
     from vlmppo.sft.dataset import SftCollator
 
-    loader.SftCollator = functools.partial(SftCollator, cache=enabled)
+    loader.SftCollator = functools.partial(SftCollator, cache=after, positions=after)
+    model = run.accelerator.unwrap_model(run.model)
+    if after:
+        speed_up_vision(model)
+    else:
+        model.model.visual.__class__ = qwen.Qwen2VisionTransformerPretrainedModel
+        for block in model.model.visual.blocks:
+            block.attn.__class__ = qwen.VisionAttention
 
 
 def restart_loader(run, workers: int) -> None:
@@ -154,8 +168,8 @@ def loader_rows(run) -> list[dict]:
 
     rows = []
     for workers in WORKERS:
-        for cache in (False, True):
-            with_cache(cache)
+        for after in (False, True):
+            variant(run, after)
             restart_loader(run, workers)
             start = time.perf_counter()
             next_micro_batch(run)
@@ -163,22 +177,23 @@ def loader_rows(run) -> list[dict]:
             start = time.perf_counter()
             samples = sum(len(next_micro_batch(run)["input_ids"]) for _ in range(STEPS))
             seconds = time.perf_counter() - start
-            rows.append({"workers": workers, "cache": cache, "first_batch_s": round(first, 2),
+            rows.append({"workers": workers, "version": "after" if after else "before",
+                         "first_batch_s": round(first, 2),
                          "ms_per_batch": round(1e3 * seconds / STEPS, 1),
                          "samples_per_s": round(samples / seconds, 1)})  # fmt: skip
             print("loader", rows[-1], flush=True)
-    with_cache(True)
+    variant(run, True)
     return rows
 
 
 def model_step_rows(run) -> list[dict]:
-    """Milliseconds of each part of a training step on one fixed micro-batch (already collated)."""
+    """Milliseconds of each part of a training step on one fixed micro-batch (already collated), before and
+    after; then the vision tower and the position ids alone."""
     from vlmppo.sft.dataset import SftCollator
     from vlmppo.sft.loss import token_loss
 
     batch = SftCollator(run.loaded, 768)(run.train[:BATCH])
-    parts: dict[str, float] = {}
-    state: dict = {}
+    rows, state = [], {}
 
     def h2d():
         state["batch"] = batch.to(run.accelerator.device, non_blocking=True)
@@ -186,6 +201,8 @@ def model_step_rows(run) -> list[dict]:
     def forward():
         inputs = dict(state["batch"])
         labels = inputs.pop("labels")
+        if not state["after"]:
+            inputs.pop("position_ids", None)
         state["loss"] = token_loss(run.model(**inputs).logits, labels)[0]
 
     def backward():
@@ -196,22 +213,25 @@ def model_step_rows(run) -> list[dict]:
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
 
-    for step in range(STEPS + 2):
-        for name, fn in (("host to device", h2d), ("forward + loss", forward), ("backward", backward),
-                         ("clip + AdamW", optimizer)):  # fmt: skip
-            seconds = timed(fn)
-            if step >= 2:  # warm-up: allocator, autotuning
-                parts[name] = parts.get(name, 0.0) + seconds
-    total = sum(parts.values())
-    rows = [{"part": k, "ms_per_step": round(1e3 * v / STEPS, 2)} for k, v in parts.items()]
-    rows.append({"part": "= model step", "ms_per_step": round(1e3 * total / STEPS, 2),
-                 "samples_per_s": round(BATCH * STEPS / total, 1)})  # fmt: skip
-    rows += component_rows(run, state["batch"])
-    return rows
+    for after in (False, True):
+        variant(run, after)
+        state["after"], parts = after, {}
+        for step in range(STEPS + 2):
+            for name, fn in (("host to device", h2d), ("forward + loss", forward), ("backward", backward),
+                             ("clip + AdamW", optimizer)):  # fmt: skip
+                seconds = timed(fn)
+                if step >= 2:  # warm-up: allocator, autotuning
+                    parts[name] = parts.get(name, 0.0) + seconds
+        total = sum(parts.values())
+        version = "after" if after else "before"
+        rows += [{"version": version, "part": k, "ms_per_step": round(1e3 * v / STEPS, 2)} for k, v in parts.items()]
+        rows.append({"version": version, "part": "= model step", "ms_per_step": round(1e3 * total / STEPS, 2),
+                     "samples_per_s": round(BATCH * STEPS / total, 1)})  # fmt: skip
+    return rows + component_rows(run, state["batch"])
 
 
 def component_rows(run, batch) -> list[dict]:
-    """The vision tower (stock, and with one batched attention call) and the 3D-rope index, alone."""
+    """The vision tower fwd+bwd (stock classes, ours) and the M-RoPE position ids (the model's, on the device)."""
     inner = run.accelerator.unwrap_model(run.model).model
     rows = []
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if CUDA else torch.autocast("cpu", enabled=False)
@@ -226,52 +246,21 @@ def component_rows(run, batch) -> list[dict]:
             inner.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"],
                                  attention_mask=batch["attention_mask"])  # fmt: skip
 
-    for name, fn in (("vision tower fwd+bwd (stock: attention per image)", vision),
-                     ("3D-rope index (get_rope_index, per row)", rope)):  # fmt: skip
-        timed(fn)
-        rows.append({"part": f"  of which {name}", "ms_per_step": round(1e3 * timed(fn, STEPS) , 2)})
-    with torch.no_grad(), autocast:
-        stock = inner.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output
-        with batched_vision_attention():
-            patched = inner.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output
-    rows.append({"part": "  (batched vs stock vision output: max abs difference)",
-                 "ms_per_step": float((patched.float() - stock.float()).abs().max())})  # fmt: skip
-    with batched_vision_attention():
+    outputs = []
+    for after in (False, True):
+        variant(run, after)
         timed(vision)
-        rows.append({"part": "  vision tower fwd+bwd, one batched attention call (bench patch)",
+        rows.append({"version": "after" if after else "before", "part": "vision tower fwd+bwd alone",
                      "ms_per_step": round(1e3 * timed(vision, STEPS), 2)})  # fmt: skip
+        with torch.no_grad(), autocast:
+            outputs.append(inner.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output)
+    rows.append({"version": "after vs before", "part": "vision features: max abs difference",
+                 "ms_per_step": float((outputs[1].float() - outputs[0].float()).abs().max())})  # fmt: skip
+    timed(rope)
+    rows.append({"version": "before", "part": "M-RoPE position ids in the forward (get_rope_index)",
+                 "ms_per_step": round(1e3 * timed(rope, STEPS), 2)})  # fmt: skip
     run.optimizer.zero_grad(set_to_none=True)
     return rows
-
-
-class batched_vision_attention:
-    """Bench-only: Qwen2-VL's vision attention as one SDPA call over ``[images, heads, L, d]`` when every
-    image has the same number of patches (what stock transformers 5.17 does with a Python loop, one SDPA call
-    per image per block, for every implementation but flash-attention)."""
-
-    def __enter__(self):
-        from transformers.models.qwen2_vl import modeling_qwen2_vl as qwen
-
-        self.qwen, self.stock = qwen, qwen.VisionAttention.forward
-
-        def forward(module, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
-            lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-            if len(set(lengths)) != 1:
-                return self.stock(module, hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
-            n, length = len(lengths), lengths[0]
-            qkv = module.qkv(hidden_states).reshape(n * length, 3, module.num_heads, -1).permute(1, 0, 2, 3)
-            q, k, v = qkv.unbind(0)
-            cos, sin = position_embeddings
-            q, k = qwen.apply_rotary_pos_emb_vision(q, k, cos, sin)
-            q, k, v = (t.reshape(n, length, module.num_heads, -1).transpose(1, 2) for t in (q, k, v))
-            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=module.scaling)
-            return module.proj(out.transpose(1, 2).reshape(n * length, -1))
-
-        qwen.VisionAttention.forward = forward
-        return self
-
-    def __exit__(self, *exc):
-        self.qwen.VisionAttention.forward = self.stock
 
 
 def end_to_end_rows(run) -> list[dict]:
@@ -280,8 +269,8 @@ def end_to_end_rows(run) -> list[dict]:
 
     workers = WORKERS[-1]
     rows = []
-    for cache in (False, True):
-        with_cache(cache)
+    for after in (False, True):
+        variant(run, after)
         restart_loader(run, workers)
         for _ in range(3):  # warm-up: the workers start, the first batches
             train_step(run)
@@ -290,29 +279,41 @@ def end_to_end_rows(run) -> list[dict]:
         for _ in range(STEPS):
             train_step(run)
         seconds, samples = time.perf_counter() - start, STEPS * BATCH
-        rows.append({"workers": workers, "cache": cache, "ms_per_step": round(1e3 * seconds / STEPS, 1),
+        rows.append({"workers": workers, "version": "after" if after else "before",
+                     "ms_per_step": round(1e3 * seconds / STEPS, 1),
                      "samples_per_s": round(samples / seconds, 1)})  # fmt: skip
         print("end to end", rows[-1], flush=True)
-    with_cache(True)
+    variant(run, True)
     return rows
 
 
-def profile(run) -> str:
-    """A CUDA profile of a few product steps: where the CPU time goes and how many kernels are launched."""
+def profile(run) -> tuple[str, list[dict]]:
+    """Profiles of 3 product steps before and after: CUDA kernels launched per step, CPU op calls, top ops."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     from vlmppo.sft.steps import train_step
 
-    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
-            train_step(run)
-        sync()
-    averages = prof.key_averages()
-    kernels = sum(e.count for e in averages if e.device_type.name == "CUDA")
-    head = f"3 steps; {kernels} CUDA kernel launches ({kernels // 3} per step)\n"
-    return (head + averages.table(sort_by="self_cpu_time_total", row_limit=30) + "\n"
-            + averages.table(sort_by="self_cuda_time_total", row_limit=20))  # fmt: skip
+    text, rows = [], []
+    for after in (False, True):
+        variant(run, after)
+        restart_loader(run, WORKERS[-1])
+        train_step(run)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if CUDA else [])
+        with torch_profile(activities=activities) as prof:
+            for _ in range(3):
+                train_step(run)
+            sync()
+        averages = prof.key_averages()
+        kernels = sum(e.count for e in averages if e.device_type.name == "CUDA")
+        ops = sum(e.count for e in averages if e.key.startswith("aten::"))
+        version = "after" if after else "before"
+        rows.append({"version": version, "cuda_kernels_per_step": kernels // 3, "aten_calls_per_step": ops // 3})
+        text += [f"## {version}: {rows[-1]}", averages.table(sort_by="self_cpu_time_total", row_limit=25)]
+        if CUDA:
+            text.append(averages.table(sort_by="self_cuda_time_total", row_limit=15))
+    variant(run, True)
+    return "\n".join(text), rows
 
 
 def table(rows: list[dict]) -> str:
@@ -341,8 +342,8 @@ def main() -> None:
     report["model_step"] = model_step_rows(run)
     print(table(report["model_step"]), flush=True)
     report["end_to_end"] = end_to_end_rows(run)
-    if CUDA:
-        (OUT / "sft-profile.txt").write_text(profile(run))
+    profile_text, report["ops"] = profile(run)
+    (OUT / "sft-profile.txt").write_text(profile_text)
     close_loader(run)
     report["wall_s"] = round(time.perf_counter() - started, 1)
     text = [f"# SFT throughput: {MODEL}:qwen2-vl on {gpu}, batch {BATCH}, {report['train_samples']} NumberLine "
@@ -350,7 +351,8 @@ def main() -> None:
     for key, title in (("collation", "Collation per sample (one process, one thread)"),
                        ("loader", f"Loader alone ({STEPS} micro-batches of {BATCH})"),
                        ("model_step", "Model step on one fixed batch"),
-                       ("end_to_end", "End to end: the product's train_step")):  # fmt: skip
+                       ("end_to_end", "End to end: the product's train_step"),
+                       ("ops", "Ops per step (profiler; the step is launch-bound when kernels are many and tiny)")):  # fmt: skip
         text += [f"## {title}", "", table(report[key]), ""]
     (OUT / "sft-throughput.md").write_text("\n".join(text) + f"\nwall {report['wall_s']} s\n")
     (OUT / "sft-throughput.json").write_text(json.dumps(report, indent=1))

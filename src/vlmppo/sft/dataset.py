@@ -152,10 +152,20 @@ class SftCollator:
       alone is longer than `max_length` (or leaves no answer token) is skipped and counted in ``skipped``.
 
     If every sample of a batch is dropped, a DataError says so (raise max_length).
+
+    Each distinct sample is collated once per process and kept (`cache`, see sft/collate_cache.py: the batches
+    are bit-identical). With `positions`, a Qwen batch also carries the M-RoPE ``position_ids``, computed here
+    (in a loader worker) rather than row by row in the model's forward.
     """
 
     def __init__(
-        self, loaded: LoadedModel, max_length: int, on_too_long: str = "truncate", *, cache: bool = True
+        self,
+        loaded: LoadedModel,
+        max_length: int,
+        on_too_long: str = "truncate",
+        *,
+        cache: bool = True,
+        positions: bool = True,
     ):
         if on_too_long not in ("truncate", "skip"):
             raise ValueError(f"on_too_long must be 'truncate' or 'skip', got {on_too_long!r}")
@@ -166,6 +176,7 @@ class SftCollator:
         self.truncated = 0
         # Each distinct sample collated once per process (sft/collate_cache.py); None: every time from scratch.
         self.cache = CollateCache() if cache else None
+        self.positions = positions  # the family's position ids, computed here rather than in the model's forward
 
     def _build(self, examples: list[SftExample]) -> BatchFeature:
         if self.cache is None:
@@ -221,9 +232,10 @@ class SftCollator:
         if cut:
             self.truncated += len(cut)
             batch = self._truncate(batch, cut)
-        positions = self.loaded.family.position_ids(batch, self.loaded.processor.image_processor)
-        if positions is not None:
-            batch["position_ids"] = positions
+        if self.positions:
+            positions = self.loaded.family.position_ids(batch, self.loaded.processor.image_processor)
+            if positions is not None:
+                batch["position_ids"] = positions
         return batch
 
     @staticmethod

@@ -13,7 +13,7 @@ with few episodes), then, on the preset's model (``small:qwen2-vl``, or ``tiny:q
    instead of stock transformers' per-image loop (a bench-only patch, to size that loop), and a profile;
 4. end to end: the product's ``train_step`` (loader workers + model) with and without the cache.
 
-    python bench/sft_throughput.py                 # GPU (OUT=dir); the lead: bash bench/gpu_sft_throughput.sh
+    bash bench/gpu_sft_throughput.sh               # GPU (brings the wheels the image lacks; OUT=dir)
     DRY=1 python bench/sft_throughput.py           # CPU, tiny model, toy sizes (~1-2 min on 2 busy cores)
     DRY=1 MODEL=small python bench/sft_throughput.py   # CPU: the small model's collation figures
 
@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -44,6 +45,7 @@ OUT = Path(os.environ.get("OUT", "bench/out"))
 RUNS = Path(os.environ.get("RUNS", "/tmp/sft-throughput-runs"))
 CUDA = torch.cuda.is_available() and not DRY
 DEVICE = "cuda" if CUDA else "cpu"
+STARTED = time.perf_counter()
 
 
 def sync() -> None:
@@ -323,40 +325,56 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+SECTIONS = (
+    ("collation", "Collation per sample (one process, one thread)"),
+    ("loader", f"Loader alone ({STEPS} micro-batches of {BATCH}, no model step)"),
+    ("model_step", "Model step on one fixed batch (each part synchronised)"),
+    ("end_to_end", "End to end: the product's train_step (loader workers + model)"),
+    ("ops", "Ops per step (profiler): a step of many tiny kernels is bound by the CPU launching them"),
+)
+
+
+def save(report: dict) -> None:
+    """The tables so far (each section is written as soon as it is measured: a failure keeps the others)."""
+    text = [f"# SFT throughput: {MODEL}:qwen2-vl on {report['gpu']}, batch {BATCH}, {report['train_samples']} "
+            f"NumberLine samples, {os.cpu_count()} CPUs, attention {report['attn']}", "",
+            "before: the collator without its cache or position ids, transformers' own vision classes; "
+            "after: the product as it is now.", ""]  # fmt: skip
+    for key, title in SECTIONS:
+        if key in report:
+            text += [f"## {title}", "", table(report[key]) if isinstance(report[key], list) else report[key], ""]
+    (OUT / "sft-throughput.md").write_text("\n".join(text) + f"\nwall {time.perf_counter() - STARTED:.0f} s\n")
+    (OUT / "sft-throughput.json").write_text(json.dumps(report, indent=1))
+
+
 def main() -> None:
     from vlmppo.sft.loader import close_loader
     from vlmppo.sft.startup import start_run
 
     OUT.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
     make_data()
     run = start_run(config(), resume=None)
-    gpu = torch.cuda.get_device_name() if CUDA else "none (CPU)"
-    report = {"model": MODEL, "device": DEVICE, "gpu": gpu, "batch": BATCH, "episodes": EPISODES,
-              "train_samples": len(run.train), "cpu_count": os.cpu_count(),
+    report = {"model": MODEL, "device": DEVICE, "gpu": torch.cuda.get_device_name() if CUDA else "none (CPU)",
+              "batch": BATCH, "episodes": EPISODES, "train_samples": len(run.train), "cpu_count": os.cpu_count(),
               "attn": run.accelerator.unwrap_model(run.model).config._attn_implementation}  # fmt: skip
     print(report, flush=True)
-    report["collation"] = collation_rows(run)
-    print(table(report["collation"]), flush=True)
-    report["loader"] = loader_rows(run)
-    report["model_step"] = model_step_rows(run)
-    print(table(report["model_step"]), flush=True)
-    report["end_to_end"] = end_to_end_rows(run)
-    profile_text, report["ops"] = profile(run)
-    (OUT / "sft-profile.txt").write_text(profile_text)
+    for key, measure in (("collation", collation_rows), ("loader", loader_rows), ("model_step", model_step_rows),
+                         ("end_to_end", end_to_end_rows), ("ops", profile)):  # fmt: skip
+        try:
+            result = measure(run)
+        except Exception as exc:  # keep the other sections
+            result = f"failed: {type(exc).__name__}: {exc}"
+            print(traceback.format_exc(), flush=True)
+        if key == "ops" and isinstance(result, tuple):
+            (OUT / "sft-profile.txt").write_text(result[0])
+            result = result[1]
+        report[key] = result
+        save(report)
+        print(f"## {key}\n" + (table(result) if isinstance(result, list) else result), flush=True)
     close_loader(run)
-    report["wall_s"] = round(time.perf_counter() - started, 1)
-    text = [f"# SFT throughput: {MODEL}:qwen2-vl on {gpu}, batch {BATCH}, {report['train_samples']} NumberLine "
-            f"samples, {os.cpu_count()} CPUs, attention {report['attn']}", ""]  # fmt: skip
-    for key, title in (("collation", "Collation per sample (one process, one thread)"),
-                       ("loader", f"Loader alone ({STEPS} micro-batches of {BATCH})"),
-                       ("model_step", "Model step on one fixed batch"),
-                       ("end_to_end", "End to end: the product's train_step"),
-                       ("ops", "Ops per step (profiler; the step is launch-bound when kernels are many and tiny)")):  # fmt: skip
-        text += [f"## {title}", "", table(report[key]), ""]
-    (OUT / "sft-throughput.md").write_text("\n".join(text) + f"\nwall {report['wall_s']} s\n")
-    (OUT / "sft-throughput.json").write_text(json.dumps(report, indent=1))
-    print("\n".join(text), flush=True)
+    report["wall_s"] = round(time.perf_counter() - STARTED, 1)
+    save(report)
+    print((OUT / "sft-throughput.md").read_text(), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -48,23 +49,15 @@ class QwenAdapter(FamilyAdapter):
 
         ids, types, grids = batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"].tolist()
         keep = batch["attention_mask"].bool()
-        merge = image_processor.merge_size
         positions = torch.zeros((3, *ids.shape), dtype=ids.dtype)
-        images = iter(grids)
+        image = 0
         for row in range(ids.shape[0]):
-            pieces, start = [], 0
-            for kind, run in itertools.groupby(types[row][keep[row]].tolist()):
-                if kind == 0:  # text: consecutive positions, the same on the three axes
-                    length = len(list(run))
-                    pieces.append(torch.arange(length).view(1, -1).expand(3, -1) + start)
-                    start += length
-                else:  # an image (one per group: the template puts text around each): its (t, h, w) grid
-                    t, h, w = next(images)
-                    h, w = h // merge, w // merge
-                    grid = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
-                    pieces.append(torch.stack(grid).reshape(3, -1) + start)
-                    start += max(h, w)
-            positions[:, row, keep[row]] = torch.cat(pieces, dim=1)
+            # A row's positions depend only on its runs of text and image tokens and its images' grids.
+            runs = tuple((kind, len(list(run))) for kind, run in itertools.groupby(types[row][keep[row]].tolist()))
+            count = sum(kind != 0 for kind, _ in runs)
+            row_grids = tuple(tuple(grid) for grid in grids[image : image + count])
+            image += count
+            positions[:, row, keep[row]] = _row_positions(runs, row_grids, image_processor.merge_size)
         return positions
 
     def image_only_processor_class(self):
@@ -145,6 +138,27 @@ class QwenAdapter(FamilyAdapter):
         kwargs = super().tiny_generation_kwargs(tokenizer)
         kwargs["eos_token_id"] = [tokenizer.eos_token_id, tokenizer.pad_token_id]  # as Instruct checkpoints
         return kwargs
+
+
+@functools.lru_cache(maxsize=4096)
+def _row_positions(runs: tuple, grids: tuple, merge: int):
+    """The M-RoPE positions ``[3, n]`` of a row: text runs count on along all three axes; an image (one per run:
+    the template puts text around each) takes its merged (t, h, w) grid from where the text left off, and the
+    text after it goes on from there plus the grid's larger side (``get_rope_index``'s rule)."""
+    import torch
+
+    pieces, start, images = [], 0, iter(grids)
+    for kind, length in runs:
+        if kind == 0:
+            pieces.append(torch.arange(length).view(1, -1).expand(3, -1) + start)
+            start += length
+        else:
+            t, h, w = next(images)
+            h, w = h // merge, w // merge
+            grid = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+            pieces.append(torch.stack(grid).reshape(3, -1) + start)
+            start += max(h, w)
+    return torch.cat(pieces, dim=1)
 
 
 _COMMON = dict(

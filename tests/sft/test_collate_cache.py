@@ -145,3 +145,14 @@ def test_qwen_batches_carry_the_models_own_position_ids_and_the_same_logits(fami
         given = loaded.model(**inputs, position_ids=positions).logits
         computed = loaded.model(**inputs).logits
     assert torch.equal(given, computed)
+
+
+def test_an_image_gone_since_loading_is_a_data_error(tmp_path, numberline):
+    from vlmppo.errors import DataError
+
+    loaded, _ = numberline
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(tmp_path / "a.png")
+    example = SftExample("q", "a", tmp_path / "a.png", "train.jsonl:7")
+    (tmp_path / "a.png").unlink()
+    with pytest.raises(DataError, match=r"train.jsonl:7: image .*a.png cannot be read"):
+        SftCollator(loaded, 4096)([example])

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from vlmppo.errors import DataError
+
 ROW_BUDGET = 256 * 2**20  # bytes of token rows per process
 PIXEL_BUDGET = 768 * 2**20  # bytes of image tensors per process (NumberLine's 30 small-model frames: ~20 MB)
 
@@ -63,15 +65,21 @@ class CollateCache:
         self.order: list[str] | None = None  # the keys of a batch, in the processor's order
         self.hits = self.misses = 0
 
-    def digest(self, path: Path) -> str:
+    def digest(self, path: Path, source: str = "") -> str:
+        """The digest of an image file's bytes, read once per path (a dataset's frames do not change in a run)."""
         found = self.digests.get(path)
         if found is None:
-            found = self.digests[path] = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise DataError(f"{source}: image {path} cannot be read ({exc}).") from None
+            found = self.digests[path] = hashlib.blake2b(data, digest_size=16).hexdigest()
         return found
 
     def lookup(self, example) -> tuple[tuple, tuple, dict | None, dict | None]:
         """(row key, pixel key, cached rows or None, cached image tensors or None) of an ``SftExample``."""
-        frames = tuple(self.digest(frame) for frame, _ in example.history) + (self.digest(example.image),)
+        images = [frame for frame, _ in example.history] + [example.image]
+        frames = tuple(self.digest(image, example.source) for image in images)
         key = (frames, example.prompt, example.answer, tuple(answer for _, answer in example.history))
         return key, frames, self.rows.get(key), self.pixels.get(frames)
 

@@ -7,7 +7,9 @@ of ``k`` (`vlmppo.sft.schedule.micro_batch`), so workers can collate ``k+1, k+2,
 ``k``: the order, and with it the exact resume, is unchanged; only where the collating happens differs.
 
 ``sft.loader_workers`` sets the number of worker processes (null: none on a CPU, up to 8 on a GPU; 0 collates in
-the training process, as before). The truncated/skipped counts travel back with each batch.
+the training process, as before). The truncated/skipped counts travel back with each batch. The workers are forked
+once per run (one iterator over all the run's remaining micro-batches) and each keeps its collator's cache of
+distinct samples (sft/collate_cache.py) for the whole run; on a GPU the batches come back pinned.
 """
 
 from __future__ import annotations

@@ -75,7 +75,9 @@ def make_data() -> None:
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
-        sys.exit(f"data stage failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        sys.exit(
+            f"data stage failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     print(f"data: {EPISODES} episodes in {time.perf_counter() - started:.1f} s", flush=True)
 
 
@@ -117,7 +119,9 @@ def collation_rows(run) -> list[dict]:
         image_s = time.perf_counter() - start
         add("image processor (resize, normalise, patches)", image_s)
         start = time.perf_counter()
-        batch = loaded.processor(images=images, text=texts, padding=True, padding_side="left", return_tensors="pt")
+        batch = loaded.processor(
+            images=images, text=texts, padding=True, padding_side="left", return_tensors="pt"
+        )
         add("processor text side (placeholders, tokenizer)", time.perf_counter() - start - image_s)
         start = time.perf_counter()
         _append_answers(loaded, batch, [e.answer for e in chunk])
@@ -128,7 +132,9 @@ def collation_rows(run) -> list[dict]:
     plain, cached = SftCollator(loaded, 768, cache=False, positions=False), SftCollator(loaded, 768)
     add("= before: collator, no cache", sum(timed(lambda c=c: plain(c)) for c in chunks))
     add("= after, first epoch: cache cold, + position ids", sum(timed(lambda c=c: cached(c)) for c in chunks))
-    add("= after, later epochs: cache warm, + position ids", sum(timed(lambda c=c: cached(c)) for c in chunks))
+    add(
+        "= after, later epochs: cache warm, + position ids", sum(timed(lambda c=c: cached(c)) for c in chunks)
+    )
     rows = [{"part": name, "ms_per_sample": round(1e3 * s / n, 3)} for name, s in parts.items()]
     rows.append({"part": f"(cache: {len(cached.cache.pixels.items)} image entries, "
                  f"{cached.cache.pixels.used / 2**20:.1f} MiB; {n} samples)", "ms_per_sample": None})  # fmt: skip
@@ -226,7 +232,10 @@ def model_step_rows(run) -> list[dict]:
                     parts[name] = parts.get(name, 0.0) + seconds
         total = sum(parts.values())
         version = "after" if after else "before"
-        rows += [{"version": version, "part": k, "ms_per_step": round(1e3 * v / STEPS, 2)} for k, v in parts.items()]
+        rows += [
+            {"version": version, "part": k, "ms_per_step": round(1e3 * v / STEPS, 2)}
+            for k, v in parts.items()
+        ]
         rows.append({"version": version, "part": "= model step", "ms_per_step": round(1e3 * total / STEPS, 2),
                      "samples_per_s": round(BATCH * STEPS / total, 1)})  # fmt: skip
     return rows + component_rows(run, state["batch"])
@@ -255,7 +264,9 @@ def component_rows(run, batch) -> list[dict]:
         rows.append({"version": "after" if after else "before", "part": "vision tower fwd+bwd alone",
                      "ms_per_step": round(1e3 * timed(vision, STEPS), 2)})  # fmt: skip
         with torch.no_grad(), autocast:
-            outputs.append(inner.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output)
+            outputs.append(
+                inner.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output
+            )
     rows.append({"version": "after vs before", "part": "vision features: max abs difference",
                  "ms_per_step": float((outputs[1].float() - outputs[0].float()).abs().max())})  # fmt: skip
     timed(rope)
@@ -310,7 +321,9 @@ def profile(run) -> tuple[str, list[dict]]:
         kernels = sum(e.count for e in averages if e.device_type.name == "CUDA")
         ops = sum(e.count for e in averages if e.key.startswith("aten::"))
         version = "after" if after else "before"
-        rows.append({"version": version, "cuda_kernels_per_step": kernels // 3, "aten_calls_per_step": ops // 3})
+        rows.append(
+            {"version": version, "cuda_kernels_per_step": kernels // 3, "aten_calls_per_step": ops // 3}
+        )
         text += [f"## {version}: {rows[-1]}", averages.table(sort_by="self_cpu_time_total", row_limit=25)]
         if CUDA:
             text.append(averages.table(sort_by="self_cuda_time_total", row_limit=15))
@@ -342,8 +355,15 @@ def save(report: dict) -> None:
             "after: the product as it is now.", ""]  # fmt: skip
     for key, title in SECTIONS:
         if key in report:
-            text += [f"## {title}", "", table(report[key]) if isinstance(report[key], list) else report[key], ""]
-    (OUT / "sft-throughput.md").write_text("\n".join(text) + f"\nwall {time.perf_counter() - STARTED:.0f} s\n")
+            text += [
+                f"## {title}",
+                "",
+                table(report[key]) if isinstance(report[key], list) else report[key],
+                "",
+            ]
+    (OUT / "sft-throughput.md").write_text(
+        "\n".join(text) + f"\nwall {time.perf_counter() - STARTED:.0f} s\n"
+    )
     (OUT / "sft-throughput.json").write_text(json.dumps(report, indent=1))
 
 

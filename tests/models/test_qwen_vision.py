@@ -52,7 +52,9 @@ def test_features_and_gradients_match_the_stock_tower(loaded, sizes):
         model.zero_grad(set_to_none=True)
         out = model(**batch, labels=labels)
         out.loss.backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if "visual" in n and p.grad is not None}
+        grads = {
+            n: p.grad.clone() for n, p in model.named_parameters() if "visual" in n and p.grad is not None
+        }
         results.append((out.logits.detach(), grads))
     (logits, grads), (stock_logits, stock_grads) = results
     assert torch.allclose(logits, stock_logits, atol=1e-6, rtol=1e-5)

@@ -70,7 +70,9 @@ def test_numberline_batches_are_bit_identical_to_the_uncached_collator(numberlin
 def test_cut_and_dropped_samples_match_too(numberline):
     loaded, data = numberline
     # Every other sample gets a longer answer, a few tokens past the limit.
-    examples = [e if i % 2 else replace(e, answer=e.answer + " and then some") for i, e in enumerate(data[0][:20])]
+    examples = [
+        e if i % 2 else replace(e, answer=e.answer + " and then some") for i, e in enumerate(data[0][:20])
+    ]
     limit = max(len(SftCollator(loaded, 4096, cache=False)([e])["input_ids"][0]) for e in examples[1::2])
     for mode in ("truncate", "skip"):
         cached, plain = SftCollator(loaded, limit, mode), SftCollator(loaded, limit, mode, cache=False)

@@ -142,6 +142,7 @@ class FamilyAdapter(ABC):
 
     def speed_up(self, model) -> None:
         """Swap in exact, faster forms of the model's modules where the family has them (in place)."""
+        return None
 
     def position_ids(self, batch, image_processor):
         """The position ids the model would compute from ``batch`` itself, computed here on the CPU (a collator

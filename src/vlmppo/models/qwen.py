@@ -34,7 +34,9 @@ class QwenAdapter(FamilyAdapter):
             image_processor.size.longest_edge = max_pixels
 
     def speed_up(self, model) -> None:
-        if not self.windowed_vision:  # Qwen2-VL: its vision tower without per-image loops (models/qwen_vision.py)
+        if (
+            not self.windowed_vision
+        ):  # Qwen2-VL: its vision tower without per-image loops (models/qwen_vision.py)
             from vlmppo.models.qwen_vision import speed_up_vision
 
             speed_up_vision(model)
@@ -53,7 +55,9 @@ class QwenAdapter(FamilyAdapter):
         image = 0
         for row in range(ids.shape[0]):
             # A row's positions depend only on its runs of text and image tokens and its images' grids.
-            runs = tuple((kind, len(list(run))) for kind, run in itertools.groupby(types[row][keep[row]].tolist()))
+            runs = tuple(
+                (kind, len(list(run))) for kind, run in itertools.groupby(types[row][keep[row]].tolist())
+            )
             count = sum(kind != 0 for kind, _ in runs)
             row_grids = tuple(tuple(grid) for grid in grids[image : image + count])
             image += count

@@ -34,7 +34,11 @@ class BatchedVisionAttention(qwen.VisionAttention):
 
     def forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
         lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()  # a host sync, as in the stock forward
-        if len(set(lengths)) != 1 or self.config._attn_implementation != "sdpa" or kwargs.get("output_attentions"):
+        if (
+            len(set(lengths)) != 1
+            or self.config._attn_implementation != "sdpa"
+            or kwargs.get("output_attentions")
+        ):
             return super().forward(hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
         images, length = len(lengths), lengths[0]
         seq_length = hidden_states.shape[0]
@@ -44,7 +48,9 @@ class BatchedVisionAttention(qwen.VisionAttention):
         cos, sin = position_embeddings
         query, key = qwen.apply_rotary_pos_emb_vision(query, key, cos, sin)
         # [patches of all images, heads, d] -> [images, heads, patches, d]: each image attends to itself only.
-        query, key, value = (t.reshape(images, length, self.num_heads, -1).transpose(1, 2) for t in (query, key, value))
+        query, key, value = (
+            t.reshape(images, length, self.num_heads, -1).transpose(1, 2) for t in (query, key, value)
+        )
         out = torch.nn.functional.scaled_dot_product_attention(
             query, key, value, dropout_p=self.attention_dropout if self.training else 0.0, scale=self.scaling
         )
@@ -64,7 +70,9 @@ class CachedPositionsVisionTower(qwen.Qwen2VisionTransformerPretrainedModel):
         key = (str(grid_thw.device), tuple(map(tuple, grid_thw.tolist())))  # one host sync
         positions = kept.get(key)
         if positions is None:
-            on_cpu = get_vision_position_ids(torch.tensor(key[1], dtype=grid_thw.dtype), self.spatial_merge_size)
+            on_cpu = get_vision_position_ids(
+                torch.tensor(key[1], dtype=grid_thw.dtype), self.spatial_merge_size
+            )
             positions = kept[key] = on_cpu.to(grid_thw.device)
             while len(kept) > KEPT_GRIDS:
                 kept.popitem(last=False)

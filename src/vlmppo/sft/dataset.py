@@ -176,7 +176,9 @@ class SftCollator:
         self.truncated = 0
         # Each distinct sample collated once per process (sft/collate_cache.py); None: every time from scratch.
         self.cache = CollateCache() if cache else None
-        self.positions = positions  # the family's position ids, computed here rather than in the model's forward
+        self.positions = (
+            positions  # the family's position ids, computed here rather than in the model's forward
+        )
 
     def _build(self, examples: list[SftExample]) -> BatchFeature:
         if self.cache is None:

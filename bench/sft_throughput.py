@@ -17,7 +17,7 @@ with few episodes), then, on the preset's model (``small:qwen2-vl``, or ``tiny:q
     DRY=1 python bench/sft_throughput.py           # CPU, tiny model, toy sizes (~1-2 min on 2 busy cores)
     DRY=1 MODEL=small python bench/sft_throughput.py   # CPU: the small model's collation figures
 
-Knobs: EPISODES (collected, default 200; DRY 20), STEPS (timed steps/batches per row, default 20; DRY 3),
+Knobs: EPISODES (collected, default 200; DRY 20), STEPS (timed steps/batches per row, default 30; DRY 3),
 WORKERS (loader settings to compare, default "0,2,8"; DRY "0,1"), BATCH (default the preset's 64; DRY 8).
 Writes ``sft-throughput.md`` / ``.json`` (and on CUDA ``sft-profile.txt``) to $OUT.
 """
@@ -38,7 +38,7 @@ import torch
 DRY = os.environ.get("DRY") == "1"
 MODEL = os.environ.get("MODEL", "tiny" if DRY else "small")
 EPISODES = int(os.environ.get("EPISODES", "20" if DRY else "200"))
-STEPS = int(os.environ.get("STEPS", "3" if DRY else "20"))
+STEPS = int(os.environ.get("STEPS", "3" if DRY else "30"))
 WORKERS = [int(w) for w in os.environ.get("WORKERS", "0,1" if DRY else "0,2,8").split(",")]
 BATCH = int(os.environ.get("BATCH", "8" if DRY else "64"))
 OUT = Path(os.environ.get("OUT", "bench/out"))
@@ -97,6 +97,7 @@ def collation_rows(run) -> list[dict]:
     from vlmppo.models.inputs import _append_answers, chat_prompt
     from vlmppo.sft.dataset import SftCollator, _open_rgb
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     loaded, examples = run.loaded, run.train
     n = min(len(examples), 4 * BATCH)
@@ -138,7 +139,7 @@ def collation_rows(run) -> list[dict]:
     rows = [{"part": name, "ms_per_sample": round(1e3 * s / n, 3)} for name, s in parts.items()]
     rows.append({"part": f"(cache: {len(cached.cache.pixels.items)} image entries, "
                  f"{cached.cache.pixels.used / 2**20:.1f} MiB; {n} samples)", "ms_per_sample": None})  # fmt: skip
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads)
     return rows
 
 

@@ -18,7 +18,8 @@ with few episodes), then, on the preset's model (``small:qwen2-vl``, or ``tiny:q
     DRY=1 MODEL=small python bench/sft_throughput.py   # CPU: the small model's collation figures
 
 Knobs: EPISODES (collected, default 200; DRY 20), STEPS (timed steps/batches per row, default 30; DRY 3),
-WORKERS (loader settings to compare, default "0,2,8"; DRY "0,1"), BATCH (default the preset's 64; DRY 8).
+WORKERS (loader settings to compare, default "0,2,8"; DRY "0,1"), BATCH (default the preset's 64; DRY 8), ONLY
+(sections: collation,loader,model_step,end_to_end,ops).
 Writes ``sft-throughput.md`` / ``.json`` (and on CUDA ``sft-profile.txt``) to $OUT.
 """
 
@@ -41,6 +42,7 @@ EPISODES = int(os.environ.get("EPISODES", "20" if DRY else "200"))
 STEPS = int(os.environ.get("STEPS", "3" if DRY else "30"))
 WORKERS = [int(w) for w in os.environ.get("WORKERS", "0,1" if DRY else "0,2,8").split(",")]
 BATCH = int(os.environ.get("BATCH", "8" if DRY else "64"))
+ONLY = [name for name in os.environ.get("ONLY", "").split(",") if name]  # sections to measure (default: all)
 OUT = Path(os.environ.get("OUT", "bench/out"))
 RUNS = Path(os.environ.get("RUNS", "/tmp/sft-throughput-runs"))
 CUDA = torch.cuda.is_available() and not DRY
@@ -381,6 +383,8 @@ def main() -> None:
     print(report, flush=True)
     for key, measure in (("collation", collation_rows), ("loader", loader_rows), ("model_step", model_step_rows),
                          ("end_to_end", end_to_end_rows), ("ops", profile)):  # fmt: skip
+        if ONLY and key not in ONLY:
+            continue
         try:
             result = measure(run)
         except Exception as exc:  # keep the other sections

@@ -140,6 +140,15 @@ class FamilyAdapter(ABC):
                 hint="Remove them from the config.",
             )
 
+    def speed_up(self, model) -> None:
+        """Swap in exact, faster forms of the model's modules where the family has them (in place)."""
+        return None
+
+    def position_ids(self, batch, image_processor):
+        """The position ids the model would compute from ``batch`` itself, computed here on the CPU (a collator
+        calls this, so the training process does not), or None: the model's own default is cheap."""
+        return None
+
     @abstractmethod
     def tiny_tokenizer(self):
         """A byte-level BPE tokenizer with the family's special tokens (trained locally)."""

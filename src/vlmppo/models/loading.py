@@ -218,6 +218,7 @@ def load_model(
         raise ModelError(f"Could not load the weights of '{path}': {exc}") from exc
     if not cfg.quantization:  # a quantised model is on its device already (and refuses a dtype move)
         model.to(device)
+    family.speed_up(model)
     model.eval()
     if not for_training:
         model.requires_grad_(False)

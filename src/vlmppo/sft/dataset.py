@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from vlmppo.errors import DataError
 from vlmppo.models.inputs import IGNORE_INDEX, Turn, build_inputs
+from vlmppo.sft.collate_cache import CollateCache, merge
 
 if TYPE_CHECKING:
     from transformers import BatchFeature
@@ -151,9 +152,21 @@ class SftCollator:
       alone is longer than `max_length` (or leaves no answer token) is skipped and counted in ``skipped``.
 
     If every sample of a batch is dropped, a DataError says so (raise max_length).
+
+    Each distinct sample is collated once per process and kept (`cache`, see sft/collate_cache.py: the batches
+    are bit-identical). With `positions`, a Qwen batch also carries the M-RoPE ``position_ids``, computed here
+    (in a loader worker) rather than row by row in the model's forward.
     """
 
-    def __init__(self, loaded: LoadedModel, max_length: int, on_too_long: str = "truncate"):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        max_length: int,
+        on_too_long: str = "truncate",
+        *,
+        cache: bool = True,
+        positions: bool = True,
+    ):
         if on_too_long not in ("truncate", "skip"):
             raise ValueError(f"on_too_long must be 'truncate' or 'skip', got {on_too_long!r}")
         self.loaded = loaded
@@ -161,8 +174,30 @@ class SftCollator:
         self.on_too_long = on_too_long
         self.skipped = 0
         self.truncated = 0
+        # Each distinct sample collated once per process (sft/collate_cache.py); None: every time from scratch.
+        self.cache = CollateCache() if cache else None
+        self.positions = (
+            positions  # the family's position ids, computed here rather than in the model's forward
+        )
 
     def _build(self, examples: list[SftExample]) -> BatchFeature:
+        if self.cache is None:
+            return self._build_uncached(examples)
+        parts = []
+        for example in examples:
+            key, frames, rows, pixels = self.cache.lookup(example)
+            if rows is None or pixels is None:
+                self.cache.misses += 1
+                rows, pixels = self.cache.store(key, frames, self._build_uncached([example]))
+            else:
+                self.cache.hits += 1
+            parts.append((rows, pixels))
+        tokenizer = self.loaded.tokenizer
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        batch = merge(self.cache, parts, pad_id, IGNORE_INDEX)
+        return batch if batch is not None else self._build_uncached(examples)
+
+    def _build_uncached(self, examples: list[SftExample]) -> BatchFeature:
         histories = None
         if any(e.history for e in examples):
             histories = [[Turn(_open_rgb(e, frame), answer) for frame, answer in e.history] for e in examples]
@@ -199,6 +234,10 @@ class SftCollator:
         if cut:
             self.truncated += len(cut)
             batch = self._truncate(batch, cut)
+        if self.positions:
+            positions = self.loaded.family.position_ids(batch, self.loaded.processor.image_processor)
+            if positions is not None:
+                batch["position_ids"] = positions
         return batch
 
     @staticmethod

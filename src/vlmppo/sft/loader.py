@@ -7,7 +7,9 @@ of ``k`` (`vlmppo.sft.schedule.micro_batch`), so workers can collate ``k+1, k+2,
 ``k``: the order, and with it the exact resume, is unchanged; only where the collating happens differs.
 
 ``sft.loader_workers`` sets the number of worker processes (null: none on a CPU, up to 8 on a GPU; 0 collates in
-the training process, as before). The truncated/skipped counts travel back with each batch.
+the training process, as before). The truncated/skipped counts travel back with each batch. The workers are forked
+once per run (one iterator over all the run's remaining micro-batches) and each keeps its collator's cache of
+distinct samples (sft/collate_cache.py) for the whole run; on a GPU the batches come back pinned.
 """
 
 from __future__ import annotations
@@ -86,10 +88,12 @@ def next_micro_batch(run: SftRun):
         stop = run.counts.total_steps * run.cfg.sft.grad_accum
         dataset = MicroBatches(run, run.progress.micro, max(stop, run.progress.micro + 1))
         workers = loader_workers(run.cfg.sft.loader_workers, run.accelerator.device)
+        # Pinned batches (copied by the loader's thread, beside the step) go to the GPU faster and asynchronously.
+        pin = bool(workers) and run.accelerator.device.type == "cuda"
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=None, shuffle=False, collate_fn=_as_is, num_workers=workers,
             prefetch_factor=4 if workers else None, worker_init_fn=_one_thread if workers else None,
-            persistent_workers=False,
+            persistent_workers=False, pin_memory=pin,
             generator=torch.Generator(),  # its own: the global RNG (dropout; saved in checkpoints) stays untouched
         )  # fmt: skip
         run.batches = iter(loader)

@@ -50,7 +50,7 @@ def train_step(run: SftRun) -> dict:
     loss_sum = correct = 0.0
     for batch in batches:
         with accelerator.accumulate(run.model):
-            batch = batch.to(accelerator.device)
+            batch = batch.to(accelerator.device, non_blocking=True)  # pinned by the loader on a GPU
             labels = batch.pop("labels")
             loss, _, right = token_loss(run.model(**batch).logits, labels)
             accelerator.backward(loss * scale)

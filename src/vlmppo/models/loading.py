@@ -32,6 +32,9 @@ class LoadedModel:
         tokenizer: The processor's tokenizer (left padding).
         family: The family adapter.
         path: What was loaded: a local folder, or a hub id.
+        image_device: Where ``build_inputs`` runs the image processor: None on the host (the default), or
+            a CUDA device for a torchvision image processor (``models.inputs.process_images_on``); every
+            input built for this model then has the same pixels, the rollout's and the update's alike.
     """
 
     model: Any
@@ -39,6 +42,7 @@ class LoadedModel:
     tokenizer: Any
     family: FamilyAdapter
     path: Any
+    image_device: Any = None
 
 
 def resolve_dtype(name: str, device: torch.device):

@@ -91,3 +91,18 @@ def test_frame_keys_tell_pixels_size_and_mode_apart():
     keys.add(frame_cache.frame_key(to_pil(base).convert("L")))
     assert len(keys) == 4 and frame_cache.frame_key(to_pil(base)) in keys
     assert frame_cache.frame_key("not an image") is None
+
+
+def test_frames_kept_on_a_device_give_the_same_batch(frozen_models, no_cache_after):
+    """``LoadedModel.frame_device`` (the GPU in PPO): the cached frames live and are joined there; here the
+    host stands in for it."""
+    import dataclasses
+
+    loaded = dataclasses.replace(frozen_models["qwen2-vl"], frame_device="cpu")
+    images = numberline_frames(6)
+    prompts = ["p"] * len(images)
+    want = uncached(loaded, images, prompts)
+    for _ in range(2):
+        assert_same_batch(build_inputs(loaded, images, prompts), want)
+    setting_devices = {key[0][2] for key in frame_cache.cache_of(loaded.processor.image_processor).entries}
+    assert "cpu" in setting_devices

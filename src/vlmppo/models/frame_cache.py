@@ -138,23 +138,24 @@ class _CachingImageProcessor:
     """Stands in for an image processor during one processor call; everything but the call is the
     processor's own."""
 
-    def __init__(self, inner, cache: FrameCache):
-        self._inner, self._cache = inner, cache
+    def __init__(self, inner, cache: FrameCache, device=None):
+        self._inner, self._cache, self._device = inner, cache, device
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
     def __call__(self, images, **kwargs):
-        return process_with_cache(self._inner, self._cache, images, kwargs)
+        return process_with_cache(self._inner, self._cache, images, kwargs, self._device)
 
 
-def process_with_cache(inner, cache: FrameCache, images, kwargs: dict):
-    """``inner(images, **kwargs)``, with the frames already in ``cache`` taken from it."""
+def process_with_cache(inner, cache: FrameCache, images, kwargs: dict, device=None):
+    """``inner(images, **kwargs)``, with the frames already in ``cache`` taken from it; ``device``: where the
+    cached frames are kept and the batch is assembled (None: where the image processor put them)."""
     frames = list(images) if isinstance(images, (list, tuple)) else None
     digests = [frame_key(frame) for frame in frames] if frames and cache.max_bytes > 0 else None
     if not digests or any(d is None for d in digests):
         return inner(images, **kwargs)
-    setting = (inner.to_json_string(), repr(sorted(kwargs.items(), key=lambda item: item[0])))
+    setting = (inner.to_json_string(), repr(sorted(kwargs.items(), key=lambda item: item[0])), str(device))
     keys = [(setting, digest) for digest in digests]
     found = {key: cache.get(key) for key in dict.fromkeys(keys)}
     missing = [key for key, parts in found.items() if parts is None]
@@ -167,6 +168,8 @@ def process_with_cache(inner, cache: FrameCache, images, kwargs: dict):
             return inner(images, **kwargs)
         cache.misses += len(missing)
         for key, frame_parts in zip(missing, parts, strict=True):
+            if device is not None:
+                frame_parts = {name: t.to(device) for name, t in frame_parts.items()}
             found[key] = frame_parts
             cache.put(key, frame_parts)
     joined = join_frames([found[key] for key in keys])
@@ -174,15 +177,16 @@ def process_with_cache(inner, cache: FrameCache, images, kwargs: dict):
 
 
 @contextlib.contextmanager
-def cached_frames(processor):
+def cached_frames(processor, device=None):
     """During the block, ``processor``'s image processor reuses the outputs of frames it has processed
     before (see the module docstring); afterwards it is the processor's own again (nothing of the cache is
-    ever saved with the processor)."""
+    ever saved with the processor). ``device``: keep the processed frames there and assemble the batch
+    there (on a GPU: no host copy of the batch's pixels and no transfer of them each step)."""
     inner = getattr(processor, "image_processor", None)
     if inner is None or _max_bytes <= 0:
         yield processor
         return
-    processor.image_processor = _CachingImageProcessor(inner, cache_of(inner))
+    processor.image_processor = _CachingImageProcessor(inner, cache_of(inner), device)
     try:
         yield processor
     finally:

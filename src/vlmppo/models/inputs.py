@@ -153,7 +153,9 @@ def build_inputs(
         for frame in [*(to_pil(turn.frame) for turn in history), image]
     ]
     on_device = {"images_kwargs": {"device": loaded.image_device}} if loaded.image_device is not None else {}
-    with cached_frames(loaded.processor) as processor:  # a frame seen before is not processed again
+    with cached_frames(
+        loaded.processor, loaded.frame_device
+    ) as processor:  # a frame seen before is not processed again
         batch = processor(
             images=all_images, text=texts, padding=True, padding_side="left", return_tensors="pt", **on_device
         )

@@ -35,6 +35,9 @@ class LoadedModel:
         image_device: Where ``build_inputs`` runs the image processor: None on the host (the default), or
             a CUDA device for a torchvision image processor (``models.inputs.process_images_on``); every
             input built for this model then has the same pixels, the rollout's and the update's alike.
+        frame_device: Where ``build_inputs`` keeps processed frames between calls and assembles a batch's
+            pixels (``models/frame_cache.py``): None on the host; the model's GPU in PPO (``build_policy``),
+            so the same values need no host copy or transfer each step.
     """
 
     model: Any
@@ -43,6 +46,7 @@ class LoadedModel:
     family: FamilyAdapter
     path: Any
     image_device: Any = None
+    frame_device: Any = None
 
 
 def resolve_dtype(name: str, device: torch.device):

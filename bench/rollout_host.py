@@ -126,7 +126,7 @@ def build_inputs_ms(loaded, adapter, frames, *, cached: bool, image_only: bool =
         for step, (obs, infos) in enumerate(frames):
             pil = [to_pil(o) for o in obs]
             if image_only:
-                with frame_cache.cached_frames(loaded.processor, loaded.frame_device) as processor:
+                with frame_cache.cached_processing(loaded.processor, loaded.frame_device) as processor:
                     ms, out = timed(lambda p=processor, f=pil: p.image_processor(f, return_tensors="pt"), 1)
             else:
                 prompts = prompts_for(adapter, infos)

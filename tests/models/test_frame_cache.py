@@ -1,5 +1,6 @@
 """The processed-frame cache (``models/frame_cache.py``): ``build_inputs`` gives the same tensors, bit for
-bit, whether frames come from the cache or from the image processor, for every family's processor."""
+bit, whether frames come from the cache or from the image processor, and whether repeated prompts are
+tokenized once or each, for every family's processor."""
 
 from __future__ import annotations
 
@@ -39,10 +40,11 @@ def assert_same_batch(got, want) -> None:
         assert got[name].dtype == want[name].dtype and torch.equal(got[name], want[name]), name
 
 
-def test_cached_frames_give_the_processor_output_bit_for_bit(frozen_models, family, no_cache_after):
+def test_cached_processing_give_the_processor_output_bit_for_bit(frozen_models, family, no_cache_after):
     loaded = frozen_models[family]
     images = numberline_frames(12)
-    prompts = [f"prompt {i}" for i in range(len(images))]
+    # repeated prompts of two lengths (tokenized once each, padded as a batch) and one of its own
+    prompts = ["short", "a much longer prompt, " * 4] * 5 + ["another", "short"]
     want = uncached(loaded, images, prompts)
     cache = frame_cache.cache_of(loaded.processor.image_processor)
     cache.entries.clear()

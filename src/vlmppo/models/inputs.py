@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vlmppo.models.frame_cache import cached_frames
+from vlmppo.models.frame_cache import cached_processing
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -153,7 +153,7 @@ def build_inputs(
         for frame in [*(to_pil(turn.frame) for turn in history), image]
     ]
     on_device = {"images_kwargs": {"device": loaded.image_device}} if loaded.image_device is not None else {}
-    with cached_frames(
+    with cached_processing(
         loaded.processor, loaded.frame_device
     ) as processor:  # a frame seen before is not processed again
         batch = processor(

@@ -26,6 +26,7 @@ cached and uncached outputs are identical on both devices.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -83,6 +84,8 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     for _ in range(repeats):
         start = time.perf_counter()
         result = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         times.append(1e3 * (time.perf_counter() - start))
     return statistics.median(times), result
 
@@ -144,7 +147,7 @@ def marks_before(tokenizer, adapter, rngs, texts, answers, answer_mask, token_lo
     from vlmppo.rl.logprob import action_key_mask, action_key_start, action_token_mask, mixed_action_logprob
 
     masks = {name: torch.zeros_like(answer_mask) for name in ("thought", "action", "key")}
-    old_logp, actions = torch.zeros(len(texts)), []
+    old_logp, actions, invalid, eos = torch.zeros(len(texts)), [], [], []
     for row, text in enumerate(texts):
         ids = answers[row][answer_mask[row]].tolist()
         parsed = adapter.parse(text, rngs[row])
@@ -171,7 +174,9 @@ def marks_before(tokenizer, adapter, rngs, texts, answers, answer_mask, token_lo
         for name, mask in (("thought", thought), ("action", action), ("key", key)):
             masks[name][row, : len(ids)] = mask
         actions.append(parsed.index)
-    return masks, old_logp, actions
+        invalid.append(bool(parsed.invalid))
+        eos.append(bool(ids) and ids[-1] == tokenizer.eos_token_id)
+    return masks, old_logp, actions, torch.tensor(invalid), torch.tensor(eos)
 
 
 def answers_for(tokenizer, adapter, n_envs: int, length: int, trained: bool):
@@ -208,38 +213,90 @@ def answers_ms(loaded, adapter, n_envs: int, steps: int, trained: bool) -> dict:
     before, old = timed(lambda: marks_before(*args, rngs(), texts, answers, mask, logp, ppo), steps)
     after, new = timed(lambda: mark_answers(*args, rngs(), texts, answers, mask, logp, ppo), steps)
     same = all(torch.equal(new[0][k], old[0][k]) for k in old[0]) and torch.equal(new[1], old[1])
-    return {"before": before, "after": after, "identical": same and new[2] == old[2]}
+    same = same and new[2] == old[2] and torch.equal(new[3], old[3]) and torch.equal(new[4], old[4])
+    return {"before": before, "after": after, "identical": same}
 
 
 def gpu_rows(loaded, adapter, frames, device: str) -> dict:
-    """The image processor on ``device`` (torchvision): time, the largest difference from the host's pixels,
-    and cached = uncached on the device."""
+    """On a GPU host: the processed frames kept on the GPU (``frame_device``, what PPO does there) and the
+    image processor itself on the GPU (``process_images_on``, torchvision): times, the largest difference
+    of the GPU-processed pixels from the host's, and that cached = uncached everywhere."""
     from vlmppo.models.inputs import process_images_on
 
     host_ms, host = build_inputs_ms(loaded, adapter, frames, cached=False)
-    if not process_images_on(loaded, device):
-        return {
-            "on-gpu": f"not a torchvision image processor ({type(loaded.processor.image_processor).__name__})"
-        }
+    loaded.frame_device = device
     try:
-        torch.cuda.synchronize()
+        kept_ms, kept = build_inputs_ms(loaded, adapter, frames, cached=True)
+    finally:
+        loaded.frame_device = None
+    row = {"host ms": host_ms, "frames kept on gpu ms": kept_ms,
+           "kept on gpu == host": all(same_batch(a, b) for a, b in zip(kept, host, strict=True))}  # fmt: skip
+    if not process_images_on(loaded, device):
+        row["on-gpu"] = (
+            f"not a torchvision image processor ({type(loaded.processor.image_processor).__name__})"
+        )
+        return row
+    try:
         plain_ms, plain = build_inputs_ms(loaded, adapter, frames, cached=False)
         cached_ms, cached = build_inputs_ms(loaded, adapter, frames, cached=True)
     finally:
         loaded.image_device = None
-    diff = max(
-        float((p["pixel_values"].cpu() - h["pixel_values"]).abs().max())
-        for p, h in zip(plain, host, strict=True)
+    pairs = list(zip(plain, host, strict=True))
+    row["processed on gpu ms"], row["processed on gpu, cached ms"] = plain_ms, cached_ms
+    row["max |gpu - host| pixel"] = max(
+        float((p["pixel_values"].cpu() - h["pixel_values"]).abs().max()) for p, h in pairs
     )
-    keys_equal = all(
-        torch.equal(p[k].cpu(), h[k])
-        for p, h in zip(plain, host, strict=True)
-        for k in h
-        if k != "pixel_values"
+    row["other keys equal"] = all(
+        torch.equal(p[k].cpu(), h[k]) for p, h in pairs for k in h if k != "pixel_values"
     )
-    return {"host ms": host_ms, "on-gpu ms": plain_ms, "on-gpu cached ms": cached_ms,
-            "max |gpu - host| pixel": diff, "other keys equal": keys_equal,
-            "cached == uncached on gpu": all(same_batch(a, b) for a, b in zip(cached, plain, strict=True))}  # fmt: skip
+    row["cached == uncached on gpu"] = all(same_batch(a, b) for a, b in zip(cached, plain, strict=True))
+    return row
+
+
+@contextlib.contextmanager
+def code_before():
+    """The rollout's host code as it was: no processed-frame cache (nor once-per-text tokenizing), every
+    frame drawn, offsets decoded row by row."""
+    from vlmppo.envs import base
+    from vlmppo.models import frame_cache
+    from vlmppo.rl import rollout
+
+    saved = base.FrameEnv._frame, rollout.mark_answers
+    frame_cache.set_max_bytes(0)
+    base.FrameEnv._frame = lambda self: self._draw()
+    rollout.mark_answers = marks_before
+    try:
+        yield
+    finally:
+        base.FrameEnv._frame, rollout.mark_answers = saved
+        frame_cache.set_max_bytes(frame_cache.DEFAULT_MAX_BYTES)
+
+
+def rollout_rows(args) -> list[dict]:
+    """``measure_rollout`` (the PPO loop's ``rollout_step`` + env step; answers forced to
+    ``--max-new-tokens``) with the code before and after, on one loaded policy, alternating."""
+    from vlmppo.accel import make_accelerator, precision_for
+    from vlmppo.benchmark.rollout import measure_rollout
+    from vlmppo.benchmark.runner import AnswerLengths, bench_config
+    from vlmppo.config import load_config
+    from vlmppo.rl.startup import build_policy
+
+    cfg = load_config(args.preset, None, [f"ppo.max_new_tokens={args.max_new_tokens}"])
+    cfg = bench_config(cfg, args.shape, args.device)
+    torch.manual_seed(cfg.run.seed)
+    policy = build_policy(cfg, args.device, accelerator=make_accelerator(args.device, precision_for(
+        cfg.ppo.mixed_precision, args.device)))  # fmt: skip
+    policy.forced_lengths = AnswerLengths(cfg.ppo.max_new_tokens, None, cfg.run.seed)
+    out = []
+    for label in ("before", "after", "before", "after")[: 2 * args.rounds]:
+        with code_before() if label == "before" else contextlib.nullcontext():
+            r = measure_rollout(policy, cfg, args.n_envs, repeats=args.steps)
+        out.append({"code": label, "decoder": r.decoder, "n_envs": r.n_envs, "env-steps/s": round(r.env_steps_per_s, 2),
+                    "step s": round(r.seconds / r.steps, 3), "generate s": round(r.generate_s / r.steps, 3),
+                    "rest of sample s": round(r.inputs_s / r.steps, 3), "score s": round(r.score_s / r.steps, 3),
+                    "parse + env s": round(r.host_s / r.steps, 3), "vision s": round(r.vision_s or 0, 3)})  # fmt: skip
+        print(json.dumps(out[-1]), flush=True)
+    return out
 
 
 def main() -> None:
@@ -249,6 +306,14 @@ def main() -> None:
     ap.add_argument("--families", default="qwen2-vl,qwen2.5-vl,llava,llava-next")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--device-rows", action="store_true", help="the GPU rows on --device cpu (a dry run)")
+    ap.add_argument(
+        "--rollout", action="store_true", help="also time the PPO loop's rollout step, end to end"
+    )
+    ap.add_argument("--rounds", type=int, default=1, help="before/after rounds of --rollout")
+    ap.add_argument("--preset", default="numberline-qwen")
+    ap.add_argument("--shape", default="qwen2-vl-2b", help="--rollout's model: a bench shape or tiny")
+    ap.add_argument("--max-new-tokens", type=int, default=128)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows, checks = [], {}
@@ -270,7 +335,7 @@ def main() -> None:
             before, old = build_inputs_ms(loaded, adapter, frames, cached=False, image_only=image_only)
             after, new = build_inputs_ms(loaded, adapter, frames, cached=True, image_only=image_only)
             row(label, before, after, all(same_batch(a, b) for a, b in zip(new, old, strict=True)))
-        if args.device.startswith("cuda"):
+        if args.device.startswith("cuda") or args.device_rows:
             checks[name] = gpu_rows(loaded, adapter, frames, args.device)
             print(name, json.dumps(checks[name]), flush=True)
     loaded = shape_processor(args.families.split(",")[0])
@@ -282,6 +347,7 @@ def main() -> None:
             result["after"],
             result["identical"],
         )
+    rollout = rollout_rows(args) if args.rollout else []
     table = ["| part | before ms | after ms | identical |", "|---|---|---|---|"]
     table += [f"| {r['part']} | {r['before ms']} | {r['after ms']} | {r['identical']} |" for r in rows]
     print("\n".join(table))
@@ -289,14 +355,14 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         meta = {"n_envs": args.n_envs, "steps": args.steps, "device": args.device, "torch": torch.__version__,
                 "threads": torch.get_num_threads()}  # fmt: skip
-        (args.out / "rollout_host.json").write_text(
-            json.dumps({"meta": meta, "rows": rows, "gpu": checks}, indent=1)
-        )
+        summary = {"meta": meta, "rows": rows, "gpu": checks, "rollout": rollout}
+        (args.out / "rollout_host.json").write_text(json.dumps(summary, indent=1))
         (args.out / "rollout_host.md").write_text(
-            "\n".join(table) + "\n\n" + json.dumps(checks, indent=1) + "\n"
+            "\n".join(table) + "\n\n" + json.dumps(summary, indent=1) + "\n"
         )
     if not all(r["identical"] for r in rows) or any(
-        c.get("cached == uncached on gpu") is False for c in checks.values()
+        c.get("cached == uncached on gpu") is False or c.get("kept on gpu == host") is False
+        for c in checks.values()
     ):
         raise SystemExit("an output differs from the code before: see the table")
 

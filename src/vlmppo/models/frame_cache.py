@@ -23,7 +23,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: ~450 Qwen2-VL-2B frames of 300x300 (2.3 MB each), ~150 LLaVA-NeXT ones
+# 256 MiB (on the GPU in PPO): ~110 Qwen2-VL-2B frames of 300x300 (2.3 MB each), ~37 LLaVA-NeXT ones (6.8 MB)
+DEFAULT_MAX_BYTES = 256 << 20
 
 
 class FrameCache:

@@ -12,7 +12,8 @@ steps (the envs advance between steps, so the frames are those a rollout sees):
   128-token random-weight answers (byte soup) / of well-formed answers.
 
 "before" runs the same data through the code as it was: no caches, offsets decoded row by row through
-``tokenizer.decode``. Each "after" output is checked equal to the "before" one (bit for bit) while timing.
+``tokenizer.decode``, transformers' M-RoPE index on the batch's device (``M-RoPE index``: 2B-shaped
+prompts through the tiny Qwen2-VL's ``get_rope_index``). Each "after" output is checked equal to the "before" one (bit for bit) while timing.
 
     python bench/rollout_host.py                       # 128 envs, 4 timed steps; ~2-4 min on 2 busy cores
     python bench/rollout_host.py --n-envs 16 --steps 2 --families qwen2-vl   # quick
@@ -253,22 +254,55 @@ def gpu_rows(loaded, adapter, frames, device: str) -> dict:
     return row
 
 
+def rope_ms(adapter, frames, device: str, steps: int) -> dict:
+    """The M-RoPE index of a step's Qwen2-VL-2B-shaped prompts on ``device`` tensors: transformers'
+    ``get_rope_index`` (before) against ``prompt_embeds.rope_index`` (after)."""
+    from vlmppo.config.schema import ModelConfig
+    from vlmppo.models import load_model
+    from vlmppo.models.inputs import build_inputs, to_pil
+    from vlmppo.models.prompt_embeds import backbone_of, rope_index
+    from vlmppo.rl.rollout import prompts_for
+
+    loaded = shape_processor("qwen2-vl")
+    backbone = backbone_of(load_model(ModelConfig(family="qwen2-vl", path="tiny:qwen2-vl", lora=None)).model)
+    obs, infos = frames[-1]
+    batch = build_inputs(loaded, [to_pil(o) for o in obs], prompts_for(adapter, infos)).to(device)
+    args = (batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"], batch["attention_mask"])
+    before, old = timed(
+        lambda: backbone.get_rope_index(args[0], args[1], image_grid_thw=args[2], attention_mask=args[3]),
+        steps,
+    )
+    after, new = timed(lambda: rope_index(backbone, *args), steps)
+    return {
+        "before": before,
+        "after": after,
+        "identical": all(torch.equal(a, b) for a, b in zip(new, old, strict=True)),
+    }
+
+
+def transformers_rope_index(backbone, ids, token_types, grid, attention_mask):
+    """The M-RoPE index as ``embed_prompts`` computed it before: transformers', on the batch's device."""
+    return backbone.get_rope_index(ids, token_types, image_grid_thw=grid, attention_mask=attention_mask)
+
+
 @contextlib.contextmanager
 def code_before():
     """The rollout's host code as it was: no processed-frame cache (nor once-per-text tokenizing), every
     frame drawn, offsets decoded row by row."""
     from vlmppo.envs import base
-    from vlmppo.models import frame_cache
+    from vlmppo.models import frame_cache, prompt_embeds
     from vlmppo.rl import rollout
 
     saved = base.FrameEnv._frame, rollout.mark_answers
+    saved = (*saved, prompt_embeds.rope_index)
     frame_cache.set_max_bytes(0)
     base.FrameEnv._frame = lambda self: self._draw()
     rollout.mark_answers = marks_before
+    prompt_embeds.rope_index = transformers_rope_index
     try:
         yield
     finally:
-        base.FrameEnv._frame, rollout.mark_answers = saved
+        base.FrameEnv._frame, rollout.mark_answers, prompt_embeds.rope_index = saved
         frame_cache.set_max_bytes(frame_cache.DEFAULT_MAX_BYTES)
 
 
@@ -338,6 +372,8 @@ def main() -> None:
         if args.device.startswith("cuda") or args.device_rows:
             checks[name] = gpu_rows(loaded, adapter, frames, args.device)
             print(name, json.dumps(checks[name]), flush=True)
+    result = rope_ms(adapter, frames, args.device, args.steps)
+    row(f"M-RoPE index ({args.device} tensors)", result["before"], result["after"], result["identical"])
     loaded = shape_processor(args.families.split(",")[0])
     for trained in (False, True):
         result = answers_ms(loaded, adapter, args.n_envs, args.steps, trained)

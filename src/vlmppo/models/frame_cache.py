@@ -163,8 +163,8 @@ def process_with_cache(inner, cache: FrameCache, images, kwargs: dict, device=No
     missing = [key for key, parts in found.items() if parts is None]
     cache.hits += len(keys) - sum(1 for key in keys if found[key] is None)
     if missing:
-        first = {key: frames[keys.index(key)] for key in missing}
-        out = inner([first[key] for key in missing], **kwargs)
+        frame_of = dict(zip(keys, frames, strict=True))  # a repeated frame: any of its copies
+        out = inner([frame_of[key] for key in missing], **kwargs)
         parts = split_frames(out, len(missing))
         if parts is None:
             return inner(images, **kwargs)

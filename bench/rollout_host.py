@@ -143,9 +143,36 @@ def build_inputs_ms(loaded, adapter, frames, *, cached: bool, image_only: bool =
     return statistics.median(times), outputs
 
 
+def key_mask_before(offsets, key_start, thought_mask):
+    """``action_key_mask`` as it was: token by token."""
+    key = torch.zeros_like(thought_mask)
+    if key_start is not None:
+        for i, (_, end) in enumerate(offsets):
+            key[i] = bool(thought_mask[i]) and end > key_start
+    return key
+
+
+def lower_before(text: str) -> str:
+    """``rl4vlm._lower_same_length`` as it was: character by character."""
+    return "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
+
+
 def marks_before(tokenizer, adapter, rngs, texts, answers, answer_mask, token_logp, ppo):
-    """``mark_answers`` as the rollout did it before: every row's offsets through ``tokenizer.decode``."""
-    from vlmppo.rl.logprob import action_key_mask, action_key_start, action_token_mask, mixed_action_logprob
+    """``mark_answers`` as the rollout did it before: every row's offsets through ``tokenizer.decode``, the
+    key mask token by token, the paper's parser lowering character by character."""
+    from vlmppo.envs import rl4vlm
+    from vlmppo.rl.logprob import action_key_start, action_token_mask, mixed_action_logprob
+
+    saved, rl4vlm._lower_same_length = rl4vlm._lower_same_length, lower_before
+    try:
+        return _marks_before(tokenizer, adapter, rngs, texts, answers, answer_mask, token_logp, ppo,
+                             action_key_start, action_token_mask, mixed_action_logprob)  # fmt: skip
+    finally:
+        rl4vlm._lower_same_length = saved
+
+
+def _marks_before(tokenizer, adapter, rngs, texts, answers, answer_mask, token_logp, ppo,
+                  action_key_start, action_token_mask, mixed_action_logprob):  # fmt: skip
 
     masks = {name: torch.zeros_like(answer_mask) for name in ("thought", "action", "key")}
     old_logp, actions, invalid, eos = torch.zeros(len(texts)), [], [], []
@@ -166,7 +193,7 @@ def marks_before(tokenizer, adapter, rngs, texts, answers, answer_mask, token_lo
                 )
                 previous = now
         thought, action = action_token_mask(offsets, parsed.span, len(ids))
-        key = action_key_mask(offsets, action_key_start(text, parsed.span), thought)
+        key = key_mask_before(offsets, action_key_start(text, parsed.span), thought)
         thought = thought & ~key
         old_logp[row] = mixed_action_logprob(
             token_logp[row : row + 1, : len(ids)], thought[None], action[None], ppo.thought_coef, key[None],
@@ -321,6 +348,7 @@ def rollout_rows(args) -> list[dict]:
     policy = build_policy(cfg, args.device, accelerator=make_accelerator(args.device, precision_for(
         cfg.ppo.mixed_precision, args.device)))  # fmt: skip
     policy.forced_lengths = AnswerLengths(cfg.ppo.max_new_tokens, None, cfg.run.seed)
+    policy.decoder = args.decoder or policy.decoder
     out = []
     for label in ("before", "after", "before", "after")[: 2 * args.rounds]:
         with code_before() if label == "before" else contextlib.nullcontext():
@@ -348,6 +376,9 @@ def main() -> None:
     ap.add_argument("--preset", default="numberline-qwen")
     ap.add_argument("--shape", default="qwen2-vl-2b", help="--rollout's model: a bench shape or tiny")
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument(
+        "--decoder", help="--rollout's model.decoder (default: static on a GPU, generate on a CPU)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows, checks = [], {}

@@ -12,8 +12,18 @@ from tests.rl.test_span_tokens_per_family import reference_offsets
 from vlmppo.config.schema import ModelConfig, PpoConfig
 from vlmppo.envs import get_adapter
 from vlmppo.models import load_model
-from vlmppo.rl.logprob import action_key_mask, action_key_start, action_token_mask, mixed_action_logprob
+from vlmppo.rl.logprob import action_key_start, action_token_mask, mixed_action_logprob
 from vlmppo.rl.rollout import mark_answers
+
+
+def reference_key_mask(offsets, key_start, thought_mask):
+    """``action_key_mask`` as it was: token by token."""
+    key = torch.zeros_like(thought_mask)
+    if key_start is None:
+        return key
+    for i, (_, end) in enumerate(offsets):
+        key[i] = bool(thought_mask[i]) and end > key_start
+    return key
 
 
 def reference_marks(tokenizer, adapter, rngs, texts, answers, answer_mask, token_logp, ppo):
@@ -25,7 +35,7 @@ def reference_marks(tokenizer, adapter, rngs, texts, answers, answer_mask, token
         parsed = adapter.parse(text, rngs[row])
         offsets = reference_offsets(tokenizer, ids)
         thought, action = action_token_mask(offsets, parsed.span, len(ids))
-        key = action_key_mask(offsets, action_key_start(text, parsed.span), thought)
+        key = reference_key_mask(offsets, action_key_start(text, parsed.span), thought)
         thought = thought & ~key
         old_logp[row] = mixed_action_logprob(
             token_logp[row : row + 1, : len(ids)], thought[None], action[None], ppo.thought_coef, key[None],
@@ -85,3 +95,4 @@ def test_mark_answers_equals_the_row_by_row_loop(tokenizer, style):
     assert torch.equal(got[1], want[1])  # bit for bit
     assert got[2] == want[2] and torch.equal(got[3], want[3]) and torch.equal(got[4], want[4])
     assert want[0]["action"].any() and want[3].any() and not want[3].all()  # both kinds of answer were there
+    assert style != "rl4vlm" or want[0]["key"].any()  # the paper's "action": key tokens were marked

@@ -8,5 +8,5 @@
 set -euo pipefail
 source bench/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 bench/rollout_host.py --device cuda --n-envs "${N_ENVS:-128}" --steps "${STEPS:-3}" --rollout \
+python3 bench/rollout_host.py --device cuda --n-envs "${N_ENVS:-128}" --steps "${STEPS:-2}" --rollout \
   --rounds "${ROUNDS:-1}" --out "$OUT" 2>&1 | grep -v "Loading weights" | tee "$OUT/log.txt"

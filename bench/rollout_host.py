@@ -274,6 +274,9 @@ def gpu_rows(loaded, adapter, frames, device: str) -> dict:
     row["max |gpu - host| pixel"] = max(
         float((p["pixel_values"].cpu() - h["pixel_values"]).abs().max()) for p, h in pairs
     )
+    row["mean |gpu - host| pixel"] = statistics.mean(
+        float((p["pixel_values"].cpu() - h["pixel_values"]).abs().mean()) for p, h in pairs
+    )
     row["other keys equal"] = all(
         torch.equal(p[k].cpu(), h[k]) for p, h in pairs for k in h if k != "pixel_values"
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
 import weakref
 from collections import OrderedDict
 
@@ -63,6 +64,7 @@ class FrameCache:
 
 
 _CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SWAPPING = threading.RLock()
 _max_bytes = DEFAULT_MAX_BYTES
 
 
@@ -219,14 +221,15 @@ def cached_processing(processor, device=None):
     afterwards both are the processor's own again (nothing of this is ever saved with the processor).
     ``device``: keep the processed frames there and assemble the batch there (on a GPU: no host copy of
     the batch's pixels and no transfer of them each step)."""
-    inner = getattr(processor, "image_processor", None)
-    tokenizer = getattr(processor, "tokenizer", None)
-    if inner is None or tokenizer is None or _max_bytes <= 0:
-        yield processor
-        return
-    processor.image_processor = _CachingImageProcessor(inner, cache_of(inner), device)
-    processor.tokenizer = _OncePerTextTokenizer(tokenizer)
-    try:
-        yield processor
-    finally:
-        processor.image_processor, processor.tokenizer = inner, tokenizer
+    with _SWAPPING:  # two threads must not swap the same processor's parts over each other
+        inner = getattr(processor, "image_processor", None)
+        tokenizer = getattr(processor, "tokenizer", None)
+        if inner is None or tokenizer is None or _max_bytes <= 0:
+            yield processor
+            return
+        processor.image_processor = _CachingImageProcessor(inner, cache_of(inner), device)
+        processor.tokenizer = _OncePerTextTokenizer(tokenizer)
+        try:
+            yield processor
+        finally:
+            processor.image_processor, processor.tokenizer = inner, tokenizer

@@ -180,6 +180,16 @@ def process_with_cache(inner, cache: FrameCache, images, kwargs: dict, device=No
     return joined if joined is not None else inner(images, **kwargs)
 
 
+# Tokenizer arguments under which each row is tokenized on its own and padded to the longest row.
+_ROW_WISE_KWARGS = {
+    "padding",
+    "padding_side",
+    "return_tensors",
+    "add_special_tokens",
+    "return_attention_mask",
+}
+
+
 class _OncePerTextTokenizer:
     """Stands in for a tokenizer during one processor call: a batch whose texts repeat (a rollout's prompts
     are mostly the same, frames of one size expand to the same image tokens) is tokenized one text each,
@@ -201,9 +211,9 @@ class _OncePerTextTokenizer:
         if (
             not unique
             or len(unique) == len(text)
+            or not set(kwargs) <= _ROW_WISE_KWARGS  # a text pair, truncation, ...: as the tokenizer does it
             or kwargs.get("return_tensors") != "pt"
             or kwargs.get("padding") not in (True, "longest")
-            or kwargs.get("truncation") not in (None, False)
         ):
             return self._inner(text, **kwargs)
         out = self._inner(unique, **kwargs)

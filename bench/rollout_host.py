@@ -31,6 +31,7 @@ import contextlib
 import json
 import statistics
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -404,7 +405,11 @@ def main() -> None:
             after, new = build_inputs_ms(loaded, adapter, frames, cached=True, image_only=image_only)
             row(label, before, after, all(same_batch(a, b) for a, b in zip(new, old, strict=True)))
         if args.device.startswith("cuda") or args.device_rows:
-            checks[name] = gpu_rows(loaded, adapter, frames, args.device)
+            try:  # a check that fails on that machine is a result too; the other figures still come
+                checks[name] = gpu_rows(loaded, adapter, frames, args.device)
+            except Exception as exc:
+                traceback.print_exc()
+                checks[name] = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
             print(name, json.dumps(checks[name]), flush=True)
     result = rope_ms(adapter, frames, args.device, args.steps)
     row(f"M-RoPE index ({args.device} tensors)", result["before"], result["after"], result["identical"])
@@ -417,7 +422,11 @@ def main() -> None:
             result["after"],
             result["identical"],
         )
-    rollout = rollout_rows(args) if args.rollout else []
+    try:
+        rollout = rollout_rows(args) if args.rollout else []
+    except Exception as exc:
+        traceback.print_exc()
+        rollout = [{"error": f"{type(exc).__name__}: {exc}"[:1000]}]
     table = ["| part | before ms | after ms | identical |", "|---|---|---|---|"]
     table += [f"| {r['part']} | {r['before ms']} | {r['after ms']} | {r['identical']} |" for r in rows]
     print("\n".join(table))

@@ -154,3 +154,15 @@ def test_every_rl4vlm_answer_parses_back_to_its_action(env_id):
             text = adapter.format_answer(i, thoughts, info)
             got = adapter.parse(text, rng)
             assert (got.index, got.invalid) == (i, False) and text[got.span[0] : got.span[1]] == action
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"thoughts": "Go", "Action": "+"}', "ΣΑΣ ACTION: '-' İ", "plain ASCII, no key", "", "ﬁ \u0130 Σ."],
+)
+def test_lowering_for_the_paper_parser_keeps_every_offset(text):
+    """The ASCII shortcut of ``_lower_same_length`` gives what lowering character by character gives."""
+    from vlmppo.envs.rl4vlm import _lower_same_length
+
+    by_character = "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
+    assert _lower_same_length(text) == by_character and len(by_character) == len(text)

@@ -88,3 +88,43 @@ def test_ids_that_do_not_re_tokenize_to_themselves_fall_back_to_prefix_decoding(
     chars = [i for c in text for i in tokenizer.encode(c, add_special_tokens=False)]
     assert tokenizer.decode(chars) == text and chars != ids
     assert answer_offsets(tokenizer, chars) == offsets_by_prefix_decoding(tokenizer, chars)
+
+
+def reference_offsets(tokenizer, ids: list[int]) -> list[tuple[int, int]]:
+    """The rollout's offsets as it computed them one row at a time, through ``tokenizer.decode``."""
+    body = ids[:-1] if ids and ids[-1] == tokenizer.eos_token_id else ids
+    encoded = tokenizer(
+        tokenizer.decode(body, skip_special_tokens=True),
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+    )
+    if encoded["input_ids"] == body:
+        return [tuple(pair) for pair in encoded["offset_mapping"]]
+    offsets, previous = [], ""
+    for end in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:end], skip_special_tokens=True)
+        offsets.append((len(previous), len(text)) if text.startswith(previous) else (len(text), len(text)))
+        previous = text
+    return offsets
+
+
+def test_batched_offsets_equal_row_by_row_decoding_for_random_and_real_answers(tokenizer):
+    """Untrained models answer in byte soup (special tokens, split multi-byte characters, an end-of-turn
+    anywhere): the batched offsets must be those of decoding each row and prefix on its own."""
+    from vlmppo.rl.rollout import batch_answer_offsets
+
+    rng = np.random.default_rng(0)
+    vocab = len(tokenizer)
+    rows = [rng.integers(0, vocab, size=int(n)).tolist() for n in rng.integers(0, 40, size=24)]
+    rows[1] = rows[1] + [tokenizer.eos_token_id]
+    rows += [
+        tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+        for text, _ in ANSWERS.values()
+    ]
+    rows.append([])
+    expected = [reference_offsets(tokenizer, ids) for ids in rows]
+    assert batch_answer_offsets(tokenizer, rows) == expected
+    assert (
+        sum(1 for ids, got in zip(rows, expected, strict=True) if got and ids) > 20
+    )  # the rows are not trivial
+    assert batch_answer_offsets(tokenizer, []) == []

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
+FRAMES_KEPT = 512  # drawn frames kept per env class (a 300x300 frame is 270 kB: 138 MB at most)
+_drawn: dict[type, OrderedDict] = {}
 
 
 class FrameEnv(gym.Env, ABC):
@@ -18,6 +22,11 @@ class FrameEnv(gym.Env, ABC):
     run the same rules without drawing, for statistics over thousands of episodes (a frame costs
     milliseconds, a rule step microseconds). ``render()`` returns the frame the agent sees. Info values
     are plain ints, strings and lists, so collected episodes can be written as JSON as they are.
+
+    Frames repeat (NumberLine has 30), and drawing text with Pillow costs ~0.5 ms: a subclass whose
+    ``_frame_key()`` names everything ``_draw`` reads gets each distinct frame drawn once per process and
+    copied afterwards (least recently used dropped beyond ``FRAMES_KEPT``); every call still returns a
+    fresh array.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -30,11 +39,11 @@ class FrameEnv(gym.Env, ABC):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         info = self.reset_state(seed=seed)
-        return self._draw(), info
+        return self._frame(), info
 
     def step(self, action):
         reward, terminated, truncated, info = self.step_state(action)
-        return self._draw(), reward, terminated, truncated, info
+        return self._frame(), reward, terminated, truncated, info
 
     def reset_state(self, seed: int | None = None) -> dict:
         """``reset`` without the frame: the same start state for the same seed. Returns the info."""
@@ -61,5 +70,25 @@ class FrameEnv(gym.Env, ABC):
     @abstractmethod
     def _info(self) -> dict: ...
 
+    def _frame_key(self):
+        """A hashable value of everything ``_draw`` reads, or None (the default): draw every frame."""
+        return None
+
+    def _frame(self) -> np.ndarray:
+        """``_draw()``, from the class's kept frames when ``_frame_key`` names the state (a copy)."""
+        key = self._frame_key()
+        if key is None:
+            return self._draw()
+        kept = _drawn.setdefault(type(self), OrderedDict())
+        frame = kept.get(key)
+        if frame is None:
+            frame = kept[key] = self._draw()
+            frame.flags.writeable = False
+            while len(kept) > FRAMES_KEPT:
+                kept.popitem(last=False)
+        else:
+            kept.move_to_end(key)
+        return frame.copy()
+
     def render(self) -> np.ndarray | None:
-        return self._draw() if self.render_mode == "rgb_array" else None
+        return self._frame() if self.render_mode == "rgb_array" else None

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vlmppo.models.frame_cache import cached_processing
+
 if TYPE_CHECKING:
     from PIL.Image import Image
     from transformers import BatchFeature
@@ -81,6 +83,21 @@ def chat_prompt(
     )
 
 
+def process_images_on(loaded: LoadedModel, device) -> bool:
+    """Run ``loaded``'s image processor (resize, rescale, normalise, patchify) on ``device`` from now on,
+    when that is a CUDA device and the processor is a torchvision one (the stock processors where
+    torchvision is installed); True if so. The pixels then differ from the host's within the resize
+    kernels' rounding, so switch it on before the first input of a run is built, never in the middle.
+    """
+    from transformers.image_processing_backends import TorchvisionBackend
+
+    image_processor = getattr(loaded.processor, "image_processor", None)
+    if not str(device).startswith("cuda") or not isinstance(image_processor, TorchvisionBackend):
+        return False
+    loaded.image_device = device
+    return True
+
+
 def build_inputs(
     loaded: LoadedModel,
     images: list[Image],
@@ -135,9 +152,13 @@ def build_inputs(
         for image, history in zip(images, histories, strict=True)
         for frame in [*(to_pil(turn.frame) for turn in history), image]
     ]
-    batch = loaded.processor(
-        images=all_images, text=texts, padding=True, padding_side="left", return_tensors="pt"
-    )
+    on_device = {"images_kwargs": {"device": loaded.image_device}} if loaded.image_device is not None else {}
+    with cached_processing(
+        loaded.processor, loaded.frame_device
+    ) as processor:  # a frame seen before is not processed again
+        batch = processor(
+            images=all_images, text=texts, padding=True, padding_side="left", return_tensors="pt", **on_device
+        )
     missing = [k for k in loaded.family.forward_keys if k not in batch]
     if missing:
         raise RuntimeError(

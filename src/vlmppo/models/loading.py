@@ -32,6 +32,12 @@ class LoadedModel:
         tokenizer: The processor's tokenizer (left padding).
         family: The family adapter.
         path: What was loaded: a local folder, or a hub id.
+        image_device: Where ``build_inputs`` runs the image processor: None on the host (the default), or
+            a CUDA device for a torchvision image processor (``models.inputs.process_images_on``); every
+            input built for this model then has the same pixels, the rollout's and the update's alike.
+        frame_device: Where ``build_inputs`` keeps processed frames between calls and assembles a batch's
+            pixels (``models/frame_cache.py``): None on the host; the model's GPU in PPO (``build_policy``),
+            so the same values need no host copy or transfer each step.
     """
 
     model: Any
@@ -39,6 +45,8 @@ class LoadedModel:
     tokenizer: Any
     family: FamilyAdapter
     path: Any
+    image_device: Any = None
+    frame_device: Any = None
 
 
 def resolve_dtype(name: str, device: torch.device):

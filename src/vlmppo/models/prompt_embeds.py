@@ -61,14 +61,51 @@ def embed_prompts(model, batch) -> PromptEmbeddings:
         embeds = embeds.masked_scatter(mask, features)
     positions = deltas = None
     if hasattr(backbone, "get_rope_index") and "mm_token_type_ids" in batch:
-        positions, deltas = backbone.get_rope_index(
-            ids,
-            batch["mm_token_type_ids"],
-            image_grid_thw=batch.get("image_grid_thw"),
-            attention_mask=batch["attention_mask"],
+        positions, deltas = rope_index(
+            backbone, ids, batch["mm_token_type_ids"], batch.get("image_grid_thw"), batch["attention_mask"]
         )
         deltas = deltas.reshape(-1)
     return PromptEmbeddings(embeds, batch["attention_mask"], positions, deltas)
+
+
+def rope_index(backbone, ids, token_types, grid, attention_mask):
+    """``backbone.get_rope_index`` of a batch, run on the host over its distinct rows only.
+
+    transformers computes the M-RoPE index row by row in Python, and on GPU tensors each row waits on the
+    GPU several times; a row's positions depend only on its token types, its padding and its frames' grids
+    (not on the token ids), and a rollout step's prompts mostly share those. So the rows are grouped by
+    them, the index is computed once per group on the host (integer arithmetic: the same values anywhere)
+    and copied to every row of the group.
+    """
+    types, mask = token_types.cpu(), attention_mask.cpu()
+    grid = grid.cpu() if grid is not None else None
+    if (types > 1).any():  # videos: their own grids and timing; left to transformers as it is
+        positions, deltas = backbone.get_rope_index(
+            ids, token_types, image_grid_thw=grid, attention_mask=mask
+        )
+        return positions.to(ids.device), deltas.to(ids.device)
+    kept = [row[m.bool()] for row, m in zip(types, mask, strict=True)]
+    images = [int(((row[1:] == 1) & (row[:-1] != 1)).sum()) + int(row[:1].eq(1).sum()) for row in kept]
+    ends = torch.tensor(images).cumsum(0).tolist()
+    grids = [grid[end - n : end] if grid is not None else None for n, end in zip(images, ends, strict=True)]
+    keys = [
+        (types[b].numpy().tobytes(), mask[b].numpy().tobytes(), g.numpy().tobytes() if g is not None else b"")
+        for b, g in enumerate(grids)
+    ]
+    first_row: dict = {}
+    for b, key in enumerate(keys):
+        first_row.setdefault(key, b)
+    first = list(first_row.values())  # one row per group, in the order the groups first appear
+    group = {key: n for n, key in enumerate(first_row)}
+    unique_grids = [grids[b] for b in first if grids[b] is not None and len(grids[b])]
+    positions, deltas = backbone.get_rope_index(
+        ids[first].cpu(),
+        types[first],
+        image_grid_thw=torch.cat(unique_grids) if unique_grids else None,
+        attention_mask=mask[first],
+    )
+    rows = torch.tensor([group[key] for key in keys])
+    return positions[:, rows].to(ids.device), deltas[rows].to(ids.device)
 
 
 def answer_positions(prompt: PromptEmbeddings, answer_len: int) -> torch.Tensor | None:

@@ -125,10 +125,10 @@ def action_key_mask(
         [T_ans] bool, a subset of ``thought_mask`` (its last tokens).
     """
     key = torch.zeros_like(thought_mask)
-    if key_start is None:
+    if key_start is None or not offsets:
         return key
-    for i, (_, end) in enumerate(offsets):
-        key[i] = bool(thought_mask[i]) and end > key_start
+    ends = torch.tensor([end for _, end in offsets])
+    key[: len(offsets)] = thought_mask[: len(offsets)] & (ends > key_start)
     return key
 
 

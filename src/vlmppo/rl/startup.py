@@ -229,6 +229,8 @@ def build_policy(
         # The KL anchor: the adapter PPO started from, frozen (ActorCritic.reference_logprobs says why).
         loaded.model.load_adapter(str(reference), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
     disable_dropout(loaded.model)
+    if str(device).startswith("cuda"):  # processed frames kept on the GPU: no host copy of them per step
+        loaded.frame_device = device
     head = ValueHead(hidden_size(loaded.model)) if cfg.ppo.advantage == "gae" else None  # GRPO/GiGPO: none
     if resume_from is not None and head is not None:
         from safetensors.torch import load_file

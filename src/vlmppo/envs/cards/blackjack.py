@@ -130,6 +130,11 @@ class BlackjackEnv(FrameEnv):
             "usable_ace": usable_ace,
         }
 
+    def _frame_key(self):
+        shown = len(self.dealer) if self.revealed else 1
+        return (self.revealed, len(self.dealer), tuple(self.dealer[:shown]), tuple(self.dealer_suits),
+                tuple(self.player), tuple(self.player_suits))  # fmt: skip
+
     def _draw(self) -> np.ndarray:
         image, draw = canvas(300, 300, FELT)
         w, h, pitch = 52, 74, 57

@@ -85,6 +85,9 @@ class NumberLineEnv(FrameEnv):
     def _info(self) -> dict:
         return {"target": self.target, "current": self.current}
 
+    def _frame_key(self):
+        return self.target, self.current
+
     def _draw(self) -> np.ndarray:
         image, draw = canvas(300, 300, WHITE)
         text_centered(draw, 150, 70, f"Target: {self.target}", 44, BLACK)

@@ -135,6 +135,9 @@ class PointsEnv(FrameEnv):
     @abstractmethod
     def _card_boxes(self) -> list[tuple[int, int, int, int]]: ...
 
+    def _frame_key(self):
+        return tuple(self._card_boxes()), tuple(self.cards), tuple(self.suits), tuple(self.formula)
+
     def _draw(self) -> np.ndarray:
         image, draw = canvas(300, 300, FELT)
         boxes = self._card_boxes()

@@ -14,7 +14,7 @@ first left (put RUNS inside the tree, e.g. RUNS=.gpu/learning-runs, which git ig
 
 Environment, besides bench/learning.py's (TASK, BUDGET_S, SEED, EXTRA, RUNS, DRY): PHASE, SFT_STEPS (the long
 run's max_steps, 3000 by default; the budget also time-boxes it), CURVE_POINTS (checkpoints evaluated, 5),
-WEAK_MAX, WEAK_CKPT.
+WEAK_MAX, WEAK_CKPT, RL_S (with PHASE=all: the seconds kept for the RL phase, 170).
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ class CurveProtocol(Protocol):
         points = int(os.environ.get("CURVE_POINTS", "2" if self.dry else "5"))
         every = max(1, steps // points)
         # The evals after it: one per point, ~30 s each on the GPU machine (a 14M model, 200 episodes).
-        box = None if self.dry else max(60.0, self.budget.left() - 35 * (points + 1) - 20)
+        # PHASE=all keeps RL_S seconds of the budget for the RL phase (PPO and its eval).
+        rl_s = float(os.environ.get("RL_S", "170")) if self.phase == "all" else 0.0
+        box = None if self.dry else max(60.0, self.budget.left() - 35 * (points + 1) - 20 - rl_s)
         self.report["long_sft_plan"] = {"steps": steps, "save_every": every, "time_box_s": box}
         self.vlmppo("long sft", ["pipeline", "--preset", self.preset, "--from", "sft", "--to", "sft",
                                  f"run.name={self.name}", f"sft.max_steps={steps}", f"sft.save_every={every}",

@@ -162,18 +162,16 @@ def marks_before(tokenizer, adapter, rngs, texts, answers, answer_mask, token_lo
     """``mark_answers`` as the rollout did it before: every row's offsets through ``tokenizer.decode``, the
     key mask token by token, the paper's parser lowering character by character."""
     from vlmppo.envs import rl4vlm
-    from vlmppo.rl.logprob import action_key_start, action_token_mask, mixed_action_logprob
 
     saved, rl4vlm._lower_same_length = rl4vlm._lower_same_length, lower_before
     try:
-        return _marks_before(tokenizer, adapter, rngs, texts, answers, answer_mask, token_logp, ppo,
-                             action_key_start, action_token_mask, mixed_action_logprob)  # fmt: skip
+        return _marks_before(tokenizer, adapter, rngs, texts, answers, answer_mask, token_logp, ppo)
     finally:
         rl4vlm._lower_same_length = saved
 
 
-def _marks_before(tokenizer, adapter, rngs, texts, answers, answer_mask, token_logp, ppo,
-                  action_key_start, action_token_mask, mixed_action_logprob):  # fmt: skip
+def _marks_before(tokenizer, adapter, rngs, texts, answers, answer_mask, token_logp, ppo):
+    from vlmppo.rl.logprob import action_key_start, action_token_mask, mixed_action_logprob
 
     masks = {name: torch.zeros_like(answer_mask) for name in ("thought", "action", "key")}
     old_logp, actions, invalid, eos = torch.zeros(len(texts)), [], [], []

@@ -1,52 +1,18 @@
 """The rollout's host bookkeeping (``mark_answers``: parse, token masks, old log-prob) gives exactly what the
-loop gave when it decoded every answer and prefix row by row, for random-weight byte soup and for real
-answers, with the paper's parser and ours."""
+old row-by-row loop gave (kept as ``bench.rollout_host.marks_before``, the bench's "before"), for random-weight
+byte soup and for real answers, with the paper's parser and ours."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from tests.rl.test_span_tokens_per_family import reference_offsets
+from bench.rollout_host import marks_before
 
 from vlmppo.config.schema import ModelConfig, PpoConfig
 from vlmppo.envs import get_adapter
 from vlmppo.models import load_model
-from vlmppo.rl.logprob import action_key_start, action_token_mask, mixed_action_logprob
 from vlmppo.rl.rollout import mark_answers
-
-
-def reference_key_mask(offsets, key_start, thought_mask):
-    """``action_key_mask`` as it was: token by token."""
-    key = torch.zeros_like(thought_mask)
-    if key_start is None:
-        return key
-    for i, (_, end) in enumerate(offsets):
-        key[i] = bool(thought_mask[i]) and end > key_start
-    return key
-
-
-def reference_marks(tokenizer, adapter, rngs, texts, answers, answer_mask, token_logp, ppo):
-    """The loop of ``rollout_step`` before ``mark_answers``: one row at a time, offsets for every row."""
-    masks = {name: torch.zeros_like(answer_mask) for name in ("thought", "action", "key")}
-    old_logp, actions, invalid, eos = torch.zeros(len(texts)), [], [], []
-    for row, text in enumerate(texts):
-        ids = answers[row][answer_mask[row]].tolist()
-        parsed = adapter.parse(text, rngs[row])
-        offsets = reference_offsets(tokenizer, ids)
-        thought, action = action_token_mask(offsets, parsed.span, len(ids))
-        key = reference_key_mask(offsets, action_key_start(text, parsed.span), thought)
-        thought = thought & ~key
-        old_logp[row] = mixed_action_logprob(
-            token_logp[row : row + 1, : len(ids)], thought[None], action[None], ppo.thought_coef, key[None],
-            ppo.action_key_coef,
-        )[0]  # fmt: skip
-        for name, mask in (("thought", thought), ("action", action), ("key", key)):
-            masks[name][row, : len(ids)] = mask
-        actions.append(parsed.index)
-        invalid.append(bool(parsed.invalid))
-        eos.append(bool(ids) and ids[-1] == tokenizer.eos_token_id)
-    return masks, old_logp, actions, torch.tensor(invalid), torch.tensor(eos)
 
 
 @pytest.fixture(scope="module", params=["qwen2-vl", "llava"])
@@ -88,7 +54,7 @@ def test_mark_answers_equals_the_row_by_row_loop(tokenizer, style):
     texts, answers, mask, logp = answers_batch(tokenizer, adapter)
     got = mark_answers(tokenizer, adapter, [np.random.default_rng([7, r]) for r in range(len(texts))],
                        texts, answers, mask, logp, ppo)  # fmt: skip
-    want = reference_marks(tokenizer, adapter, [np.random.default_rng([7, r]) for r in range(len(texts))],
+    want = marks_before(tokenizer, adapter, [np.random.default_rng([7, r]) for r in range(len(texts))],
                            texts, answers, mask, logp, ppo)  # fmt: skip
     for name in ("thought", "action", "key"):
         assert torch.equal(got[0][name], want[0][name]), name

@@ -101,6 +101,10 @@ class Protocol:
               + (" (time box reached)" if stopped else ""), flush=True)  # fmt: skip
         return seconds
 
+    @property
+    def report_stem(self) -> Path:
+        return self.out / f"learning-{self.task}"
+
     def run_dir(self, name: str) -> Path:
         return self.runs / name
 
@@ -216,8 +220,10 @@ def gpu_name() -> str:
         return f"unknown ({exc})"
 
 
-def main() -> None:
-    protocol = Protocol()
+def main(make_protocol=None) -> None:
+    """Run a protocol (``Protocol``, or the one ``make_protocol`` builds) and write its report, whatever stage
+    it reached."""
+    protocol = (make_protocol or Protocol)()
     protocol.out.mkdir(parents=True, exist_ok=True)
     protocol.report["gpu"] = gpu_name()
     try:
@@ -227,7 +233,7 @@ def main() -> None:
         protocol.gather()
         from learning_report import write_report  # beside this file
 
-        write_report(protocol.report, protocol.out / f"learning-{protocol.task}")
+        write_report(protocol.report, protocol.report_stem)
 
 
 if __name__ == "__main__":

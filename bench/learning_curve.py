@@ -22,12 +22,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from learning import Protocol, read_jsonl  # noqa: E402  (beside this file)
-from learning_report import write_report  # noqa: E402
+from learning import Protocol, main, read_jsonl  # noqa: E402  (beside this file)
 
 
 def pick_weak_start(points: list[dict], ceiling: float) -> dict | None:
@@ -55,7 +53,11 @@ class CurveProtocol(Protocol):
         self.report["protocol"] = "curve"
         self.report["phase"] = self.phase
         self.curve_file = self.run_dir(self.name) / "curve.json"
-        self.log = self.out / f"learning-{self.task}-{self.phase}.log"
+        self.log = self.report_stem.with_suffix(".log")
+
+    @property
+    def report_stem(self) -> Path:
+        return self.out / f"learning-{self.task}-{self.phase}"
 
     # -- phase sft ---------------------------------------------------------------------------------------
     def long_sft(self) -> None:
@@ -139,17 +141,5 @@ class CurveProtocol(Protocol):
         self.report["ppo"] = read_jsonl(self.run_dir(self.rl_name) / "ppo" / "metrics.jsonl")
 
 
-def main() -> None:
-    protocol = CurveProtocol()
-    protocol.out.mkdir(parents=True, exist_ok=True)
-    protocol.report["gpu"] = __import__("learning").gpu_name()
-    try:
-        protocol.run()
-    finally:
-        protocol.report["wall_s"] = round(time.monotonic() - protocol.budget.start, 1)
-        protocol.gather()
-        write_report(protocol.report, protocol.out / f"learning-{protocol.task}-{protocol.phase}")
-
-
 if __name__ == "__main__":
-    main()
+    main(CurveProtocol)

@@ -66,16 +66,21 @@ def test_grpo_trains_the_lora_weights_without_any_value_head(tmp_path):
     assert not (checkpoint / "value_head.safetensors").exists()
 
 
-def test_gigpo_four_updates_straight_equal_two_then_resume_two(tmp_path):
+def straight_and_resumed(tmp_path, overrides, *, stop_after: int, total: int):
+    """The metrics of one straight run (``tmp_path/a``) and of one stopped after ``stop_after`` updates and
+    resumed to ``total`` (``tmp_path/b``), of probe-color-tiny with ``overrides``."""
     from tests.rl.test_ppo_resume import stop_at
 
-    overrides = [*SMALL, "ppo.advantage=gigpo", "ppo.total_env_steps=64"]
-    straight = load_config("probe-color-tiny", overrides=[*overrides, f"run.output_dir={tmp_path / 'a'}"])
-    train_ppo(straight)
+    train_ppo(load_config("probe-color-tiny", overrides=[*overrides, f"run.output_dir={tmp_path / 'a'}"]))
     split = load_config("probe-color-tiny", overrides=[*overrides, f"run.output_dir={tmp_path / 'b'}"])
-    assert train_ppo(split, on_update=stop_at(2)).updates == 2
-    assert train_ppo(split, resume="auto").updates == 4
-    a, b = metrics(tmp_path / "a/probe-color-tiny"), metrics(tmp_path / "b/probe-color-tiny")
+    assert train_ppo(split, on_update=stop_at(stop_after)).updates == stop_after
+    assert train_ppo(split, resume="auto").updates == total
+    return metrics(tmp_path / "a/probe-color-tiny"), metrics(tmp_path / "b/probe-color-tiny")
+
+
+def test_gigpo_four_updates_straight_equal_two_then_resume_two(tmp_path):
+    overrides = [*SMALL, "ppo.advantage=gigpo", "ppo.total_env_steps=64"]
+    a, b = straight_and_resumed(tmp_path, overrides, stop_after=2, total=4)
     assert [m["update"] for m in b] == [1, 2, 3, 4]
     for ma, mb in zip(a, b, strict=True):
         for key in ("train/policy_loss", "train/approx_kl", "rollout/reward_mean", "rollout/step_groups"):
@@ -88,8 +93,6 @@ def test_gigpo_four_updates_straight_equal_two_then_resume_two(tmp_path):
 def test_gigpo_with_a_history_of_turns_resumes_exactly_and_starts_each_round_with_empty_windows(tmp_path):
     # Two-step Color episodes with env.history=1: the second step's prompt holds the first turn. Every update
     # restarts the groups (vec.reset), so the windows of earlier turns start empty with them.
-    from tests.rl.test_ppo_resume import stop_at
-
     overrides = [
         *SMALL,
         "ppo.advantage=gigpo",
@@ -97,12 +100,7 @@ def test_gigpo_with_a_history_of_turns_resumes_exactly_and_starts_each_round_wit
         "env.history=1",
         "env.kwargs.steps=2",
     ]
-    straight = load_config("probe-color-tiny", overrides=[*overrides, f"run.output_dir={tmp_path / 'a'}"])
-    train_ppo(straight)
-    split = load_config("probe-color-tiny", overrides=[*overrides, f"run.output_dir={tmp_path / 'b'}"])
-    assert train_ppo(split, on_update=stop_at(1)).updates == 1
-    assert train_ppo(split, resume="auto").updates == 3
-    a, b = metrics(tmp_path / "a/probe-color-tiny"), metrics(tmp_path / "b/probe-color-tiny")
+    a, b = straight_and_resumed(tmp_path, overrides, stop_after=1, total=3)
     assert [m["update"] for m in b] == [1, 2, 3]
     for ma, mb in zip(a, b, strict=True):
         for key in ("train/policy_loss", "train/approx_kl", "rollout/reward_mean"):

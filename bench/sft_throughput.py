@@ -139,8 +139,8 @@ def collation_rows(run) -> list[dict]:
         "= after, later epochs: cache warm, + position ids", sum(timed(lambda c=c: cached(c)) for c in chunks)
     )
     rows = [{"part": name, "ms_per_sample": round(1e3 * s / n, 3)} for name, s in parts.items()]
-    rows.append({"part": f"(cache: {len(cached.cache.pixels.items)} image entries, "
-                 f"{cached.cache.pixels.used / 2**20:.1f} MiB; {n} samples)", "ms_per_sample": None})  # fmt: skip
+    rows.append({"part": f"(cache: {len(cached.cache.pixels.entries)} image entries, "
+                 f"{cached.cache.pixels.bytes / 2**20:.1f} MiB; {n} samples)", "ms_per_sample": None})  # fmt: skip
     torch.set_num_threads(threads)
     return rows
 

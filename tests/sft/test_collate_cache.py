@@ -64,7 +64,7 @@ def test_numberline_batches_are_bit_identical_to_the_uncached_collator(numberlin
         assert_identical(plain(batch), cached(batch))
     assert cached.cache.hits > 0 and cached.cache.misses > 0
     # Episodes share frames: fewer distinct image entries than samples collated from scratch.
-    assert len(cached.cache.pixels.items) <= cached.cache.misses
+    assert len(cached.cache.pixels.entries) <= cached.cache.misses
 
 
 def test_cut_and_dropped_samples_match_too(numberline):
@@ -91,8 +91,8 @@ def test_a_cache_smaller_than_the_data_evicts_and_stays_exact(numberline):
                                 pixel_budget=2 * one["pixel_values"].numel() * 4)  # fmt: skip
     for batch in batches(examples, 5, seed=2):
         assert_identical(plain(batch), cached(batch))
-    assert len(cached.cache.rows.items) <= 3 and len(cached.cache.pixels.items) <= 2
-    assert cached.cache.pixels.used <= cached.cache.pixels.budget
+    assert len(cached.cache.rows.entries) <= 3 and len(cached.cache.pixels.entries) <= 2
+    assert cached.cache.pixels.bytes <= cached.cache.pixels.max_bytes
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -127,7 +127,7 @@ def test_the_cache_keys_on_file_contents_not_paths(tmp_path, numberline):
         Image.new("RGB", (64, 64), (200, 10, 10)).save(tmp_path / name)
     cached = SftCollator(loaded, 4096)
     cached([SftExample("q", "a", tmp_path / "a.png"), SftExample("q", "b", tmp_path / "b.png")])
-    assert len(cached.cache.pixels.items) == 1 and len(cached.cache.rows.items) == 2
+    assert len(cached.cache.pixels.entries) == 1 and len(cached.cache.rows.entries) == 2
     assert cached.cache.digest(tmp_path / "a.png") == cached.cache.digest(tmp_path / "b.png")
 
 

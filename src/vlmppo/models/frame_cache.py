@@ -29,7 +29,8 @@ DEFAULT_MAX_BYTES = 256 << 20
 
 
 class FrameCache:
-    """Least-recently-used processed frames of one image processor, bounded in bytes.
+    """Least-recently-used processed frames of one image processor, bounded in bytes (any dict of tensors: the
+    SFT collator keeps its token rows and image tensors in two of these).
 
     Attributes:
         max_bytes: The bound (0 disables the cache).

@@ -21,39 +21,15 @@ batch is collated the uncached way. Both caches are bounded (least recently used
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
 from vlmppo.errors import DataError
+from vlmppo.models.frame_cache import FrameCache
 
 ROW_BUDGET = 256 * 2**20  # bytes of token rows per process
 PIXEL_BUDGET = 768 * 2**20  # bytes of image tensors per process (NumberLine's 30 small-model frames: ~20 MB)
-
-
-class _Lru:
-    """A dict bounded by the bytes of its values' tensors; the least recently used entries are dropped."""
-
-    def __init__(self, budget: int):
-        self.budget, self.used = budget, 0
-        self.items: OrderedDict = OrderedDict()
-
-    def get(self, key):
-        value = self.items.get(key)
-        if value is not None:
-            self.items.move_to_end(key)
-        return value
-
-    def put(self, key, value: dict) -> None:
-        size = sum(v.numel() * v.element_size() for v in value.values())
-        if size > self.budget:
-            return
-        while self.used + size > self.budget:
-            _, dropped = self.items.popitem(last=False)
-            self.used -= sum(v.numel() * v.element_size() for v in dropped.values())
-        self.items[key] = value
-        self.used += size
 
 
 class CollateCache:
@@ -61,7 +37,8 @@ class CollateCache:
 
     def __init__(self, row_budget: int = ROW_BUDGET, pixel_budget: int = PIXEL_BUDGET):
         self.digests: dict[Path, str] = {}
-        self.rows, self.pixels = _Lru(row_budget), _Lru(pixel_budget)
+        # Both bounded in bytes, least recently used out first: the rollout's processed-frame store does the same.
+        self.rows, self.pixels = FrameCache(row_budget), FrameCache(pixel_budget)
         self.order: list[str] | None = None  # the keys of a batch, in the processor's order
         self.hits = self.misses = 0
 

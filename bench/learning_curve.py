@@ -14,13 +14,16 @@ first left (put RUNS inside the tree, e.g. RUNS=.gpu/learning-runs, which git ig
 
 Environment, besides bench/learning.py's (TASK, BUDGET_S, SEED, EXTRA, RUNS, DRY): PHASE, SFT_STEPS (the long
 run's max_steps, 3000 by default; the budget also time-boxes it), CURVE_POINTS (checkpoints evaluated, 5),
-WEAK_MAX, WEAK_CKPT, RL_S (with PHASE=all: the seconds kept for the RL phase, 170).
+WEAK_MAX, WEAK_CKPT, RL_S (with PHASE=all: the seconds kept for the RL phase, 170), RL_TAG and RL_EXTRA (a
+name for one RL variant and the overrides only its PPO command gets: several variants can start from one weak
+checkpoint at once, each in its own run ``<name>-rl-<tag>`` with its own report; bench/gpu_learning_sweep.sh).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -49,15 +52,19 @@ class CurveProtocol(Protocol):
         self.phase = os.environ.get("PHASE", "all")
         if self.phase not in ("sft", "rl", "all"):
             sys.exit(f"PHASE={self.phase!r} is not one of sft, rl, all")
-        self.rl_name = f"{self.name}-rl"
+        self.rl_tag = os.environ.get("RL_TAG", "")
+        self.rl_name = f"{self.name}-rl" + (f"-{self.rl_tag}" if self.rl_tag else "")
+        self.rl_extra = shlex.split(os.environ.get("RL_EXTRA", ""))
         self.report["protocol"] = "curve"
         self.report["phase"] = self.phase
+        self.report["rl_variant"] = {"tag": self.rl_tag, "overrides": self.rl_extra}
         self.curve_file = self.run_dir(self.name) / "curve.json"
         self.log = self.report_stem.with_suffix(".log")
 
     @property
     def report_stem(self) -> Path:
-        return self.out / f"learning-{self.task}-{self.phase}"
+        tag = f"-{self.rl_tag}" if self.rl_tag and self.phase == "rl" else ""
+        return self.out / f"learning-{self.task}-{self.phase}{tag}"
 
     # -- phase sft ---------------------------------------------------------------------------------------
     def long_sft(self) -> None:
@@ -120,7 +127,7 @@ class CurveProtocol(Protocol):
                                                   "episodes": start.get("episodes")}  # fmt: skip
         box = None if self.dry else self.budget.left() - 75  # the signal's update + save, then the eval
         self.vlmppo("weak + ppo", ["ppo", "--preset", self.preset, f"run.name={self.rl_name}",
-                                   f"ppo.init_from={start['checkpoint']}"], box_s=box)  # fmt: skip
+                                   f"ppo.init_from={start['checkpoint']}", *self.rl_extra], box_s=box)  # fmt: skip
         self.eval("weak + ppo", self.rl_name, ["--ckpt", "ppo"])
 
     def run(self) -> None:

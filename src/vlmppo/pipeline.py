@@ -230,9 +230,10 @@ def _run_stage(cfg: Config, stage: str, progress, resume: bool):
 
             return train_sft(cfg, on_step=report, resume="auto" if resume else None)
         if stage == "ppo":
+            from vlmppo.eval.live import greedy_eval
             from vlmppo.rl import train_ppo
 
-            return train_ppo(cfg, on_update=report, resume="auto" if resume else None)
+            return train_ppo(cfg, on_update=report, resume="auto" if resume else None, evaluate=greedy_eval)
         from vlmppo.eval.metrics import BASELINES
         from vlmppo.eval.report import read_baselines
         from vlmppo.eval.runner import evaluate

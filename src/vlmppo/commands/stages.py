@@ -254,6 +254,7 @@ def ppo(
     if wants_launch(cfg, "ppo", gpus):
         return start_processes(cfg, "ppo", gpus)
     from vlmppo.console import console
+    from vlmppo.eval.live import greedy_eval
     from vlmppo.quiet import quiet_libraries
     from vlmppo.rl import train_ppo
     from vlmppo.rl.checkpointing import check_resume_config, find_resume_checkpoint
@@ -279,7 +280,7 @@ def ppo(
         said_once(),
     ):
         reporter = (lambda u, total, m: advance(u, total, ppo_status(m))) if main else None
-        result = train_ppo(cfg, on_update=reporter, resume=resume)
+        result = train_ppo(cfg, on_update=reporter, resume=resume, evaluate=greedy_eval)
     if not main:
         return
     m = result.last_metrics
@@ -302,6 +303,7 @@ def ppo_status(m: dict) -> str:
     parts = [f"steps {m['env_steps']}"]
     for key, label, fmt in (
         ("rollout/success_rate", "success", "{:.0%}"),
+        ("eval/success_rate", "greedy", "{:.0%}"),  # every ppo.eval_every updates
         ("rollout/ep_return_mean", "return", "{:.2f}"),
         ("rollout/invalid_action_rate", "invalid", "{:.0%}"),
         ("train/approx_kl", "kl", "{:.3f}"),

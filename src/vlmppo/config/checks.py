@@ -2,6 +2,32 @@
 
 from __future__ import annotations
 
+import re
+
+# A run name is one folder name: letters and digits (any script), and _ . - + = @ inside it.
+_RUN_NAME = re.compile(r"[^\W_][\w.+=@-]*|_[\w.+=@-]*")
+
+
+def run_name_problem(value: str) -> str | None:
+    """Why ``value`` cannot be ``run.name`` (None when it can). The name becomes a folder under output_dir and
+    appears in job names and printed commands: a path ("../x", "/tmp/x"), an option ("-x") or shell text
+    ("$(...)") must never get that far."""
+    if _RUN_NAME.fullmatch(value):
+        return None
+    if not value:
+        problem = "it is empty"
+    elif "/" in value or "\\" in value or value in (".", ".."):
+        problem = "it is a path"
+    elif value[0] in "-.":
+        problem = f"it starts with {value[0]!r}"
+    else:
+        bad = dict.fromkeys(c for c in value if not re.fullmatch(r"[\w.+=@-]", c))
+        problem = f"it contains {', '.join(map(repr, bad))}"
+    return (
+        f"not one folder name ({problem}); use letters, digits and _ . - + = @ (not . or - first), "
+        "e.g. numberline-qwen-lr1e-5"
+    )
+
 
 def cross_section_problems(cfg) -> list[str]:
     """Every inconsistency between the sections of ``cfg`` (a ``schema.Config``; not imported here: the schema
@@ -25,6 +51,7 @@ def cross_section_problems(cfg) -> list[str]:
         )
     if cfg.ppo.advantage != "gae":
         problems += _group_problems(cfg.env, cfg.ppo)
+    problems += _critic_problems(cfg)
     if cfg.ppo.min_lr > cfg.ppo.lr:
         problems.append(f"ppo.min_lr ({cfg.ppo.min_lr}) is larger than ppo.lr ({cfg.ppo.lr})")
     if cfg.slurm.gpus_per_node > cfg.slurm.max_gpus_per_node:
@@ -47,6 +74,31 @@ def cross_section_problems(cfg) -> list[str]:
         problems.append(
             f"sft.launch={cfg.sft.launch} shards the base weights, which a quantised base "
             f"(model.quantization={cfg.model.quantization}) cannot be; use sft.launch=single, ddp or zero2"
+        )
+    return problems
+
+
+def _critic_problems(cfg) -> list[str]:
+    """What the value warm-up and the detached value head cannot do."""
+    ppo, problems = cfg.ppo, []
+    for key, value in (
+        ("value_warmup_updates", ppo.value_warmup_updates),
+        ("value_detach", ppo.value_detach),
+    ):
+        if value and ppo.advantage != "gae":
+            problems.append(
+                f"ppo.{key}={value} needs a value head, which ppo.advantage={ppo.advantage} has not"
+            )
+    if ppo.value_warmup_updates and ppo.launch != "single":
+        problems.append(
+            f"ppo.value_warmup_updates={ppo.value_warmup_updates} runs in one process only (not ppo.launch="
+            f"{ppo.launch}); warm the value head up in a single-process run and resume it with the launch"
+        )
+    updates = -(-ppo.total_env_steps // (cfg.env.n_envs * ppo.n_steps))
+    if ppo.value_warmup_updates >= updates:
+        problems.append(
+            f"ppo.value_warmup_updates ({ppo.value_warmup_updates}) is not less than the run's {updates} updates "
+            f"(ppo.total_env_steps={ppo.total_env_steps}): the policy would never train"
         )
     return problems
 

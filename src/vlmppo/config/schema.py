@@ -6,12 +6,11 @@ computed in the plan printed by ``--dry-run``; they are never config fields.
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from vlmppo.config.checks import cross_section_problems
+from vlmppo.config.checks import cross_section_problems, run_name_problem
 from vlmppo.registry import FAMILIES
 
 Family = Literal[FAMILIES]  # type: ignore[valid-type]  (the names of vlmppo.registry)
@@ -21,10 +20,6 @@ Generation = Literal["explicit", "checkpoint"]
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-# A run name is one folder name: letters and digits (any script), and _ . - + = @ inside it.
-_RUN_NAME = re.compile(r"[^\W_][\w.+=@-]*|_[\w.+=@-]*")
 
 
 class RunConfig(Section):
@@ -41,23 +36,10 @@ class RunConfig(Section):
     @field_validator("name")
     @classmethod
     def _one_folder_name(cls, value: str) -> str:
-        # The name becomes a folder under output_dir and appears in job names and printed commands: a
-        # path ("../x", "/tmp/x"), an option ("-x") or shell text ("$(...)") must never get that far.
-        if _RUN_NAME.fullmatch(value):
-            return value
-        if not value:
-            problem = "it is empty"
-        elif "/" in value or "\\" in value or value in (".", ".."):
-            problem = "it is a path"
-        elif value[0] in "-.":
-            problem = f"it starts with {value[0]!r}"
-        else:
-            bad = dict.fromkeys(c for c in value if not re.fullmatch(r"[\w.+=@-]", c))
-            problem = f"it contains {', '.join(map(repr, bad))}"
-        raise ValueError(
-            f"not one folder name ({problem}); use letters, digits and _ . - + = @ (not . or - first), "
-            "e.g. numberline-qwen-lr1e-5"
-        )
+        problem = run_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class EnvConfig(Section):
@@ -369,6 +351,26 @@ class PpoConfig(Section):
     value_head_lr: float | None = Field(
         None, gt=0, description="Separate LR for the value head (default: lr)."
     )
+    value_warmup_updates: int = Field(
+        0,
+        ge=0,
+        description="gae: the first N updates train the value head alone (no policy loss, no gradient into the "
+        "model), so GAE's advantages come from a critic that predicts something before the policy moves; for "
+        "a fresh value head on a trained policy (docs/learning.md says when). Single process only.",
+    )
+    value_detach: bool = Field(
+        False,
+        description="gae: the value head reads detached features, so the value loss trains the head only and "
+        "never moves the shared model (the policy's features); for a fully fine-tuned model, where Adam would "
+        "move every weight by ~lr for the value loss too.",
+    )
+    eval_every: int | None = Field(
+        None,
+        ge=0,
+        description="Updates between greedy evals of the current policy during PPO (the eval code path on "
+        "eval.seeds, eval/* metrics in that update's row, one more before the first update); null or 0 = off.",
+    )
+    eval_episodes: int = Field(50, ge=1, description="Episodes per eval seed of each greedy eval during PPO.")
     advantage: Literal["gae", "grpo", "gigpo"] = Field(
         "gae",
         description="gae: a value head and GAE (RL4VLM); grpo: no critic, an episode's return minus its group's "

@@ -163,8 +163,11 @@ class _Played:
     wall_s: float
 
 
-def _play(cfg: Config, adapter, actor: _CheckpointActor | None, policy: str | None, on_episode) -> _Played:
-    """Play every (seed, k) episode to its end, ``env.n_envs`` at a time, one batched generate per step."""
+def play(cfg: Config, adapter, actor, policy: str | None, on_episode) -> _Played:
+    """Play every (seed, k) episode to its end, ``env.n_envs`` at a time, one batched generate per step.
+
+    ``actor``: None for a baseline (``policy``), else what answers: a checkpoint's (``_CheckpointActor``) or
+    the live policy of a PPO run (``eval.live``), with ``answer`` and ``values`` as the checkpoint's."""
     from vlmppo.data.policies import ExpertPolicy, RandomPolicy
     from vlmppo.envs import is_success, make_env_from_config, play_episodes
     from vlmppo.envs.episodes import jsonable
@@ -351,7 +354,7 @@ def evaluate(
             budget = config_prompt_budget(cfg, e.max_new_tokens, actor.loaded)
             budget.check(cfg.model.path, "eval.max_new_tokens")
 
-    played = _play(cfg, adapter, actor, policy, on_episode)
+    played = play(cfg, adapter, actor, policy, on_episode)
     metrics = {
         "name": name,
         "policy": policy or "checkpoint",

@@ -91,6 +91,8 @@ class ActorCritic:
         autocast: A context factory wrapped around the model's forward passes (``Accelerator.autocast``
             for bf16 mixed precision); the value head and the log-probs are computed outside it, in fp32.
         decoder: How ``sample`` decodes: ``static`` or ``generate`` (``models.generation.generate_ids``).
+        value_detach: The value head reads detached hidden states (``ppo.value_detach``): its loss trains
+            the head only.
 
     Attributes:
         forced_lengths: Benchmarks only: a function of the batch size returning ``[B]`` answer lengths
@@ -106,8 +108,10 @@ class ActorCritic:
         merged_sampling: bool = False,
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
         decoder: str = "generate",
+        value_detach: bool = False,
     ):
         self.loaded, self.device = loaded, device
+        self.value_detach = value_detach
         self.value_head = value_head.to(device) if value_head is not None else None
         self.autocast = autocast
         self.decoder = decoder
@@ -213,9 +217,14 @@ class ActorCritic:
     def prompt_values(self, batch) -> torch.Tensor:
         """V(s) of a prompt batch (``build_inputs`` output, on the device): the value head on the last
         prompt token's final hidden state, as ``score`` computes it; [B] fp32. Logits only for that token."""
+        return self.values(self.prompt_features(batch))
+
+    @torch.no_grad()
+    def prompt_features(self, batch) -> torch.Tensor:
+        """[B, H] the last prompt token's final hidden states of a prompt batch (what the value head reads),
+        without gradient: the value warm-up trains the head on them alone."""
         with self.autocast():
-            hidden = self.backbone(**batch).last_hidden_state
-        return self.values(hidden[:, -1])
+            return self.backbone(**batch).last_hidden_state[:, -1]
 
     def values(self, hidden: torch.Tensor) -> torch.Tensor:
         """[B, H] last-prompt-token hidden states -> [B] fp32 values (zeros without a value head)."""
@@ -250,7 +259,8 @@ class ActorCritic:
             inputs = {"input_ids": sampled.sequences, "attention_mask": sampled.attention_mask, **extra}
         with self.autocast():
             hidden = self.backbone(**inputs).last_hidden_state
-        values = self.values(hidden[:, p - 1])
+        features = hidden[:, p - 1]  # ppo.value_detach: the value loss then never reaches the model
+        values = self.values(features.detach() if self.value_detach else features)
         answer_hidden = hidden[:, p - 1 : -1]  # the positions that predict the answer tokens
         targets = sampled.sequences[:, p:]
         if grad:

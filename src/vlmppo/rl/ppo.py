@@ -19,11 +19,13 @@ import numpy as np
 import torch
 
 from vlmppo.config import Config
+from vlmppo.errors import ConfigError
 from vlmppo.locks import locked
 from vlmppo.rl.buffer import RolloutBuffer
 from vlmppo.rl.checkpointing import save_run
 from vlmppo.rl.history import HistoryWindows
 from vlmppo.rl.losses import explained_variance
+from vlmppo.rl.policy import ActorCritic
 from vlmppo.rl.rollout import collect_rollout
 from vlmppo.rl.run import PpoRun
 from vlmppo.rl.startup import start_run
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
     from vlmppo.envs.adapter import EnvAdapter
 
 SAMPLES_PER_LOG = 8  # sample answers written every ppo.log_samples_every updates
+# The greedy eval during PPO (``ppo.eval_every``): (policy, cfg) -> its ``eval/*`` and ``time/eval_s`` metrics.
+Evaluator = Callable[[ActorCritic, Config], dict]
 
 
 @dataclass
@@ -48,20 +52,33 @@ class PpoResult:
 
 @locked("ppo")
 def train_ppo(
-    cfg: Config, *, on_update: Callable[[int, int, dict], None] | None = None, resume: str | None = None
+    cfg: Config,
+    *,
+    on_update: Callable[[int, int, dict], None] | None = None,
+    resume: str | None = None,
+    evaluate: Evaluator | None = None,
 ) -> PpoResult:
     """Run PPO as configured; metrics every update in ``runs/<name>/ppo/metrics.jsonl``, checkpoints
     every ``ppo.save_every`` updates, at the end, and on SIGTERM/SIGUSR1 (then it returns early with
     ``stopped_by`` set). ``resume``: None, ``auto`` or a checkpoint path.
 
-    ``on_update(update, total_updates, metrics)`` is called after each update's metrics are logged.
+    ``on_update(update, total_updates, metrics)`` is called after each update's metrics are logged (and
+    after the start's greedy eval, as update 0). ``evaluate(policy, cfg)``: the greedy eval of the current
+    policy every ``ppo.eval_every`` updates, whose ``eval/*`` metrics join the update's row
+    (``vlmppo.eval.live.greedy_eval``; required when ``ppo.eval_every`` is set).
     """
     from vlmppo.rl.distributed import agree_stop, all_reduced_moments, reduce_metrics
     from vlmppo.signals import stop_handlers
 
+    check_evaluator(cfg, evaluate)
     run = start_run(cfg, resume)  # checks, model, optimizer, envs; a resume restores all of them
     ppo, first, metrics, stopped_by = cfg.ppo, run.update + 1, {}, None
     with run_outputs(run) as (tracker, samples), stop_handlers() as stop:
+        if tracker is not None and first == 1 and ppo.eval_every:  # the curve starts at the start policy
+            start = {"update": 0, "env_steps": run.env_steps, **evaluate(run.policy, cfg)}
+            tracker.log(start)
+            if on_update:
+                on_update(0, run.total_updates, start)
         for update in range(first, run.total_updates + 1):
             run.update = update
             # 1. collect rollouts (each rank its own envs; GRPO/GiGPO: every group starts a new round, so none
@@ -84,14 +101,17 @@ def train_ppo(
             # 3. PPO epochs (gradients averaged over ranks)
             started = time.time()
             train_stats = ppo_epochs(
-                run.policy, run.optimizer, buffer, cfg, run.rng, run.guard, run.accelerator, run.scorer
-            )
+                run.policy, run.optimizer, buffer, cfg, run.rng, run.guard, run.accelerator, run.scorer,
+                value_only=update <= ppo.value_warmup_updates,  # the value warm-up: the value head alone
+            )  # fmt: skip
             run.policy.weights_changed()  # every rank refreshes its merged sampling copy
             run.scheduler.step()
             # 4. log (reduced over ranks; rank 0 writes)
             metrics = update_metrics(run, buffer, train_stats, update_seconds=time.time() - started)
             metrics = reduce_metrics(run.accelerator, metrics)
             if tracker is not None:
+                if ppo.eval_every and (update % ppo.eval_every == 0 or update == run.total_updates):
+                    metrics.update(evaluate(run.policy, cfg))  # greedy, on rank 0, not in time/*_s above
                 tracker.log(metrics)
                 if update % ppo.log_samples_every == 0 or update == first:
                     rows = sample_rows(buffer, update, run.vec.adapter)
@@ -110,6 +130,17 @@ def train_ppo(
     return PpoResult(
         run.out, run.saved_update, run.env_steps, metrics, stopped_by, run.checkpoint, run.resume_changes
     )
+
+
+def check_evaluator(cfg: Config, evaluate: Evaluator | None) -> None:
+    """ConfigError for ``ppo.eval_every`` without an evaluator to run (a direct call of ``train_ppo``)."""
+    if cfg.ppo.eval_every and evaluate is None:
+        raise ConfigError(
+            f"ppo.eval_every={cfg.ppo.eval_every} asks for greedy evals during PPO, but train_ppo was called "
+            "without an evaluator.",
+            hint="Pass evaluate=vlmppo.eval.live.greedy_eval (the ppo and pipeline commands do), or set "
+            "ppo.eval_every=null.",
+        )
 
 
 @contextlib.contextmanager

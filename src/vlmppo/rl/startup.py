@@ -245,6 +245,7 @@ def build_policy(
         if accelerator is not None
         else contextlib.nullcontext,
         decoder=resolve_decoder(cfg.model.decoder, device),
+        value_detach=cfg.ppo.value_detach,
     )
 
 

@@ -142,12 +142,27 @@ def micro_loss(
     return loss, stats
 
 
+def value_warmup_loss(
+    policy: ActorCritic, samples: Samples, cfg: Config
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``ppo.value_warmup_updates``: vf_coef x the value loss of one micro-batch, with the model run on the
+    prompts without gradient, so only the value head learns (the policy's weights get no gradient at all)."""
+    ppo, device = cfg.ppo, policy.device
+    sampled, _ = collate(policy, samples)
+    p = sampled.prompt_len  # the prompts alone: the value reads their last token
+    prompts = {"input_ids": sampled.sequences[:, :p], "attention_mask": sampled.attention_mask[:, :p]}
+    values = policy.values(policy.prompt_features({**prompts, **sampled.extra}))
+    critic = value_loss(values, samples.old_values.to(device), samples.returns.to(device), ppo.clip_range_vf)
+    return ppo.vf_coef * critic, {"value_loss": critic.item()}
+
+
 def accumulate_minibatch(
     policy: ActorCritic,
     minibatch: Minibatch,
     cfg: Config,
     backward: Callable[[torch.Tensor], None],
     scorer: torch.nn.Module | None = None,
+    value_only: bool = False,
 ) -> tuple[bool, dict[str, list[float]]]:
     """Forward and backward of ``minibatch``'s micro-batches, gradients accumulated (not stepped).
 
@@ -155,6 +170,8 @@ def accumulate_minibatch(
     is that of the minibatch's mean loss; DDP then averages it over ranks, which is the gradient of the
     global minibatch (every rank's minibatch has the same size). Only the last micro-batch all-reduces
     (``GradientSync``).
+
+    ``value_only``: the value warm-up's loss (``value_warmup_loss``) instead of PPO's.
 
     Returns:
         ``(finite, stats)``: False when a loss was NaN/inf (one process stops at it; under several every
@@ -170,7 +187,10 @@ def accumulate_minibatch(
     micro = list(minibatch.micro_batches(cfg.ppo.micro_batch_size))
     for index, samples in enumerate(micro):
         with sync.micro(last=index == len(micro) - 1):
-            loss, micro_stats = micro_loss(policy, samples, cfg, scorer)
+            if value_only:
+                loss, micro_stats = value_warmup_loss(policy, samples, cfg)
+            else:
+                loss, micro_stats = micro_loss(policy, samples, cfg, scorer)
             if not torch.isfinite(loss):
                 finite = False
                 if not parallel:
@@ -190,13 +210,17 @@ def ppo_epochs(
     guard: BadMinibatchGuard,
     accelerator: Accelerator | None = None,
     scorer: torch.nn.Module | None = None,
+    *,
+    value_only: bool = False,
 ) -> dict[str, float]:
     """``ppo.n_epochs`` passes of shuffled minibatches over ``buffer``; returns the update's mean statistics.
 
     ``accelerator``: the run's `accelerate.Accelerator`; its backward and gradient clipping are used.
     None: plain torch, as in the unit tests. ``scorer``: the wrapped ``ScoringModule`` of a data-parallel
     run (``rl/distributed.py``); the ranks then agree on skipping a non-finite minibatch and on stopping
-    early at ``ppo.target_kl``, so they always take the same optimizer steps.
+    early at ``ppo.target_kl``, so they always take the same optimizer steps. ``value_only``: a value
+    warm-up update (``ppo.value_warmup_updates``): the value loss alone trains the value head; the policy's
+    weights get no gradient, so the optimizer leaves them exactly as they were.
     """
     from vlmppo.rl.distributed import world_of
 
@@ -210,7 +234,9 @@ def ppo_epochs(
     for _epoch in range(ppo.n_epochs):
         for minibatch in buffer.minibatches(ppo.minibatch_size, rng):
             optimizer.zero_grad(set_to_none=True)
-            finite, minibatch_stats = accumulate_minibatch(policy, minibatch, cfg, backward, scorer)
+            finite, minibatch_stats = accumulate_minibatch(
+                policy, minibatch, cfg, backward, scorer, value_only
+            )
             if world_of(accelerator) > 1:
                 finite = agreed_mean(accelerator, float(not finite)) == 0.0
             if not finite:
@@ -219,10 +245,11 @@ def ppo_epochs(
                 continue
             # SB3's rule: once the policy has moved too far from the rollout's, stop this update's epochs
             # without taking the step (approx_kl was measured at the current parameters, before it).
-            kl = float(np.mean(minibatch_stats["approx_kl"]))
-            if world_of(accelerator) > 1:
-                kl = agreed_mean(accelerator, kl)
-            if ppo.target_kl is not None and kl > 1.5 * ppo.target_kl:
+            if (
+                ppo.target_kl is not None
+                and not value_only
+                and past_target_kl(accelerator, minibatch_stats, ppo)
+            ):
                 optimizer.zero_grad(set_to_none=True)
                 stopped_early = True
                 break
@@ -243,7 +270,19 @@ def ppo_epochs(
     out["train/optimizer_steps"] = optimizer_steps
     out["train/early_stopped"] = float(stopped_early)
     out["train/bad_minibatches"] = guard.total
+    if ppo.value_warmup_updates:
+        out["train/value_warmup"] = float(value_only)
     return out
+
+
+def past_target_kl(accelerator: Accelerator | None, minibatch_stats: dict[str, list[float]], ppo) -> bool:
+    """The minibatch's approx KL (agreed over ranks) is past 1.5 x ``ppo.target_kl``."""
+    from vlmppo.rl.distributed import world_of
+
+    kl = float(np.mean(minibatch_stats["approx_kl"]))
+    if world_of(accelerator) > 1:
+        kl = agreed_mean(accelerator, kl)
+    return kl > 1.5 * ppo.target_kl
 
 
 def backward_of(accelerator: Accelerator | None, micro_steps: int) -> Callable[[torch.Tensor], None]:

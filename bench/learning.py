@@ -40,7 +40,7 @@ DRY_OVERRIDES = [
     "run.device=cpu", "model.path=tiny:qwen2-vl", "model.dtype=auto", "collect.episodes=6", "env.n_envs=2",
     "sft.batch_size=4", "sft.eval_every=2", "sft.save_every=2", "preprocess.val_fraction=0.2",
     "ppo.n_steps=4", "ppo.total_env_steps=16", "ppo.minibatch_size=8", "ppo.micro_batch_size=4", "ppo.n_epochs=1", "ppo.save_every=1",
-    "ppo.max_new_tokens=24", "eval.episodes=2", "eval.max_new_tokens=24", "eval.trajectories=1",
+    "ppo.max_new_tokens=24", "ppo.eval_episodes=2", "eval.episodes=2", "eval.max_new_tokens=24", "eval.trajectories=1",
 ]  # fmt: skip
 EVAL_KEYS = ("success_rate", "success_ci95", "solved_rate", "return_mean", "length_mean", "invalid_action_rate",
              "episodes", "wall_s")  # fmt: skip

@@ -43,6 +43,23 @@ def curve_table(report: dict) -> list[str]:
     return [*lines, ""]
 
 
+def ppo_eval_table(report: dict) -> list[str]:
+    """PPO's own greedy evals of the policy it is training (``ppo.eval_every``): the RL run's greedy curve,
+    update 0 being the start policy."""
+    points = [r for r in report.get("ppo") or [] if r.get("eval/success_rate") is not None]
+    if not points:
+        return []
+    lines = ["Greedy evals during PPO (`ppo.eval_every`, `ppo.eval_episodes` per eval seed):", "",
+             "| update | env steps | greedy success % | return | invalid % | episodes | rollout success % |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in points:
+        ret = "-" if r.get("eval/return_mean") is None else f"{r['eval/return_mean']:.2f}"
+        lines.append(f"| {r.get('update')} | {r.get('env_steps')} | {_pct(r['eval/success_rate'])} | {ret} | "
+                     f"{_pct(r.get('eval/invalid_action_rate'))} | {r.get('eval/episodes', '-')} | "
+                     f"{_pct(r.get('rollout/success_rate'))} |")  # fmt: skip
+    return [*lines, ""]
+
+
 def stage_table(report: dict) -> list[str]:
     lines = ["| stage | wall s | rc | time-boxed | command |", "|---|---|---|---|---|"]
     for s in report["stages"]:
@@ -70,6 +87,7 @@ def markdown(report: dict) -> str:
         last = ppo[-1]
         lines.append(f"- PPO from weak: {last.get('update')} updates, {last.get('env_steps')} env steps, "
                      f"last rollout success {last.get('rollout/success_rate')}")  # fmt: skip
+        lines += ["", *ppo_eval_table(report)]
     lines += [
         "",
         *stage_table(report),
@@ -98,9 +116,11 @@ def curves(report: dict, path: Path) -> str | None:
     left.set(xlabel="training samples", ylabel="token loss", yscale="log", title="SFT")
     left.legend()
     ppo = report.get("ppo") or []
-    right.plot(
-        [r.get("env_steps") for r in ppo], [r.get("rollout/success_rate") for r in ppo], label="PPO rollouts"
-    )
+    for key, style, label in (("rollout/success_rate", "-", "PPO rollouts (sampled)"),
+                              ("eval/success_rate", "o-", "PPO greedy evals (ppo.eval_every)")):  # fmt: skip
+        points = [r for r in ppo if r.get(key) is not None]
+        if points:
+            right.plot([r["env_steps"] for r in points], [r[key] for r in points], style, label=label)
     for label, style in (("expert", "g--"), ("random", "r--"), ("weak sft", "k:"), ("strong sft", "b:"),
                          ("weak + ppo", "m-.")):  # fmt: skip
         r = report["results"].get(label)

@@ -34,12 +34,15 @@ def test_report_has_a_row_per_policy_a_stage_table_and_curves(tmp_path):
                     "random": {"success_rate": 0.25, "success_ci95": [0.2, 0.31], "episodes": 200}},
         "sft": {"weak": {"steps": 4, "samples_per_s": 900.0}},
         "sft_curves": {"weak": sft_rows, "strong": sft_rows},
-        "ppo": [{"update": u, "env_steps": 512 * u, "rollout/success_rate": 0.1 * u} for u in range(1, 4)],
+        "ppo": [{"update": 0, "env_steps": 0, "eval/success_rate": 0.565, "eval/return_mean": 0.1, "eval/episodes": 50},
+                *({"update": u, "env_steps": 512 * u, "rollout/success_rate": 0.1 * u} for u in range(1, 4))],
     }  # fmt: skip
+    report["ppo"][2].update({"eval/success_rate": 0.4, "eval/invalid_action_rate": 0.02, "eval/episodes": 50})
     write_report(report, tmp_path / "learning-numberline")
     md = (tmp_path / "learning-numberline.md").read_text()
     assert "| expert | 100.0 | [98.0, 100.0] |" in md and "| random | 25.0 |" in md
     assert "| strong sft | not run |" in md and "| weak sft | 30.0 | 0 |" in md and "900 samples/s" in md
+    assert "| 0 | 0 | 56.5 | 0.10 | - | 50 | - |" in md and "| 2 | 1024 | 40.0 | - | 2.0 | 50 | 20.0 |" in md
     saved = json.loads((tmp_path / "learning-numberline.json").read_text())
     assert saved["ppo"][-1]["update"] == 3 and "sft_curves" not in saved
     assert (tmp_path / "learning-numberline.png").stat().st_size > 10_000

@@ -17,6 +17,11 @@ def test_rate_curves_span_0_to_1_and_the_others_follow_their_data():
     fig = curve_figure(ROWS, PPO_CURVES, ("env_steps", "update"), "ppo")
     axes = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
     assert axes["success rate (sampled rollouts)"].get_ylim() == (0.0, 1.0)  # 0.9 is not a collapse
+    assert "greedy success rate (ppo.eval_every)" not in axes  # no eval/* in these rows: no empty panel
+    evaluated = [*ROWS, {"update": 4, "env_steps": 128, "eval/success_rate": 0.5}]
+    fig = curve_figure(evaluated, PPO_CURVES, ("env_steps", "update"), "ppo")
+    greedy = next(ax for ax in fig.axes if ax.get_title() == "greedy success rate (ppo.eval_every)")
+    assert greedy.get_ylim() == (0.0, 1.0) and list(greedy.lines[0].get_xdata()) == [128]
     low, high = axes["value loss"].get_ylim()
     assert low > 0.0 and high < 1.0
     assert axes["value loss"].get_xlabel() == "env steps"

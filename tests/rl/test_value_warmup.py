@@ -90,15 +90,18 @@ def test_a_detached_value_head_gets_gradient_and_the_model_gets_none_from_the_va
     ("overrides", "message"),
     [
         (["ppo.advantage=grpo", "ppo.group_size=2"], "ppo.value_warmup_updates=1 needs a value head"),
-        (["ppo.value_warmup_updates=0", "ppo.value_detach=true", "ppo.advantage=gigpo", "ppo.group_size=2"],
-         "ppo.value_detach=True needs a value head"),
         (["ppo.value_warmup_updates=4", "ppo.total_env_steps=32"], "is not less than the run's 4 updates"),
         (["ppo.launch=ddp"], "runs in one process only"),
     ],
 )  # fmt: skip
-def test_warm_up_and_detach_settings_that_cannot_work_are_refused(overrides, message):
+def test_warm_up_settings_that_cannot_work_are_refused(overrides, message):
     from vlmppo.errors import ConfigError
 
     with pytest.raises(ConfigError) as error:
         load_config("probe-color-tiny", overrides=[*SMALL, *overrides])
     assert message in " ".join(str(error.value).split())
+
+
+def test_a_preset_with_a_detached_value_head_still_runs_the_critic_free_estimators():
+    cfg = load_config("numberline-small", overrides=["ppo.advantage=gigpo", "ppo.group_size=8"])
+    assert cfg.ppo.value_detach and cfg.ppo.advantage == "gigpo"

@@ -79,16 +79,14 @@ def cross_section_problems(cfg) -> list[str]:
 
 
 def _critic_problems(cfg) -> list[str]:
-    """What the value warm-up and the detached value head cannot do."""
+    """What the value warm-up cannot do (``ppo.value_detach`` is moot without a value head, so a preset that
+    sets it still runs GRPO/GiGPO)."""
     ppo, problems = cfg.ppo, []
-    for key, value in (
-        ("value_warmup_updates", ppo.value_warmup_updates),
-        ("value_detach", ppo.value_detach),
-    ):
-        if value and ppo.advantage != "gae":
-            problems.append(
-                f"ppo.{key}={value} needs a value head, which ppo.advantage={ppo.advantage} has not"
-            )
+    if ppo.value_warmup_updates and ppo.advantage != "gae":
+        problems.append(
+            f"ppo.value_warmup_updates={ppo.value_warmup_updates} needs a value head, which "
+            f"ppo.advantage={ppo.advantage} has not"
+        )
     if ppo.value_warmup_updates and ppo.launch != "single":
         problems.append(
             f"ppo.value_warmup_updates={ppo.value_warmup_updates} runs in one process only (not ppo.launch="

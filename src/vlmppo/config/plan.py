@@ -134,6 +134,10 @@ def stage_plan(
                 f"every {p.save_every} updates and at the end, in {run_dir(cfg) / 'ppo/checkpoints'}",
             ),
         ]
+        if p.eval_every:
+            episodes = p.eval_episodes * len(cfg.eval.seeds)
+            rows.append(("greedy evals", f"{episodes} episodes (eval.seeds) before update 1, every {p.eval_every} "
+                         "updates and after the last"))  # fmt: skip
         rows += quantized_sampling_rows(cfg)
         if p.kl_coef:
             anchor = (
@@ -201,7 +205,12 @@ def advantage_plan(cfg: Config) -> str:
     """The ``advantages`` row: GAE with its value head, or the groups of the critic-free estimators."""
     p = cfg.ppo
     if p.advantage == "gae":
-        return f"GAE (gamma {p.gamma:g}, lambda {p.gae_lambda:g}) with a value head"
+        text = f"GAE (gamma {p.gamma:g}, lambda {p.gae_lambda:g}) with a value head"
+        if p.value_detach:
+            text += " on detached features (its loss trains the head only)"
+        if p.value_warmup_updates:
+            text += f"; updates 1-{p.value_warmup_updates} train the value head alone"
+        return text
     norm = "/ std" if p.group_norm == "std" else "mean only"
     text = f"{p.advantage.upper()}, no value head: {cfg.env.n_envs // p.group_size} groups of {p.group_size} ({norm})"
     if p.advantage == "gigpo":

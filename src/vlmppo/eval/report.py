@@ -20,6 +20,7 @@ from vlmppo.io import atomic_write_text
 # Learning curves: (metric key, panel title). The x axis is env steps for PPO and steps for SFT.
 PPO_CURVES = (
     ("rollout/success_rate", "success rate (sampled rollouts)"),
+    ("eval/success_rate", "greedy success rate (ppo.eval_every)"),
     ("rollout/ep_return_mean", "episode return"),
     ("rollout/invalid_action_rate", "invalid-action rate"),
     ("train/approx_kl", "approx. KL"),
@@ -30,8 +31,9 @@ PPO_CURVES = (
 
 PPO_CURVES_NOTE = (
     "PPO's curves come from its training rollouts: answers sampled at ppo.temperature, success and return "
-    "over the most recent finished episodes at each update. They are not the greedy success measured above. "
-    "(PPO has no periodic greedy evaluation: evaluate saved checkpoints with `vlmppo eval --ckpt PATH`.)"
+    "over the most recent finished episodes at each update. They are not the greedy success measured above; "
+    "the greedy success rate panel, where there is one, is PPO's own greedy eval of the policy it was training "
+    "(ppo.eval_every), on the eval seeds."
 )
 
 

@@ -124,3 +124,52 @@ def test_what_draws_random_numbers_inside_an_eval_leaves_every_stream_where_it_w
         inside = draws()
         torch.manual_seed(5), np.random.seed(5), random.seed(5)  # as eval's own seeding would
     assert inside == expected and draws() == expected
+
+
+def test_a_lora_policy_is_evaluated_as_it_samples_from_its_merged_copy_once_refreshed(tmp_path):
+    from vlmppo.envs import adapter_from_config, make_vec_env
+    from vlmppo.eval.live import LiveActor
+    from vlmppo.rl.startup import build_policy
+
+    def answers(merged: bool):
+        """The greedy answers to 4 first frames before and after an update's worth of LoRA change."""
+        overrides = [
+            *SMALL,
+            f"ppo.merged_sampling={merged}",
+            "ppo.eval_episodes=1",
+            f"run.output_dir={tmp_path}",
+        ]
+        cfg = load_config("numberline-tiny", overrides=overrides)
+        obs, infos = make_vec_env(cfg.env.id, 4, 0).reset()
+        prompts = [adapter_from_config(cfg.env).prompt(info) for info in infos]
+        torch.manual_seed(0)
+        policy = build_policy(cfg, "cpu")
+        before = LiveActor(policy, 8).answer(obs, prompts)[0]
+        with torch.no_grad():  # the merged copy is stale until refreshed
+            for name, param in policy.loaded.model.named_parameters():
+                if "lora_B" in name:
+                    param.add_(0.5 * torch.randn_like(param))
+        policy.weights_changed()
+        after = LiveActor(policy, 8).answer(obs, prompts)[0]
+        policy.loaded.model.train()  # as the update leaves it
+        assert (
+            greedy_eval(policy, cfg)["eval/episodes"] == 1 and policy.loaded.model.training
+        )  # mode put back
+        return policy, before, after
+
+    merged, merged_before, merged_after = answers(True)
+    plain, plain_before, plain_after = answers(False)
+    assert plain_after != plain_before  # the change shows in the answers
+    assert merged_before == plain_before and merged_after == plain_after
+    assert merged.sampler is not None and not merged.sampler.stale and plain.sampler is None
+
+
+@pytest.mark.e2e
+def test_the_ppo_command_shows_the_greedy_success_and_logs_the_start_eval(tmp_path):
+    from tests.helpers import run_cli
+
+    out = run_cli("ppo", "--preset", "numberline-tiny", *SMALL, "ppo.total_env_steps=16", "ppo.eval_every=1",
+                  f"run.output_dir={tmp_path}")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "greedy 0%" in " ".join(out.stdout.split())  # the status line (the tiny model never succeeds)
+    assert [m["update"] for m in rows(tmp_path) if "eval/success_rate" in m] == [0, 1, 2]

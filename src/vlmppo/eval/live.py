@@ -5,7 +5,9 @@ Where the run's rollouts sample at ``ppo.temperature``, this plays the eval's ow
 as ``vlmppo eval`` (``eval.runner.play``), with greedy answers of the current weights, so its success rate is
 the one ``vlmppo eval`` would report for a checkpoint saved at that update. It leaves the run as it found it:
 every random stream (torch, CUDA, numpy, Python) is restored, the envs are its own, the model goes back to
-the mode it was in, and a resumed run therefore matches a straight one.
+the mode it was in, the rollout's static decoder is not used (its buffers and graphs stay the rollout's), and
+a resumed run therefore matches a straight one. The answers come from the model's own dtype without the run's
+autocast, as ``vlmppo eval`` computes them from a checkpoint.
 
 ``train_ppo(cfg, evaluate=greedy_eval)`` is how the ``ppo`` and ``pipeline`` commands call it (the PPO loop
 is a layer below the eval code and cannot import it).
@@ -39,7 +41,9 @@ class LiveActor:
                 policy.sampler.refresh(model)
             model = policy.sampler.model
         loaded = dataclasses.replace(policy.loaded, model=model)
-        self.generator = Generator(loaded, policy.device, "explicit", policy.decoder)
+        # transformers' generate (the reference decoder), never the static one: that keeps buffers and CUDA
+        # graphs per model between calls, which the rollout's sampling would then share with the eval.
+        self.generator = Generator(loaded, policy.device, "explicit", "generate")
         self.max_new_tokens = max_new_tokens
 
     def answer(self, observations, prompts, histories=None) -> tuple[list[str], list[int]]:

@@ -97,6 +97,17 @@ def test_the_last_updates_greedy_eval_is_what_vlmppo_eval_reports_for_its_checkp
         assert last[f"eval/{key}"] == pytest.approx(report[key]), key
 
 
+def test_eval_every_without_eval_seeds_is_refused():
+    from vlmppo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"ppo.eval_every=3 evaluates on eval.seeds, which is empty"):
+        load_config("numberline-tiny", overrides=[*SMALL, "ppo.eval_every=3", "eval.seeds=[]"])
+    assert (
+        load_config("numberline-tiny", overrides=[*SMALL, "ppo.eval_every=0", "eval.seeds=[]"]).ppo.eval_every
+        == 0
+    )
+
+
 def test_eval_every_without_an_evaluator_is_one_clear_error(tmp_path):
     from vlmppo.errors import ConfigError
 

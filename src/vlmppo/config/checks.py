@@ -52,6 +52,11 @@ def cross_section_problems(cfg) -> list[str]:
     if cfg.ppo.advantage != "gae":
         problems += _group_problems(cfg.env, cfg.ppo)
     problems += _critic_problems(cfg)
+    if cfg.ppo.eval_every and not cfg.eval.seeds:
+        problems.append(
+            f"ppo.eval_every={cfg.ppo.eval_every} evaluates on eval.seeds, which is empty; give it a seed "
+            "(e.g. eval.seeds=[1000]) or set ppo.eval_every=null"
+        )
     if cfg.ppo.min_lr > cfg.ppo.lr:
         problems.append(f"ppo.min_lr ({cfg.ppo.min_lr}) is larger than ppo.lr ({cfg.ppo.lr})")
     if cfg.slurm.gpus_per_node > cfg.slurm.max_gpus_per_node:

@@ -42,7 +42,13 @@ def test_a_warm_up_update_moves_the_value_head_and_leaves_every_policy_weight_ex
 ):
     cfg = load_config(
         "probe-color-tiny",
-        overrides=[*SMALL, f"run.output_dir={tmp_path}", *([] if lora else ["model.lora=null"])],
+        # target_kl: any movement of the policy stops an ordinary update after one step, never a warm-up one
+        overrides=[
+            *SMALL,
+            f"run.output_dir={tmp_path}",
+            "ppo.target_kl=1e-9",
+            *([] if lora else ["model.lora=null"]),
+        ],
     )
     policy, buffer = rollout_of(cfg)
     optimizer = make_optimizer(policy, cfg)
@@ -62,7 +68,11 @@ def test_a_warm_up_update_moves_the_value_head_and_leaves_every_policy_weight_ex
         assert not torch.equal(param.detach(), head[name]), name
     # The next, ordinary update trains the policy as well.
     stats = ppo_epochs(policy, optimizer, buffer, cfg, np.random.default_rng(1), guard)
-    assert stats["train/value_warmup"] == 0.0 and "train/approx_kl" in stats
+    assert (
+        stats["train/value_warmup"] == 0.0
+        and "train/approx_kl" in stats
+        and stats["train/early_stopped"] == 1
+    )
     assert any(not torch.equal(q.detach(), model[n]) for n, q in policy.loaded.model.named_parameters())
 
 

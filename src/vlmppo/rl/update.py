@@ -245,11 +245,10 @@ def ppo_epochs(
                 continue
             # SB3's rule: once the policy has moved too far from the rollout's, stop this update's epochs
             # without taking the step (approx_kl was measured at the current parameters, before it).
-            if (
-                ppo.target_kl is not None
-                and not value_only
-                and past_target_kl(accelerator, minibatch_stats, ppo)
-            ):
+            kl = float(np.mean(minibatch_stats.get("approx_kl", [0.0])))  # (a warm-up update has none)
+            if world_of(accelerator) > 1:
+                kl = agreed_mean(accelerator, kl)
+            if ppo.target_kl is not None and kl > 1.5 * ppo.target_kl:
                 optimizer.zero_grad(set_to_none=True)
                 stopped_early = True
                 break
@@ -273,16 +272,6 @@ def ppo_epochs(
     if ppo.value_warmup_updates:
         out["train/value_warmup"] = float(value_only)
     return out
-
-
-def past_target_kl(accelerator: Accelerator | None, minibatch_stats: dict[str, list[float]], ppo) -> bool:
-    """The minibatch's approx KL (agreed over ranks) is past 1.5 x ``ppo.target_kl``."""
-    from vlmppo.rl.distributed import world_of
-
-    kl = float(np.mean(minibatch_stats["approx_kl"]))
-    if world_of(accelerator) > 1:
-        kl = agreed_mean(accelerator, kl)
-    return kl > 1.5 * ppo.target_kl
 
 
 def backward_of(accelerator: Accelerator | None, micro_steps: int) -> Callable[[torch.Tensor], None]:

@@ -367,8 +367,8 @@ class PpoConfig(Section):
     eval_every: int | None = Field(
         None,
         ge=0,
-        description="Updates between greedy evals of the current policy during PPO (the eval code path on "
-        "eval.seeds, eval/* metrics in that update's row, one more before the first update); null or 0 = off.",
+        description="Updates between greedy evals of the current policy during PPO (eval's episode loop on "
+        "eval.seeds; also before the first update and after the last; eval/* in the update's row); null/0 = off.",
     )
     eval_episodes: int = Field(50, ge=1, description="Episodes per eval seed of each greedy eval during PPO.")
     advantage: Literal["gae", "grpo", "gigpo"] = Field(

@@ -14,7 +14,8 @@ first left (put RUNS inside the tree, e.g. RUNS=.gpu/learning-runs, which git ig
 
 Environment, besides bench/learning.py's (TASK, BUDGET_S, SEED, EXTRA, RUNS, DRY): PHASE, SFT_STEPS (the long
 run's max_steps, 3000 by default; the budget also time-boxes it), CURVE_POINTS (checkpoints evaluated, 5),
-WEAK_MAX, WEAK_CKPT, RL_S (with PHASE=all: the seconds kept for the RL phase, 170), RL_TAG and RL_EXTRA (a
+WEAK_MAX, WEAK_CKPT, SFT_BOX_S (the long SFT's time box in seconds, instead of the one sized from the budget),
+EVAL_CURVE (0: do not evaluate the checkpoints), RL_S (with PHASE=all: the seconds kept for the RL phase, 170), RL_TAG and RL_EXTRA (a
 name for one RL variant and the overrides only its PPO command gets: several variants can start from one weak
 checkpoint at once, each in its own run ``<name>-rl-<tag>`` with its own report; bench/gpu_learning_sweep.sh).
 """
@@ -75,6 +76,8 @@ class CurveProtocol(Protocol):
         # PHASE=all keeps RL_S seconds of the budget for the RL phase (PPO and its eval).
         rl_s = float(os.environ.get("RL_S", "170")) if self.phase == "all" else 0.0
         box = None if self.dry else max(60.0, self.budget.left() - 35 * (points + 1) - 20 - rl_s)
+        if os.environ.get("SFT_BOX_S"):  # a fixed time box: to reach a given checkpoint and no more
+            box = float(os.environ["SFT_BOX_S"])
         self.report["long_sft_plan"] = {"steps": steps, "save_every": every, "time_box_s": box}
         self.vlmppo("long sft", ["pipeline", "--preset", self.preset, "--from", "sft", "--to", "sft",
                                  f"run.name={self.name}", f"sft.max_steps={steps}", f"sft.save_every={every}",
@@ -136,7 +139,8 @@ class CurveProtocol(Protocol):
             for policy in ("expert", "random"):
                 self.eval(policy, self.name, ["--policy", policy])
             self.long_sft()
-            self.report["curve"] = self.curve()
+            # EVAL_CURVE=0: no eval of the checkpoints (an RL run's update-0 greedy eval measures its start).
+            self.report["curve"] = self.curve() if os.environ.get("EVAL_CURVE", "1") != "0" else []
             if self.report["curve"]:
                 self.report["results"]["strong sft"] = self.report["curve"][-1]
         if self.phase in ("rl", "all"):

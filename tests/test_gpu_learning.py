@@ -90,3 +90,38 @@ def test_dry_curve_protocol_in_two_phases_shares_its_runs_folder(tmp_path):
     assert rl["weak_start"]["step"] == 4 and rl["weak_start"]["checkpoint"].endswith("000004")
     assert [s["stage"] for s in rl["stages"]] == ["weak + ppo", "eval weak + ppo"] and rl["ppo"]
     assert all(s["rc"] == 0 for s in rl["stages"]) and "weak + ppo" in rl["results"]
+
+
+def test_an_rl_variant_runs_under_its_own_name_with_overrides_only_its_ppo_command_gets(monkeypatch, tmp_path):
+    from bench.learning_curve import CurveProtocol
+
+    monkeypatch.setenv("OUT", str(tmp_path))
+    monkeypatch.setenv("PHASE", "rl")
+    monkeypatch.setenv("RL_TAG", "gigpo")
+    monkeypatch.setenv("RL_EXTRA", "ppo.advantage=gigpo ppo.group_size=8")
+    tagged = CurveProtocol()
+    assert tagged.rl_name == "numberline-small-s0-rl-gigpo"
+    assert tagged.report_stem == tmp_path / "learning-numberline-rl-gigpo"
+    assert tagged.rl_extra == ["ppo.advantage=gigpo", "ppo.group_size=8"]
+    assert not set(tagged.rl_extra) & set(tagged.common)  # the SFT and the evals do not get them
+    monkeypatch.delenv("RL_TAG")
+    monkeypatch.delenv("RL_EXTRA")
+    plain = CurveProtocol()
+    assert plain.rl_name == "numberline-small-s0-rl" and plain.rl_extra == []
+
+
+@pytest.mark.slow
+def test_dry_sweep_runs_two_variants_from_one_weak_start(tmp_path):
+    env = dict(os.environ, DRY="1", TASK="numberline", OUT=str(tmp_path / "out"), RUNS=str(tmp_path / "runs"),
+               EVAL_CURVE="0", VARIANTS="a=ppo.lr=3e-5;b=ppo.advantage=grpo ppo.group_size=2",
+               WEAK_CKPT=str(tmp_path / "runs" / "numberline-small-s0" / "sft" / "checkpoints" / "000004"))  # fmt: skip
+    done = subprocess.run(["bash", "bench/gpu_learning_sweep.sh"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    sft = json.loads((tmp_path / "out" / "learning-numberline-sft.json").read_text())
+    assert sft["curve"] == [] and not any(s["stage"].startswith("eval sft") for s in sft["stages"])
+    for tag, override in (("a", "ppo.lr=3e-5"), ("b", "ppo.advantage=grpo")):
+        rl = json.loads((tmp_path / "out" / f"learning-numberline-rl-{tag}.json").read_text())
+        ppo = next(s for s in rl["stages"] if s["stage"] == "weak + ppo")
+        assert ppo["rc"] == 0 and override in ppo["command"] and "000004" in ppo["command"]
+        assert f"run.name=numberline-small-s0-rl-{tag}" in ppo["command"] and rl["ppo"]

@@ -3,8 +3,9 @@
 One process, the Qwen2-VL-2B shape (random bf16 weights, the bench's LoRA and merged sampling copy), the
 static decoder, answers forced to ``--max-new-tokens``. After one untimed step, it profiles one step with
 the decode steps replayed as CUDA graphs (the product's path: what the step costs) and one with them run
-eagerly (kernel names of a decode step), each range (sample, generate, score) marked. Writes
-``profile-<n>-<mode>.txt`` tables (top kernels by self device time, per range) to ``--out``.
+eagerly (kernel names of a decode step), each range (sample, generate, score) marked. Writes every table (top
+kernels by self device time, the ranges' totals) into ONE file, ``--out``/profile-rollout.txt (the GPU tool brings
+back at most 8 files per call).
 
     python bench/gpu_profile_rollout.py --n-envs 128 --out $OUT                 # on the GPU machine
     python bench/gpu_profile_rollout.py --shape tiny --preset numberline-tiny --n-envs 4 \
@@ -91,6 +92,7 @@ def main() -> None:
     decoder = static_decoder_for(sampler, compile=False)
     sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "profile-rollout.txt").write_text("")
     graphs = decoder.use_graphs
     for n in [int(x) for x in args.n_envs.split(",")]:
         for mode, use_graphs in (("graphs", graphs), ("eager", False)):
@@ -103,7 +105,8 @@ def main() -> None:
                       for e in events if e.key in ("sample", "generate", "score")]  # fmt: skip
             text = "\n".join([f"# {n} envs, decode {mode}, one rollout step: wall {wall:.3f} s", *ranges, "",
                               events.table(sort_by=sort, row_limit=args.rows, max_name_column_width=90)])  # fmt: skip
-            (args.out / f"profile-{n}-{mode}.txt").write_text(text)
+            with open(args.out / "profile-rollout.txt", "a") as tables:  # after each: a cut call keeps what ran
+                tables.write(text + "\n\n")
             print(text[:6000], flush=True)
     decoder.use_graphs = graphs
 

@@ -3,9 +3,10 @@
 # the same settings, in one call (issue 18). At each env count in N_ENVS:
 #   1. the bench's rollout rate (`vlmppo bench`'s measure_rollout: rollout_step + env step, one warm-up
 #      step, answers forced to max_new_tokens) on the model the loop loads, in its own process;
-#   2. two updates of `vlmppo ppo`, then a third after `--resume auto` (a fresh process: graphs captured
-#      again); per update the metrics say the whole rollout rate, the steady one (without the steps that
-#      captured CUDA graphs), the value pass, the merged-copy refresh and the peak memory per phase;
+#   2. three updates of `vlmppo ppo` in one process (RESUME=1: two, then a third after `--resume auto`, a
+#      fresh process that captures its graphs again; a minute more per env count); per update the metrics
+#      say the whole rollout rate, the steady one (without the steps that captured CUDA graphs), the value
+#      pass, the merged-copy refresh and the peak memory per phase; one checkpoint, at the end;
 #   3. bench/ppo_loop_report.py: the loop's steady rate over the bench's, the dry-run's estimate (the same
 #      function the dry-run prints, with its terms) against the measured peaks.
 # Then one summary table ($OUT/ppo-loop.md). Random weights never write a parseable answer (nor an
@@ -30,11 +31,15 @@ SUMMARIES=()
 for N in ${N_ENVS:-$DEFAULT_ENVS}; do
   ARGS=(--preset "$PRESET" "model.path=$MODEL" model.family=qwen2-vl ppo.init_from=null "env.n_envs=$N"
     ppo.n_steps=4 "ppo.minibatch_size=$((N * 2))" ppo.micro_batch_size=${MICRO:-8} ppo.n_epochs=1
-    "ppo.max_new_tokens=$NEW" ppo.save_every=1 "run.output_dir=$OUT/runs" "run.name=gpu-ppo-$N" "${DEVICE[@]}" ${EXTRA:-})
+    "ppo.max_new_tokens=$NEW" ppo.save_every=100 "run.output_dir=$OUT/runs" "run.name=gpu-ppo-$N" "${DEVICE[@]}" ${EXTRA:-})
   start=$SECONDS
   $PY bench/ppo_loop_report.py bench --out "$OUT/bench-$N.json" -- "${ARGS[@]}" 2>&1 | tail -1
-  $PY -m vlmppo ppo "${ARGS[@]}" "ppo.total_env_steps=$((N * 8))" 2>&1 | tail -3 | tee "$OUT/log-$N.txt"
-  $PY -m vlmppo ppo "${ARGS[@]}" "ppo.total_env_steps=$((N * 12))" --resume auto 2>&1 | tail -3 | tee -a "$OUT/log-$N.txt"
+  if [ "${RESUME:-0}" = 1 ]; then
+    $PY -m vlmppo ppo "${ARGS[@]}" "ppo.total_env_steps=$((N * 8))" 2>&1 | tail -3 | tee "$OUT/log-$N.txt"
+    $PY -m vlmppo ppo "${ARGS[@]}" "ppo.total_env_steps=$((N * 12))" --resume auto 2>&1 | tail -3 | tee -a "$OUT/log-$N.txt"
+  else
+    $PY -m vlmppo ppo "${ARGS[@]}" "ppo.total_env_steps=$((N * 12))" 2>&1 | tail -3 | tee "$OUT/log-$N.txt"
+  fi
   $PY bench/ppo_loop_report.py report --bench "$OUT/bench-$N.json" --metrics "$OUT/runs/gpu-ppo-$N/ppo/metrics.jsonl" \
     --out "$OUT/ppo-$N.md" -- "${ARGS[@]}"
   echo "($N envs: $((SECONDS - start)) s)"

@@ -51,7 +51,7 @@ def test_the_report_sets_the_loops_steady_rate_beside_the_benchs_and_the_estimat
 @pytest.mark.slow
 def test_dry_mode_runs_the_bench_the_loop_with_a_resume_and_the_report(tmp_path):
     env = dict(os.environ, DRY="1", OUT=str(tmp_path), N_ENVS="2", NEW="4", PYTHON=sys.executable,
-               OMP_NUM_THREADS="1")  # fmt: skip
+               OMP_NUM_THREADS="1", RESUME="1")  # fmt: skip
     out = subprocess.run(
         ["bash", "bench/gpu_ppo.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )

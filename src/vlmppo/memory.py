@@ -26,14 +26,16 @@ Terms:
   without dropout whatever ``lora.dropout`` says, SFT with it;
 - a quantised base also has one dequantised copy of its largest layer live during its matmuls.
 
-Checked on an H200 with `bench/gpu_ppo.sh` (Qwen2-VL-2B shape, LoRA r=128, 32 envs, micro-batch 8, 128 new
-tokens): `torch.cuda.max_memory_allocated` 26.3 GiB, against 25.5 GiB here before the overhead factor for
-the run's 374-token prompts (the tiny tokenizer it borrows spells the text out longer than Qwen's; with the
-~321 tokens estimated for Qwen's own, 24.3) — bench/results/gpu_ppo_h200.md. `bench/gpu_quant.py`'s first
-run (bench/results/h200-quant-24gb.md) ran its cases in one process while every model sampled from with the
-static decoder stayed alive (fixed since), so only its first row is clean: 2B 4-bit PPO 17.2 GiB measured,
-16.2 estimated; less the models earlier rows left behind (by their sizes), the others' estimates are 5–8%
-above the peaks, the LLaVA-1.6-7B bf16 rows included (bench/RESULTS.md).
+Checked on an H200 with `bench/gpu_ppo.sh` (Qwen2-VL-2B shape, LoRA r=128 with a merged sampling copy, the
+static decoder, micro-batch 8, 128 new tokens; 2026-12-03, bench/RESULTS.md): the run's peak
+(`torch.cuda.max_memory_allocated`) was 24.6 GiB at 32 envs and 25.9 GiB at 128; the resident and update terms
+here sum to 24.3 and 25.9 before the overhead factor (26.8 and 28.5 GiB with it, 9–10% above; the rollout's
+terms sum to 13.5 and 18.9), with the ~321-token prompts estimated for Qwen's tokenizer where the run's
+borrowed tiny tokenizer made 340. `bench/gpu_quant.py`'s first run (bench/results/h200-quant-24gb.md) ran its
+cases in one process while every model sampled from with the static decoder stayed alive (fixed since), so
+only its first row is clean: 2B 4-bit PPO 17.2 GiB measured, 16.2 estimated; less the models earlier rows left
+behind (by their sizes), the others' estimates are 5–8% above the peaks, the LLaVA-1.6-7B bf16 rows included
+(bench/RESULTS.md).
 """
 
 from __future__ import annotations

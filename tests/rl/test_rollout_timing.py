@@ -166,3 +166,37 @@ def test_the_loop_refreshes_the_merged_copy_after_the_update_and_logs_each_phase
         m["time/env_steps_per_s"]
     )
     assert "sys/gpu_mem_peak_rollout_gb" not in m  # CPU: no GPU memory to report
+
+
+def test_with_history_each_bootstrap_sees_the_turns_of_its_own_episode(tmp_path, monkeypatch):
+    # env.history=1: the final observation's prompt shows the last turn of the episode that just ended (not
+    # the emptied window of the one that starts), as a pass of its own over that observation computes it.
+    from vlmppo.models.inputs import Turn
+
+    cfg = load_config(
+        "numberline-tiny",
+        overrides=[*SMALL, f"run.output_dir={tmp_path}", "env.n_envs=2", "ppo.n_steps=3", "env.history=1"],
+    )
+    torch.manual_seed(0)
+    policy = build_policy(cfg, "cpu")
+    vec = make_vec_env(cfg.env.id, 2, seed=0, max_episode_steps=2)
+    finals, step, count = {}, vec.step, []
+
+    def recording_step(actions):
+        out = step(actions)
+        for env, info in enumerate(out[4]):
+            if out[3][env] and not out[2][env]:
+                finals[(len(count), env)] = (info["final_obs"], info["final_info"])
+        count.append(None)
+        return out
+
+    monkeypatch.setattr(vec, "step", recording_step)
+    buffer, _, _ = rollout.collect_rollout(policy, vec, *vec.reset(), cfg, rollout.HistoryWindows(2, 1))
+    assert finals
+    for (t, env), (frame, info) in finals.items():
+        flat = t * 2 + env
+        last_turn = (Turn(buffer.images[flat], buffer.texts[flat]),)
+        alone = rollout.state_values(policy, [frame], [info], vec.adapter, [last_turn])
+        torch.testing.assert_close(buffer.bootstrap_values[t, env], alone[0], atol=1e-5, rtol=0)
+        without = rollout.state_values(policy, [frame], [info], vec.adapter, [()])
+        assert not torch.allclose(alone, without, atol=1e-5)  # the history is in the prompt

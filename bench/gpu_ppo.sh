@@ -31,7 +31,7 @@ SUMMARIES=()
 for N in ${N_ENVS:-$DEFAULT_ENVS}; do
   ARGS=(--preset "$PRESET" "model.path=$MODEL" model.family=qwen2-vl ppo.init_from=null "env.n_envs=$N"
     ppo.n_steps=4 "ppo.minibatch_size=$((N * 2))" ppo.micro_batch_size=${MICRO:-8} ppo.n_epochs=1
-    "ppo.max_new_tokens=$NEW" ppo.save_every=100 "run.output_dir=$OUT/runs" "run.name=gpu-ppo-$N" "${DEVICE[@]}" ${EXTRA:-})
+    "ppo.max_new_tokens=$NEW" ppo.save_every=100 "run.output_dir=$OUT/runs" "run.name=gpu-ppo-$N" ${DEVICE[@]+"${DEVICE[@]}"} ${EXTRA:-})
   start=$SECONDS
   $PY bench/ppo_loop_report.py bench --out "$OUT/bench-$N.json" -- "${ARGS[@]}" 2>&1 | tail -1
   if [ "${RESUME:-0}" = 1 ]; then

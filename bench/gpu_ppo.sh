@@ -9,7 +9,7 @@
 #      pass, the merged-copy refresh and the peak memory per phase; one checkpoint, at the end;
 #   3. bench/ppo_loop_report.py: the loop's steady rate over the bench's, the dry-run's estimate (the same
 #      function the dry-run prints, with its terms) against the measured peaks.
-# Then one summary table ($OUT/ppo-loop.md). Random weights never write a parseable answer (nor an
+# Then one summary table. $OUT gets gpu.txt, ppo-<N>.md per env count and ppo-loop.md (the JSON rows stay in $WORK). Random weights never write a parseable answer (nor an
 # end-of-turn token), so every answer runs to max_new_tokens: this measures the loop, not learning.
 # DRY=1: the same code path on the CPU with the tiny Qwen2-VL model (a few seconds per step).
 # Run from the repository root on the GPU machine (the wheels in .whl/ supply what its image lacks).
@@ -20,30 +20,34 @@ if [ "${DRY:-0}" = 1 ]; then
   export PYTHONPATH=$PWD/src OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
   PY=${PYTHON:-python3} PRESET=numberline-tiny MODEL=tiny:qwen2-vl NEW=${NEW:-8} DEFAULT_ENVS="2 3" MICRO=${MICRO:-2}
   DEVICE=(run.device=cpu)
+  WORK=${WORK:-$OUT}
 else
   source bench/gpu_env.sh
   nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
   PY=python3 PRESET=numberline-qwen NEW=${NEW:-128} DEFAULT_ENVS="32 128"
   MODEL=$(python3 -c "from vlmppo.models.shapes import QWEN2_VL_2B, shape_model_path; print(shape_model_path(QWEN2_VL_2B, device='cuda'))" | tail -1)
   DEVICE=()
+  WORK=${WORK:-/tmp/gpu-ppo}  # JSON rows and the run folder: the device tool brings back only a few files of $OUT
 fi
+mkdir -p "$WORK"
 SUMMARIES=()
 for N in ${N_ENVS:-$DEFAULT_ENVS}; do
   ARGS=(--preset "$PRESET" "model.path=$MODEL" model.family=qwen2-vl ppo.init_from=null "env.n_envs=$N"
     ppo.n_steps=4 "ppo.minibatch_size=$((N * 2))" ppo.micro_batch_size=${MICRO:-8} ppo.n_epochs=1
-    "ppo.max_new_tokens=$NEW" ppo.save_every=100 "run.output_dir=$OUT/runs" "run.name=gpu-ppo-$N" ${DEVICE[@]+"${DEVICE[@]}"} ${EXTRA:-})
+    "ppo.max_new_tokens=$NEW" ppo.save_every=100 "run.output_dir=$WORK/runs" "run.name=gpu-ppo-$N" ${DEVICE[@]+"${DEVICE[@]}"} ${EXTRA:-})
   start=$SECONDS
-  $PY bench/ppo_loop_report.py bench --out "$OUT/bench-$N.json" -- "${ARGS[@]}" 2>&1 | tail -1
+  $PY bench/ppo_loop_report.py bench --out "$WORK/bench-$N.json" -- "${ARGS[@]}" 2>&1 | tail -1
   if [ "${RESUME:-0}" = 1 ]; then
-    $PY -m vlmppo ppo "${ARGS[@]}" "ppo.total_env_steps=$((N * 8))" 2>&1 | tail -3 | tee "$OUT/log-$N.txt"
-    $PY -m vlmppo ppo "${ARGS[@]}" "ppo.total_env_steps=$((N * 12))" --resume auto 2>&1 | tail -3 | tee -a "$OUT/log-$N.txt"
+    $PY -m vlmppo ppo "${ARGS[@]}" "ppo.total_env_steps=$((N * 8))" 2>&1 | tail -3
+    $PY -m vlmppo ppo "${ARGS[@]}" "ppo.total_env_steps=$((N * 12))" --resume auto 2>&1 | tail -3
   else
-    $PY -m vlmppo ppo "${ARGS[@]}" "ppo.total_env_steps=$((N * 12))" 2>&1 | tail -3 | tee "$OUT/log-$N.txt"
+    $PY -m vlmppo ppo "${ARGS[@]}" "ppo.total_env_steps=$((N * 12))" 2>&1 | tail -3
   fi
-  $PY bench/ppo_loop_report.py report --bench "$OUT/bench-$N.json" --metrics "$OUT/runs/gpu-ppo-$N/ppo/metrics.jsonl" \
-    --out "$OUT/ppo-$N.md" -- "${ARGS[@]}"
+  $PY bench/ppo_loop_report.py report --bench "$WORK/bench-$N.json" --metrics "$WORK/runs/gpu-ppo-$N/ppo/metrics.jsonl" \
+    --out "$WORK/ppo-$N.md" -- "${ARGS[@]}"
+  [ "$WORK" -ef "$OUT" ] || cp "$WORK/ppo-$N.md" "$OUT/"
   echo "($N envs: $((SECONDS - start)) s)"
-  SUMMARIES+=("$OUT/ppo-$N.json")
-  rm -rf "$OUT/runs"
+  SUMMARIES+=("$WORK/ppo-$N.json")
+  rm -rf "$WORK/runs"
 done
 $PY bench/ppo_loop_report.py summary "${SUMMARIES[@]}" | tee "$OUT/ppo-loop.md"

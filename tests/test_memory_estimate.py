@@ -57,16 +57,18 @@ def test_estimate_terms_follow_the_run_shapes():
     seq, envs = est.prompt_tokens + cfg.ppo.max_new_tokens, cfg.env.n_envs
     head_dim = text.hidden_size // text.num_attention_heads
     kv_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * 2
-    assert est.decoder_gb == pytest.approx(envs * (-(-seq // 64) * 64) * kv_token / GIB)
-    prefill = envs * est.prompt_tokens * kv_token
+    graph_pool = envs * text.vocab_size * (2 + 16)  # one decode step's sampling intermediates, all envs
+    assert est.decoder_gb == pytest.approx((envs * (-(-seq // 64) * 64) * kv_token + graph_pool) / GIB)
+    scoring_cache = envs * seq * kv_token
     layer = envs * seq * (3 * text.intermediate_size + 4 * text.hidden_size) * 2
-    assert est.rollout_gb == pytest.approx((prefill + layer) / GIB + chunk)
-    # transformers' generate: no static buffers, but a cache that grows to the whole sequence by copies
+    assert est.rollout_gb == pytest.approx((scoring_cache + layer) / GIB + chunk)
+    # transformers' generate: no static buffers, but a cache that grows to the whole sequence by copies (twice
+    # that at the moment it grows, more than the scoring pass's)
     generate = estimate_ppo_memory(
         load_config("numberline-tiny", overrides=["model.dtype=bfloat16", "model.decoder=generate"])
     )
     assert generate.decoder_gb == 0
-    assert generate.rollout_gb == pytest.approx(est.rollout_gb + 2 * envs * seq * kv_token / GIB)
+    assert generate.rollout_gb == pytest.approx(est.rollout_gb + envs * seq * kv_token / GIB)
     # gradient checkpointing shrinks the update's activations
     ckpt = estimate_ppo_memory(
         load_config(
@@ -142,9 +144,10 @@ def test_the_7b_4bit_preset_estimate_is_the_hand_computed_one():
     value_head = (4096 * 1024 + 1024 + 1024 * 512 + 512 + 513) * 16
     trainable = lora * 16 + value_head  # fp32 value, gradient, two AdamW moments
     seq, kv_token = 1376 + 256, 2 * 32 * 8 * 128 * 2
-    static_kv = 8 * 1664 * kv_token  # 1632 positions rounded up to 64
+    # 1632 positions rounded up to 64; the decode graphs' pool: 8 rows of logits (bf16) + 4 fp32 copies
+    static_kv = 8 * 1664 * kv_token + 8 * 32064 * (2 + 16)
     dequantized = 4096 * 14336 * 2  # the largest NF4 layer in bf16
-    rollout = 8 * 1376 * kv_token + 8 * seq * (3 * 14336 + 4 * 4096) * 2 + 2**27 * 10 + dequantized
+    rollout = 8 * seq * kv_token + 8 * seq * (3 * 14336 + 4 * 4096) * 2 + 2**27 * 10 + dequantized
     # checkpointing: each layer's bf16 input for 8 × 1632 tokens, plus one layer recomputed (8h + 3I values;
     # no adapter input copies: NF4 LoRA under autocast, no dropout in PPO); answer logits at 2 + 16 bytes
     update = 8 * seq * (32 * 4096 * 2 + (8 * 4096 + 3 * 14336) * 2) + 8 * 256 * 32064 * 18 + dequantized
@@ -174,3 +177,41 @@ def test_adapters_keep_an_input_copy_on_a_plain_base_only_and_ppo_ignores_lora_d
     )
     without = estimate_ppo_memory(load_config("numberline-tiny", overrides=[*base, "model.lora.dropout=0"]))
     assert with_dropout.update_gb == without.update_gb  # PPO sets every dropout to 0 (rl/startup.py)
+
+
+def test_the_2b_estimate_at_128_envs_is_the_hand_computed_one():
+    # Issue 18's loop (bench/gpu_ppo.sh): Qwen2-VL-2B (released config: h 1536, I 8960, 28 layers, 2 KV heads
+    # of 128, vocab 151936) in bf16, LoRA r=128 on all linears with a merged sampling copy, the static
+    # decoder, 128 envs, 128-token answers, micro-batch 8, a value head. Every term by hand, in bytes:
+    from vlmppo.memory import OVERHEAD, model_facts
+
+    cfg = load_config(
+        "numberline-qwen",
+        overrides=[
+            "env.n_envs=128",
+            "ppo.max_new_tokens=128",
+            "ppo.micro_batch_size=8",
+            "ppo.minibatch_size=256",
+        ],
+    )
+    facts = model_facts(cfg)
+    total, lora = 2_208_985_600, 147_718_144
+    assert (facts.counts.total, facts.counts.trainable) == (total, lora)
+    assert facts.prompt_tokens == 121 + 200  # a 300×300 frame: 11×11 tokens of 28×28 pixels; ~200 of text
+    seq, kv_token = 321 + 128, 2 * 28 * 2 * 128 * 2
+    weights = total * 2 * 2  # the trained model and its merged sampling copy
+    trainable = lora * 16 + (1536 * 1024 + 1024 + 1024 * 512 + 512 + 513) * 16
+    # K/V buffers over 449 positions rounded to 512; the decode graphs' pool: 128 rows of logits + 4 fp32 copies
+    decoder = 128 * 512 * kv_token + 128 * 151936 * (2 + 16)
+    # the scoring pass's K/V over 449 tokens, one no-grad layer's activations, one fp32 logits chunk
+    rollout = 128 * seq * kv_token + 128 * seq * (3 * 8960 + 4 * 1536) * 2 + 2**27 * 10
+    # 8 × 449 tokens through 28 layers at (8h + 3I) bf16 values + the LoRA inputs' bf16 copies (6 of h, 1 of I),
+    # then the answer logits at the start of the backward: bf16 + four fp32 tensors of 8 × 128 × V
+    update = 8 * seq * 28 * ((8 * 1536 + 3 * 8960) * 2 + (6 * 1536 + 8960) * 2) + 8 * 128 * 151936 * 18
+    assert update > rollout
+    est = estimate_ppo_memory(cfg, facts)
+    assert est.decoder_gb == pytest.approx(decoder / GIB, rel=1e-12)
+    assert est.rollout_gb == pytest.approx(rollout / GIB, rel=1e-12)
+    assert est.update_gb == pytest.approx(update / GIB, rel=1e-12)
+    assert est.peak_gb == pytest.approx(OVERHEAD * (weights + trainable + decoder + update) / GIB, rel=1e-9)
+    assert est.peak_gb == pytest.approx(28.48, abs=0.01)

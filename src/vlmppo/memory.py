@@ -12,12 +12,13 @@ Terms:
   their block constants (``models/quantization.py``), and there is no merged copy;
 - trainable state: trainable parameters (LoRA adapters are kept in fp32 by peft) + their gradients + two
   AdamW moments, all in the trainable dtype; the value head likewise (none with ``ppo.advantage`` grpo/gigpo);
-- rollout: the prefill's KV cache of all envs' prompts (plus, with transformers' ``generate``, the cache
-  that grows by concatenation to the whole answer, twice at the moment it grows), one layer's
+- rollout: the scoring pass's KV cache of all envs' prompts and answers (plus, with transformers' ``generate``,
+  the cache that grows by concatenation to the whole answer, twice at the moment it grows), one layer's
   activations of the no-grad prefill/scoring forwards over all envs, and one chunk of the scoring
   pass's fp32 answer logits (``rl/policy.py`` scores a few rows at a time);
-- decoder buffers (``model.decoder=static``, the default on a GPU): the static KV cache of all envs,
-  kept between rollouts, so it sits beside the update's peak too;
+- decoder buffers (``model.decoder=static``, the default on a GPU): the static KV cache of all envs and the
+  memory pool of the captured decode steps (`decoder_buffer_bytes`), kept between rollouts, so they sit beside
+  the update's peak too;
 - update: the saved activations of one micro-batch through the decoder (≈ 8·h + 3·I values per token and
   layer in the model dtype, plus what each LoRA adapter keeps of its input: a bf16 copy on a plain base, none
   on a quantised one, see `adapter_input_bytes`; with gradient checkpointing one h per layer plus one full
@@ -25,14 +26,16 @@ Terms:
   without dropout whatever ``lora.dropout`` says, SFT with it;
 - a quantised base also has one dequantised copy of its largest layer live during its matmuls.
 
-Checked on an H200 with `bench/gpu_ppo.sh` (Qwen2-VL-2B shape, LoRA r=128, 32 envs, micro-batch 8, 128 new
-tokens): `torch.cuda.max_memory_allocated` 26.3 GiB, against 25.5 GiB here before the overhead factor for
-the run's 374-token prompts (the tiny tokenizer it borrows spells the text out longer than Qwen's; with the
-~321 tokens estimated for Qwen's own, 24.3) — bench/results/gpu_ppo_h200.md. `bench/gpu_quant.py`'s first
-run (bench/results/h200-quant-24gb.md) ran its cases in one process while every model sampled from with the
-static decoder stayed alive (fixed since), so only its first row is clean: 2B 4-bit PPO 17.2 GiB measured,
-16.2 estimated; less the models earlier rows left behind (by their sizes), the others' estimates are 5–8%
-above the peaks, the LLaVA-1.6-7B bf16 rows included (bench/RESULTS.md).
+Checked on an H200 with `bench/gpu_ppo.sh` (Qwen2-VL-2B shape, LoRA r=128 with a merged sampling copy, the
+static decoder, micro-batch 8, 128 new tokens; 2026-12-03, bench/RESULTS.md): the run's peak
+(`torch.cuda.max_memory_allocated`) was 24.6 GiB at 32 envs and 25.9 GiB at 128; the resident and update terms
+here sum to 24.3 and 25.9 before the overhead factor (26.8 and 28.5 GiB with it, 9–10% above; the rollout's
+terms sum to 13.5 and 18.9), with the ~321-token prompts estimated for Qwen's tokenizer where the run's
+borrowed tiny tokenizer made 340. `bench/gpu_quant.py`'s first run (bench/results/h200-quant-24gb.md) ran its
+cases in one process while every model sampled from with the static decoder stayed alive (fixed since), so
+only its first row is clean: 2B 4-bit PPO 17.2 GiB measured, 16.2 estimated; less the models earlier rows left
+behind (by their sizes), the others' estimates are 5–8% above the peaks, the LLaVA-1.6-7B bf16 rows included
+(bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -303,6 +306,16 @@ def activation_bytes(cfg, text, tokens: int, per_token_layer: float, bpw: int) -
     return tokens * layers * per_token_layer
 
 
+def decoder_buffer_bytes(envs: int, seq: int, kv_token: int, vocab: int, bpw: int) -> int:
+    """What the static decoder keeps between rollouts (``models/static_decode.py``): its K/V buffers for every
+    env over prompt + answer (positions rounded up to 64), and the private memory pool of its captured decode
+    steps, which holds one step's sampling intermediates at its largest bucket (all envs): the logits in the
+    model dtype, and in fp32 the scores, their log-softmax, its exp and the cumulative sum the inverse-CDF draw
+    searches (``sample_from_logits``): ``bpw + 4·4`` bytes per env and vocabulary entry. Smaller buckets'
+    captures reuse that pool."""
+    return envs * (-(-seq // 64) * 64) * kv_token + envs * vocab * (bpw + 4 * 4)
+
+
 def data_parallel_state(trainable_state: float, launch: str, world: int) -> float:
     """Bytes of trainable state per GPU under data parallelism, from the one-process value (value, gradient,
     two moments: four equal parts)."""
@@ -345,10 +358,14 @@ def estimate_ppo_memory(cfg, facts: ModelFacts | None = None, world: int = 1) ->
     from vlmppo.rl.policy import SCORE_CHUNK_VALUES
 
     static = resolve_decoder(m.decoder, "cuda").startswith("static")
-    decoder_buffers = envs * (-(-seq // 64) * 64) * kv_token if static else 0
+    decoder_buffers = decoder_buffer_bytes(envs, seq, kv_token, vocab, bpw) if static else 0
     growing_cache = 0 if static else 2 * envs * seq * kv_token
     no_grad_layer = envs * seq * (3 * inter + 4 * hidden) * bpw  # gate, up, act; residual, norm, attention
-    rollout = envs * prompt * kv_token + growing_cache + no_grad_layer + SCORE_CHUNK_VALUES * (bpw + 8)
+    # The rollout's largest K/V: the scoring pass's forward over prompt + answer keeps every layer's keys and
+    # values until it returns (the language model's use_cache defaults on, and ActorCritic.score does not turn
+    # it off); the prefill's cache over the prompts alone is freed before it, generate's growing one too.
+    scoring_cache = envs * seq * kv_token
+    rollout = max(scoring_cache, growing_cache) + no_grad_layer + SCORE_CHUNK_VALUES * (bpw + 8)
     rollout += dequantized_weight_bytes(cfg, text)
     mb = p.micro_batch_size
     # PPO trains without dropout (rl/startup.py: disable_dropout), whatever lora.dropout says

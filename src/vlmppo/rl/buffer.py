@@ -116,6 +116,23 @@ class Samples:
         return len(self.prompts)
 
 
+@dataclass
+class RolloutTiming:
+    """Where a rollout's seconds went, beside its total (``RolloutBuffer.seconds``).
+
+    Attributes:
+        capture_steps: Steps during which the static decoder captured CUDA graphs (a process's first step,
+            or one after its buffers grew): a one-off cost, reported apart from the steady rate.
+        capture_s: Wall-clock seconds of those steps (all their work, the capture included).
+        values_s: The value pass after the last step: V of the truncated episodes' final observations and
+            of the observations after the last step.
+    """
+
+    capture_steps: int = 0
+    capture_s: float = 0.0
+    values_s: float = 0.0
+
+
 # An advantage estimator: (buffer, the ``ppo`` config section) -> (advantages [T, N], returns [T, N]).
 AdvantageFn = Callable[["RolloutBuffer", "PpoConfig"], tuple[Tensor, Tensor]]
 
@@ -177,7 +194,7 @@ class RolloutBuffer:
         idle: ``[T, N]`` bool, the env waited for its group (grouped resets; set by the collector).
         group_stats: The ``rollout/group_*`` statistics of a critic-free estimator.
         episodes: ``{"return", "length", "success", "solved"}`` of the episodes that ended in it.
-        seconds: Wall-clock seconds the rollout took (set by the collector).
+        seconds: Wall-clock seconds the rollout took (set by the collector); ``timing`` says where they went.
     """
 
     def __init__(self, n_steps: int, n_envs: int, max_answer_tokens: int, *, reference: bool = False):
@@ -205,6 +222,7 @@ class RolloutBuffer:
         self.histories: list[tuple[Turn, ...]] = []  # kept only when the prompts had earlier turns
         self.episodes: list[dict] = []
         self.seconds = 0.0
+        self.timing = RolloutTiming()
         self.steps_added = 0
         self._episode = torch.arange(n_envs)  # the episode id each env is in
         self._next_episode = n_envs

@@ -30,8 +30,11 @@ if TYPE_CHECKING:
     from vlmppo.rl.policy import ActorCritic, Sampled
 
 # Metrics summed over ranks (counts and throughputs of the whole run); the slowest rank sets the times.
-SUMMED = ("rollout/episodes", "time/env_steps_per_s", "time/gen_tokens_per_s")
-SLOWEST = ("time/rollout_s", "time/update_s", "sys/gpu_mem_peak_gb")
+SUMMED = ("rollout/episodes", "time/env_steps_per_s", "time/steady_env_steps_per_s", "time/gen_tokens_per_s")
+SLOWEST = (
+    "time/rollout_s", "time/update_s", "time/refresh_s", "time/capture_s", "time/capture_steps", "time/values_s",
+    "sys/gpu_mem_peak_gb", "sys/gpu_mem_peak_rollout_gb", "sys/gpu_mem_peak_update_gb",
+)  # fmt: skip
 # Counters every rank holds the same value of.
 SHARED = ("update", "env_steps", "train/lr", "train/lr_value_head", "train/optimizer_steps")
 

@@ -73,6 +73,7 @@ def train_ppo(
     check_evaluator(cfg, evaluate)
     run = start_run(cfg, resume)  # checks, model, optimizer, envs; a resume restores all of them
     ppo, first, metrics, stopped_by = cfg.ppo, run.update + 1, {}, None
+    phases = PhaseMeter(run.device)
     with run_outputs(run) as (tracker, samples), stop_handlers() as stop:
         if tracker is not None and first == 1 and ppo.eval_every:  # the curve starts at the start policy
             start = {"update": 0, "env_steps": run.env_steps, **evaluate(run.policy, cfg)}
@@ -87,9 +88,10 @@ def train_ppo(
                 run.obs, run.infos = run.vec.reset()
                 if run.history is not None:
                     run.history = HistoryWindows(run.vec.n_envs, run.history.size)
-            buffer, run.obs, run.infos = collect_rollout(
-                run.policy, run.vec, run.obs, run.infos, cfg, run.history
-            )
+            with phases.phase("rollout"):
+                buffer, run.obs, run.infos = collect_rollout(
+                    run.policy, run.vec, run.obs, run.infos, cfg, run.history
+                )
             run.env_steps += buffer.size * run.world
             run.recent_episodes.extend(buffer.episodes)
             # 2. advantages; GAE's normalised by the statistics of every rank's rollout (GRPO/GiGPO's are
@@ -99,15 +101,16 @@ def train_ppo(
                 buffer.normalize_advantages(all_reduced_moments(run.accelerator))
             check_finite_rollout(buffer, run.checkpoint)
             # 3. PPO epochs (gradients averaged over ranks)
-            started = time.time()
-            train_stats = ppo_epochs(
-                run.policy, run.optimizer, buffer, cfg, run.rng, run.guard, run.accelerator, run.scorer,
-                value_only=update <= ppo.value_warmup_updates,  # the value warm-up: the value head alone
-            )  # fmt: skip
-            run.policy.weights_changed()  # every rank refreshes its merged sampling copy
+            with phases.phase("update"):
+                train_stats = ppo_epochs(
+                    run.policy, run.optimizer, buffer, cfg, run.rng, run.guard, run.accelerator, run.scorer,
+                    value_only=update <= ppo.value_warmup_updates,  # the value warm-up: the value head alone
+                )  # fmt: skip
+            with phases.phase("refresh"):  # every rank refreshes its merged sampling copy now, timed apart
+                refresh_sampling_copy(run.policy)
             run.scheduler.step()
             # 4. log (reduced over ranks; rank 0 writes)
-            metrics = update_metrics(run, buffer, train_stats, update_seconds=time.time() - started)
+            metrics = update_metrics(run, buffer, train_stats, phases)
             metrics = reduce_metrics(run.accelerator, metrics)
             if tracker is not None:
                 if ppo.eval_every and (update % ppo.eval_every == 0 or update == run.total_updates):
@@ -180,8 +183,9 @@ def check_finite_rollout(buffer: RolloutBuffer, last_checkpoint: Path | None) ->
         )
 
 
-def update_metrics(run: PpoRun, buffer: RolloutBuffer, train_stats: dict, update_seconds: float) -> dict:
-    """Phase 4's row of ``metrics.jsonl``: counters, the rollout's and the update's statistics, LRs, time."""
+def update_metrics(run: PpoRun, buffer: RolloutBuffer, train_stats: dict, phases: PhaseMeter) -> dict:
+    """Phase 4's row of ``metrics.jsonl``: counters, the rollout's and the update's statistics, LRs, time
+    and, on a GPU, peak memory (of the process so far, and of this update's rollout and PPO epochs)."""
     metrics = {
         "update": run.update,
         "env_steps": run.env_steps,
@@ -189,7 +193,9 @@ def update_metrics(run: PpoRun, buffer: RolloutBuffer, train_stats: dict, update
         **buffer.group_stats,
         **train_stats,
         "train/lr": run.optimizer.param_groups[0]["lr"],
-        "time/update_s": update_seconds,
+        "time/update_s": phases.seconds["update"],
+        # The merged sampling copy's W + dW after the update (rl/merged.py); 0 without one.
+        "time/refresh_s": phases.seconds["refresh"],
     }
     if run.policy.value_head is not None:
         values, returns = buffer.values.reshape(-1), buffer.returns.reshape(-1)
@@ -197,9 +203,56 @@ def update_metrics(run: PpoRun, buffer: RolloutBuffer, train_stats: dict, update
         metrics["train/lr_value_head"] = run.optimizer.param_groups[1]["lr"]
     else:  # GRPO/GiGPO: no values to report
         del metrics["rollout/value_mean"]
-    if torch.cuda.is_available() and run.device.startswith("cuda"):
-        metrics["sys/gpu_mem_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    if phases.cuda:
+        metrics["sys/gpu_mem_peak_gb"] = phases.process_peak_gb()
+        metrics["sys/gpu_mem_peak_rollout_gb"] = phases.peak_gb["rollout"]
+        metrics["sys/gpu_mem_peak_update_gb"] = phases.peak_gb["update"]
     return metrics
+
+
+class PhaseMeter:
+    """Wall-clock seconds and peak GPU memory of each phase of an update (rollout, update, refresh).
+
+    On a GPU each phase starts and ends with a synchronisation, so kernels one phase queued are not
+    counted in the next one's time (one sync per phase: nothing next to a rollout's seconds), and with the
+    allocator's peak reset, so its peak is its own. ``process_peak_gb`` is the peak since the run started,
+    what ``sys/gpu_mem_peak_gb`` always reported.
+    """
+
+    def __init__(self, device: str):
+        self.cuda = torch.cuda.is_available() and str(device).startswith("cuda")
+        self.seconds: dict[str, float] = {}
+        self.peak_gb: dict[str, float] = {}
+        self._process_peak = 0.0
+
+    def _peak_so_far(self) -> float:
+        self._process_peak = max(self._process_peak, torch.cuda.max_memory_allocated() / 2**30)
+        return self._process_peak
+
+    def process_peak_gb(self) -> float:
+        return self._peak_so_far()
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self._peak_so_far()  # what happened between phases (logging, a checkpoint) counts too
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak_gb[name] = torch.cuda.max_memory_allocated() / 2**30
+            self._peak_so_far()
+        self.seconds[name] = time.perf_counter() - started
+
+
+def refresh_sampling_copy(policy) -> None:
+    """Mark the policy's weights changed and, with a merged sampling copy (``rl/merged.py``), refresh it
+    now: otherwise the next rollout's first ``sample`` does, inside the rollout's time."""
+    policy.weights_changed()
+    if policy.sampler is not None and policy.sampler.stale:
+        policy.sampler.refresh(policy.loaded.model)
 
 
 def rollout_metrics(buffer: RolloutBuffer, recent_episodes: deque) -> dict:
@@ -225,9 +278,26 @@ def rollout_metrics(buffer: RolloutBuffer, recent_episodes: deque) -> dict:
         # An answer that runs to max_new_tokens without end-of-turn: RL can teach a model to ramble on.
         "rollout/ended_with_eos_rate": int(buffer.ended_with_eos.sum()) / steps,
         "rollout/value_mean": float(buffer.values.mean()),
+        **rollout_time_metrics(buffer),
+        "time/gen_tokens_per_s": answer_tokens / max(buffer.seconds, 1e-9),
+    }
+
+
+def rollout_time_metrics(buffer: RolloutBuffer) -> dict:
+    """The rollout's ``time/*`` metrics. ``env_steps_per_s`` is the whole rollout's rate (every step, the value
+    pass after them, a one-off graph capture); ``steady_env_steps_per_s`` the same without the steps in which
+    the static decoder captured CUDA graphs (a process's first step: what a long run settles at), None when
+    every step captured; ``capture_s`` the seconds of those steps, ``values_s`` of the value pass."""
+    timing, steps = buffer.timing, buffer.size
+    steady_steps = steps - timing.capture_steps * buffer.n_envs
+    steady_seconds = buffer.seconds - timing.capture_s
+    return {
         "time/rollout_s": buffer.seconds,
         "time/env_steps_per_s": steps / max(buffer.seconds, 1e-9),
-        "time/gen_tokens_per_s": answer_tokens / max(buffer.seconds, 1e-9),
+        "time/steady_env_steps_per_s": steady_steps / max(steady_seconds, 1e-9) if steady_steps else None,
+        "time/capture_s": timing.capture_s,
+        "time/capture_steps": timing.capture_steps,
+        "time/values_s": timing.values_s,
     }
 
 

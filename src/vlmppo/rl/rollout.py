@@ -201,14 +201,47 @@ def state_values(
     histories: list[tuple] | None = None,
 ) -> torch.Tensor:
     """V(s) of observations (for the rollout's bootstrap): a prompt-only forward, [len(images)] fp32.
-    ``histories``: the earlier turns each observation's prompt shows (``env.history``)."""
+    ``histories``: the earlier turns each observation's prompt shows (``env.history``).
+
+    The same value ``ActorCritic.prompt_values`` reads (the last prompt token's final hidden state), but
+    through ``embed_prompts`` as the sampling prefill does: transformers' own M-RoPE index walks the batch
+    row by row with host syncs on every row, which at 128 envs cost more than the forward itself."""
     from vlmppo.models.generation import to_pil
     from vlmppo.models.inputs import build_inputs
+    from vlmppo.models.prompt_embeds import embed_prompts, prefill_inputs
 
     pil = [to_pil(image) for image in images]
     batch = build_inputs(policy.loaded, pil, prompts_for(adapter, infos), histories=histories)
+    batch = batch.to(policy.device)
     policy.loaded.model.eval()
-    return policy.prompt_values(batch.to(policy.device)).float().cpu()
+    with torch.no_grad(), policy.autocast():
+        prompt = embed_prompts(policy.loaded.model, batch)
+        hidden = policy.backbone(**prefill_inputs(prompt), use_cache=False).last_hidden_state
+    with torch.no_grad():
+        return policy.values(hidden[:, -1]).float().cpu()
+
+
+def batched_state_values(
+    policy: ActorCritic,
+    images: list[np.ndarray],
+    infos: list[dict],
+    adapter: EnvAdapter,
+    histories: list[tuple] | None,
+    rows: int,
+) -> torch.Tensor:
+    """``state_values`` of any number of observations, ``rows`` at a time (the rollout's batch, whose
+    activations the memory estimate already covers); [len(images)] fp32."""
+    chunks = [
+        state_values(
+            policy,
+            images[start : start + rows],
+            infos[start : start + rows],
+            adapter,
+            histories[start : start + rows] if histories is not None else None,
+        )
+        for start in range(0, len(images), rows)
+    ]
+    return torch.cat(chunks) if chunks else torch.zeros(0)
 
 
 def collect_rollout(
@@ -222,18 +255,24 @@ def collect_rollout(
     """``ppo.n_steps`` batched steps of all envs from (obs, infos).
 
     Truncated (time-limit) episodes are bootstrapped from V of their final observation, which the vector
-    env hands over in ``info["final_obs"]`` before it resets that env; terminated ones are not.
+    env hands over in ``info["final_obs"]`` before it resets that env; terminated ones are not. Those
+    values and V of the observation after the last step are computed together after the last step (the
+    weights do not change during a rollout, so V is the same then): one value pass per ``n_envs``
+    observations instead of one more pass for every step in which some episode hit its time limit.
     ``history``: the envs' windows of earlier turns (``env.history`` > 0), advanced step by step here.
 
     Returns:
-        The full buffer (``finish``-ed with V of the observation after its last step), and the new obs
-        and infos to continue from.
+        The full buffer (``finish``-ed with V of the observation after its last step; ``buffer.timing``
+        says where its seconds went), and the new obs and infos to continue from.
     """
     ppo = cfg.ppo
-    started = time.time()
+    started = time.perf_counter()
     buffer = RolloutBuffer(ppo.n_steps, vec.n_envs, ppo.max_new_tokens, reference=bool(ppo.kl_coef))
     critic = policy.value_head is not None  # GRPO/GiGPO have none: nothing to bootstrap from
+    truncations = PendingValues()
+    graphs = CaptureWatch(policy)
     for t in range(ppo.n_steps):
+        step_started = time.perf_counter()
         buffer.idle[t] = torch.tensor([bool(info.get("group_wait")) for info in infos])  # grouped resets
         histories = history.histories() if history is not None else None
         step = rollout_step(policy, vec, obs, infos, cfg, histories)
@@ -243,25 +282,82 @@ def collect_rollout(
             history.advance(step.images, step.texts, terminated | truncated) if history is not None else None
         )
         penalised = np.asarray(rewards, dtype=np.float64) + ppo.invalid_action_penalty * step.invalid.numpy()
-        bootstrap = torch.zeros(vec.n_envs)
-        ended = [env for env in range(vec.n_envs) if truncated[env] and not terminated[env]]
-        if ended and critic:
-            bootstrap[ended] = state_values(
-                policy,
-                [infos[env]["final_obs"] for env in ended],
-                [infos[env]["final_info"] for env in ended],
-                vec.adapter,
-                [after[env] for env in ended] if after is not None else None,
-            )
+        if critic:
+            for env in range(vec.n_envs):
+                if truncated[env] and not terminated[env]:
+                    truncations.add(t, env, infos[env], after[env] if after is not None else None)
         buffer.add(
             step,
             torch.as_tensor(penalised),
             torch.as_tensor(terminated),
             torch.as_tensor(truncated),
-            bootstrap,
+            torch.zeros(vec.n_envs),  # V(final observation) of the truncated ones: filled in below
         )
         buffer.episodes += [info["episode"] for info in infos if "episode" in info]
+        if graphs.captured():  # the static decoder captured CUDA graphs during this step (once per process)
+            buffer.timing.capture_steps += 1
+            buffer.timing.capture_s += time.perf_counter() - step_started
+    values_started = time.perf_counter()
     last = history.histories() if history is not None else None
-    buffer.finish(state_values(policy, obs, infos, vec.adapter, last) if critic else torch.zeros(vec.n_envs))
-    buffer.seconds = time.time() - started
+    if critic:
+        values = truncations.values(policy, obs, infos, last, vec.adapter, rows=vec.n_envs)
+        buffer.bootstrap_values[truncations.steps, truncations.envs] = values[: len(truncations)]
+        buffer.finish(values[len(truncations) :])
+    else:
+        buffer.finish(torch.zeros(vec.n_envs))
+    buffer.timing.values_s = time.perf_counter() - values_started
+    buffer.seconds = time.perf_counter() - started
     return buffer, obs, infos
+
+
+class PendingValues:
+    """The final observations of the episodes a rollout's time limits cut short, kept until its end."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+        self.envs: list[int] = []
+        self.frames: list[np.ndarray] = []
+        self.infos: list[dict] = []
+        self.histories: list[tuple] = []
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def add(self, t: int, env: int, info: dict, history: tuple | None) -> None:
+        self.steps.append(t)
+        self.envs.append(env)
+        self.frames.append(info["final_obs"])
+        self.infos.append(info["final_info"])
+        self.histories.append(history)
+
+    def values(self, policy, obs, infos, last_histories, adapter, rows: int) -> torch.Tensor:
+        """V of every kept final observation, then of ``obs`` (the observations after the last step)."""
+        histories = None
+        if last_histories is not None:
+            histories = [*self.histories, *last_histories]
+        frames, all_infos = [*self.frames, *obs], [*self.infos, *infos]
+        return batched_state_values(policy, frames, all_infos, adapter, histories, rows)
+
+
+class CaptureWatch:
+    """Tells whether the policy's static decoder captured new CUDA graphs since the last look: the first
+    step of a process (and a step after its buffers grew) spends seconds capturing, which the loop reports
+    apart from its steady rollout rate. Never true for ``model.decoder=generate`` or on the CPU."""
+
+    def __init__(self, policy: ActorCritic):
+        self.decoders = []
+        if policy.decoder.startswith("static"):
+            from vlmppo.models.generation import static_decoder_for
+
+            model = policy.sampler.model if policy.sampler is not None else policy.loaded.model
+            self.decoders = [static_decoder_for(model, compile=policy.decoder == "static-compiled")]
+        self.seen = self._graph_ids()
+
+    def _graph_ids(self) -> set[int]:
+        return {id(graph) for d in self.decoders for graph in (getattr(d, "graphs", None) or {}).values()}
+
+    def captured(self) -> bool:
+        now = self._graph_ids()
+        new = bool(now - self.seen)
+        self.seen = now
+        return new

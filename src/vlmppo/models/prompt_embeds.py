@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-PIXEL_KEYS = ("image_grid_thw", "image_sizes")  # what get_image_features needs besides pixel_values
+from vlmppo.models.vision_cache import image_features
 
 
 @dataclass
@@ -53,9 +53,8 @@ def embed_prompts(model, batch) -> PromptEmbeddings:
     ids = batch["input_ids"]
     embeds = backbone.get_input_embeddings()(ids)
     if batch.get("pixel_values") is not None:
-        extra = {k: batch[k] for k in PIXEL_KEYS if k in batch}
-        out = backbone.get_image_features(pixel_values=batch["pixel_values"], **extra, return_dict=True)
-        features = torch.cat(out.pooler_output, dim=0).to(embeds.device, embeds.dtype)
+        # Each distinct frame through the tower once while the weights stay the same (models/vision_cache.py).
+        features = image_features(backbone, batch).to(embeds.device, embeds.dtype)
         mask = backbone.get_placeholder_mask(ids, inputs_embeds=embeds, image_features=features)
         mask = mask[0] if isinstance(mask, tuple) else mask  # Qwen: (image mask, video mask)
         embeds = embeds.masked_scatter(mask, features)

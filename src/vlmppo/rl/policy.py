@@ -18,6 +18,7 @@ from vlmppo.models.generation import explicit_generation_config, generate_ids, m
 from vlmppo.models.inputs import build_inputs
 from vlmppo.models.loading import LoadedModel
 from vlmppo.models.prompt_embeds import PromptEmbeddings, embed_prompts, inputs_with_answers
+from vlmppo.models.vision_cache import clear_feature_cache
 from vlmppo.rl.logprob import token_logprobs
 
 # The peft adapter name of the KL reference when PPO starts from an adapter (see reference_logprobs).
@@ -125,7 +126,9 @@ class ActorCritic:
         self.suppressed = media_token_ids(loaded.model)
 
     def weights_changed(self) -> None:
-        """The trained weights moved (an update ran): the merged sampling copy must be refreshed."""
+        """The trained weights moved (an update ran): the merged sampling copy must be refreshed, and the
+        image features kept per frame (``models/vision_cache.py``) computed again."""
+        clear_feature_cache(self.loaded.model)
         if self.sampler is not None:
             self.sampler.stale = True
 

@@ -138,3 +138,53 @@ def prefill_inputs(prompt: PromptEmbeddings) -> dict:
     if prompt.position_ids is not None:
         inputs["position_ids"] = prompt.position_ids
     return inputs
+
+
+@dataclass
+class Prefill:
+    """The prompts' forward through the trained model, shared by the decoder and the scoring pass.
+
+    Attributes:
+        cache: The ``transformers`` cache of the prompts' keys/values (every layer).
+        hidden: ``[B, H]`` final hidden state of the last prompt token (the value head's input; the output
+            layer on it gives the first answer token's logits).
+        logits: ``[B, V]`` those logits.
+    """
+
+    cache: object
+    hidden: torch.Tensor
+    logits: torch.Tensor
+    state: tuple = ()  # the caller's record of which weights computed it (``ActorCritic.prefill``)
+
+
+@torch.no_grad()
+def run_prefill(model, lm_head, prompt: PromptEmbeddings) -> Prefill:
+    """The prompts through ``model``'s backbone with a cache, and the output layer on the last position."""
+    out = backbone_of(model)(**prefill_inputs(prompt), use_cache=True)
+    hidden = out.last_hidden_state[:, -1]
+    return Prefill(out.past_key_values, hidden, lm_head(hidden))
+
+
+@torch.no_grad()
+def answer_hidden_states(model, prompt: PromptEmbeddings, prefill: Prefill, answer_ids, answer_mask):
+    """``[B, T, H]``: the final hidden states that predict each of the ``T`` answer tokens, as one forward over
+    prompt + answer gives them at positions ``P - 1 … P + T - 2``: the prefill's for the first, and a forward
+    of the answer tokens but the last over the prefill's cache for the others. The cache is left as it was."""
+    length = answer_ids.shape[1]
+    if length == 1:
+        return prefill.hidden[:, None]
+    backbone = backbone_of(model)
+    inputs = {
+        "inputs_embeds": backbone.get_input_embeddings()(answer_ids[:, :-1]).to(prompt.embeds.dtype),
+        "attention_mask": torch.cat([prompt.attention_mask, answer_mask[:, :-1].to(prompt.attention_mask)], 1),
+    }
+    if prompt.position_ids is not None:
+        inputs["position_ids"] = answer_positions(prompt, length - 1).to(prompt.position_ids)
+    saved = [dict(vars(layer)) for layer in prefill.cache.layers]  # the forward appends the answer's
+    try:
+        out = backbone(**inputs, past_key_values=prefill.cache, use_cache=True)
+    finally:
+        for layer, state in zip(prefill.cache.layers, saved, strict=True):
+            vars(layer).clear()
+            vars(layer).update(state)
+    return torch.cat([prefill.hidden[:, None], out.last_hidden_state], dim=1)

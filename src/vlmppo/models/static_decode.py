@@ -147,23 +147,29 @@ class StaticDecoder:
         self.stats = {"steps": 0, "row_steps": 0, "compactions": 0}
 
     @torch.no_grad()
-    def generate(self, batch, spec: SamplingSpec, lengths: torch.Tensor | None = None, prompt=None):
+    def generate(
+        self, batch, spec: SamplingSpec, lengths: torch.Tensor | None = None, prompt=None, prefill=None
+    ):
         """Sample one answer per prompt; returns prompt + answer ids ``[B, P + T]`` (pad after each end
         token, T the longest answer), as ``generate`` would. ``self.last_logp`` [B, T] holds each sampled
         token's log-prob under the distribution it was drawn from (0 on padding). ``lengths`` [B]: the
         forced answer lengths when ``spec.forced_lengths``. ``prompt``: the batch's ``PromptEmbeddings``
-        (``models/prompt_embeds.py``), when the caller has them: the prefill then skips the vision tower."""
+        (``models/prompt_embeds.py``), when the caller has them: the prefill then skips the vision tower.
+        ``prefill``: with ``prompt``, the prompts' ``Prefill`` the caller ran (through the trained model, for
+        its scoring pass too): no prefill here then."""
         input_ids = batch["input_ids"]
         rows, prompt_len = input_ids.shape
-        if prompt is not None:
+        out = None
+        if prefill is not None:
+            kv, last_logits, deltas = prefill.cache, prefill.logits, prompt.rope_deltas
+        elif prompt is not None:
             from vlmppo.models.prompt_embeds import prefill_inputs
 
-            prefill = self._model()(**prefill_inputs(prompt), use_cache=True, logits_to_keep=1)
-            deltas = prompt.rope_deltas
+            out = self._model()(**prefill_inputs(prompt), use_cache=True, logits_to_keep=1)
+            kv, last_logits, deltas = out.past_key_values, out.logits[:, -1], prompt.rope_deltas
         else:
-            prefill = self._model()(**batch, use_cache=True, logits_to_keep=1)
-            deltas = getattr(prefill, "rope_deltas", None)
-        kv = prefill.past_key_values
+            out = self._model()(**batch, use_cache=True, logits_to_keep=1)
+            kv, last_logits, deltas = out.past_key_values, out.logits[:, -1], getattr(out, "rope_deltas", None)
         self.mrope = deltas is not None
         self._ensure_buffers(rows, prompt_len + spec.max_new_tokens, spec.max_new_tokens, kv)
         suppressed = self._suppressed(spec)
@@ -172,11 +178,10 @@ class StaticDecoder:
         if spec.forced_lengths:
             buf.lengths[:rows] = lengths.to(buf.lengths).clamp(1, spec.max_new_tokens)
         first, first_logp = sample_from_logits(
-            prefill.logits[:, -1], spec, suppressed, *self._forcing(spec, rows, torch.zeros_like(buf.step))
+            last_logits, spec, suppressed, *self._forcing(spec, rows, torch.zeros_like(buf.step))
         )
-        del prefill
         self._load_prompt(batch["attention_mask"], kv, deltas, first, first_logp, spec)
-        del kv
+        del kv, last_logits, out  # a prefill of our own: its cache is freed before decoding
         buckets = bucket_sizes(buf.rows)
         bucket = pick_bucket(rows, buckets)
         buf.pad_rows(rows, bucket)

@@ -103,10 +103,19 @@ def feature_modules_signature(backbone, device_type: str) -> tuple | None:
     return (tuple(parts), autocast)
 
 
+_max_bytes = DEFAULT_MAX_BYTES
+
+
+def set_max_bytes(max_bytes: int) -> None:
+    """Bound the caches made from now on (0: no caching; the benchmark's "before")."""
+    global _max_bytes
+    _max_bytes = max_bytes
+
+
 def cache_of(backbone) -> FeatureCache:
     cache = backbone.__dict__.get(_ATTRIBUTE)
     if cache is None:
-        cache = backbone.__dict__[_ATTRIBUTE] = FeatureCache()
+        cache = backbone.__dict__[_ATTRIBUTE] = FeatureCache(_max_bytes)
     return cache
 
 
@@ -151,7 +160,8 @@ def image_features(backbone, batch, cache: FeatureCache | None = None) -> torch.
     pixels = batch["pixel_values"]
     extra = {k: batch[k] for k in PIXEL_KEYS if k in batch}
     cache = cache_of(backbone) if cache is None else cache
-    images = split_images(batch) if cache.max_bytes > 0 and not torch.is_grad_enabled() else None
+    enabled = cache.max_bytes > 0 and _max_bytes > 0 and not torch.is_grad_enabled()
+    images = split_images(batch) if enabled else None
     signature = feature_modules_signature(backbone, pixels.device.type) if images else None
     if signature is None:
         return torch.cat(compute_features(backbone, pixels, extra), dim=0)

@@ -143,7 +143,7 @@ def measure_rollout(
         generate_s=s["generate"] + s.get("prefill", 0.0),
         prefill_s=s.get("prefill", 0.0),
         score_s=s["score"],
-        inputs_s=s["sample"] - s["generate"],
+        inputs_s=s["sample"] - s["generate"] - s.get("prefill", 0.0),
         host_s=seconds - s["sample"] - s["score"],
         prompt_tokens=prompt_tokens,
         image_tokens=image_tokens,

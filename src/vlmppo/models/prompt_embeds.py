@@ -161,7 +161,7 @@ class Prefill:
 def run_prefill(model, lm_head, prompt: PromptEmbeddings) -> Prefill:
     """The prompts through ``model``'s backbone with a cache, and the output layer on the last position."""
     out = backbone_of(model)(**prefill_inputs(prompt), use_cache=True)
-    hidden = out.last_hidden_state[:, -1]
+    hidden = out.last_hidden_state[:, -1].clone()  # not a view: the whole [B, P, H] would stay alive
     return Prefill(out.past_key_values, hidden, lm_head(hidden))
 
 

@@ -9,8 +9,9 @@ variants, cumulative:
   prompt + answer (the code before this branch);
 * ``+vision cache``: image features once per distinct frame while the weights stay (``models/vision_cache.py``;
   cleared before each measurement, so its warm-up step fills it, as a rollout's first step does);
-* ``+shared prefill`` (= after): one prompt forward through the trained model for the decoder and the scoring
-  pass, which runs the answer tokens only (``ActorCritic.prefill``).
+* ``+shared prefill``: one prompt forward through the trained model for the decoder and the scoring pass,
+  which runs the answer tokens only (``ActorCritic.prefill``);
+* ``+fused norms`` (= after): decode steps with one kernel per RMSNorm (``models/decode_fusions.py``).
 
 Also: ms per decode step at each env count (the step replayed 64 times from a loaded prompt), and the
 differences the changes make to what is computed, on one 128-env step: cached against uncached image features
@@ -31,7 +32,7 @@ import time
 import traceback
 from pathlib import Path
 
-VARIANTS = ("before", "+vision cache", "+shared prefill")
+VARIANTS = ("before", "+vision cache", "+shared prefill", "+fused norms")
 
 
 @contextlib.contextmanager
@@ -43,11 +44,19 @@ def variant(policy, name: str):
     vision_cache.set_max_bytes(vision_cache.DEFAULT_MAX_BYTES if level >= 1 else 0)
     vision_cache.clear_feature_cache(policy.loaded.model)
     policy.shared_prefill = level >= 2
+    decoder = sampling_decoder(policy)
+    decoder.fuse_norms = level >= 3
     try:
         yield
     finally:
         vision_cache.set_max_bytes(vision_cache.DEFAULT_MAX_BYTES)
-        policy.shared_prefill = True
+        policy.shared_prefill = decoder.fuse_norms = True
+
+
+def sampling_decoder(policy):
+    from vlmppo.models.generation import static_decoder_for
+
+    return static_decoder_for(policy.sampler.model if policy.sampler is not None else policy.loaded.model)
 
 
 def decode_step_ms(policy, steps: int = 64) -> float | None:
@@ -56,11 +65,9 @@ def decode_step_ms(policy, steps: int = 64) -> float | None:
     import torch
 
     from vlmppo.benchmark.timing import now
-    from vlmppo.models.generation import static_decoder_for
     from vlmppo.models.static_decode import bucket_sizes, pick_bucket
 
-    model = policy.sampler.model if policy.sampler is not None else policy.loaded.model
-    decoder = static_decoder_for(model)
+    decoder = sampling_decoder(policy)
     buf = decoder.buffers
     if buf is None or decoder.last_call is None:
         return None

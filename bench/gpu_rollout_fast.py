@@ -11,7 +11,8 @@ variants, cumulative:
   cleared before each measurement, so its warm-up step fills it, as a rollout's first step does);
 * ``+shared prefill``: one prompt forward through the trained model for the decoder and the scoring pass,
   which runs the answer tokens only (``ActorCritic.prefill``);
-* ``+fused norms`` (= after): decode steps with one kernel per RMSNorm (``models/decode_fusions.py``).
+* ``+fused norms``: decode steps with one kernel per RMSNorm (``models/decode_fusions.py``);
+* ``+fused rotary`` (= after): and the rotary embedding of the new token as one matmul per tensor.
 
 Also: ms per decode step at each env count (the step replayed 64 times from a loaded prompt), and the
 differences the changes make to what is computed, on one 128-env step: cached against uncached image features
@@ -32,7 +33,7 @@ import time
 import traceback
 from pathlib import Path
 
-VARIANTS = ("before", "+vision cache", "+shared prefill", "+fused norms")
+VARIANTS = ("before", "+vision cache", "+shared prefill", "+fused norms", "+fused rotary")
 
 
 @contextlib.contextmanager
@@ -45,12 +46,12 @@ def variant(policy, name: str):
     vision_cache.clear_feature_cache(policy.loaded.model)
     policy.shared_prefill = level >= 2
     decoder = sampling_decoder(policy)
-    decoder.fuse_norms = level >= 3
+    decoder.fuse_norms, decoder.fuse_rotary = level >= 3, level >= 4
     try:
         yield
     finally:
         vision_cache.set_max_bytes(vision_cache.DEFAULT_MAX_BYTES)
-        policy.shared_prefill = decoder.fuse_norms = True
+        policy.shared_prefill = decoder.fuse_norms = decoder.fuse_rotary = True
 
 
 def sampling_decoder(policy):

@@ -9,7 +9,7 @@ import torch
 
 from vlmppo.config.schema import ModelConfig
 from vlmppo.models import load_model
-from vlmppo.models.decode_fusions import fused_norms, plain_norms
+from vlmppo.models.decode_fusions import fused_norms, fused_rotary, plain_norms, rotary_modules
 from vlmppo.models.generation import media_token_ids, to_pil
 from vlmppo.models.inputs import build_inputs
 from vlmppo.models.static_decode import SamplingSpec, StaticDecoder
@@ -54,15 +54,35 @@ def test_in_bf16_the_fused_norm_is_within_one_rounding_of_the_stock_one(loaded):
     assert ((fused.float() - stock.float()).abs() <= stock.float().abs() * 2**-7 + 1e-6).all()
 
 
-def test_greedy_answers_and_log_probs_are_those_of_the_stock_norms(loaded):
+def test_greedy_answers_and_log_probs_are_those_of_the_stock_norms_and_rotary(loaded):
     rng = np.random.default_rng(0)
     images = [to_pil(rng.integers(0, 255, size=(64, 64, 3), dtype=np.uint8)) for _ in range(3)]
     batch = build_inputs(loaded, images, ["left?", "right or left?", "go"])
     tok = loaded.tokenizer
     spec = SamplingSpec(0.0, 10, tok.eos_token_id, tok.pad_token_id, tuple(media_token_ids(loaded.model)))
     stock = StaticDecoder(loaded.model)
-    stock.fuse_norms = False
+    stock.fuse_norms = stock.fuse_rotary = False
     fused = StaticDecoder(loaded.model)
-    assert fused.fuse_norms
+    assert fused.fuse_norms and fused.fuse_rotary
     assert torch.equal(fused.generate(batch, spec), stock.generate(batch, spec))
     torch.testing.assert_close(fused.last_logp, stock.last_logp, atol=1e-5, rtol=0)
+
+
+def test_the_rotation_matrix_rotates_one_token_as_the_stock_rotary_embedding(loaded):
+    language_model = loaded.model.model.language_model
+    owners = rotary_modules(language_model)
+    assert len(owners) == 1
+    stock = owners[0].apply_rotary_pos_emb
+    torch.manual_seed(0)
+    b, heads, kv, d = 5, 4, 2, 16
+    q, k = torch.randn(b, heads, 1, d), torch.randn(b, kv, 1, d)
+    angles = torch.rand(b, 1, d // 2) * 40
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    with fused_rotary(owners):
+        fused = owners[0].apply_rotary_pos_emb(q, k, cos, sin)
+        prefill_shape = owners[0].apply_rotary_pos_emb(q.expand(b, heads, 3, d), k.expand(b, kv, 3, d), cos.expand(b, 3, d), sin.expand(b, 3, d))
+    assert owners[0].apply_rotary_pos_emb is stock
+    for a, e in zip(fused, stock(q, k, cos, sin), strict=True):
+        torch.testing.assert_close(a, e, atol=1e-6, rtol=1e-5)
+    for a, e in zip(prefill_shape, stock(q.expand(b, heads, 3, d), k.expand(b, kv, 3, d), cos.expand(b, 3, d), sin.expand(b, 3, d)), strict=True):
+        assert torch.equal(a, e)  # more than one token: the stock function itself

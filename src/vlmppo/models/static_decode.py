@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vlmppo.models.decode_fusions import fused_norms, plain_norms
+from vlmppo.models.decode_fusions import fused_norms, fused_rotary, plain_norms, rotary_modules
 from vlmppo.models.static_cache import DecodeBuffers, decode_attention, slot_cache
 
 
@@ -134,9 +134,9 @@ class StaticDecoder:
         if compile:  # rows vary by bucket: one dynamic-shape compilation serves them all
             self.forward = torch.compile(self.language_model, dynamic=True)
         self.lm_head = inner.get_output_embeddings()
-        # One fused kernel per RMSNorm in decode steps (models/decode_fusions.py); compiled steps fuse themselves.
-        self.fuse_norms = not compile
-        self.norms = plain_norms(self.language_model)
+        # Fewer kernels per decode step (models/decode_fusions.py); compiled steps fuse on their own.
+        self.fuse_norms = self.fuse_rotary = not compile
+        self.norms, self.rotary_owners = plain_norms(self.language_model), rotary_modules(self.language_model)
         self.device = next(model.parameters()).device
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
         self.check_every = check_every
@@ -309,7 +309,11 @@ class StaticDecoder:
             position_ids = positions.view(1, bucket, 1).expand(3, bucket, 1)
         else:
             position_ids = positions.view(bucket, 1)
-        with decode_attention(self.language_model.config), fused_norms(self.norms if self.fuse_norms else []):
+        with (
+            decode_attention(self.language_model.config),
+            fused_norms(self.norms if self.fuse_norms else []),
+            fused_rotary(self.rotary_owners if self.fuse_rotary else []),
+        ):
             hidden = self.forward(
                 input_ids=buf.tokens[:bucket, None],
                 attention_mask=buf.mask[:bucket],
@@ -347,7 +351,8 @@ class StaticDecoder:
         autocast = torch.is_autocast_enabled("cuda")
         dtype = torch.get_autocast_dtype("cuda") if autocast else None
         key = (
-            spec.temperature, spec.forced_lengths, spec.eos_id, spec.pad_id, spec.suppressed, dtype, self.fuse_norms
+            spec.temperature, spec.forced_lengths, spec.eos_id, spec.pad_id, spec.suppressed, dtype,
+            self.fuse_norms, self.fuse_rotary,
         )  # fmt: skip
         buckets = bucket_sizes(self.buffers.rows)
         if all((*key, b) in self.graphs for b in buckets):

@@ -35,7 +35,8 @@ def _fused_forward(module, stock):
     def forward(hidden_states: torch.Tensor) -> torch.Tensor:
         if hidden_states.dtype != module.weight.dtype:  # the stock module's dtype promotion
             return stock(hidden_states)
-        return F.rms_norm(hidden_states, (hidden_states.shape[-1],), module.weight, module.variance_epsilon)
+        normed = F.rms_norm(hidden_states, (hidden_states.shape[-1],), module.weight, module.variance_epsilon)
+        return normed.to(hidden_states.dtype)  # the stock dtype, were autocast to compute it in fp32
 
     return forward
 
@@ -87,7 +88,10 @@ def _rotation_forward(stock):
     made: dict = {}
 
     def apply(q, k, cos, sin, unsqueeze_dim=1):
-        if q.shape[2] != 1 or k.shape[2] != 1 or unsqueeze_dim != 1 or cos.dim() != 3 or cos.shape[1] != 1:
+        if (
+            q.shape[2] != 1 or k.shape[2] != 1 or unsqueeze_dim != 1 or cos.dim() != 3 or cos.shape[1] != 1
+            or not q.dtype == k.dtype == cos.dtype  # mixed (fp32 weights under autocast): the stock promotion
+        ):  # fmt: skip
             return stock(q, k, cos, sin, unsqueeze_dim)
         if made.get("cos") is not cos or made.get("sin") is not sin:  # once per step (every layer's cos)
             dim = cos.shape[-1]
@@ -96,10 +100,10 @@ def _rotation_forward(stock):
                 swap = made["swap"] = half_swap(dim, cos.device, cos.dtype)
             rows = cos[:, 0]  # [b, d]
             made.update(cos=cos, sin=sin, rotation=torch.diag_embed(rows) + swap * sin[:, 0, None, :])
-        rotation = made["rotation"].to(q.dtype)
+        rotation = made["rotation"]
         b, d = q.shape[0], q.shape[-1]
         q_embed = torch.bmm(q.reshape(b, -1, d), rotation).view(q.shape)
-        k_embed = torch.bmm(k.reshape(b, -1, d), rotation.to(k.dtype)).view(k.shape)
+        k_embed = torch.bmm(k.reshape(b, -1, d), rotation).view(k.shape)
         return q_embed, k_embed
 
     return apply

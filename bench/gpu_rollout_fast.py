@@ -109,7 +109,9 @@ def differences(policy, cfg, n_envs: int) -> dict:
         full_logp, full_values = policy.score(dataclasses.replace(sampled, prefill=None),
                                               temperature=cfg.ppo.temperature)  # fmt: skip
         backbone = backbone_of(policy.loaded.model)
-        extra = {k: v for k, v in sampled.extra.items() if k in ("pixel_values", "image_grid_thw", "image_sizes")}
+        extra = {
+            k: v for k, v in sampled.extra.items() if k in ("pixel_values", "image_grid_thw", "image_sizes")
+        }
         with policy.autocast():
             cached = vision_cache.image_features(backbone, extra)
             plain = torch.cat(vision_cache.compute_features(backbone, extra["pixel_values"],
@@ -178,7 +180,9 @@ def main() -> None:
     from vlmppo.rl.startup import build_policy
     from vlmppo.sysinfo import git_sha, resolve_device
 
-    overrides = [f"ppo.max_new_tokens={args.max_new_tokens}"] + ([f"run.device={args.device}"] if args.device else [])
+    overrides = [f"ppo.max_new_tokens={args.max_new_tokens}"] + (
+        [f"run.device={args.device}"] if args.device else []
+    )
     cfg = load_config(args.preset, None, overrides)
     device = resolve_device(cfg)
     cfg = bench_config(cfg, args.shape, device)
@@ -203,7 +207,12 @@ def main() -> None:
                     row = {"answers": label, **measure(policy, cfg, n, name, args.repeats)}
                 except Exception as exc:
                     traceback.print_exc()
-                    row = {"answers": label, "code": name, "n_envs": n, "error": f"{type(exc).__name__}: {exc}"[:300]}
+                    row = {
+                        "answers": label,
+                        "code": name,
+                        "n_envs": n,
+                        "error": f"{type(exc).__name__}: {exc}"[:300],
+                    }
                 summary["rows"].append(row)
                 print(json.dumps(row), flush=True)
                 write(args.out, summary)

@@ -23,7 +23,9 @@ def test_the_rollout_step_bench_measures_every_variant_and_reports_what_they_cha
     report = json.loads((tmp_path / "rollout_fast.json").read_text())
     rows = report["rows"]
     assert [(r["answers"], r["code"]) for r in rows] == [
-        (answers, code) for answers in ("forced", "2-4") for code in ("before", "+vision cache", "+shared prefill", "+fused norms", "+fused rotary")
+        (answers, code)
+        for answers in ("forced", "2-4")
+        for code in ("before", "+vision cache", "+shared prefill", "+fused norms", "+fused rotary")
     ]
     assert all("error" not in r and r["env-steps/s"] > 0 and r["ms/decode step"] > 0 for r in rows)
     assert rows[0]["frames computed/cached"] == "0/0" and rows[1]["frames computed/cached"] != "0/0"

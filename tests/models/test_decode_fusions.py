@@ -80,9 +80,15 @@ def test_the_rotation_matrix_rotates_one_token_as_the_stock_rotary_embedding(loa
     cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
     with fused_rotary(owners):
         fused = owners[0].apply_rotary_pos_emb(q, k, cos, sin)
-        prefill_shape = owners[0].apply_rotary_pos_emb(q.expand(b, heads, 3, d), k.expand(b, kv, 3, d), cos.expand(b, 3, d), sin.expand(b, 3, d))
+        prefill_shape = owners[0].apply_rotary_pos_emb(
+            q.expand(b, heads, 3, d), k.expand(b, kv, 3, d), cos.expand(b, 3, d), sin.expand(b, 3, d)
+        )
     assert owners[0].apply_rotary_pos_emb is stock
     for a, e in zip(fused, stock(q, k, cos, sin), strict=True):
         torch.testing.assert_close(a, e, atol=1e-6, rtol=1e-5)
-    for a, e in zip(prefill_shape, stock(q.expand(b, heads, 3, d), k.expand(b, kv, 3, d), cos.expand(b, 3, d), sin.expand(b, 3, d)), strict=True):
+    for a, e in zip(
+        prefill_shape,
+        stock(q.expand(b, heads, 3, d), k.expand(b, kv, 3, d), cos.expand(b, 3, d), sin.expand(b, 3, d)),
+        strict=True,
+    ):
         assert torch.equal(a, e)  # more than one token: the stock function itself

@@ -80,7 +80,9 @@ def test_a_changed_weight_or_an_explicit_clear_recomputes_the_features(loaded):
         some_weight.data.mul_(2.0)
         clear_feature_cache(loaded.model)
         try:
-            assert torch.equal(image_features(backbone, batch, cache_of(backbone)), _uncached(backbone, batch))
+            assert torch.equal(
+                image_features(backbone, batch, cache_of(backbone)), _uncached(backbone, batch)
+            )
         finally:
             some_weight.data.copy_(saved)
             clear_feature_cache(loaded.model)

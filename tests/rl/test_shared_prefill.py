@@ -4,6 +4,7 @@ scoring pass runs only the answer tokens over its cache, with the same log-probs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -75,3 +76,44 @@ def test_the_kl_reference_runs_its_own_prefill_and_equals_the_full_forward(polic
         with model.disable_adapter():
             full = policy.score(dataclasses.replace(sampled, prefill=None), temperature=0.8)[0]
     torch.testing.assert_close(ref, full, atol=1e-5, rtol=0)
+
+
+def test_under_autocast_skipping_the_adapters_input_casts_changes_no_bit():
+    # bf16 base weights, fp32 LoRA, bf16 autocast: the GPU setting, on the CPU
+    torch.manual_seed(0)
+    cfg = ModelConfig(family="qwen2-vl", path="tiny:qwen2-vl", dtype="bfloat16")
+    loaded = load_model(cfg, for_training=True)
+    with torch.no_grad():
+        for name, p in loaded.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    policy = ActorCritic(
+        loaded, ValueHead(hidden_size(loaded.model)), decoder="static",
+        autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+    )  # fmt: skip
+    loaded.model.eval()
+    sampled = _sample(policy, n=3, seed=3, max_new=6)
+    calls = []
+    original = type(policy).adapter_casts_skipped
+
+    def counted(self):
+        context = original(self)
+        calls.append(isinstance(context, contextlib.nullcontext))
+        return context
+
+    with torch.no_grad():
+        logp, values = policy.score(sampled, temperature=0.8)
+        type(policy).adapter_casts_skipped = lambda self: contextlib.nullcontext()
+        try:
+            with_casts = policy.score(
+                dataclasses.replace(sampled, prefill=policy.prefill(sampled.prompt)), temperature=0.8
+            )
+            type(policy).adapter_casts_skipped = counted
+            without = policy.score(
+                dataclasses.replace(sampled, prefill=policy.prefill(sampled.prompt)), temperature=0.8
+            )
+        finally:
+            type(policy).adapter_casts_skipped = original
+    assert calls == [False, False]  # the prefill and the scoring pass, both skipping the casts
+    assert torch.equal(without[0], with_casts[0]) and torch.equal(without[1], with_casts[1])
+    assert torch.equal(logp, without[0])

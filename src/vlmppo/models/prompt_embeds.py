@@ -176,7 +176,9 @@ def answer_hidden_states(model, prompt: PromptEmbeddings, prefill: Prefill, answ
     backbone = backbone_of(model)
     inputs = {
         "inputs_embeds": backbone.get_input_embeddings()(answer_ids[:, :-1]).to(prompt.embeds.dtype),
-        "attention_mask": torch.cat([prompt.attention_mask, answer_mask[:, :-1].to(prompt.attention_mask)], 1),
+        "attention_mask": torch.cat(
+            [prompt.attention_mask, answer_mask[:, :-1].to(prompt.attention_mask)], 1
+        ),
     }
     if prompt.position_ids is not None:
         inputs["position_ids"] = answer_positions(prompt, length - 1).to(prompt.position_ids)

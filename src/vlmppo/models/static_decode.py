@@ -175,7 +175,11 @@ class StaticDecoder:
             kv, last_logits, deltas = out.past_key_values, out.logits[:, -1], prompt.rope_deltas
         else:
             out = self._model()(**batch, use_cache=True, logits_to_keep=1)
-            kv, last_logits, deltas = out.past_key_values, out.logits[:, -1], getattr(out, "rope_deltas", None)
+            kv, last_logits, deltas = (
+                out.past_key_values,
+                out.logits[:, -1],
+                getattr(out, "rope_deltas", None),
+            )
         self.mrope = deltas is not None
         self._ensure_buffers(rows, prompt_len + spec.max_new_tokens, spec.max_new_tokens, kv)
         suppressed = self._suppressed(spec)

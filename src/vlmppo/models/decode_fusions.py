@@ -83,8 +83,10 @@ def half_swap(dim: int, device, dtype) -> torch.Tensor:
     return swap
 
 
-def _rotation_forward(stock):
-    """``apply_rotary_pos_emb`` for one new token per row as a matmul with the step's rotation matrices."""
+def _rotation_forward(stock, swaps: dict):
+    """``apply_rotary_pos_emb`` for one new token per row as a matmul with the step's rotation matrices.
+    ``swaps``: ``half_swap`` matrices by (dim, device, dtype), made outside any CUDA-graph capture when
+    possible (``fused_rotary``'s caller keeps them)."""
     made: dict = {}
 
     def apply(q, k, cos, sin, unsqueeze_dim=1):
@@ -94,10 +96,10 @@ def _rotation_forward(stock):
         ):  # fmt: skip
             return stock(q, k, cos, sin, unsqueeze_dim)
         if made.get("cos") is not cos or made.get("sin") is not sin:  # once per step (every layer's cos)
-            dim = cos.shape[-1]
-            swap = made.get("swap")
-            if swap is None or swap.shape[0] != dim or swap.dtype != cos.dtype or swap.device != cos.device:
-                swap = made["swap"] = half_swap(dim, cos.device, cos.dtype)
+            key = (cos.shape[-1], str(cos.device), cos.dtype)
+            if key not in swaps:
+                swaps[key] = half_swap(cos.shape[-1], cos.device, cos.dtype)
+            swap = swaps[key]
             rows = cos[:, 0]  # [b, d]
             made.update(cos=cos, sin=sin, rotation=torch.diag_embed(rows) + swap * sin[:, 0, None, :])
         rotation = made["rotation"]
@@ -110,12 +112,14 @@ def _rotation_forward(stock):
 
 
 @contextlib.contextmanager
-def fused_rotary(owners: list):
+def fused_rotary(owners: list, swaps: dict | None = None):
     """During the block, ``apply_rotary_pos_emb`` of the ``owners`` (``rotary_modules``) rotates one new token
-    per row by a matmul; anything else (a prefill) goes to the stock function."""
+    per row by a matmul; anything else (a prefill) goes to the stock function. ``swaps``: a dict kept by the
+    caller between blocks, for the constant ``half_swap`` matrices."""
+    swaps = {} if swaps is None else swaps
     saved = [(owner, owner.apply_rotary_pos_emb) for owner in owners]
     for owner, stock in saved:
-        owner.apply_rotary_pos_emb = _rotation_forward(stock)
+        owner.apply_rotary_pos_emb = _rotation_forward(stock, swaps)
     try:
         yield
     finally:

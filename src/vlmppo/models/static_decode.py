@@ -138,6 +138,7 @@ class StaticDecoder:
         # Fewer kernels per decode step (models/decode_fusions.py); compiled steps fuse on their own.
         self.fuse_norms = self.fuse_rotary = not compile
         self.norms, self.rotary_owners = plain_norms(self.language_model), rotary_modules(self.language_model)
+        self.rotary_swaps: dict = {}  # made in the graphs' warm-up step, before any capture
         self.device = next(model.parameters()).device
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
         self.check_every = check_every
@@ -317,7 +318,7 @@ class StaticDecoder:
         with (
             decode_attention(self.language_model.config),
             fused_norms(self.norms if self.fuse_norms else []),
-            fused_rotary(self.rotary_owners if self.fuse_rotary else []),
+            fused_rotary(self.rotary_owners if self.fuse_rotary else [], self.rotary_swaps),
         ):
             hidden = self.forward(
                 input_ids=buf.tokens[:bucket, None],

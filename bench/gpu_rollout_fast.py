@@ -72,18 +72,18 @@ def decode_step_ms(policy, steps: int = 64) -> float | None:
     buf = decoder.buffers
     if buf is None or decoder.last_call is None:
         return None
-    spec, rows, prompt_len = decoder.last_call
+    spec, rows, prompt_len, graph_key = decoder.last_call
     rows = pick_bucket(rows, bucket_sizes(buf.rows))
     steps = min(steps, buf.max_new - 2)
     buf.position.fill_(prompt_len)
     buf.step.fill_(1)
     buf.finished[:rows] = False
-    key = next((k for k in decoder.graphs if k[-1] == rows), None)
+    graph = decoder.graphs.get((*graph_key, rows)) if graph_key is not None else None
     start = now(policy.device)
     with torch.no_grad(), policy.autocast():
         for _ in range(steps):
-            if key is not None:
-                decoder.graphs[key].replay()
+            if graph is not None:
+                graph.replay()
             else:
                 decoder._decode_step(rows, spec, decoder._suppressed(spec))
     return 1e3 * (now(policy.device) - start) / steps

@@ -149,7 +149,8 @@ class StaticDecoder:
         self.suppressed_ids: dict[tuple, torch.Tensor] = {}
         self.mrope = False
         self.last_logp: torch.Tensor | None = None  # [B, T] log-probs of the last call's answers
-        self.last_call: tuple | None = None  # (spec, rows, prompt length) of the last call (benchmarks)
+        # (spec, rows, prompt length, graph key or None) of the last call (benchmarks)
+        self.last_call: tuple | None = None
         # Of the last call: decode steps run, rows computed summed over them, and compactions.
         self.stats = {"steps": 0, "row_steps": 0, "compactions": 0}
 
@@ -195,7 +196,7 @@ class StaticDecoder:
         del kv, last_logits, out  # a prefill of our own: its cache is freed before decoding
         buckets = bucket_sizes(buf.rows)
         bucket = pick_bucket(rows, buckets)
-        self.last_call = (spec, rows, prompt_len)
+        self.last_call = (spec, rows, prompt_len, graph_key)
         buf.pad_rows(rows, bucket)
         slots = torch.arange(rows, device=self.device)  # slot i holds the answer of prompt slots[i]
         ids = torch.full((rows, spec.max_new_tokens), spec.pad_id, dtype=torch.long, device=self.device)

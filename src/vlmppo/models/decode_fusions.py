@@ -35,8 +35,12 @@ def _fused_forward(module, stock):
     def forward(hidden_states: torch.Tensor) -> torch.Tensor:
         if hidden_states.dtype != module.weight.dtype:  # the stock module's dtype promotion
             return stock(hidden_states)
-        normed = F.rms_norm(hidden_states, (hidden_states.shape[-1],), module.weight, module.variance_epsilon)
-        return normed.to(hidden_states.dtype)  # the stock dtype, were autocast to compute it in fp32
+        # Outside autocast, which may list rms_norm as an fp32 op (casts in and out: kernels again); the fused
+        # kernel accumulates in fp32 on its own.
+        with torch.autocast(hidden_states.device.type, enabled=False):
+            return F.rms_norm(
+                hidden_states, (hidden_states.shape[-1],), module.weight, module.variance_epsilon
+            )
 
     return forward
 

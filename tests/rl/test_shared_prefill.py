@@ -42,6 +42,7 @@ def _sample(policy, n: int = 4, seed: int = 0, max_new: int = 12):
 def test_scoring_over_the_prefills_cache_equals_scoring_prompt_and_answer_together(policy):
     sampled = _sample(policy)
     assert sampled.prefill is not None
+    kept = [layer.keys for layer in sampled.prefill.cache.layers]
     with torch.no_grad():
         logp, values = policy.score(sampled, temperature=0.8)
         logp_full, values_full = policy.score(dataclasses.replace(sampled, prefill=None), temperature=0.8)
@@ -51,6 +52,7 @@ def test_scoring_over_the_prefills_cache_equals_scoring_prompt_and_answer_togeth
     torch.testing.assert_close(logp, logp_full, atol=1e-5, rtol=0)
     torch.testing.assert_close(values, values_full, atol=1e-5, rtol=0)
     assert torch.equal(again, logp)
+    assert all(layer.keys is k for layer, k in zip(sampled.prefill.cache.layers, kept, strict=True))
     # sampling = scoring: the decoder drew each token with the log-prob scoring recomputes
     decoder = static_decoder_for(policy.loaded.model)
     torch.testing.assert_close(logp, decoder.last_logp.masked_fill(~mask, 0.0), atol=1e-4, rtol=0)

@@ -169,7 +169,7 @@ def run_prefill(model, lm_head, prompt: PromptEmbeddings) -> Prefill:
 def answer_hidden_states(model, prompt: PromptEmbeddings, prefill: Prefill, answer_ids, answer_mask):
     """``[B, T, H]``: the final hidden states that predict each of the ``T`` answer tokens, as one forward over
     prompt + answer gives them at positions ``P - 1 … P + T - 2``: the prefill's for the first, and a forward
-    of the answer tokens but the last over the prefill's cache for the others. The cache is left as it was."""
+    of the answer tokens but the last over the prefill's cache for the others (left as it was)."""
     length = answer_ids.shape[1]
     if length == 1:
         return prefill.hidden[:, None]
@@ -182,11 +182,23 @@ def answer_hidden_states(model, prompt: PromptEmbeddings, prefill: Prefill, answ
     }
     if prompt.position_ids is not None:
         inputs["position_ids"] = answer_positions(prompt, length - 1).to(prompt.position_ids)
-    saved = [dict(vars(layer)) for layer in prefill.cache.layers]  # the forward appends the answer's
-    try:
-        out = backbone(**inputs, past_key_values=prefill.cache, use_cache=True)
-    finally:
-        for layer, state in zip(prefill.cache.layers, saved, strict=True):
-            vars(layer).clear()
-            vars(layer).update(state)
+    out = backbone(**inputs, past_key_values=prefix_cache(prefill.cache), use_cache=True)
     return torch.cat([prefill.hidden[:, None], out.last_hidden_state], dim=1)
+
+
+def prefix_cache(cache):
+    """A ``transformers`` cache over ``cache``'s keys/values that lets a forward attend to them and to its own
+    tokens without storing its own: ``cache`` is left as it was, and each layer's joined keys/values are
+    freed once that layer has used them (a stored copy would hold every layer's at once)."""
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class PrefixLayer(DynamicLayer):
+        def __init__(self, keys, values):
+            super().__init__()
+            self.keys, self.values, self.is_initialized = keys, values, True
+            self.dtype, self.device = keys.dtype, keys.device
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+    return Cache(layers=[PrefixLayer(layer.keys, layer.values) for layer in cache.layers])

@@ -116,9 +116,14 @@ def differences(policy, cfg, n_envs: int) -> dict:
             cached = vision_cache.image_features(backbone, extra)
             plain = torch.cat(vision_cache.compute_features(backbone, extra["pixel_values"],
                                                             {k: v for k, v in extra.items() if k != "pixel_values"}))  # fmt: skip
+        k = min(8, n_envs)  # the update's micro-batch: what one batch size against another changes anyway
+        small_logp, _ = policy.score(first_rows(sampled, k), temperature=cfg.ppo.temperature)
     mask = sampled.answer_mask
     cache = vision_cache.cache_of(backbone)
     return {
+        f"token log-prob max |diff| (full forward: batch {n_envs} vs {k})": float(
+            (full_logp[:k] - small_logp)[mask[:k]].abs().max()
+        ),
         "n_envs": n_envs,
         "features max |diff| (cached vs uncached)": float((cached.float() - plain.float()).abs().max()),
         "features identical": bool(torch.equal(cached, plain)),
@@ -126,6 +131,25 @@ def differences(policy, cfg, n_envs: int) -> dict:
         "value max |diff|": float((values - full_values).abs().max()),
         "vision cache hits/misses so far": f"{cache.hits}/{cache.misses}",
     }
+
+
+def first_rows(sampled, k: int):
+    """The first ``k`` rows of ``sampled`` for the scoring pass over its prompt embeddings (no prefill)."""
+    from vlmppo.models.prompt_embeds import PromptEmbeddings
+
+    prompt = sampled.prompt
+    positions = prompt.position_ids[:, :k] if prompt.position_ids is not None else None
+    deltas = prompt.rope_deltas[:k] if prompt.rope_deltas is not None else None
+    extra = (
+        {"mm_token_type_ids": sampled.extra["mm_token_type_ids"][:k]}
+        if "mm_token_type_ids" in sampled.extra
+        else {}
+    )
+    return dataclasses.replace(
+        sampled, sequences=sampled.sequences[:k], attention_mask=sampled.attention_mask[:k],
+        answer_mask=sampled.answer_mask[:k], extra=extra, texts=sampled.texts[:k], prefill=None,
+        prompt=PromptEmbeddings(prompt.embeds[:k], prompt.attention_mask[:k], positions, deltas),
+    )  # fmt: skip
 
 
 def measure(policy, cfg, n: int, name: str, repeats: int) -> dict:

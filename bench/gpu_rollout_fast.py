@@ -121,6 +121,7 @@ def differences(policy, cfg, n_envs: int) -> dict:
     mask = sampled.answer_mask
     cache = vision_cache.cache_of(backbone)
     return {
+        **sampling_gaps(policy, cfg, obs, prompts_for(vec.adapter, infos)),
         f"token log-prob max |diff| (full forward: batch {n_envs} vs {k})": float(
             (full_logp[:k] - small_logp)[mask[:k]].abs().max()
         ),
@@ -131,6 +132,27 @@ def differences(policy, cfg, n_envs: int) -> dict:
         "value max |diff|": float((values - full_values).abs().max()),
         "vision cache hits/misses so far": f"{cache.hits}/{cache.misses}",
     }
+
+
+def sampling_gaps(policy, cfg, obs, prompts) -> dict:
+    """Mean and max |log-prob the decoder drew a token with - the scoring pass's| (answers not forced), decode
+    steps with the stock kernels and with the fused ones (the merged copy's bf16 rounding is in both)."""
+    import torch
+
+    decoder, gaps = sampling_decoder(policy), {}
+    forced, policy.forced_lengths = policy.forced_lengths, None  # forcing changes the distribution sampled
+    for fused in (False, True):
+        decoder.fuse_norms = decoder.fuse_rotary = fused
+        torch.manual_seed(0)
+        with torch.no_grad():
+            sampled = policy.sample(obs, prompts, temperature=cfg.ppo.temperature,
+                                    max_new_tokens=cfg.ppo.max_new_tokens)  # fmt: skip
+            logp, _ = policy.score(sampled, temperature=cfg.ppo.temperature)
+        gap = (decoder.last_logp - logp)[sampled.answer_mask].abs()
+        label = "fused" if fused else "stock"
+        gaps[f"sampling vs scoring |diff| mean/max ({label} decode)"] = f"{gap.mean():.2e}/{gap.max():.2e}"
+    policy.forced_lengths = forced
+    return gaps
 
 
 def first_rows(sampled, k: int):

@@ -33,4 +33,6 @@ def test_the_rollout_step_bench_measures_every_variant_and_reports_what_they_cha
     diff = report["differences"]
     assert diff["features identical"] is True
     assert diff["token log-prob max |diff| (prefill cache vs full)"] < 1e-4
+    for decode in ("stock", "fused"):  # fp32: the sampled distribution is the scored one
+        assert float(diff[f"sampling vs scoring |diff| mean/max ({decode} decode)"].split("/")[1]) < 1e-4
     assert "| +shared prefill |" in (tmp_path / "rollout_fast.md").read_text()

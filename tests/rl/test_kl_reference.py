@@ -110,3 +110,17 @@ def test_the_first_minibatch_from_sft_has_no_kl_and_the_reference_survives_a_cha
     for name, p in loaded.items():
         key = name.replace(f".{REFERENCE_ADAPTER}.", ".")
         assert torch.equal(p.detach(), sft_weights[key]) and not p.requires_grad, name
+
+
+def test_with_the_shared_prefill_the_reference_at_update_0_is_still_exactly_the_sft_policy(tmp_path):
+    # The static decoder's rollout scores the answers over the prefill's cache; the reference pass runs its
+    # own prefill the same way, so at update 0 of an SFT start the KL is exactly 0 there too.
+    cfg = load_config("probe-color-tiny", overrides=[*RUN, f"run.output_dir={tmp_path}", "ppo.init_from=sft"])
+    write_sft_checkpoint(cfg)
+    policy = build_policy(cfg, "cpu")
+    policy.decoder = "static"
+    sampled, token_logp, _ = sample_and_score(policy)
+    assert sampled.prefill is not None
+    ref_logp = policy.reference_logprobs(sampled, temperature=0.7)
+    assert kl_to_reference(token_logp, ref_logp, sampled.answer_mask).item() == 0.0
+    assert torch.equal(ref_logp, token_logp)

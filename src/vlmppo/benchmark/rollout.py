@@ -27,7 +27,9 @@ class RolloutRow:
         env_steps: Env transitions in them (steps * n_envs).
         gen_tokens: Answer tokens generated in them.
         seconds: Wall-clock seconds of the timed steps (model, parsing and env step).
-        generate_s / score_s: Inside ``model.generate`` / ``policy.score`` (the teacher-forced pass).
+        generate_s / score_s: Inside ``model.generate`` and the shared prompt forward
+            (``policy.prefill``) / inside ``policy.score`` (the teacher-forced pass).
+        prefill_s: Of ``generate_s``, the shared prompt forward (0 when the decoder prefills itself).
         inputs_s: Rest of ``policy.sample``: processor (image resize, patches, tokenizing), decoding.
         host_s: Everything else: parsing, token offsets, per-step log-probs, env step and render.
         prompt_tokens: Mean prompt length in tokens (image tokens included).
@@ -57,6 +59,7 @@ class RolloutRow:
     positions: int = 0
     floor_ms: float | None = None
     vision_s: float | None = None
+    prefill_s: float = 0.0
 
     @property
     def env_steps_per_s(self) -> float:
@@ -137,9 +140,10 @@ def measure_rollout(
         env_steps=env_steps,
         gen_tokens=gen_tokens,
         seconds=seconds,
-        generate_s=s["generate"],
+        generate_s=s["generate"] + s.get("prefill", 0.0),
+        prefill_s=s.get("prefill", 0.0),
         score_s=s["score"],
-        inputs_s=s["sample"] - s["generate"],
+        inputs_s=s["sample"] - s["generate"] - s.get("prefill", 0.0),
         host_s=seconds - s["sample"] - s["score"],
         prompt_tokens=prompt_tokens,
         image_tokens=image_tokens,

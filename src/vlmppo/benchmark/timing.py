@@ -67,10 +67,13 @@ class MethodClock:
 
 @contextmanager
 def timed_policy(policy, device: str):
-    """Time ``policy.sample``, ``policy.score`` and the model's ``generate`` inside the block."""
+    """Time ``policy.sample``, ``policy.score``, ``policy.prefill`` and the model's ``generate`` inside the
+    block."""
     clock = MethodClock(device)
     clock.wrap(policy, "sample", "sample")
     clock.wrap(policy, "score", "score")
+    if hasattr(policy, "prefill"):  # the prompts' forward the static decoder and scoring share
+        clock.wrap(policy, "prefill", "prefill")
     # With ppo.merged_sampling the answers come from the merged copy; with model.decoder=static from its
     # StaticDecoder instead of transformers' generate (one of the two runs per row, both count as generate).
     from vlmppo.models.generation import static_decoder_for

@@ -182,7 +182,15 @@ def static_spec(config):
 
 
 def generate_ids(
-    model, batch, config, *, decoder="generate", forced_lengths=None, prompt=None, **generate_kwargs
+    model,
+    batch,
+    config,
+    *,
+    decoder="generate",
+    forced_lengths=None,
+    prompt=None,
+    prefill=None,
+    **generate_kwargs,
 ):
     """One batched sampling pass over a left-padded prompt batch with exactly ``config``.
 
@@ -197,6 +205,7 @@ def generate_ids(
         forced_lengths: Benchmarks only: ``[B]`` answer lengths to force (the end token banned before the
             last position and placed there), so throughput compares across runs of random weights.
         prompt: The batch's ``PromptEmbeddings`` (static decoders only): the prefill reuses them.
+        prefill: With ``prompt``, the prompts' ``Prefill`` already run (static decoders only; others ignore it).
         generate_kwargs: Non-decoding arguments of ``generate`` (e.g. ``synced_gpus``).
 
     Returns:
@@ -209,7 +218,7 @@ def generate_ids(
         if spec is not None:
             spec = dataclasses.replace(spec, forced_lengths=forced_lengths is not None)
             decode = static_decoder_for(model, compile=decoder == "static-compiled")
-            return decode.generate(batch, spec, forced_lengths, prompt)
+            return decode.generate(batch, spec, forced_lengths, prompt, prefill)
         if forced_lengths is not None:
             from transformers import LogitsProcessorList
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-PIXEL_KEYS = ("image_grid_thw", "image_sizes")  # what get_image_features needs besides pixel_values
+from vlmppo.models.vision_cache import image_features
 
 
 @dataclass
@@ -53,9 +53,8 @@ def embed_prompts(model, batch) -> PromptEmbeddings:
     ids = batch["input_ids"]
     embeds = backbone.get_input_embeddings()(ids)
     if batch.get("pixel_values") is not None:
-        extra = {k: batch[k] for k in PIXEL_KEYS if k in batch}
-        out = backbone.get_image_features(pixel_values=batch["pixel_values"], **extra, return_dict=True)
-        features = torch.cat(out.pooler_output, dim=0).to(embeds.device, embeds.dtype)
+        # Each distinct frame through the tower once while the weights stay the same (models/vision_cache.py).
+        features = image_features(backbone, batch).to(embeds.device, embeds.dtype)
         mask = backbone.get_placeholder_mask(ids, inputs_embeds=embeds, image_features=features)
         mask = mask[0] if isinstance(mask, tuple) else mask  # Qwen: (image mask, video mask)
         embeds = embeds.masked_scatter(mask, features)
@@ -139,3 +138,67 @@ def prefill_inputs(prompt: PromptEmbeddings) -> dict:
     if prompt.position_ids is not None:
         inputs["position_ids"] = prompt.position_ids
     return inputs
+
+
+@dataclass
+class Prefill:
+    """The prompts' forward through the trained model, shared by the decoder and the scoring pass.
+
+    Attributes:
+        cache: The ``transformers`` cache of the prompts' keys/values (every layer).
+        hidden: ``[B, H]`` final hidden state of the last prompt token (the value head's input; the output
+            layer on it gives the first answer token's logits).
+        logits: ``[B, V]`` those logits.
+    """
+
+    cache: object
+    hidden: torch.Tensor
+    logits: torch.Tensor
+    state: tuple = ()  # the caller's record of which weights computed it (``ActorCritic.prefill``)
+
+
+@torch.no_grad()
+def run_prefill(model, lm_head, prompt: PromptEmbeddings) -> Prefill:
+    """The prompts through ``model``'s backbone with a cache, and the output layer on the last position."""
+    out = backbone_of(model)(**prefill_inputs(prompt), use_cache=True)
+    hidden = out.last_hidden_state[:, -1].clone()  # not a view: the whole [B, P, H] would stay alive
+    return Prefill(out.past_key_values, hidden, lm_head(hidden))
+
+
+@torch.no_grad()
+def answer_hidden_states(model, prompt: PromptEmbeddings, prefill: Prefill, answer_ids, answer_mask):
+    """``[B, T, H]``: the final hidden states that predict each of the ``T`` answer tokens, as one forward over
+    prompt + answer gives them at positions ``P - 1 … P + T - 2``: the prefill's for the first, and a forward
+    of the answer tokens but the last over the prefill's cache for the others (left as it was)."""
+    length = answer_ids.shape[1]
+    if length == 1:
+        return prefill.hidden[:, None]
+    backbone = backbone_of(model)
+    inputs = {
+        "inputs_embeds": backbone.get_input_embeddings()(answer_ids[:, :-1]).to(prompt.embeds.dtype),
+        "attention_mask": torch.cat(
+            [prompt.attention_mask, answer_mask[:, :-1].to(prompt.attention_mask)], 1
+        ),
+    }
+    if prompt.position_ids is not None:
+        inputs["position_ids"] = answer_positions(prompt, length - 1).to(prompt.position_ids)
+    out = backbone(**inputs, past_key_values=prefix_cache(prefill.cache), use_cache=True)
+    return torch.cat([prefill.hidden[:, None], out.last_hidden_state], dim=1)
+
+
+def prefix_cache(cache):
+    """A ``transformers`` cache over ``cache``'s keys/values that lets a forward attend to them and to its own
+    tokens without storing its own: ``cache`` is left as it was, and each layer's joined keys/values are
+    freed once that layer has used them (a stored copy would hold every layer's at once)."""
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class PrefixLayer(DynamicLayer):
+        def __init__(self, keys, values):
+            super().__init__()
+            self.keys, self.values, self.is_initialized = keys, values, True
+            self.dtype, self.device = keys.dtype, keys.device
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+    return Cache(layers=[PrefixLayer(layer.keys, layer.values) for layer in cache.layers])

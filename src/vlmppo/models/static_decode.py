@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vlmppo.models.decode_fusions import fused_norms, fused_rotary, plain_norms, rotary_modules
 from vlmppo.models.static_cache import DecodeBuffers, decode_attention, slot_cache
 
 
@@ -82,17 +83,18 @@ def sample_from_logits(
     ``step`` ([1] int64, the answer position being sampled) and ``lengths`` ([b] int64) force answer
     lengths (``SamplingSpec.forced_lengths``). Capturable in a CUDA graph: no host syncs, fixed shapes.
     """
-    scores = logits.float()
+    # One fp32 copy, then in place: each pass over [b, V] (152k words) costs at 128 rows.
+    scores = logits.to(torch.float32, copy=True)
     if suppressed is not None:
-        scores = scores.index_fill(1, suppressed, float("-inf"))
+        scores.index_fill_(1, suppressed, float("-inf"))
     if lengths is not None:
         eos = scores[:, spec.eos_id]
         scores[:, spec.eos_id] = torch.where(step < lengths - 1, torch.full_like(eos, float("-inf")), eos)
     if spec.temperature > 0:
-        scores = scores / spec.temperature
+        scores.div_(spec.temperature)
     logp = torch.log_softmax(scores, dim=-1)
     if spec.temperature > 0:
-        cdf = logp.exp().cumsum(dim=-1)
+        cdf = logp.exp().cumsum_(dim=-1)
         # u * total, not u: the cumulative sum of fp32 probabilities ends a hair away from 1.
         u = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]
         ids = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1).squeeze(1)
@@ -133,6 +135,10 @@ class StaticDecoder:
         if compile:  # rows vary by bucket: one dynamic-shape compilation serves them all
             self.forward = torch.compile(self.language_model, dynamic=True)
         self.lm_head = inner.get_output_embeddings()
+        # Fewer kernels per decode step (models/decode_fusions.py); compiled steps fuse on their own.
+        self.fuse_norms = self.fuse_rotary = not compile
+        self.norms, self.rotary_owners = plain_norms(self.language_model), rotary_modules(self.language_model)
+        self.rotary_swaps: dict = {}  # made in the graphs' warm-up step, before any capture
         self.device = next(model.parameters()).device
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
         self.check_every = check_every
@@ -143,27 +149,39 @@ class StaticDecoder:
         self.suppressed_ids: dict[tuple, torch.Tensor] = {}
         self.mrope = False
         self.last_logp: torch.Tensor | None = None  # [B, T] log-probs of the last call's answers
+        # (spec, rows, prompt length, graph key or None) of the last call (benchmarks)
+        self.last_call: tuple | None = None
         # Of the last call: decode steps run, rows computed summed over them, and compactions.
         self.stats = {"steps": 0, "row_steps": 0, "compactions": 0}
 
     @torch.no_grad()
-    def generate(self, batch, spec: SamplingSpec, lengths: torch.Tensor | None = None, prompt=None):
+    def generate(
+        self, batch, spec: SamplingSpec, lengths: torch.Tensor | None = None, prompt=None, prefill=None
+    ):
         """Sample one answer per prompt; returns prompt + answer ids ``[B, P + T]`` (pad after each end
         token, T the longest answer), as ``generate`` would. ``self.last_logp`` [B, T] holds each sampled
         token's log-prob under the distribution it was drawn from (0 on padding). ``lengths`` [B]: the
         forced answer lengths when ``spec.forced_lengths``. ``prompt``: the batch's ``PromptEmbeddings``
-        (``models/prompt_embeds.py``), when the caller has them: the prefill then skips the vision tower."""
+        (``models/prompt_embeds.py``), when the caller has them: the prefill then skips the vision tower.
+        ``prefill``: with ``prompt``, the prompts' ``Prefill`` the caller ran (through the trained model, for
+        its scoring pass too): no prefill here then."""
         input_ids = batch["input_ids"]
         rows, prompt_len = input_ids.shape
-        if prompt is not None:
+        out = None
+        if prefill is not None:
+            kv, last_logits, deltas = prefill.cache, prefill.logits, prompt.rope_deltas
+        elif prompt is not None:
             from vlmppo.models.prompt_embeds import prefill_inputs
 
-            prefill = self._model()(**prefill_inputs(prompt), use_cache=True, logits_to_keep=1)
-            deltas = prompt.rope_deltas
+            out = self._model()(**prefill_inputs(prompt), use_cache=True, logits_to_keep=1)
+            kv, last_logits, deltas = out.past_key_values, out.logits[:, -1], prompt.rope_deltas
         else:
-            prefill = self._model()(**batch, use_cache=True, logits_to_keep=1)
-            deltas = getattr(prefill, "rope_deltas", None)
-        kv = prefill.past_key_values
+            out = self._model()(**batch, use_cache=True, logits_to_keep=1)
+            kv, last_logits, deltas = (
+                out.past_key_values,
+                out.logits[:, -1],
+                getattr(out, "rope_deltas", None),
+            )
         self.mrope = deltas is not None
         self._ensure_buffers(rows, prompt_len + spec.max_new_tokens, spec.max_new_tokens, kv)
         suppressed = self._suppressed(spec)
@@ -172,13 +190,13 @@ class StaticDecoder:
         if spec.forced_lengths:
             buf.lengths[:rows] = lengths.to(buf.lengths).clamp(1, spec.max_new_tokens)
         first, first_logp = sample_from_logits(
-            prefill.logits[:, -1], spec, suppressed, *self._forcing(spec, rows, torch.zeros_like(buf.step))
+            last_logits, spec, suppressed, *self._forcing(spec, rows, torch.zeros_like(buf.step))
         )
-        del prefill
         self._load_prompt(batch["attention_mask"], kv, deltas, first, first_logp, spec)
-        del kv
+        del kv, last_logits, out  # a prefill of our own: its cache is freed before decoding
         buckets = bucket_sizes(buf.rows)
         bucket = pick_bucket(rows, buckets)
+        self.last_call = (spec, rows, prompt_len, graph_key)
         buf.pad_rows(rows, bucket)
         slots = torch.arange(rows, device=self.device)  # slot i holds the answer of prompt slots[i]
         ids = torch.full((rows, spec.max_new_tokens), spec.pad_id, dtype=torch.long, device=self.device)
@@ -298,7 +316,11 @@ class StaticDecoder:
             position_ids = positions.view(1, bucket, 1).expand(3, bucket, 1)
         else:
             position_ids = positions.view(bucket, 1)
-        with decode_attention(self.language_model.config):
+        with (
+            decode_attention(self.language_model.config),
+            fused_norms(self.norms if self.fuse_norms else []),
+            fused_rotary(self.rotary_owners if self.fuse_rotary else [], self.rotary_swaps),
+        ):
             hidden = self.forward(
                 input_ids=buf.tokens[:bucket, None],
                 attention_mask=buf.mask[:bucket],
@@ -335,7 +357,10 @@ class StaticDecoder:
             return None
         autocast = torch.is_autocast_enabled("cuda")
         dtype = torch.get_autocast_dtype("cuda") if autocast else None
-        key = (spec.temperature, spec.forced_lengths, spec.eos_id, spec.pad_id, spec.suppressed, dtype)
+        key = (
+            spec.temperature, spec.forced_lengths, spec.eos_id, spec.pad_id, spec.suppressed, dtype,
+            self.fuse_norms, self.fuse_rotary,
+        )  # fmt: skip
         buckets = bucket_sizes(self.buffers.rows)
         if all((*key, b) in self.graphs for b in buckets):
             return key

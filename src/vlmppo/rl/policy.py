@@ -17,7 +17,15 @@ from torch import nn
 from vlmppo.models.generation import explicit_generation_config, generate_ids, media_token_ids, to_pil
 from vlmppo.models.inputs import build_inputs
 from vlmppo.models.loading import LoadedModel
-from vlmppo.models.prompt_embeds import PromptEmbeddings, embed_prompts, inputs_with_answers
+from vlmppo.models.prompt_embeds import (
+    Prefill,
+    PromptEmbeddings,
+    answer_hidden_states,
+    embed_prompts,
+    inputs_with_answers,
+    run_prefill,
+)
+from vlmppo.models.vision_cache import clear_feature_cache
 from vlmppo.rl.logprob import token_logprobs
 
 # The peft adapter name of the KL reference when PPO starts from an adapter (see reference_logprobs).
@@ -53,6 +61,9 @@ class Sampled:
         texts: the decoded answers, without special tokens.
         prompt: the prompts' ``PromptEmbeddings`` when sampling computed them (the static decoder):
             scoring then reuses them instead of running the vision tower again.
+        prefill: the prompts' forward through the trained model (its cache, last hidden state and logits)
+            when sampling ran it: scoring then runs the answer tokens only. Valid for the trained weights
+            as they were at sampling time, with the adapter active.
     """
 
     sequences: torch.Tensor
@@ -62,6 +73,7 @@ class Sampled:
     extra: dict
     texts: list[str]
     prompt: PromptEmbeddings | None = None
+    prefill: Prefill | None = None
 
 
 # Logit values per chunk of the rollout's scoring pass (fp32 and the log-softmax: ~1.5 GB at this size).
@@ -81,6 +93,17 @@ def hidden_size(model) -> int:
     return int(text.hidden_size)
 
 
+def adapter_state(model) -> tuple:
+    """Which PEFT adapters ``model`` computes with right now: its active adapter(s) and whether they are
+    disabled (``disable_adapter()``); ``()`` for a model without adapters."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):  # every adapted layer follows the model's switches
+            return (tuple(module.active_adapters), bool(module.disable_adapters))
+    return ()
+
+
 class ActorCritic:
     """The policy (the VLM) and the value head (None for the critic-free GRPO/GiGPO: values are then 0).
 
@@ -97,6 +120,8 @@ class ActorCritic:
     Attributes:
         forced_lengths: Benchmarks only: a function of the batch size returning ``[B]`` answer lengths
             that ``sample`` forces (random weights never end by themselves). None in training.
+        shared_prefill: With a static decoder, ``sample`` runs the prompts' forward once through the trained
+            model (``prefill``) for the decoder and the scoring pass (default); False: each its own.
     """
 
     def __init__(
@@ -116,6 +141,7 @@ class ActorCritic:
         self.autocast = autocast
         self.decoder = decoder
         self.forced_lengths: Callable[[int], torch.Tensor] | None = None
+        self.shared_prefill = True  # False: the decoder prefills itself, scoring runs prompt + answer
         inner = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
         # The scoring pass runs the backbone and applies the output layer itself: it needs the last
         # hidden states only (not every layer's) and logits for the answer positions only, in chunks.
@@ -129,7 +155,9 @@ class ActorCritic:
         self.suppressed = media_token_ids(loaded.model)
 
     def weights_changed(self) -> None:
-        """The trained weights moved (an update ran): the merged sampling copy must be refreshed."""
+        """The trained weights moved (an update ran): the merged sampling copy must be refreshed, and the
+        image features kept per frame (``models/vision_cache.py``) computed again."""
+        clear_feature_cache(self.loaded.model)
         if self.sampler is not None:
             self.sampler.stale = True
 
@@ -160,9 +188,13 @@ class ActorCritic:
                 self.sampler.refresh(self.loaded.model)
             generator = self.sampler.model
         forced = self.forced_lengths(len(prompts)) if self.forced_lengths is not None else None
+        prompt = prefill = None
         with self.autocast():
-            # The static decoder's prefill and the scoring pass share one vision-tower pass.
-            prompt = embed_prompts(self.loaded.model, batch) if self.decoder.startswith("static") else None
+            if self.decoder.startswith("static"):
+                # One vision-tower pass and one prompt forward (through the trained model) serve both the
+                # decoder and the scoring pass, which then runs the answer tokens only.
+                prompt = embed_prompts(self.loaded.model, batch)
+                prefill = self.prefill(prompt) if self.shared_prefill else None
             out = generate_ids(
                 generator,
                 batch,
@@ -170,6 +202,7 @@ class ActorCritic:
                 decoder=self.decoder,
                 forced_lengths=forced,
                 prompt=prompt,
+                prefill=prefill,
             )
         prompt_len = batch["input_ids"].shape[1]
         answers = out[:, prompt_len:]
@@ -179,7 +212,25 @@ class ActorCritic:
             answers.masked_fill(~mask, tokenizer.pad_token_id), skip_special_tokens=True
         )
         attention = torch.cat([batch["attention_mask"], mask.long()], dim=1)
-        return Sampled(out, attention, prompt_len, mask, extra, texts, prompt)
+        return Sampled(out, attention, prompt_len, mask, extra, texts, prompt, prefill)
+
+    def prefill(self, prompt: PromptEmbeddings) -> Prefill:
+        """The prompts through the trained model (``models/prompt_embeds.run_prefill``; under autocast)."""
+        with self.autocast(), self.adapter_casts_skipped():
+            prefill = run_prefill(self.loaded.model, self.lm_head, prompt)
+        prefill.state = adapter_state(self.loaded.model)
+        return prefill
+
+    def adapter_casts_skipped(self):
+        """A context for no-gradient passes under autocast: peft casts every adapted layer's input to the
+        adapter's dtype (fp32) and autocast casts it straight back to bf16 for the matmul, the same bits as
+        never casting it; skipping both saves two passes over each layer's input. Outside autocast, nothing."""
+        device_type = torch.device(self.device).type
+        if torch.is_grad_enabled() or not torch.is_autocast_enabled(device_type):
+            return contextlib.nullcontext()
+        from peft.helpers import disable_input_dtype_casting
+
+        return disable_input_dtype_casting(self.loaded.model)
 
     @torch.no_grad()
     def reference_logprobs(self, sampled: Sampled, *, temperature: float) -> torch.Tensor:
@@ -202,14 +253,21 @@ class ActorCritic:
         if sampled.prompt is not None and any(
             getattr(c, "modules_to_save", None) for c in getattr(model, "peft_config", {}).values()
         ):  # shared prompt embeddings hold the trained vision tower/projector; the reference has its own
-            sampled = dataclasses.replace(sampled, prompt=None)
+            sampled = dataclasses.replace(sampled, prompt=None, prefill=None)
+
+        def score():  # the same passes as the policy's score (its own prefill when that had one)
+            ref = sampled
+            if sampled.prefill is not None:
+                ref = dataclasses.replace(sampled, prefill=self.prefill(sampled.prompt))
+            return self.score(ref, temperature=temperature)[0]
+
         if REFERENCE_ADAPTER not in getattr(model, "peft_config", {}):
             with model.disable_adapter():
-                return self.score(sampled, temperature=temperature)[0]
+                return score()
         trained = model.active_adapter
         model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
         try:
-            return self.score(sampled, temperature=temperature)[0]
+            return score()
         finally:
             model.set_adapter(trained)  # trainable again (peft's set_adapter sets requires_grad)
 
@@ -251,6 +309,17 @@ class ActorCritic:
             extra["mm_token_type_ids"] = torch.cat([extra["mm_token_type_ids"], pad], dim=1)
         p = sampled.prompt_len
         grad = return_logits or torch.is_grad_enabled()
+        targets = sampled.sequences[:, p:]
+        prefill = sampled.prefill
+        if prefill is not None and prefill.state != adapter_state(self.loaded.model):
+            prefill = None  # computed with other weights active (e.g. the adapter since disabled)
+        if prefill is not None and sampled.prompt is not None and not grad:
+            with self.autocast(), self.adapter_casts_skipped():  # the prompt's part is the prefill's
+                answer_hidden = answer_hidden_states(
+                    self.loaded.model, sampled.prompt, prefill, targets, sampled.answer_mask
+                )
+            values = self.values(prefill.hidden)
+            return self._chunked_logprobs(answer_hidden, targets, sampled.answer_mask, temperature), values
         if sampled.prompt is not None and not grad:  # no vision tower or position index again
             inputs = inputs_with_answers(
                 self.loaded.model, sampled.prompt, sampled.sequences[:, p:], sampled.answer_mask
@@ -262,13 +331,17 @@ class ActorCritic:
         features = hidden[:, p - 1]  # ppo.value_detach: the value loss then never reaches the model
         values = self.values(features.detach() if self.value_detach else features)
         answer_hidden = hidden[:, p - 1 : -1]  # the positions that predict the answer tokens
-        targets = sampled.sequences[:, p:]
         if grad:
             logits = self._answer_logits(answer_hidden)
             token_logp = token_logprobs(logits, targets, temperature).masked_fill(~sampled.answer_mask, 0.0)
             if return_logits:
                 return token_logp, values, logits / temperature
             return token_logp, values
+        return self._chunked_logprobs(answer_hidden, targets, sampled.answer_mask, temperature), values
+
+    def _chunked_logprobs(self, answer_hidden, targets, answer_mask, temperature: float) -> torch.Tensor:
+        """[B, T] fp32 log-probs of ``targets`` from the hidden states predicting them, the output layer run
+        over a few rows at a time (no gradients); 0 outside ``answer_mask``."""
         token_logp = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
         rows = max(1, SCORE_CHUNK_VALUES // max(1, targets.shape[1] * self.lm_head.weight.shape[0]))
         for start in range(0, targets.shape[0], rows):
@@ -276,7 +349,7 @@ class ActorCritic:
             token_logp[chunk] = token_logprobs(
                 self._answer_logits(answer_hidden[chunk]), targets[chunk], temperature
             )
-        return token_logp.masked_fill(~sampled.answer_mask, 0.0), values
+        return token_logp.masked_fill(~answer_mask, 0.0)
 
     def _answer_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[b, T, H] -> [b, T, V] logits with the never-sampled placeholder ids at -inf."""

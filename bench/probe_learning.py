@@ -14,6 +14,8 @@ Usage:
 Values are read from the saved checkpoint (adapter + value head loaded back through the resume path);
 greedy success comes from `vlmppo eval`'s harness on seeds never trained on. Prints a table and the
 per-update curve; `--json` writes everything. The slow test tests/rl/test_probe_learning.py runs this.
+`--extra` adds overrides to Color's run, e.g. the small presets' full fine-tuning:
+`--extra "model.lora=null model.dtype=float32 ppo.lr=1e-4 ppo.eval_every=5 ppo.eval_episodes=16"`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -137,7 +140,9 @@ GROUP_OVERRIDES = {  # Color's 4 envs as one group of 4 (every episode is one st
 }
 
 
-def color_probe(out: Path, sft_steps: int, updates: int, eval_episodes: int, advantage: str = "gae") -> dict:
+def color_probe(
+    out: Path, sft_steps: int, updates: int, eval_episodes: int, advantage: str = "gae", extra: tuple = ()
+) -> dict:
     from vlmppo.config import run_dir
     from vlmppo.data.collect import collect
     from vlmppo.data.label import label
@@ -154,6 +159,7 @@ def color_probe(out: Path, sft_steps: int, updates: int, eval_episodes: int, adv
         f"ppo.total_env_steps={updates * 32}",
         "env.n_envs=4",
         "ppo.n_steps=8",
+        *extra,
     )
     t0 = time.perf_counter()
     collect(cfg), label(cfg), preprocess(cfg)
@@ -161,13 +167,16 @@ def color_probe(out: Path, sft_steps: int, updates: int, eval_episodes: int, adv
     train_sft(cfg)
     t_sft = time.perf_counter()
     before = greedy_success(cfg, "sft", eval_episodes, seed=10_000)
-    train_ppo(cfg)
+    from vlmppo.eval.live import greedy_eval
+
+    train_ppo(cfg, evaluate=greedy_eval)  # used with ppo.eval_every (e.g. through --extra)
     t_ppo = time.perf_counter()
     after = greedy_success(cfg, "ppo", eval_episodes, seed=10_000)
     endings = clean_endings(cfg, "ppo", 32, seed=20_000)
     return {
         "probe": "color",
         "advantage": advantage,
+        "overrides": list(extra),
         "sft_steps": sft_steps,
         "updates": updates,
         "seconds_sft": round(t_sft - t0, 1),
@@ -192,6 +201,7 @@ def main(argv=None) -> int:
     ap.add_argument("--color-updates", type=int, default=30)
     ap.add_argument("--eval-episodes", type=int, default=64)
     ap.add_argument("--advantage", default="gae", choices=sorted(GROUP_OVERRIDES), help="Color's estimator.")
+    ap.add_argument("--extra", default="", help="Color: more overrides, e.g. 'model.lora=null ppo.lr=1e-4'.")
     args = ap.parse_args(argv)
     import torch
 
@@ -203,7 +213,8 @@ def main(argv=None) -> int:
             results.append(value_probe(probe, out, args.value_updates))
         elif probe == "color":
             results.append(
-                color_probe(out, args.sft_steps, args.color_updates, args.eval_episodes, args.advantage)
+                color_probe(out, args.sft_steps, args.color_updates, args.eval_episodes, args.advantage,
+                            tuple(shlex.split(args.extra)))  # fmt: skip
             )
         else:
             raise SystemExit(f"unknown probe {probe!r}: use constant, twostep, color")

@@ -124,8 +124,7 @@ def build_inputs_ms(loaded, adapter, frames, *, cached: bool, image_only: bool =
     from vlmppo.rl.rollout import prompts_for
 
     frame_cache.set_max_bytes(frame_cache.DEFAULT_MAX_BYTES if cached else 0)
-    frame_cache.cache_of(loaded.processor.image_processor).entries.clear()
-    frame_cache.cache_of(loaded.processor.image_processor).bytes = 0
+    frame_cache.cache_of(loaded.processor.image_processor).clear()
     times, outputs = [], []
     try:
         for step, (obs, infos) in enumerate(frames):

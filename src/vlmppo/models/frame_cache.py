@@ -57,6 +57,10 @@ class FrameCache:
         self.bytes += size
         self.trim()
 
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
+
     def trim(self) -> None:
         """Drop the least recently used entries until the cache fits ``max_bytes``."""
         while self.bytes > self.max_bytes:

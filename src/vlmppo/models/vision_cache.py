@@ -20,53 +20,37 @@ the adapter disabled the same weights compute other features.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 
+from vlmppo.models.frame_cache import DEFAULT_MAX_BYTES, FrameCache
+
 PIXEL_KEYS = ("image_grid_thw", "image_sizes")  # what get_image_features needs besides pixel_values
-DEFAULT_MAX_BYTES = 256 << 20  # ~95 Qwen2-VL-2B frames (pixels 2.3 MB + features 0.4 MB each)
 _ATTRIBUTE = "_vlmppo_feature_cache"
 _ADAPTED = ("lora_", "modules_to_save", "original_module")  # parameter names of a PEFT-wrapped module
 
 
-class FeatureCache:
-    """Per-frame image features of one backbone (see the module docstring).
+class FeatureCache(FrameCache):
+    """Per-frame image features of one backbone (see the module docstring), in the rollout's byte-bounded LRU
+    (``models.frame_cache.FrameCache``; 256 MiB: ~95 Qwen2-VL-2B frames, pixels 2.3 MB + features 0.4 MB each).
 
     Attributes:
-        entries: ``(shape, grid/size, fingerprint)`` -> list of ``(pixels, features)`` (collisions: several).
+        entries: ``(shape, grid/size, fingerprint)`` -> ``{"pixels", "features"}``; a frame whose fingerprint
+            collides with a cached other frame's is computed each time, never served the other's features.
         hits / misses: Frames served from the cache / computed, since creation.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
-        self.max_bytes = max_bytes
-        self.entries: OrderedDict[tuple, list] = OrderedDict()
-        self.bytes = 0
-        self.hits = self.misses = 0
+        super().__init__(max_bytes)
         self.signature: tuple | None = None
         self.weights: dict[tuple, torch.Tensor] = {}  # fingerprint vectors by (numel, device)
 
-    def clear(self) -> None:
-        self.entries.clear()
-        self.bytes = 0
-
     def find(self, key: tuple, pixels: torch.Tensor) -> torch.Tensor | None:
-        for cached_pixels, features in self.entries.get(key, ()):
-            if torch.equal(cached_pixels, pixels):
-                self.entries.move_to_end(key)
-                return features
-        return None
+        entry = self.get(key)
+        return entry["features"] if entry is not None and torch.equal(entry["pixels"], pixels) else None
 
-    def put(self, key: tuple, pixels: torch.Tensor, features: torch.Tensor) -> None:
-        size = _nbytes(pixels) + _nbytes(features)
-        if size > self.max_bytes:
-            return
+    def keep(self, key: tuple, pixels: torch.Tensor, features: torch.Tensor) -> None:
         # Copies: views would keep a whole batch's pixels and features alive.
-        self.entries.setdefault(key, []).append((pixels.clone(), features.clone()))
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            _, dropped = self.entries.popitem(last=False)
-            self.bytes -= sum(_nbytes(p) + _nbytes(f) for p, f in dropped)
+        self.put(key, {"pixels": pixels.clone(), "features": features.clone()})
 
     def fingerprints(self, images: list[torch.Tensor]) -> list[float]:
         """A float per image: equal pixels give equal floats (different pixels almost never do). Each image
@@ -81,10 +65,6 @@ class FeatureCache:
                 self.weights[key] = torch.rand(flat.shape[0], generator=generator).to(flat.device)
             prints.append((flat.float() * self.weights[key]).sum())
         return torch.stack(prints).tolist() if prints else []  # the one host sync
-
-
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
 
 
 def feature_modules_signature(backbone, device_type: str) -> tuple | None:
@@ -192,7 +172,7 @@ def image_features(backbone, batch, cache: FeatureCache | None = None) -> torch.
             return torch.cat(compute_features(backbone, pixels, extra), dim=0)
         for j, features in zip(todo, computed, strict=True):
             found[j] = features
-            cache.put(keys[j], images[j][0], features)
+            cache.keep(keys[j], images[j][0], features)
         for i, j in source.items():
             found[i] = found[j]
     return torch.cat(found, dim=0)

@@ -72,20 +72,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
-    import torch
-
-    from vlmppo.accel import make_accelerator, precision_for
-    from vlmppo.benchmark.runner import AnswerLengths, bench_config
+    from vlmppo.benchmark.runner import AnswerLengths, bench_policy
     from vlmppo.config import load_config
     from vlmppo.models.generation import static_decoder_for
-    from vlmppo.rl.startup import build_policy
     from vlmppo.sysinfo import resolve_device
 
     cfg = load_config(args.preset, None, [f"ppo.max_new_tokens={args.max_new_tokens}"])
     device = resolve_device(cfg)
-    cfg = bench_config(cfg, args.shape, device)
-    torch.manual_seed(cfg.run.seed)
-    policy = build_policy(cfg, device, accelerator=make_accelerator(device, precision_for("auto", device)))
+    cfg, policy = bench_policy(cfg, args.shape, device)
     policy.decoder = "static"
     policy.forced_lengths = AnswerLengths(cfg.ppo.max_new_tokens, None, cfg.run.seed)
     sampler = policy.sampler.model if policy.sampler is not None else policy.loaded.model
@@ -105,7 +99,8 @@ def main() -> None:
                       for e in events if e.key in ("sample", "generate", "score")]  # fmt: skip
             text = "\n".join([f"# {n} envs, decode {mode}, one rollout step: wall {wall:.3f} s", *ranges, "",
                               events.table(sort_by=sort, row_limit=args.rows, max_name_column_width=90)])  # fmt: skip
-            with open(args.out / "profile-rollout.txt", "a") as tables:  # after each: a cut call keeps what ran
+            # Appended after each profile: a call cut short keeps what ran.
+            with open(args.out / "profile-rollout.txt", "a") as tables:
                 tables.write(text + "\n\n")
             print(text[:6000], flush=True)
     decoder.use_graphs = graphs

@@ -62,24 +62,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
-    import torch
-
-    from vlmppo.accel import make_accelerator, precision_for
     from vlmppo.benchmark.options import DECODERS, parse_answer_lengths
     from vlmppo.benchmark.report import markdown
     from vlmppo.benchmark.rollout import measure_rollout
-    from vlmppo.benchmark.runner import AnswerLengths, BenchResult, _meta, bench_config
+    from vlmppo.benchmark.runner import AnswerLengths, BenchResult, _meta, bench_policy
     from vlmppo.benchmark.update import measure_update
     from vlmppo.config import load_config
-    from vlmppo.rl.startup import build_policy
     from vlmppo.sysinfo import resolve_device
 
     cfg = load_config(args.preset, None, [f"ppo.max_new_tokens={args.max_new_tokens}"])
     device = resolve_device(cfg)
-    cfg = bench_config(cfg, args.shape, device)
-    torch.manual_seed(cfg.run.seed)
-    accelerator = make_accelerator(device, precision_for(cfg.ppo.mixed_precision, device))
-    policy = build_policy(cfg, device, accelerator=accelerator)
+    cfg, policy = bench_policy(cfg, args.shape, device)
     counts = [int(n) for n in args.n_envs.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     span = parse_answer_lengths(args.lengths)

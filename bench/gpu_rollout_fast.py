@@ -219,11 +219,9 @@ def main() -> None:
 
     import torch
 
-    from vlmppo.accel import make_accelerator, precision_for
     from vlmppo.benchmark.options import parse_answer_lengths
-    from vlmppo.benchmark.runner import AnswerLengths, bench_config
+    from vlmppo.benchmark.runner import AnswerLengths, bench_policy
     from vlmppo.config import load_config
-    from vlmppo.rl.startup import build_policy
     from vlmppo.sysinfo import git_sha, resolve_device
 
     overrides = [f"ppo.max_new_tokens={args.max_new_tokens}"] + (
@@ -231,10 +229,8 @@ def main() -> None:
     )
     cfg = load_config(args.preset, None, overrides)
     device = resolve_device(cfg)
-    cfg = bench_config(cfg, args.shape, device)
-    torch.manual_seed(cfg.run.seed)
     started = time.time()
-    policy = build_policy(cfg, device, accelerator=make_accelerator(device, precision_for(cfg.ppo.mixed_precision, device)))  # fmt: skip
+    cfg, policy = bench_policy(cfg, args.shape, device)
     policy.decoder = "static"
     counts = [int(n) for n in args.n_envs.split(",")]
     names = [v.strip() for v in args.variants.split(",")]

@@ -212,9 +212,11 @@ def main(argv=None) -> int:
         if probe in ("constant", "twostep"):
             results.append(value_probe(probe, out, args.value_updates))
         elif probe == "color":
+            extra = tuple(shlex.split(args.extra))
             results.append(
-                color_probe(out, args.sft_steps, args.color_updates, args.eval_episodes, args.advantage,
-                            tuple(shlex.split(args.extra)))  # fmt: skip
+                color_probe(
+                    out, args.sft_steps, args.color_updates, args.eval_episodes, args.advantage, extra
+                )
             )
         else:
             raise SystemExit(f"unknown probe {probe!r}: use constant, twostep, color")

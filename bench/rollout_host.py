@@ -337,17 +337,12 @@ def code_before():
 def rollout_rows(args) -> list[dict]:
     """``measure_rollout`` (the PPO loop's ``rollout_step`` + env step; answers forced to
     ``--max-new-tokens``) with the code before and after, on one loaded policy, alternating."""
-    from vlmppo.accel import make_accelerator, precision_for
     from vlmppo.benchmark.rollout import measure_rollout
-    from vlmppo.benchmark.runner import AnswerLengths, bench_config
+    from vlmppo.benchmark.runner import AnswerLengths, bench_policy
     from vlmppo.config import load_config
-    from vlmppo.rl.startup import build_policy
 
     cfg = load_config(args.preset, None, [f"ppo.max_new_tokens={args.max_new_tokens}"])
-    cfg = bench_config(cfg, args.shape, args.device)
-    torch.manual_seed(cfg.run.seed)
-    policy = build_policy(cfg, args.device, accelerator=make_accelerator(args.device, precision_for(
-        cfg.ppo.mixed_precision, args.device)))  # fmt: skip
+    cfg, policy = bench_policy(cfg, args.shape, args.device)
     policy.forced_lengths = AnswerLengths(cfg.ppo.max_new_tokens, None, cfg.run.seed)
     policy.decoder = args.decoder or policy.decoder
     out = []

@@ -92,7 +92,7 @@ def test_dry_curve_protocol_in_two_phases_shares_its_runs_folder(tmp_path):
     assert all(s["rc"] == 0 for s in rl["stages"]) and "weak + ppo" in rl["results"]
 
 
-def test_an_rl_variant_runs_under_its_own_name_with_overrides_only_its_ppo_command_gets(monkeypatch, tmp_path):
+def test_an_rl_variant_has_its_own_run_and_overrides_only_its_ppo_gets(monkeypatch, tmp_path):
     from bench.learning_curve import CurveProtocol
 
     monkeypatch.setenv("OUT", str(tmp_path))

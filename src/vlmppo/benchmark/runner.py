@@ -128,6 +128,20 @@ def _meta(cfg, shape, device, policy, n_envs, repeats, decoders, answer_lengths)
     return meta
 
 
+def bench_policy(cfg, shape: str | None, device: str):
+    """``(cfg, policy)``: ``cfg`` for the benchmark shape (``bench_config``) and its ``ActorCritic`` under the
+    same Accelerator as the PPO loop (its bf16 autocast, or its absence), torch seeded with ``run.seed``."""
+    import torch
+
+    from vlmppo.accel import make_accelerator, precision_for
+    from vlmppo.rl.startup import build_policy
+
+    cfg = bench_config(cfg, shape, device)
+    torch.manual_seed(cfg.run.seed)
+    accelerator = make_accelerator(device, precision_for(cfg.ppo.mixed_precision, device))
+    return cfg, build_policy(cfg, device, accelerator=accelerator)
+
+
 def run_bench(
     cfg,
     *,
@@ -156,9 +170,7 @@ def run_bench(
     """
     import torch
 
-    from vlmppo.accel import make_accelerator, precision_for
     from vlmppo.models.generation import resolve_decoder
-    from vlmppo.rl.startup import build_policy
     from vlmppo.sysinfo import resolve_device
 
     check_repeats(repeats)
@@ -167,11 +179,7 @@ def run_bench(
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("run.device=cuda but no CUDA GPU is visible.", hint="Use run.device=cpu.")
     say(f"model: {shape or cfg.model.path}")
-    cfg = bench_config(cfg, shape, device)
-    torch.manual_seed(cfg.run.seed)
-    # The same Accelerator as the PPO loop, so the bench measures its bf16 autocast (or its absence).
-    accelerator = make_accelerator(device, precision_for(cfg.ppo.mixed_precision, device))
-    policy = build_policy(cfg, device, accelerator=accelerator)
+    cfg, policy = bench_policy(cfg, shape, device)
     policy.forced_lengths = AnswerLengths(cfg.ppo.max_new_tokens, answer_lengths, cfg.run.seed)
     decoders = decoders or [resolve_decoder(cfg.model.decoder, device)]
     meta = _meta(cfg, shape, device, policy, n_envs, repeats, decoders, answer_lengths)

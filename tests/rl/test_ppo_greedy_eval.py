@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from tests.rl.test_ppo_resume import SMALL as RESUME_SMALL
 from tests.rl.test_ppo_resume import stop_at
 
 from vlmppo.config import load_config
@@ -14,14 +15,7 @@ from vlmppo.eval.live import greedy_eval
 from vlmppo.rl import train_ppo
 
 SMALL = [
-    "env.n_envs=2",
-    "ppo.n_steps=4",
-    "ppo.minibatch_size=4",
-    "ppo.micro_batch_size=2",
-    "ppo.n_epochs=2",
-    "ppo.max_new_tokens=8",
-    "ppo.save_every=100",
-    "ppo.total_env_steps=32",  # 4 updates of 2 envs x 4 steps
+    *RESUME_SMALL,  # 4 updates of 2 envs x 4 steps, answers of 8 tokens
     "ppo.lr=1e-3",
     "eval.max_new_tokens=8",
     "ppo.eval_episodes=2",

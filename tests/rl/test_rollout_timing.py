@@ -21,6 +21,23 @@ SMALL = [
 ]
 
 
+def record_truncations(monkeypatch, vec) -> dict:
+    """From now on, ``(step, env) -> (final observation, final info)`` of each episode ``vec``'s time limit
+    cuts (terminated ones are not bootstrapped), filled as ``vec`` steps."""
+    finals, step, steps = {}, vec.step, [0]
+
+    def recording_step(actions):
+        out = step(actions)
+        for env, info in enumerate(out[4]):
+            if out[3][env] and not out[2][env]:
+                finals[(steps[0], env)] = (info["final_obs"], info["final_info"])
+        steps[0] += 1
+        return out
+
+    monkeypatch.setattr(vec, "step", recording_step)
+    return finals
+
+
 def test_truncated_episodes_are_bootstrapped_in_the_value_pass_after_the_last_step(tmp_path, monkeypatch):
     # NumberLine with a 2-step time limit: over 5 steps episodes are truncated in several different steps.
     # Each bootstrap value must be V(that final observation) as a pass of its own computes it, and all of
@@ -32,18 +49,7 @@ def test_truncated_episodes_are_bootstrapped_in_the_value_pass_after_the_last_st
     torch.manual_seed(0)
     policy = build_policy(cfg, "cpu")
     vec = make_vec_env(cfg.env.id, 3, seed=0, max_episode_steps=2)
-    finals = {}  # (t, env) -> (final observation, final info) of each truncated episode
-    step = vec.step
-
-    def recording_step(actions):
-        out = step(actions)
-        for env, info in enumerate(out[4]):
-            if out[3][env] and not out[2][env]:
-                finals[(len(passes_before_end), env)] = (info["final_obs"], info["final_info"])
-        passes_before_end.append(None)
-        return out
-
-    passes_before_end: list = []
+    finals = record_truncations(monkeypatch, vec)
     calls: list[int] = []
     values = rollout.state_values
 
@@ -51,7 +57,6 @@ def test_truncated_episodes_are_bootstrapped_in_the_value_pass_after_the_last_st
         calls.append(len(images))
         return values(policy, images, *args, **kwargs)
 
-    monkeypatch.setattr(vec, "step", recording_step)
     monkeypatch.setattr(rollout, "state_values", counted)
     buffer, obs, infos = rollout.collect_rollout(policy, vec, *vec.reset(), cfg)
     assert len({t for t, _ in finals}) >= 2, "the test needs truncations in two steps at least"
@@ -180,17 +185,7 @@ def test_with_history_each_bootstrap_sees_the_turns_of_its_own_episode(tmp_path,
     torch.manual_seed(0)
     policy = build_policy(cfg, "cpu")
     vec = make_vec_env(cfg.env.id, 2, seed=0, max_episode_steps=2)
-    finals, step, count = {}, vec.step, []
-
-    def recording_step(actions):
-        out = step(actions)
-        for env, info in enumerate(out[4]):
-            if out[3][env] and not out[2][env]:
-                finals[(len(count), env)] = (info["final_obs"], info["final_info"])
-        count.append(None)
-        return out
-
-    monkeypatch.setattr(vec, "step", recording_step)
+    finals = record_truncations(monkeypatch, vec)
     buffer, _, _ = rollout.collect_rollout(policy, vec, *vec.reset(), cfg, rollout.HistoryWindows(2, 1))
     assert finals
     for (t, env), (frame, info) in finals.items():

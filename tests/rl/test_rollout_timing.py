@@ -74,9 +74,9 @@ def test_truncated_episodes_are_bootstrapped_in_the_value_pass_after_the_last_st
     assert buffer.timing.values_s > 0 and buffer.timing.capture_steps == 0
 
 
-def test_state_values_equal_the_policys_prompt_values_on_a_left_padded_batch():
-    # The bootstrap goes through the shared prompt embeddings (the M-RoPE index computed once per distinct
-    # row on the host); it must be the V(s) the plain prompt-only forward reads.
+def test_state_values_equal_the_plain_prompt_only_forwards_on_a_left_padded_batch():
+    # The bootstrap (ActorCritic.prompt_values) goes through the shared prompt embeddings (the M-RoPE index
+    # computed once per distinct row on the host); it must be the V(s) the plain prompt-only forward reads.
     from vlmppo.models.inputs import build_inputs, to_pil
     from vlmppo.rl.rollout import prompts_for
 
@@ -92,7 +92,8 @@ def test_state_values_equal_the_policys_prompt_values_on_a_left_padded_batch():
         policy.loaded, [to_pil(o) for o in obs], prompts_for(vec.adapter, infos), histories=windows
     )
     assert (batch["attention_mask"] == 0).any()  # one row is left-padded
-    expected = policy.prompt_values(batch)
+    with torch.no_grad():
+        expected = policy.values(policy.backbone(**batch).last_hidden_state[:, -1])
     got = rollout.state_values(policy, obs, infos, vec.adapter, windows)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 

@@ -23,6 +23,7 @@ from vlmppo.models.prompt_embeds import (
     answer_hidden_states,
     embed_prompts,
     inputs_with_answers,
+    prefill_inputs,
     run_prefill,
 )
 from vlmppo.models.vision_cache import clear_feature_cache
@@ -280,9 +281,12 @@ class ActorCritic:
     @torch.no_grad()
     def prompt_features(self, batch) -> torch.Tensor:
         """[B, H] the last prompt token's final hidden states of a prompt batch (what the value head reads),
-        without gradient: the value warm-up trains the head on them alone."""
+        without gradient: the value warm-up trains the head on them alone. Through the shared prompt
+        embeddings (``embed_prompts``: each frame's features cached, the M-RoPE index on the host once per
+        distinct row; transformers' own index walks the batch row by row with host syncs on every row)."""
         with self.autocast():
-            return self.backbone(**batch).last_hidden_state[:, -1]
+            prompt = embed_prompts(self.loaded.model, batch)
+            return self.backbone(**prefill_inputs(prompt), use_cache=False).last_hidden_state[:, -1]
 
     def values(self, hidden: torch.Tensor) -> torch.Tensor:
         """[B, H] last-prompt-token hidden states -> [B] fp32 values (zeros without a value head)."""

@@ -201,24 +201,14 @@ def state_values(
     histories: list[tuple] | None = None,
 ) -> torch.Tensor:
     """V(s) of observations (for the rollout's bootstrap): a prompt-only forward, [len(images)] fp32.
-    ``histories``: the earlier turns each observation's prompt shows (``env.history``).
-
-    The same value ``ActorCritic.prompt_values`` reads (the last prompt token's final hidden state), but
-    through ``embed_prompts`` as the sampling prefill does: transformers' own M-RoPE index walks the batch
-    row by row with host syncs on every row, which at 128 envs cost more than the forward itself."""
+    ``histories``: the earlier turns each observation's prompt shows (``env.history``)."""
     from vlmppo.models.generation import to_pil
     from vlmppo.models.inputs import build_inputs
-    from vlmppo.models.prompt_embeds import embed_prompts, prefill_inputs
 
     pil = [to_pil(image) for image in images]
     batch = build_inputs(policy.loaded, pil, prompts_for(adapter, infos), histories=histories)
-    batch = batch.to(policy.device)
     policy.loaded.model.eval()
-    with torch.no_grad(), policy.autocast():
-        prompt = embed_prompts(policy.loaded.model, batch)
-        hidden = policy.backbone(**prefill_inputs(prompt), use_cache=False).last_hidden_state
-    with torch.no_grad():
-        return policy.values(hidden[:, -1]).float().cpu()
+    return policy.prompt_values(batch.to(policy.device)).float().cpu()
 
 
 def batched_state_values(

@@ -9,10 +9,11 @@ variants, cumulative:
   prompt + answer (the code before this branch);
 * ``+vision cache``: image features once per distinct frame while the weights stay (``models/vision_cache.py``;
   cleared before each measurement, so its warm-up step fills it, as a rollout's first step does);
-* ``+shared prefill``: one prompt forward through the trained model for the decoder and the scoring pass,
-  which runs the answer tokens only (``ActorCritic.prefill``);
 * ``+fused norms``: decode steps with one kernel per RMSNorm (``models/decode_fusions.py``);
-* ``+fused rotary`` (= after): and the rotary embedding of the new token as one matmul per tensor.
+* ``+fused rotary`` (= the default): and the rotary embedding of the new token as one matmul per tensor;
+* ``+shared prefill (inexact)``: one prompt forward through the trained model for the decoder and the scoring
+  pass, which runs the answer tokens only (``ActorCritic.shared_prefill``: off in training, since under bf16
+  its log-probs are not the update's; ``bench/gpu_scoring_gap.py``).
 
 Also: ms per decode step at each env count (the step replayed 64 times from a loaded prompt), and the
 differences the changes make to what is computed, on one 128-env step: cached against uncached image features
@@ -33,7 +34,7 @@ import time
 import traceback
 from pathlib import Path
 
-VARIANTS = ("before", "+vision cache", "+shared prefill", "+fused norms", "+fused rotary")
+VARIANTS = ("before", "+vision cache", "+fused norms", "+fused rotary", "+shared prefill (inexact)")
 
 
 @contextlib.contextmanager
@@ -44,14 +45,15 @@ def variant(policy, name: str):
     level = VARIANTS.index(name)
     vision_cache.set_max_bytes(vision_cache.DEFAULT_MAX_BYTES if level >= 1 else 0)
     vision_cache.clear_feature_cache(policy.loaded.model)
-    policy.shared_prefill = level >= 2
     decoder = sampling_decoder(policy)
-    decoder.fuse_norms, decoder.fuse_rotary = level >= 3, level >= 4
+    decoder.fuse_norms, decoder.fuse_rotary = level >= 2, level >= 3
+    policy.shared_prefill = level >= 4
     try:
         yield
     finally:
         vision_cache.set_max_bytes(vision_cache.DEFAULT_MAX_BYTES)
-        policy.shared_prefill = decoder.fuse_norms = decoder.fuse_rotary = True
+        decoder.fuse_norms = decoder.fuse_rotary = True
+        policy.shared_prefill = False
 
 
 def sampling_decoder(policy):
@@ -102,9 +104,12 @@ def differences(policy, cfg, n_envs: int) -> dict:
     vec = make_bench_env(cfg, n_envs)
     obs, infos = vec.reset()
     vec.close()
+    policy.shared_prefill = True  # to compare its scoring with the full forward's
     with torch.no_grad():
         sampled = policy.sample(obs, prompts_for(vec.adapter, infos), temperature=cfg.ppo.temperature,
                                 max_new_tokens=cfg.ppo.max_new_tokens)  # fmt: skip
+    policy.shared_prefill = False
+    with torch.no_grad():
         logp, values = policy.score(sampled, temperature=cfg.ppo.temperature)
         full_logp, full_values = policy.score(dataclasses.replace(sampled, prefill=None),
                                               temperature=cfg.ppo.temperature)  # fmt: skip

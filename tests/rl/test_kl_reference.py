@@ -118,7 +118,7 @@ def test_with_the_shared_prefill_the_reference_at_update_0_is_still_exactly_the_
     cfg = load_config("probe-color-tiny", overrides=[*RUN, f"run.output_dir={tmp_path}", "ppo.init_from=sft"])
     write_sft_checkpoint(cfg)
     policy = build_policy(cfg, "cpu")
-    policy.decoder = "static"
+    policy.decoder, policy.shared_prefill = "static", True
     sampled, token_logp, _ = sample_and_score(policy)
     assert sampled.prefill is not None
     ref_logp = policy.reference_logprobs(sampled, temperature=0.7)

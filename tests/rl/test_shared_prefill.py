@@ -1,6 +1,7 @@
-"""One prompt forward per rollout step (``ActorCritic.prefill``): the static decoder samples from it and the
-scoring pass runs only the answer tokens over its cache, with the same log-probs and values as scoring prompt
-+ answer in one forward, and the sampled distribution still the one scoring recomputes."""
+"""One prompt forward per rollout step (``ActorCritic.shared_prefill``, off by default: benchmarks only): the
+static decoder samples from it and the scoring pass runs only the answer tokens over its cache, with the same
+log-probs and values as scoring prompt + answer in one forward (in fp32; not under bf16 on a GPU, hence off),
+and the sampled distribution still the one scoring recomputes."""
 
 from __future__ import annotations
 
@@ -27,8 +28,15 @@ def policy(request):
             if "lora_B" in name:
                 p.add_(0.2 * torch.randn_like(p))
     policy = ActorCritic(loaded, ValueHead(hidden_size(loaded.model)), decoder="static")
+    policy.shared_prefill = True
     loaded.model.eval()
     return policy
+
+
+def test_by_default_the_scoring_pass_runs_prompt_and_answer_as_the_update_does(policy):
+    default = ActorCritic(policy.loaded, policy.value_head, decoder="static")
+    sampled = _sample(default, n=2)
+    assert sampled.prompt is not None and sampled.prefill is None  # the embeddings are shared, not the forward
 
 
 def _sample(policy, n: int = 4, seed: int = 0, max_new: int = 12):
@@ -93,6 +101,7 @@ def test_under_autocast_skipping_the_adapters_input_casts_changes_no_bit():
         loaded, ValueHead(hidden_size(loaded.model)), decoder="static",
         autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16),
     )  # fmt: skip
+    policy.shared_prefill = True
     loaded.model.eval()
     sampled = _sample(policy, n=3, seed=3, max_new=6)
     calls = []

@@ -1,0 +1,31 @@
+"""bench/gpu_scoring_gap.py on the CPU with the tiny model: in fp32 every scoring path gives the update's
+log-probs (what the GPU run compares under bf16), and a path that did not would show in its figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from tests.helpers import REPO
+
+
+@pytest.mark.e2e
+def test_the_scoring_gap_bench_compares_every_path_with_the_updates_pass(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+    args = ["--shape", "tiny", "--preset", "numberline-tiny", "--device", "cpu", "--n-envs", "3,5",
+            "--max-new-tokens", "6", "--lengths", "2-4", "--out", str(tmp_path)]  # fmt: skip
+    out = subprocess.run([sys.executable, "bench/gpu_scoring_gap.py", *args], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+    report = json.loads((tmp_path / "scoring_gap.json").read_text())
+    first, last = report["rows"]
+    assert (first["n_envs"], last["n_envs"]) == (3, 5) and first["answer tokens"] >= 3 * 2
+    assert "update fp32" not in " ".join(first) and "embeds vs update fp32" in last  # fp32 on the last only
+    for row in (first, last):
+        pairs = {k: v for k, v in row.items() if " vs " in k}
+        assert len(pairs) >= 4
+        for name, gap in pairs.items():
+            assert float(gap["token max"]) < 1e-4 and float(gap["ratio outside clip"]) == 0.0, name

@@ -6,8 +6,9 @@ NumberLine envs, one sampled batch with answers of 30-80 tokens; the same answer
 
 * ``prefill``: the rollout's default (answer tokens over the shared prefill's cache, ``ActorCritic.prefill``);
 * ``embeds``: the rollout with ``shared_prefill`` off (prompt + answer over the shared prompt embeddings);
-* ``update``: the update's pass (``rl/update.collate``: prompts rebuilt, vision tower run, gradients on),
-  in micro-batches of ``ppo.micro_batch_size``;
+* ``update``: the update's pass (``rl/update.collate``: prompts rebuilt; under LoRA their embeddings built as
+  the rollout builds them, else the model's forward runs the vision tower again; gradients on), in micro-batches
+  of ``ppo.micro_batch_size``;
 * ``update split``: the update's micro-batches scored as ``prefill`` does (would a prefill-then-answers
   update agree with the rollout's shared prefill?);
 * ``update fp32``: the same with the model in fp32 and no autocast (the reference the bf16 paths round from).

@@ -292,6 +292,17 @@ class ActorCritic:
             prompt = embed_prompts(self.loaded.model, batch)
             return self.backbone(**prefill_inputs(prompt), use_cache=False).last_hidden_state[:, -1]
 
+    def prompt_embeddings_constant(self) -> bool:
+        """Whether no gradient can reach what ``embed_prompts`` computes from: the token embedding table, the
+        vision tower, the projector (every backbone part outside the language model). True under LoRA without
+        ``modules_to_save``; False when any of them trains (full fine-tuning, a trained projector)."""
+        backbone = self.backbone
+        parts = [backbone.get_input_embeddings()] + [
+            child for name, child in backbone.named_children() if name != "language_model"
+        ]
+        own = backbone.parameters(recurse=False)  # e.g. LLaVA-NeXT's image_newline
+        return not any(p.requires_grad for p in [*own, *(q for part in parts for q in part.parameters())])
+
     def values(self, hidden: torch.Tensor) -> torch.Tensor:
         """[B, H] last-prompt-token hidden states -> [B] fp32 values (zeros without a value head)."""
         if self.value_head is None:
@@ -328,7 +339,9 @@ class ActorCritic:
                 )
             values = self.values(prefill.hidden)
             return self._chunked_logprobs(answer_hidden, targets, sampled.answer_mask, temperature), values
-        if sampled.prompt is not None and not grad:  # no vision tower or position index again
+        if sampled.prompt is not None and (not grad or self.prompt_embeddings_constant()):
+            # No vision tower or position index again; with gradients only where none can reach what
+            # the embeddings were made from (the update's ``collate`` attaches them only then).
             inputs = inputs_with_answers(
                 self.loaded.model, sampled.prompt, sampled.sequences[:, p:], sampled.answer_mask
             )

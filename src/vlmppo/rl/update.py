@@ -18,6 +18,7 @@ import torch
 
 from vlmppo.config import Config
 from vlmppo.errors import VlmppoError
+from vlmppo.models.prompt_embeds import embed_prompts
 from vlmppo.rl.buffer import Minibatch, RolloutBuffer, Samples
 from vlmppo.rl.logprob import mixed_action_logprob
 from vlmppo.rl.losses import entropy_from_logits, kl_to_reference, policy_loss, value_loss
@@ -52,6 +53,8 @@ def collate(policy: ActorCritic, samples: Samples) -> tuple[Sampled, dict[str, t
           ``image_grid_thw`` ``[N, 3]`` and ``mm_token_type_ids`` ``[B, P]``; LLaVA ``pixel_values``
           ``[N, C, H, W]``; LLaVA-NeXT ``pixel_values`` ``[N, n_tiles, C, H, W]`` with ``image_sizes``
           ``[N, 2]``;
+        - ``sampled.prompt``: the prompts' ``PromptEmbeddings`` when nothing trained reaches them
+          (``ActorCritic.prompt_embeddings_constant``; ``score`` then starts from them), else None;
         - ``masks``: ``thought``, ``action``, ``key``: ``[B, W]`` bool token masks of the answers.
     """
     from vlmppo.models.generation import to_pil
@@ -72,6 +75,13 @@ def collate(policy: ActorCritic, samples: Samples) -> tuple[Sampled, dict[str, t
         extra=extra,
         texts=[],
     )
+    if policy.prompt_embeddings_constant():
+        # Nothing the update trains reaches the prompts' embeddings, so they are built as the rollout built
+        # them (``embed_prompts``: each frame's features from the rollout's cache when it still holds them, the
+        # M-RoPE index on the host) instead of by the model's forward, which runs the vision tower on every
+        # frame again. The same numbers: the rollout's scoring pass takes this path too.
+        with policy.autocast():
+            sampled.prompt = embed_prompts(policy.loaded.model, batch)
     masks = {"thought": samples.thought_mask, "action": samples.action_mask, "key": samples.key_mask}
     return sampled, {name: mask.to(policy.device) for name, mask in masks.items()}
 

@@ -127,6 +127,9 @@ class ActorCritic:
             rounds differently from the update's one forward over prompt + answer (H200, Qwen2-VL-2B shape:
             0.07 nats per token, and 84-91% of answers' PPO ratios outside the clip at unchanged weights;
             scoring over the shared prompt embeddings: 0 and 1.9e-6; ``bench/gpu_scoring_gap.py``).
+        update_from_embeddings: The update's ``collate`` builds the prompts' embeddings as the rollout does
+            when nothing trained reaches them (``prompt_embeddings_constant``; default). False: the model's
+            forward embeds them, vision tower included (the benchmark's "before").
     """
 
     def __init__(
@@ -147,6 +150,9 @@ class ActorCritic:
         self.decoder = decoder
         self.forced_lengths: Callable[[int], torch.Tensor] | None = None
         self.shared_prefill = False  # benchmarks only (see above): the scoring pass must match the update's
+        self.update_from_embeddings = (
+            True  # False: the update's forward embeds the prompts itself (benchmarks)
+        )
         inner = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
         # The scoring pass runs the backbone and applies the output layer itself: it needs the last
         # hidden states only (not every layer's) and logits for the answer positions only, in chunks.

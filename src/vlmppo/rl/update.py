@@ -75,7 +75,7 @@ def collate(policy: ActorCritic, samples: Samples) -> tuple[Sampled, dict[str, t
         extra=extra,
         texts=[],
     )
-    if policy.prompt_embeddings_constant():
+    if policy.update_from_embeddings and policy.prompt_embeddings_constant():
         # Nothing the update trains reaches the prompts' embeddings, so they are built as the rollout built
         # them (``embed_prompts``: each frame's features from the rollout's cache when it still holds them, the
         # M-RoPE index on the host) instead of by the model's forward, which runs the vision tower on every

@@ -4,11 +4,14 @@ PPO's first ratio is exp(update's log-prob - rollout's log-prob) at unchanged we
 bias the clip then acts on. One loaded policy (the bench's model, LoRA, merged sampling copy, static decoder),
 NumberLine envs, one sampled batch with answers of 30-80 tokens; the same answers scored by
 
-* ``prefill``: the rollout's default (answer tokens over the shared prefill's cache, ``ActorCritic.prefill``);
-* ``embeds``: the rollout with ``shared_prefill`` off (prompt + answer over the shared prompt embeddings);
+* ``prefill``: answer tokens over the shared prefill's cache (``ActorCritic.shared_prefill``: the rollout's
+  default when these figures were first taken, off since);
+* ``embeds``: prompt + answer over the shared prompt embeddings (the rollout's default now);
 * ``update``: the update's pass (``rl/update.collate``: prompts rebuilt; under LoRA their embeddings built as
   the rollout builds them, else the model's forward runs the vision tower again; gradients on), in micro-batches
   of ``ppo.micro_batch_size``;
+* ``update, model's forward``: the same with ``ActorCritic.update_from_embeddings`` off (the vision tower run
+  again; the update before it started from the embeddings, and the ``update`` of the first figures);
 * ``update split``: the update's micro-batches scored as ``prefill`` does (would a prefill-then-answers
   update agree with the rollout's shared prefill?);
 * ``update fp32``: the same with the model in fp32 and no autocast (the reference the bf16 paths round from).
@@ -30,8 +33,16 @@ import json
 import time
 from pathlib import Path
 
-PAIRS = (("prefill", "update"), ("prefill", "update split"), ("update", "update split"), ("embeds", "update"), ("prefill", "update fp32"), ("embeds", "update fp32"),
-         ("update", "update fp32"))  # fmt: skip
+PAIRS = (
+    ("prefill", "update"),
+    ("update", "update, model's forward"),
+    ("prefill", "update split"),
+    ("update", "update split"),
+    ("embeds", "update"),
+    ("prefill", "update fp32"),
+    ("embeds", "update fp32"),
+    ("update", "update fp32"),
+)
 
 
 def update_pass(policy, cfg, obs, prompts, sampled, split: bool = False):
@@ -93,12 +104,21 @@ def measure(policy, cfg, n_envs: int, with_fp32: bool) -> dict:
     vec.close()
     policy.loaded.model.eval()
     temp = cfg.ppo.temperature
+    policy.shared_prefill = (
+        True  # off by default since these figures: the rollout's scoring over it is measured
+    )
     with torch.no_grad():
         sampled = policy.sample(obs, prompts, temperature=temp, max_new_tokens=cfg.ppo.max_new_tokens)
+    policy.shared_prefill = False
+    assert sampled.prefill is not None, "the static decoder's shared prefill did not run"
+    with torch.no_grad():
         logp = {"prefill": policy.score(sampled, temperature=temp)[0].float().cpu()}
         plain = dataclasses.replace(sampled, prefill=None)
         logp["embeds"] = policy.score(plain, temperature=temp)[0].float().cpu()
     logp["update"] = update_pass(policy, cfg, obs, prompts, sampled)
+    policy.update_from_embeddings = False
+    logp["update, model's forward"] = update_pass(policy, cfg, obs, prompts, sampled)
+    policy.update_from_embeddings = True
     logp["update split"] = update_pass(policy, cfg, obs, prompts, sampled, split=True)
     if with_fp32:  # last: the model stays in fp32 afterwards
         import contextlib

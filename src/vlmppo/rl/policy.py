@@ -150,9 +150,7 @@ class ActorCritic:
         self.decoder = decoder
         self.forced_lengths: Callable[[int], torch.Tensor] | None = None
         self.shared_prefill = False  # benchmarks only (see above): the scoring pass must match the update's
-        self.update_from_embeddings = (
-            True  # False: the update's forward embeds the prompts itself (benchmarks)
-        )
+        self.update_from_embeddings = True  # False: benchmarks only (see above)
         inner = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
         # The scoring pass runs the backbone and applies the output layer itself: it needs the last
         # hidden states only (not every layer's) and logits for the answer positions only, in chunks.

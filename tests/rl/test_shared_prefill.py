@@ -36,7 +36,8 @@ def policy(request):
 def test_by_default_the_scoring_pass_runs_prompt_and_answer_as_the_update_does(policy):
     default = ActorCritic(policy.loaded, policy.value_head, decoder="static")
     sampled = _sample(default, n=2)
-    assert sampled.prompt is not None and sampled.prefill is None  # the embeddings are shared, not the forward
+    # the embeddings are shared, not the forward
+    assert sampled.prompt is not None and sampled.prefill is None
 
 
 def _sample(policy, n: int = 4, seed: int = 0, max_new: int = 12):

@@ -72,16 +72,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
-    from vlmppo.benchmark.runner import AnswerLengths, bench_policy
-    from vlmppo.config import load_config
+    from vlmppo.benchmark.runner import script_policy
     from vlmppo.models.generation import static_decoder_for
-    from vlmppo.sysinfo import resolve_device
 
-    cfg = load_config(args.preset, None, [f"ppo.max_new_tokens={args.max_new_tokens}"])
-    device = resolve_device(cfg)
-    cfg, policy = bench_policy(cfg, args.shape, device)
-    policy.decoder = "static"
-    policy.forced_lengths = AnswerLengths(cfg.ppo.max_new_tokens, None, cfg.run.seed)
+    cfg, policy, device = script_policy(args.preset, args.shape, max_new_tokens=args.max_new_tokens)
     sampler = policy.sampler.model if policy.sampler is not None else policy.loaded.model
     decoder = static_decoder_for(sampler, compile=False)
     sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"

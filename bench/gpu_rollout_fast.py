@@ -225,18 +225,12 @@ def main() -> None:
     import torch
 
     from vlmppo.benchmark.options import parse_answer_lengths
-    from vlmppo.benchmark.runner import AnswerLengths, bench_policy
-    from vlmppo.config import load_config
-    from vlmppo.sysinfo import git_sha, resolve_device
+    from vlmppo.benchmark.runner import AnswerLengths, script_policy
+    from vlmppo.sysinfo import git_sha
 
-    overrides = [f"ppo.max_new_tokens={args.max_new_tokens}"] + (
-        [f"run.device={args.device}"] if args.device else []
-    )
-    cfg = load_config(args.preset, None, overrides)
-    device = resolve_device(cfg)
     started = time.time()
-    cfg, policy = bench_policy(cfg, args.shape, device)
-    policy.decoder = "static"
+    cfg, policy, device = script_policy(args.preset, args.shape, max_new_tokens=args.max_new_tokens,
+                                        device=args.device)  # fmt: skip
     counts = [int(n) for n in args.n_envs.split(",")]
     names = [v.strip() for v in args.variants.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -146,21 +146,13 @@ def main() -> None:
     args = ap.parse_args()
 
     from vlmppo.benchmark.options import parse_answer_lengths
-    from vlmppo.benchmark.runner import AnswerLengths, bench_policy
-    from vlmppo.config import load_config
-    from vlmppo.sysinfo import git_sha, resolve_device
+    from vlmppo.benchmark.runner import script_policy
+    from vlmppo.sysinfo import git_sha
 
-    overrides = [f"ppo.max_new_tokens={args.max_new_tokens}"] + (
-        [f"run.device={args.device}"] if args.device else []
-    )
-    cfg = load_config(args.preset, None, overrides)
-    device = resolve_device(cfg)
     started = time.time()
-    cfg, policy = bench_policy(cfg, args.shape, device)
-    policy.decoder = "static"
-    policy.forced_lengths = AnswerLengths(
-        cfg.ppo.max_new_tokens, parse_answer_lengths(args.lengths), cfg.run.seed
-    )
+    lengths = parse_answer_lengths(args.lengths)
+    cfg, policy, device = script_policy(args.preset, args.shape, max_new_tokens=args.max_new_tokens,
+                                        device=args.device, answer_lengths=lengths)  # fmt: skip
     counts = [int(n) for n in args.n_envs.split(",")]
     summary = {"git_sha": git_sha(), "shape": args.shape, "preset": args.preset, "device": device,
                "micro_batch": cfg.ppo.micro_batch_size, "clip_range": cfg.ppo.clip_range, "rows": []}  # fmt: skip

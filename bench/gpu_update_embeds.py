@@ -48,20 +48,13 @@ def main() -> None:
     args = ap.parse_args()
 
     from vlmppo.benchmark.rollout import measure_rollout
-    from vlmppo.benchmark.runner import AnswerLengths, bench_policy
+    from vlmppo.benchmark.runner import script_policy
     from vlmppo.benchmark.update import measure_update
-    from vlmppo.config import load_config
-    from vlmppo.sysinfo import git_sha, resolve_device
+    from vlmppo.sysinfo import git_sha
 
-    overrides = [f"ppo.max_new_tokens={args.max_new_tokens}"] + (
-        [f"run.device={args.device}"] if args.device else []
-    )
-    cfg = load_config(args.preset, None, overrides)
-    device = resolve_device(cfg)
     started = time.time()
-    cfg, policy = bench_policy(cfg, args.shape, device)
-    policy.decoder = "static"
-    policy.forced_lengths = AnswerLengths(cfg.ppo.max_new_tokens, None, cfg.run.seed)
+    cfg, policy, device = script_policy(args.preset, args.shape, max_new_tokens=args.max_new_tokens,
+                                        device=args.device)  # fmt: skip
     steps: list = []
     measure_rollout(policy, cfg, args.n_envs, repeats=2, keep=steps)
     report = {"git_sha": git_sha(), "shape": args.shape, "device": device, "n_envs": args.n_envs,

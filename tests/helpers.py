@@ -25,6 +25,16 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
+def run_bench_script(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``bench/<script>`` with ARGS on this CPU (one thread, this tree's ``src`` on the path) and require that
+    it exits 0 (the assertion shows the tail of its output); returns the CompletedProcess."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+    done = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    return done
+
+
 PLUGINS = REPO / "tests" / "plugins"
 
 

@@ -4,22 +4,16 @@ measured, and the changes it compares alter nothing beyond rounding."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from tests.helpers import REPO
+from tests.helpers import run_bench_script
 
 
 @pytest.mark.e2e
 def test_the_rollout_step_bench_measures_every_variant_and_reports_what_they_change(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
     args = ["--shape", "tiny", "--preset", "numberline-tiny", "--device", "cpu", "--n-envs", "3",
             "--max-new-tokens", "6", "--lengths", "2-4", "--repeats", "1", "--out", str(tmp_path)]  # fmt: skip
-    out = subprocess.run([sys.executable, "bench/gpu_rollout_fast.py", *args], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+    run_bench_script("gpu_rollout_fast.py", *args)
     report = json.loads((tmp_path / "rollout_fast.json").read_text())
     rows = report["rows"]
     assert [(r["answers"], r["code"]) for r in rows] == [

@@ -4,22 +4,16 @@ log-probs (what the GPU run compares under bf16), and a path that did not would 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from tests.helpers import REPO
+from tests.helpers import run_bench_script
 
 
 @pytest.mark.e2e
 def test_the_scoring_gap_bench_compares_every_path_with_the_updates_pass(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
     args = ["--shape", "tiny", "--preset", "numberline-tiny", "--device", "cpu", "--n-envs", "3,5",
             "--max-new-tokens", "6", "--lengths", "2-4", "--out", str(tmp_path)]  # fmt: skip
-    out = subprocess.run([sys.executable, "bench/gpu_scoring_gap.py", *args], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+    run_bench_script("gpu_scoring_gap.py", *args)
     report = json.loads((tmp_path / "scoring_gap.json").read_text())
     first, last = report["rows"]
     assert (first["n_envs"], last["n_envs"]) == (3, 5) and first["answer tokens"] >= 3 * 2

@@ -142,6 +142,30 @@ def bench_policy(cfg, shape: str | None, device: str):
     return cfg, build_policy(cfg, device, accelerator=accelerator)
 
 
+def script_policy(
+    preset: str,
+    shape: str | None,
+    *,
+    max_new_tokens: int,
+    device: str | None = None,
+    decoder: str | None = "static",
+    answer_lengths: tuple[int, int] | None = None,
+):
+    """``(cfg, policy, device)`` for a one-process measurement script in ``bench/``: ``preset`` with answers of at
+    most ``max_new_tokens`` on ``device`` (None: the preset's), its policy from ``bench_policy``, decoding with
+    ``decoder`` (None: the config's) and answers forced as ``AnswerLengths`` forces them."""
+    from vlmppo.config import load_config
+    from vlmppo.sysinfo import resolve_device
+
+    overrides = [f"ppo.max_new_tokens={max_new_tokens}"] + ([f"run.device={device}"] if device else [])
+    cfg = load_config(preset, None, overrides)
+    device = resolve_device(cfg)
+    cfg, policy = bench_policy(cfg, shape, device)
+    policy.decoder = decoder or policy.decoder
+    policy.forced_lengths = AnswerLengths(cfg.ppo.max_new_tokens, answer_lengths, cfg.run.seed)
+    return cfg, policy, device
+
+
 def run_bench(
     cfg,
     *,

@@ -259,9 +259,8 @@ class ActorCritic:
         log-probs equal the policy's exactly.
         """
         model = self.loaded.model
-        if sampled.prompt is not None and any(
-            getattr(c, "modules_to_save", None) for c in getattr(model, "peft_config", {}).values()
-        ):  # shared prompt embeddings hold the trained vision tower/projector; the reference has its own
+        if sampled.prompt is not None and not self.prompt_embeddings_constant():
+            # the shared prompt embeddings hold the trained vision tower/projector; the reference has its own
             sampled = dataclasses.replace(sampled, prompt=None, prefill=None)
 
         def score():  # the same passes as the policy's score (its own prefill when that had one)
@@ -287,13 +286,14 @@ class ActorCritic:
         return self.values(self.prompt_features(batch))
 
     @torch.no_grad()
-    def prompt_features(self, batch) -> torch.Tensor:
+    def prompt_features(self, batch, prompt: PromptEmbeddings | None = None) -> torch.Tensor:
         """[B, H] the last prompt token's final hidden states of a prompt batch (what the value head reads),
         without gradient: the value warm-up trains the head on them alone. Through the shared prompt
         embeddings (``embed_prompts``: each frame's features cached, the M-RoPE index on the host once per
-        distinct row; transformers' own index walks the batch row by row with host syncs on every row)."""
+        distinct row; transformers' own index walks the batch row by row with host syncs on every row);
+        ``prompt``: the batch's, when the caller has them already."""
         with self.autocast():
-            prompt = embed_prompts(self.loaded.model, batch)
+            prompt = prompt if prompt is not None else embed_prompts(self.loaded.model, batch)
             return self.backbone(**prefill_inputs(prompt), use_cache=False).last_hidden_state[:, -1]
 
     def prompt_embeddings_constant(self) -> bool:

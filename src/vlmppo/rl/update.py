@@ -161,7 +161,7 @@ def value_warmup_loss(
     sampled, _ = collate(policy, samples)
     p = sampled.prompt_len  # the prompts alone: the value reads their last token
     prompts = {"input_ids": sampled.sequences[:, :p], "attention_mask": sampled.attention_mask[:, :p]}
-    values = policy.values(policy.prompt_features({**prompts, **sampled.extra}))
+    values = policy.values(policy.prompt_features({**prompts, **sampled.extra}, sampled.prompt))
     critic = value_loss(values, samples.old_values.to(device), samples.returns.to(device), ppo.clip_range_vf)
     return ppo.vf_coef * critic, {"value_loss": critic.item()}
 

@@ -8,16 +8,18 @@ PHASE=all: both in one call.
 
 Why two phases: a weak start picked from the strong run's own curve is a policy that reads *some* of what it
 must read (a start that reads nothing gives RL a reward uncorrelated with its readings: run 2 of
-docs/learning.md), and the SFT curve answers "how many samples does reading take" in the same run. The phases fit
-two back-to-back calls of the GPU tool: a call made while the machine is still warm finds the runs folder the
-first left (put RUNS inside the tree, e.g. RUNS=.gpu/learning-runs, which git ignores).
+docs/learning.md), and the SFT curve answers "how many samples does reading take" in the same run. The phases can
+run in two back-to-back calls of the GPU tool (RUNS inside the tree, e.g. .gpu/learning-runs, which git ignores),
+but a call on the still-warm machine has once found that folder gone: PHASE=all in one call is the safe way.
 
 Environment, besides bench/learning.py's (TASK, BUDGET_S, SEED, EXTRA, RUNS, DRY): PHASE, SFT_STEPS (the long
 run's max_steps, 3000 by default; the budget also time-boxes it), CURVE_POINTS (checkpoints evaluated, 5),
-WEAK_MAX, WEAK_CKPT, SFT_BOX_S (the long SFT's time box in seconds, instead of the one sized from the budget),
-EVAL_CURVE (0: do not evaluate the checkpoints), RL_S (with PHASE=all: the seconds kept for the RL phase, 170), RL_TAG and RL_EXTRA (a
-name for one RL variant and the overrides only its PPO command gets: several variants can start from one weak
-checkpoint at once, each in its own run ``<name>-rl-<tag>`` with its own report; bench/gpu_learning_sweep.sh).
+CURVE_MIN_STEP (evaluate only the checkpoints from this step on), WEAK_MAX, WEAK_CKPT, SFT_STOP_STEP (the long run
+stops after this step, saved, its schedule still SFT_STEPS': the same weak start every run), SFT_BOX_S (the long
+SFT's time box in seconds, instead of the one sized from the budget), EVAL_CURVE (0: do not evaluate the
+checkpoints), RL_S (with PHASE=all: the seconds kept for the RL phase, 170), RL_TAG and RL_EXTRA (a name for one
+RL variant and the overrides only its PPO command gets: several variants can start from one weak checkpoint at
+once, each in its own run ``<name>-rl-<tag>`` with its own report; bench/gpu_learning_sweep.sh).
 """
 
 from __future__ import annotations
@@ -78,10 +80,13 @@ class CurveProtocol(Protocol):
         box = None if self.dry else max(60.0, self.budget.left() - 35 * (points + 1) - 20 - rl_s)
         if os.environ.get("SFT_BOX_S"):  # a fixed time box: to reach a given checkpoint and no more
             box = float(os.environ["SFT_BOX_S"])
-        self.report["long_sft_plan"] = {"steps": steps, "save_every": every, "time_box_s": box}
+        stop = os.environ.get("SFT_STOP_STEP")
+        plan = {"steps": steps, "save_every": every, "time_box_s": box, "stop_at": stop}
+        self.report["long_sft_plan"] = plan
         self.vlmppo("long sft", ["pipeline", "--preset", self.preset, "--from", "sft", "--to", "sft",
                                  f"run.name={self.name}", f"sft.max_steps={steps}", f"sft.save_every={every}",
-                                 f"sft.eval_every={every}", "sft.keep_last=null"],
+                                 f"sft.eval_every={every}", "sft.keep_last=null",
+                                 *([f"sft.stop_at_step={stop}"] if stop else [])],
                     box_s=box)  # fmt: skip
 
     def checkpoints(self) -> list[Path]:
@@ -91,7 +96,8 @@ class CurveProtocol(Protocol):
     def curve(self) -> list[dict]:
         """A greedy eval of every numbered SFT checkpoint, newest first (the time may run out)."""
         points = []
-        for ckpt in reversed(self.checkpoints()):
+        first = int(os.environ.get("CURVE_MIN_STEP", "0"))
+        for ckpt in reversed([c for c in self.checkpoints() if int(c.name) >= first]):
             if not self.dry and self.budget.left() < 40:
                 self.report.setdefault("notes", []).append(f"no time left to evaluate {ckpt.name}")
                 break

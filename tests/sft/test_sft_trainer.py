@@ -92,31 +92,36 @@ def test_final_adapter_reloads_with_plain_peft_and_gives_identical_logits(tmp_pa
         assert torch.equal(plain(**batch).logits, ours(**batch).logits)
 
 
-def test_two_steps_then_resume_two_gives_the_same_losses_and_weights_as_four_straight(tmp_path):
+@pytest.mark.parametrize("stop_by", ["SIGUSR1", "sft.stop_at_step=2"])
+def test_two_steps_then_resume_two_gives_the_same_losses_and_weights_as_four_straight(tmp_path, stop_by):
     # Dropout on, 6 samples in micro-batches of 2 with 2-step accumulation: a step crosses an epoch
-    # boundary, so the RNG streams, the data position and the optimizer state must all come back.
+    # boundary, so the RNG streams, the data position and the optimizer state must all come back. Stopped by
+    # the signal SLURM sends before its time limit, or by sft.stop_at_step (the 4-step schedule all along).
     train, val = write_color_dataset(tmp_path, n_train=6, n_val=3)
     common = ["sft.max_steps=4", "sft.batch_size=2", "sft.grad_accum=2", "sft.eval_every=1",
               "model.lora.dropout=0.1", "sft.lr=5e-3", "sft.warmup_ratio=0.3"]  # fmt: skip
     straight = sft_config(tmp_path, train, val, *common, "run.name=straight")
     a = train_sft(straight)
 
-    stopped = sft_config(tmp_path, train, val, *common, "run.name=resumed")
+    by_signal = stop_by == "SIGUSR1"
+    stopped = sft_config(tmp_path, train, val, *common, "run.name=resumed", *([] if by_signal else [stop_by]))
 
     def interrupt(step, total, row):
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGUSR1)  # what SLURM sends before the time limit
+        if by_signal and step == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
 
     b1 = train_sft(stopped, on_step=interrupt)
-    assert b1.stopped_by == "SIGUSR1" and b1.steps == 2 and b1.final is None
+    assert b1.stopped_by == stop_by and b1.steps == 2 and b1.final is None
     assert b1.checkpoint.name == "000002"
-    b2 = train_sft(stopped, resume="auto")
-    assert b2.resumed_from == b1.checkpoint and b2.resume_changes == []
+    resumed = stopped if by_signal else sft_config(tmp_path, train, val, *common, "run.name=resumed")
+    b2 = train_sft(resumed, resume="auto")
+    assert b2.resumed_from == b1.checkpoint and b2.stopped_by is None and b2.steps == 4
+    assert b2.resume_changes == ([] if by_signal else ["sft.stop_at_step: 2 -> None"])
     keys = ["step", "sft/loss", "sft/grad_norm", "sft/lr", "sft/tokens", "eval/loss", "eval/token_acc"]
     rows_a = [{k: r.get(k) for k in keys} for r in metrics(straight)]
     rows_b = [{k: r.get(k) for k in keys} for r in metrics(stopped)]
     assert [r["step"] for r in rows_a] == [1, 2, 3, 4, 4]  # + the final row
-    assert rows_a == rows_b
+    assert rows_a == rows_b  # sft/lr included: the stopped run kept the 4-step schedule
     wa = load_file(str(a.final / "adapter_model.safetensors"))
     wb = load_file(str(b2.final / "adapter_model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -239,6 +239,12 @@ class SftConfig(Section):
         6, gt=0, description="Passes over the training set (ignored when max_steps is set)."
     )
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
+    stop_at_step: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this optimizer step (saved; --resume auto continues) with the schedule of "
+        "max_steps/epochs: a checkpoint mid-schedule, e.g. a weak start for RL, or one schedule over several jobs.",
+    )
     lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
     warmup_ratio: float = Field(
         0.03, ge=0.0, lt=1.0, description="Linear warm-up, as a fraction of the steps."

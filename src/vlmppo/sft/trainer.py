@@ -78,11 +78,13 @@ def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult
 
     run = start_run(cfg, resume)  # inputs checked, model + optimizer; a resume restores state and counters
     sft, progress, total, row = cfg.sft, run.progress, run.counts.total_steps, {}
+    # sft.stop_at_step ends the run early; the learning-rate schedule stays that of all `total` steps.
+    end = min(total, sft.stop_at_step or total)
     result = SftResult(run.out, progress.step, total, resumed_from=run.resumed_from, notes=run.notes)
     result.resume_changes = run.resume_changes
     try:
         with stop_handlers() as stop:
-            while progress.step < total and not progress.early_stopped:
+            while progress.step < end and not progress.early_stopped:
                 # 1. one optimizer step: its micro-batches collated, forward/backward, the step
                 row = train_step(run)
                 last = progress.step == total
@@ -105,6 +107,8 @@ def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult
                     result.notes.append(f"early stopping: eval loss did not improve for {progress.bad_evals} "
                                         f"evals (best {progress.best_eval:.4g})")  # fmt: skip
                     break
+            if progress.step < total and not (result.stopped_by or progress.early_stopped):
+                result.stopped_by = f"sft.stop_at_step={sft.stop_at_step}"
             # Steps not saved yet: none when resumed at the end (nothing trained, nothing new to save).
             if run.saved_at != progress.step:
                 result.checkpoint = save_run(run, row)

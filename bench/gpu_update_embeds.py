@@ -5,9 +5,12 @@ with ``embed_prompts``, image features from the rollout's cache) and off (the mo
 itself, the vision tower on every micro-batch). One loaded policy (the bench's model, LoRA, static decoder),
 one recorded rollout (``measure_rollout`` with ``keep``), then ``measure_update`` alternately off / on / off / on
 so drift shows; tokens/s, samples/s, peak GiB per row, and the max |log-prob difference| between the two paths
-on one micro-batch.
+on one micro-batch. ``--profile``: then torch.profiler over one more pass of the default path, its ranges
+(collate, forward, backward, optimizer step) and top kernels by self device time in ``update-profile.txt``: where
+the update's time goes (bench/RESULTS.md: at 128 envs it ran at ~10% of the card's bf16 rate). The backward's
+kernels run on autograd's own threads, which a range may not follow: "all kernels" totals every kernel's time.
 
-    python bench/gpu_update_embeds.py --out DIR             # the GPU machine (source bench/gpu_env.sh first)
+    python bench/gpu_update_embeds.py --out DIR [--profile]  # the GPU machine (source bench/gpu_env.sh first)
     python bench/gpu_update_embeds.py --shape tiny --preset numberline-tiny --device cpu --n-envs 4 \\
         --max-new-tokens 8 --out DIR                        # the same code on a CPU
 """
@@ -17,8 +20,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu_profile_rollout import marked  # noqa: E402  (beside this file)
+
+PROFILE_RANGES = ("collate", "forward", "backward", "optimizer step")
 
 
 def logprob_gap(policy, cfg, steps) -> float:
@@ -36,6 +45,40 @@ def logprob_gap(policy, cfg, steps) -> float:
     return float((on - off)[sampled.answer_mask].abs().max())
 
 
+def profile_update(policy, cfg, steps, device: str, out: Path, rows: int) -> None:
+    """One ``measure_update`` pass (its warm-up minibatch included) under torch.profiler, each phase a range."""
+    import contextlib
+
+    import torch
+
+    import vlmppo.rl.update as rl_update
+    from vlmppo.benchmark.update import measure_update
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        for obj, name, label in ((rl_update, "collate", "collate"), (policy, "score", "forward"),
+                                 (torch.Tensor, "backward", "backward"),
+                                 (torch.optim.AdamW, "step", "optimizer step")):  # fmt: skip
+            stack.enter_context(marked(obj, name, label))
+        prof = stack.enter_context(torch.profiler.profile(activities=activities))
+        measure_update(policy, cfg, steps, repeats=1)
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+    ranges = [f"{e.key}: {e.device_time_total / 1e3:.1f} ms device, {e.cpu_time_total / 1e3:.1f} ms cpu, "
+              f"{e.count} calls" for e in events if e.key in PROFILE_RANGES]  # fmt: skip
+    ranges.append(f"all kernels: {sum(e.self_device_time_total for e in events) / 1e3:.1f} ms device")
+    sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    table = events.table(sort_by=sort, row_limit=rows, max_name_column_width=90)
+    text = "\n".join(
+        [f"# the update, one pass + warm-up minibatch, profiled: wall {wall:.2f} s", *ranges, "", table]
+    )
+    (out / "update-profile.txt").write_text(text + "\n")
+    print(text[:6000], flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="numberline-qwen")
@@ -44,6 +87,8 @@ def main() -> None:
     ap.add_argument("--n-envs", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2, help="timed passes over the recorded steps per row")
+    ap.add_argument("--profile", action="store_true", help="then profile one pass (update-profile.txt)")
+    ap.add_argument("--rows", type=int, default=40, help="kernels in the profile's table")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
@@ -72,6 +117,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "update_embeds.json").write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}))
+    if args.profile:
+        profile_update(policy, cfg, steps, device, args.out, args.rows)
 
 
 if __name__ == "__main__":

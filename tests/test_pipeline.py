@@ -192,6 +192,31 @@ def test_a_stage_stopped_by_sigterm_is_resumed_by_the_next_call(tmp_path):
     assert not [p for p in (tmp_path / "run").iterdir() if ".old-" in p.name]  # nothing was moved aside
 
 
+def test_sft_stopped_at_a_step_is_continued_by_a_call_without_it(tmp_path):
+    # sft.stop_at_step says where this call stops, not what the finished stage makes: dropping it continues the
+    # stage from its checkpoint (nothing moved aside, the step counter unbroken) instead of starting it over.
+    args = ["pipeline", "--preset", "probe-color-tiny", f"run.output_dir={tmp_path}", "run.name=run", "--to", "sft",
+            "collect.episodes=8", "sft.max_steps=6", "sft.batch_size=2", "sft.eval_every=1000", "sft.save_every=1000"]  # fmt: skip
+    first = run_cli(*args, "sft.stop_at_step=4", env={"COLUMNS": "200"})
+    assert first.returncode == 0, first.stderr
+    assert statuses(first.stdout)["sft"][-1].endswith(
+        "(sft.stop_at_step=4, after step 4); run the pipeline again without it to continue"
+    )
+    assert (tmp_path / "run/sft/checkpoints/last").resolve().name == "000004"
+    assert not (tmp_path / "run/sft/checkpoints/final").exists()
+
+    again = run_cli(*args, env={"COLUMNS": "200"})
+    assert again.returncode == 0, again.stderr
+    status = statuses(again.stdout)
+    assert status["sft"][0] == "running: resuming the interrupted run" and status["sft"][-1].startswith(
+        "done in"
+    )
+    rows = [json.loads(x) for x in (tmp_path / "run/sft/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if not r.get("final")] == [1, 2, 3, 4, 5, 6]
+    assert (tmp_path / "run/sft/checkpoints/final").is_dir()
+    assert not [p for p in (tmp_path / "run").iterdir() if ".old-" in p.name]
+
+
 def test_the_dry_run_plans_ppo_from_this_runs_sft_checkpoint_and_runs_nothing(tmp_path):
     out = run_cli("pipeline", "--preset", "numberline-tiny", f"run.output_dir={tmp_path}", "--dry-run")
     assert out.returncode == 0, out.stderr

@@ -65,9 +65,15 @@ class PipelineResult:
     baselines: dict[str, dict] = field(default_factory=dict)  # expert/random metrics of the same task
 
 
+# Settings that say where a run stops, not what the finished stage makes: changing one continues the stage.
+WHERE_IT_STOPS = {"sft": ("stop_at_step",)}
+
+
 def stage_config(cfg: Config, stage: str) -> dict:
     dump = cfg.model_dump(mode="json")
-    return {"seed": dump["run"]["seed"], **{s: dump[s] for s in stage_info(stage).sections}}
+    sections = {s: {k: v for k, v in dump[s].items() if k not in WHERE_IT_STOPS.get(s, ())}
+                for s in stage_info(stage).sections}  # fmt: skip
+    return {"seed": dump["run"]["seed"], **sections}
 
 
 def config_hash(cfg: Config, stage: str) -> str:
@@ -339,11 +345,13 @@ def _run_recorded(
         out = _run_stage(cfg, stage, progress, resume)
         seconds = time.perf_counter() - t0
     outputs = outputs_of(cfg, stage, root)
-    if outputs is None or getattr(out, "stopped_by", None):
-        say(
-            stage,
-            f"stopped without a complete output after {seconds:.1f} s; run the pipeline again to continue",
-        )
+    stopped_by = getattr(out, "stopped_by", None) or ""
+    if outputs is None or stopped_by:
+        if stopped_by.startswith("sft.stop_at_step"):
+            note = f" ({stopped_by}, after step {out.steps}); run the pipeline again without it to continue"
+        else:
+            note = "; run the pipeline again to continue"
+        say(stage, f"stopped without a complete output after {seconds:.1f} s{note}")
         return StageOutcome(stage, True, detail, seconds, complete=False)
     finished = {"outputs": _hashes(outputs, root), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     record["stages"][stage].update({**finished, "seconds": round(seconds, 2)})

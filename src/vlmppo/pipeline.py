@@ -232,9 +232,10 @@ def _run_stage(cfg: Config, stage: str, progress, resume: bool):
 
             return preprocess(cfg)
         if stage == "sft":
+            from vlmppo.eval.live import greedy_eval
             from vlmppo.sft import train_sft
 
-            return train_sft(cfg, on_step=report, resume="auto" if resume else None)
+            return train_sft(cfg, on_step=report, resume="auto" if resume else None, evaluate_env=greedy_eval)
         if stage == "ppo":
             from vlmppo.eval.live import greedy_eval
             from vlmppo.rl import train_ppo

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,10 +28,13 @@ def test_pipeline_to_sft_on_numberline_learns_the_answer_format_and_reports_acti
     for stage in ("collect", "label", "preprocess"):
         out = run_cli(stage, *common)
         assert out.returncode == 0, out.stderr
-    out = run_cli("sft", *common)  # the preset's 100 steps
+    out = run_cli(
+        "sft", *common, "sft.eval_episodes=3"
+    )  # the preset's 100 steps; greedy episodes at the evals
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())  # Rich wraps the summary off a terminal
     assert "100/100 optimizer steps" in text and "steps/s" in text
+    assert re.search(r"greedy success \d+% of 3", text), text
     assert "greedy action accuracy" in text and "(unparseable 0.0%)" in text
     run = tmp_path / "numberline-tiny" / "sft"
     rows = lines(run / "metrics.jsonl")
@@ -46,6 +50,10 @@ def test_pipeline_to_sft_on_numberline_learns_the_answer_format_and_reports_acti
     ):
         assert all(isinstance(r[key], (int, float)) for r in train_rows), key
     assert [r["step"] for r in train_rows if "eval/loss" in r] == [50, 100]
+    played = [r for r in train_rows if "eval/success_rate" in r]
+    assert [r["step"] for r in played] == [50, 100] and all(
+        0.0 <= r["eval/success_rate"] <= 1.0 for r in played
+    )
     assert train_rows[-1]["sft/loss"] < train_rows[0]["sft/loss"] / 3
     assert final["final"] and final["eval/unparseable_rate"] == 0.0 and final["eval/action_samples"] > 0
     assert 0.0 <= final["eval/action_acc"] <= 1.0

@@ -168,6 +168,7 @@ def sft(
     if wants_launch(cfg, "sft", gpus):
         return start_processes(cfg, "sft", gpus)
     from vlmppo.console import console
+    from vlmppo.eval.live import greedy_eval
     from vlmppo.quiet import quiet_libraries
     from vlmppo.sft import train_sft
 
@@ -176,7 +177,8 @@ def sft(
     # Under a launcher (torchrun/accelerate: RANK is set) only the first process draws and prints.
     main = is_main_rank()
     with progress_bar("sft: optimizer steps", model_wait(cfg)) if main else quiet_libraries() as advance:
-        result = train_sft(cfg, on_step=sft_reporter(advance) if main else None, resume=resume)
+        result = train_sft(cfg, on_step=sft_reporter(advance) if main else None, resume=resume,
+                           evaluate_env=greedy_eval)  # fmt: skip
     if not main:
         return
     if result.resumed_from:
@@ -211,10 +213,12 @@ def sft(
 
 
 def sft_status(m: dict) -> str:
-    """One progress line of SFT: loss, LR, speed (and the eval loss on eval steps)."""
+    """One progress line of SFT: loss, LR, speed (and the eval loss and greedy success on eval steps)."""
     parts = [f"loss {m['sft/loss']:.3f}", f"lr {m['sft/lr']:.2g}", f"{m['time/samples_per_s']:.1f} samples/s"]
     if "eval/loss" in m:
         parts.append(f"eval loss {m['eval/loss']:.3f}")
+    if "eval/success_rate" in m:
+        parts.append(f"greedy success {m['eval/success_rate']:.0%} of {m['eval/episodes']}")
     return " · ".join(parts)
 
 
@@ -224,7 +228,8 @@ def sft_reporter(advance):
     from vlmppo.console import console
 
     def on_step(step: int, total: int, m: dict) -> None:
-        shown = console.is_terminal or "eval/loss" in m or step % max(1, total // 20) == 0 or step == total
+        evaluated = "eval/loss" in m or "eval/success_rate" in m
+        shown = console.is_terminal or evaluated or step % max(1, total // 20) == 0 or step == total
         advance(step, total, sft_status(m) if shown else "")
 
     return on_step

@@ -57,6 +57,16 @@ def cross_section_problems(cfg) -> list[str]:
             f"ppo.eval_every={cfg.ppo.eval_every} evaluates on eval.seeds, which is empty; give it a seed "
             "(e.g. eval.seeds=[1000]) or set ppo.eval_every=null"
         )
+    if cfg.sft.eval_episodes and not cfg.eval.seeds:
+        problems.append(
+            f"sft.eval_episodes={cfg.sft.eval_episodes} plays eval.seeds, which is empty; give it a seed "
+            "(e.g. eval.seeds=[1000]) or set sft.eval_episodes=null"
+        )
+    if cfg.sft.eval_episodes and cfg.sft.launch.startswith("zero3"):
+        problems.append(
+            f"sft.eval_episodes plays episodes on rank 0 alone, which sft.launch={cfg.sft.launch} cannot (each "
+            "rank holds a shard of the weights); use zero2 or ddp, or set sft.eval_episodes=null"
+        )
     if cfg.ppo.min_lr > cfg.ppo.lr:
         problems.append(f"ppo.min_lr ({cfg.ppo.min_lr}) is larger than ppo.lr ({cfg.ppo.lr})")
     if cfg.slurm.gpus_per_node > cfg.slurm.max_gpus_per_node:

@@ -239,12 +239,8 @@ class SftConfig(Section):
         6, gt=0, description="Passes over the training set (ignored when max_steps is set)."
     )
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
-    stop_at_step: int | None = Field(
-        None,
-        ge=1,
-        description="Stop after this optimizer step (saved; --resume auto continues) with the schedule of "
-        "max_steps/epochs: a checkpoint mid-schedule, e.g. a weak start for RL, or one schedule over several jobs.",
-    )
+    stop_at_step: int | None = Field(None, ge=1, description="Stop after this optimizer step (saved; --resume auto "
+        "continues), the schedule still max_steps'/epochs': a checkpoint mid-schedule (a weak start for RL).")  # fmt: skip
     lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
     warmup_ratio: float = Field(
         0.03, ge=0.0, lt=1.0, description="Linear warm-up, as a fraction of the steps."
@@ -264,6 +260,8 @@ class SftConfig(Section):
         "null: 0 on a CPU, min(8, cores - 1) on a GPU. The data order does not depend on it.",
     )
     eval_every: int = Field(100, ge=1, description="Optimizer steps between val evaluations.")
+    eval_episodes: int | None = Field(None, ge=1, description="Also play this many greedy env episodes per "
+        "eval.seeds seed at each eval (eval/success_rate, as vlmppo eval; rank 0; not ZeRO-3); null: none.")  # fmt: skip
     save_every: int = Field(200, ge=1, description="Optimizer steps between checkpoints.")
     keep_last: int | None = Field(
         None,

@@ -1,4 +1,5 @@
-"""Greedy evals of the policy a PPO run is training, in its own process (``ppo.eval_every``).
+"""Greedy evals of the policy a PPO (or SFT) run is training, in its own process (``ppo.eval_every``,
+``sft.eval_episodes``).
 
 Where the run's rollouts sample at ``ppo.temperature``, this plays the eval's own episodes (``eval.seeds``,
 ``ppo.eval_episodes`` per seed, the reset seeds of ``eval.runner.reset_seed``) through the same episode loop
@@ -56,8 +57,10 @@ class LiveActor:
         return [None] * len(observations)  # the eval/* metrics need none: no value pass per step
 
 
-def greedy_eval(policy: ActorCritic, cfg: Config) -> dict[str, float]:
-    """Play ``ppo.eval_episodes`` greedy episodes per ``eval.seeds`` seed with the current weights.
+def greedy_eval(policy: ActorCritic, cfg: Config, episodes: int | None = None) -> dict[str, float]:
+    """Play ``episodes`` (default ``ppo.eval_episodes``) greedy episodes per ``eval.seeds`` seed with the
+    current weights. ``policy``: an `ActorCritic`, or anything with its ``loaded``, ``sampler`` (None: sample
+    from ``loaded.model``) and ``device`` (SFT's evals: ``vlmppo.sft.steps.env_eval``).
 
     Returns:
         ``eval/success_rate``, ``eval/solved_rate``, ``eval/return_mean``, ``eval/length_mean``,
@@ -73,7 +76,7 @@ def greedy_eval(policy: ActorCritic, cfg: Config) -> dict[str, float]:
     eval_cfg = cfg.model_copy(
         update={
             "eval": cfg.eval.model_copy(
-                update={"episodes": cfg.ppo.eval_episodes, "greedy": True, "trajectories": 0}
+                update={"episodes": episodes or cfg.ppo.eval_episodes, "greedy": True, "trajectories": 0}
             )
         }
     )

@@ -101,6 +101,25 @@ def evaluate(run: SftRun) -> dict:
     return {"eval/loss": progress.eval_loss, "eval/token_acc": progress.eval_acc}
 
 
+def env_eval(run: SftRun, play) -> dict:
+    """``sft.eval_episodes`` greedy episodes per ``eval.seeds`` seed with the current weights, played by
+    ``play`` (``vlmppo.eval.live.greedy_eval``: the eval layer, above this one) on the main process while the
+    others wait; its ``eval/*`` metrics (``eval/success_rate``, ...; none on the other ranks). It leaves every
+    random stream as it was, so a run with these evals trains exactly as one without."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    metrics = {}
+    if run.main:
+        model = run.accelerator.unwrap_model(run.model)
+        view = SimpleNamespace(loaded=dataclasses.replace(run.loaded, model=model), sampler=None,
+                               device=str(run.accelerator.device))  # fmt: skip
+        metrics = play(view, run.cfg, episodes=run.cfg.sft.eval_episodes)
+        metrics["time/env_eval_s"] = metrics.pop("time/eval_s")
+    run.accelerator.wait_for_everyone()
+    return metrics
+
+
 def evaluate_loss(model, collator, examples, batch_size, accelerator) -> tuple[float, float]:
     """Mean token loss and token accuracy of the answers over ``examples`` (sharded over ranks)."""
     world, rank = accelerator.num_processes, accelerator.process_index

@@ -25,7 +25,7 @@ from vlmppo.sft.checkpointing import checkpoints_dir, save_run, write_final
 from vlmppo.sft.loader import close_loader
 from vlmppo.sft.run import SftRun
 from vlmppo.sft.startup import start_run
-from vlmppo.sft.steps import action_accuracy, evaluate, sum_over_ranks, train_step
+from vlmppo.sft.steps import action_accuracy, env_eval, evaluate, sum_over_ranks, train_step
 
 
 @dataclass
@@ -57,13 +57,15 @@ class SftResult:
 
 
 @locked("sft")
-def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult:
+def train_sft(cfg: Config, on_step=None, resume: str | None = None, evaluate_env=None) -> SftResult:
     """Fine-tune ``cfg.model`` on the SFT dataset as configured.
 
     Args:
         cfg: The resolved config (``model``, ``sft``, ``env`` for the action parser, ``tracking``, ``run``).
         on_step: Called on the main process after each optimizer step as ``on_step(step, total, row)``.
         resume: None (fresh run), ``"auto"`` (newest SFT checkpoint of this run, if any) or a checkpoint.
+        evaluate_env: What plays ``sft.eval_episodes`` greedy episodes (``vlmppo.eval.live.greedy_eval``;
+            required when that is set).
 
     Returns:
         An `SftResult`. Writes ``runs/<name>/sft/metrics.jsonl`` and ``sft/checkpoints/NNNNNN/`` (+ ``last``,
@@ -73,8 +75,16 @@ def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult
         DataError: A missing, empty or malformed dataset (file and line named).
         CheckpointError: A resume from another family, a non-SFT checkpoint, or mismatched LoRA settings.
         LaunchError: ``sft.launch=zero*`` without DeepSpeed installed.
+        ConfigError: ``sft.eval_episodes`` without ``evaluate_env``.
     """
     from vlmppo.signals import stop_handlers
+
+    if cfg.sft.eval_episodes and evaluate_env is None:
+        from vlmppo.errors import ConfigError
+
+        raise ConfigError(f"sft.eval_episodes={cfg.sft.eval_episodes} asks for greedy episodes during SFT, "
+                          "and nothing was given to play them.", hint="Pass evaluate_env=vlmppo.eval.live."
+                          "greedy_eval (the sft and pipeline commands do), or set sft.eval_episodes=null.")  # fmt: skip
 
     run = start_run(cfg, resume)  # inputs checked, model + optimizer; a resume restores state and counters
     sft, progress, total, row = cfg.sft, run.progress, run.counts.total_steps, {}
@@ -89,8 +99,9 @@ def train_sft(cfg: Config, on_step=None, resume: str | None = None) -> SftResult
                 row = train_step(run)
                 last = progress.step == total
                 # 2. eval + early stopping
-                if run.val and (progress.step % sft.eval_every == 0 or last):
-                    row.update(evaluate(run))
+                if progress.step % sft.eval_every == 0 or last:
+                    row.update(evaluate(run) if run.val else {})
+                    row.update(env_eval(run, evaluate_env) if sft.eval_episodes else {})
                 # 3. log
                 if run.main and (progress.step % cfg.tracking.log_every == 0 or "eval/loss" in row or last):
                     run.tracker.log(row)

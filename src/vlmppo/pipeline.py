@@ -32,7 +32,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlmppo.config import Config, run_dir
+from vlmppo.config import WHERE_IT_STOPS, Config, run_dir
 from vlmppo.config.plan import stage_range
 from vlmppo.io import atomic_write_json, file_sha256
 from vlmppo.locks import locked, stage_lock
@@ -63,10 +63,6 @@ class PipelineResult:
     report: Path | None = None  # the eval's report.html (one file, images inline)
     eval_metrics: dict | None = None  # the agent's metrics.json, when eval ran or was up to date
     baselines: dict[str, dict] = field(default_factory=dict)  # expert/random metrics of the same task
-
-
-# Settings that say where a run stops, not what the finished stage makes: changing one continues the stage.
-WHERE_IT_STOPS = {"sft": ("stop_at_step",)}
 
 
 def stage_config(cfg: Config, stage: str) -> dict:

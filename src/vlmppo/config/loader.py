@@ -21,6 +21,9 @@ from vlmppo.config.schema import Config
 from vlmppo.errors import ConfigError
 
 COMMAND_LINE = "the command line"
+# Settings that say where a run stops, not what it trains: a run continued without them is the same run, so
+# the pipeline's stage identity and the resume warnings (``sft.checkpointing.config_changes``) leave them out.
+WHERE_IT_STOPS = {"sft": ("stop_at_step",)}
 
 
 @dataclass

@@ -25,7 +25,7 @@ from vlmppo.checkpoints import (
     resolve_checkpoint,
     resume_auto,
 )
-from vlmppo.config import config_to_yaml, run_dir
+from vlmppo.config import WHERE_IT_STOPS, config_to_yaml, run_dir
 from vlmppo.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -114,7 +114,8 @@ def load_weights(cfg, path: Path, device):
 
 def config_changes(path: Path, cfg, sections: tuple[str, ...] = ("model", "sft")) -> list[str]:
     """Settings of ``sections`` that differ between the checkpoint's config.yaml and this run, as
-    ``key: old -> new`` (LeRobot-style resume warning: the run continues, but the user should know)."""
+    ``key: old -> new`` (LeRobot-style resume warning: the run continues, but the user should know); the
+    settings of ``WHERE_IT_STOPS`` (where a run stops, not what it trains) are not changes."""
     saved_file = path / "config.yaml"
     if not saved_file.is_file():
         return []
@@ -133,7 +134,8 @@ def config_changes(path: Path, cfg, sections: tuple[str, ...] = ("model", "sft")
     changes = []
     for section in sections:
         old, new = flat(saved.get(section), f"{section}."), flat(now.get(section), f"{section}.")
-        for key in sorted(set(old) | set(new)):
+        quiet = {f"{section}.{key}" for key in WHERE_IT_STOPS.get(section, ())}
+        for key in sorted((set(old) | set(new)) - quiet):
             if old.get(key) != new.get(key):
                 changes.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return changes

@@ -125,3 +125,18 @@ def test_dry_sweep_runs_two_variants_from_one_weak_start(tmp_path):
         ppo = next(s for s in rl["stages"] if s["stage"] == "weak + ppo")
         assert ppo["rc"] == 0 and override in ppo["command"] and "000004" in ppo["command"]
         assert f"run.name=numberline-small-s0-rl-{tag}" in ppo["command"] and rl["ppo"]
+
+
+@pytest.mark.slow
+def test_dry_tasks_run_at_once_each_with_its_own_knobs(tmp_path):
+    env = dict(os.environ, DRY="1", PHASE="sft", EVAL_CURVE="0", OUT=str(tmp_path / "out"),
+               RUNS=str(tmp_path / "runs"), TASKS="numberline:SFT_STEPS=3;minigrid-empty:SFT_STEPS=5 SEED=1")  # fmt: skip
+    done = subprocess.run(["bash", "bench/gpu_learning_tasks.sh"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for task, steps, seed in (("numberline", 3, 0), ("minigrid-empty", 5, 1)):
+        report = json.loads((tmp_path / "out" / f"learning-{task}-sft.json").read_text())
+        sft = next(s for s in report["stages"] if s["stage"] == "long sft")
+        assert sft["rc"] == 0 and f"sft.max_steps={steps}" in sft["command"] and report["seed"] == seed
+        assert (tmp_path / "out" / f"tasks-{task}.txt").is_file()
+        assert report["sft"]["strong"]["steps"] == steps

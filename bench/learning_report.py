@@ -127,6 +127,8 @@ def curves(report: dict, path: Path) -> str | None:
         if r and r.get("success_rate") is not None:
             right.axhline(r["success_rate"], color=style[0], linestyle=style[1:], label=f"{label} (eval)")
     right.set(xlabel="env steps", ylabel="success rate", ylim=(-0.02, 1.02), title="PPO from the weak start")
+    if not ppo:  # no PPO ran (e.g. no checkpoint under WEAK_MAX): only the evaluated policies, as lines
+        right.set(title="Greedy success (no PPO run)", xlabel="", xticks=[])
     right.legend(fontsize=7)
     figure.suptitle(f"{report['preset']} on {report.get('gpu')}")
     figure.tight_layout()

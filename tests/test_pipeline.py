@@ -13,6 +13,8 @@ import time
 import pytest
 from tests.helpers import run_cli
 
+from vlmppo.config.schema import Config
+
 pytestmark = pytest.mark.e2e  # every stage of the pipeline, in subprocesses
 
 
@@ -111,7 +113,9 @@ def test_pipeline_runs_every_stage_then_a_second_call_skips_them_all(tmp_path):
     assert third.returncode == 0, third.stderr
     status = statuses(third.stdout)
     assert [s for s, m in status.items() if m[0].startswith("running")] == ["eval"]
-    assert status["eval"][0] == "running: its config changed"
+    assert re.fullmatch(r"running: its config changed \(eval\.episodes: \d+ -> 5\)", status["eval"][0]), (
+        status
+    )
     assert json.loads((run / "eval/ppo-000001/metrics.json").read_text())["episodes"] == 5
     # The baselines were played on the same task, so they were kept.
     assert (run / "eval/expert/metrics.json").stat().st_mtime_ns == before[run / "eval/expert/metrics.json"]
@@ -135,7 +139,9 @@ def test_a_data_stage_run_by_hand_is_not_repeated_and_a_changed_one_is_moved_asi
     out = run_cli("pipeline", *common[:-1], "collect.episodes=5", "--to", "label")
     assert out.returncode == 0, out.stderr
     status = statuses(out.stdout)
-    assert status["collect"][0].startswith("running: its config changed; the old output was moved to")
+    assert status["collect"][0].startswith(
+        "running: its config changed (collect.episodes: 4 -> 5); the old output was moved to"
+    )
     assert status["label"][0].startswith("running: its inputs changed")
     episodes = {
         json.loads(x)["episode"] for x in (tmp_path / "run/collect/episodes.jsonl").read_text().splitlines()
@@ -238,3 +244,28 @@ def test_a_hand_run_stage_with_an_unreadable_manifest_is_run_again(tmp_path):
     assert out.returncode == 0, out.stderr
     assert statuses(out.stdout)["collect"][0].startswith("running: its manifest.json cannot be read")
     assert json.loads((tmp_path / "run/collect/manifest.json").read_text())["stage"] == "collect"
+
+
+def test_a_record_from_before_a_new_setting_keeps_its_stage_until_the_setting_is_used(tmp_path):
+    # A pipeline.json written by an older vlmppo lacks the settings added since (and so has another hash):
+    # upgrading alone must not re-run a finished stage (an SFT of hours), using the new setting must.
+    common = ["--preset", "numberline-tiny", f"run.output_dir={tmp_path}", "run.name=run", "collect.episodes=2",
+              "--to", "collect"]  # fmt: skip
+    assert run_cli("pipeline", *common).returncode == 0
+    record_file = tmp_path / "run" / "pipeline.json"
+    record = json.loads(record_file.read_text())
+    entry = record["stages"]["collect"]
+    default = Config().collect.epsilon
+    assert entry["config"]["collect"].pop("epsilon") == default  # as if "epsilon" were newer than the record
+    entry["config_sha256"] = "0" * 64
+    record_file.write_text(json.dumps(record))
+
+    again = run_cli("pipeline", *common)
+    assert again.returncode == 0, again.stderr
+    assert statuses(again.stdout)["collect"] == ["skipped: up to date"]
+
+    used = run_cli("pipeline", *common, f"collect.epsilon={default + 0.25}")
+    assert used.returncode == 0, used.stderr
+    assert statuses(used.stdout)["collect"][0].startswith(
+        f"running: its config changed (collect.epsilon: (not recorded) -> {default + 0.25!r})"
+    )

@@ -8,7 +8,9 @@ recorded in ``runs/<name>/pipeline.json`` after the stage ran: the SHA-256 of th
 (plus ``run.seed``), of its input files (the previous stage's output) and of its output files. A stage
 re-runs when any of those differ, or its output is missing; because a re-run changes its output files,
 every later stage then re-runs too. Collect, label and preprocess also count as done when their own
-``manifest.json`` (config and input hashes) matches, so a stage run by hand is not repeated.
+``manifest.json`` (config and input hashes) matches, so a stage run by hand is not repeated. A config that
+differs from the recorded one only by settings newer than the record, at their defaults, is the same config
+(`vlmppo.config.compare`): upgrading vlmppo does not re-run finished stages, and a re-run names what changed.
 
 The eval stage first evaluates the expert and random baselines (``eval/expert``, ``eval/random``) when
 this run has none for the same task, so that the report shows where the agent stands between them.
@@ -75,6 +77,29 @@ def stage_config(cfg: Config, stage: str) -> dict:
 def config_hash(cfg: Config, stage: str) -> str:
     text = json.dumps(stage_config(cfg, stage), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def stage_changes(recorded: dict | None, cfg: Config, stage: str) -> list[str] | None:
+    """``key: old -> new`` for each setting the stage reads that differs from a recorded ``stage_config``
+    (`vlmppo.config.compare`: settings newer than the record count only away from their defaults); None when
+    nothing was recorded."""
+    from vlmppo.config.compare import section_changes
+
+    if not isinstance(recorded, dict):
+        return None
+    mine = stage_config(cfg, stage)
+    changes = section_changes(recorded, mine, stage_info(stage).sections)
+    if recorded.get("seed") != mine["seed"]:
+        changes.insert(0, f"run.seed: {recorded.get('seed')!r} -> {mine['seed']!r}")
+    return changes
+
+
+def _listed(changes: list[str] | None) -> str:
+    """`` (sft.lr: 0.0005 -> 0.0001 and 2 more)``: the first change and how many others."""
+    if not changes:
+        return ""
+    more = f" and {len(changes) - 1} more" if len(changes) > 1 else ""
+    return f" ({changes[0]}{more})"
 
 
 def _weights(folder: Path | None) -> list[Path]:
@@ -159,7 +184,9 @@ def up_to_date(cfg: Config, stage: str, root: Path, record: dict) -> tuple[bool,
     if "outputs" not in entry:
         return False, "its last run did not finish"
     if entry.get("config_sha256") != config_hash(cfg, stage):
-        return False, "its config changed"
+        changes = stage_changes(entry.get("config"), cfg, stage)
+        if changes is None or changes:  # (no changes: a record from before settings this version added)
+            return False, "its config changed" + _listed(changes)
     if entry.get("inputs") != inputs:
         return False, "its inputs changed"
     if entry.get("outputs") != _hashes(outputs, root):
@@ -181,13 +208,10 @@ def _manifest_matches(cfg: Config, stage: str, root: Path, inputs: dict[str, str
     except ValueError:
         return False, "its manifest.json cannot be read"
     recorded = manifest.get("config") or {}
-    mine = stage_config(cfg, stage)
-    theirs = {
-        "seed": recorded.get("run", {}).get("seed"),
-        **{s: recorded.get(s) for s in stage_info(stage).sections},
-    }
-    if theirs != mine:
-        return False, "its manifest was written with another config"
+    theirs = {"seed": recorded.get("run", {}).get("seed"), **recorded}
+    changes = stage_changes(theirs, cfg, stage)
+    if changes:
+        return False, "its manifest was written with another config" + _listed(changes)
     if sorted(v["sha256"] for v in manifest.get("inputs", {}).values()) != sorted(inputs.values()):
         return False, "its inputs changed since its manifest was written"
     return True, "up to date (its manifest matches)"

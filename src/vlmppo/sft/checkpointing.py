@@ -25,7 +25,7 @@ from vlmppo.checkpoints import (
     resolve_checkpoint,
     resume_auto,
 )
-from vlmppo.config import WHERE_IT_STOPS, config_to_yaml, run_dir
+from vlmppo.config import config_to_yaml, run_dir
 from vlmppo.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -114,31 +114,16 @@ def load_weights(cfg, path: Path, device):
 
 def config_changes(path: Path, cfg, sections: tuple[str, ...] = ("model", "sft")) -> list[str]:
     """Settings of ``sections`` that differ between the checkpoint's config.yaml and this run, as
-    ``key: old -> new`` (LeRobot-style resume warning: the run continues, but the user should know); the
-    settings of ``WHERE_IT_STOPS`` (where a run stops, not what it trains) are not changes."""
+    ``key: old -> new`` (LeRobot-style resume warning: the run continues, but the user should know), by
+    `vlmppo.config.compare`'s rule: a setting newer than the checkpoint at its default, and those of
+    ``WHERE_IT_STOPS``, are not changes."""
+    from vlmppo.config.compare import section_changes
+
     saved_file = path / "config.yaml"
     if not saved_file.is_file():
         return []
     saved = yaml.safe_load(saved_file.read_text()) or {}
-    now = yaml.safe_load(config_to_yaml(cfg))
-
-    def flat(tree, prefix=""):
-        out = {}
-        for key, value in (tree or {}).items():
-            if isinstance(value, dict):
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
-
-    changes = []
-    for section in sections:
-        old, new = flat(saved.get(section), f"{section}."), flat(now.get(section), f"{section}.")
-        quiet = {f"{section}.{key}" for key in WHERE_IT_STOPS.get(section, ())}
-        for key in sorted((set(old) | set(new)) - quiet):
-            if old.get(key) != new.get(key):
-                changes.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
-    return changes
+    return section_changes(saved, yaml.safe_load(config_to_yaml(cfg)), sections)
 
 
 def save_run(run: SftRun, row: dict) -> Path:

@@ -231,11 +231,14 @@ class ActorCritic:
         return prefill
 
     def adapter_casts_skipped(self):
-        """A context for no-gradient passes under autocast: peft casts every adapted layer's input to the
-        adapter's dtype (fp32) and autocast casts it straight back to bf16 for the matmul, the same bits as
-        never casting it; skipping both saves two passes over each layer's input. Outside autocast, nothing."""
+        """A context for passes under autocast: peft casts every adapted layer's input to the adapter's dtype
+        (fp32) and autocast casts it straight back to bf16 for the matmul, the same bits as never casting it
+        (bf16 -> fp32 -> bf16 is exact), and in the backward the same two casts of the input's gradient;
+        skipping them saves those passes over each layer's input (on the 2B shape's 196 adapted layers, ~780 of
+        the ~1,800 copy kernels an H200 profile counted per update micro-batch). Outside autocast, nothing:
+        there the fp32 adapter needs its cast."""
         device_type = torch.device(self.device).type
-        if torch.is_grad_enabled() or not torch.is_autocast_enabled(device_type):
+        if not torch.is_autocast_enabled(device_type):
             return contextlib.nullcontext()
         from peft.helpers import disable_input_dtype_casting
 
@@ -351,7 +354,7 @@ class ActorCritic:
             )
         else:
             inputs = {"input_ids": sampled.sequences, "attention_mask": sampled.attention_mask, **extra}
-        with self.autocast():
+        with self.autocast(), self.adapter_casts_skipped():
             hidden = self.backbone(**inputs).last_hidden_state
         features = hidden[:, p - 1]  # ppo.value_detach: the value loss then never reaches the model
         values = self.values(features.detach() if self.value_detach else features)

@@ -14,7 +14,9 @@ but a call on the still-warm machine has once found that folder gone: PHASE=all 
 
 Environment, besides bench/learning.py's (TASK, BUDGET_S, SEED, EXTRA, RUNS, DRY): PHASE, SFT_STEPS (the long
 run's max_steps, 3000 by default; the budget also time-boxes it), CURVE_POINTS (checkpoints evaluated, 5),
-CURVE_MIN_STEP (evaluate only the checkpoints from this step on), WEAK_MAX, WEAK_CKPT, SFT_STOP_STEP (the long run
+CURVE_MIN_STEP (evaluate only the checkpoints from this step on), CURVE_IN_RUN (1: the SFT run plays the
+checkpoints' greedy episodes itself, CURVE_EPISODES per eval seed; a checkpoint without such an eval, e.g. an
+SFT_STOP_STEP, still gets a ``vlmppo eval``), WEAK_MAX, WEAK_CKPT, SFT_STOP_STEP (the long run
 stops after this step, saved, its schedule still SFT_STEPS': the same weak start every run), SFT_BOX_S (the long
 SFT's time box in seconds, instead of the one sized from the budget), EVAL_CURVE (0: do not evaluate the
 checkpoints), RL_S (with PHASE=all: the seconds kept for the RL phase, 170), RL_TAG and RL_EXTRA (a name for one
@@ -77,27 +79,69 @@ class CurveProtocol(Protocol):
         # The evals after it: one per point, ~30 s each on the GPU machine (a 14M model, 200 episodes).
         # PHASE=all keeps RL_S seconds of the budget for the RL phase (PPO and its eval).
         rl_s = float(os.environ.get("RL_S", "170")) if self.phase == "all" else 0.0
-        box = None if self.dry else max(60.0, self.budget.left() - 35 * (points + 1) - 20 - rl_s)
+        in_run = self.in_run_episodes()  # the evals then run inside the SFT's box: one eval process kept
+        evals_s = 35 if in_run else 35 * (points + 1)
+        box = None if self.dry else max(60.0, self.budget.left() - evals_s - 20 - rl_s)
         if os.environ.get("SFT_BOX_S"):  # a fixed time box: to reach a given checkpoint and no more
             box = float(os.environ["SFT_BOX_S"])
         stop = os.environ.get("SFT_STOP_STEP")
-        plan = {"steps": steps, "save_every": every, "time_box_s": box, "stop_at": stop}
+        plan = {
+            "steps": steps,
+            "save_every": every,
+            "time_box_s": box,
+            "stop_at": stop,
+            "in_run_episodes": in_run,
+        }
         self.report["long_sft_plan"] = plan
         self.vlmppo("long sft", ["pipeline", "--preset", self.preset, "--from", "sft", "--to", "sft",
                                  f"run.name={self.name}", f"sft.max_steps={steps}", f"sft.save_every={every}",
                                  f"sft.eval_every={every}", "sft.keep_last=null",
-                                 *([f"sft.stop_at_step={stop}"] if stop else [])],
+                                 *([f"sft.stop_at_step={stop}"] if stop else []),
+                                 *([f"sft.eval_episodes={in_run}"] if in_run else [])],
                     box_s=box)  # fmt: skip
+
+    def in_run_episodes(self) -> int | None:
+        """CURVE_IN_RUN=1: the SFT run plays each checkpoint's greedy episodes itself (``sft.eval_episodes``,
+        the model already loaded) instead of one ``vlmppo eval`` process per checkpoint (~20 s alone on the GPU
+        machine, 50-170 s with other tasks); CURVE_EPISODES per eval seed (200, the presets' eval.episodes)."""
+        if os.environ.get("CURVE_IN_RUN", "0") != "1":
+            return None
+        return int(os.environ.get("CURVE_EPISODES", "2" if self.dry else "200"))
+
+    def in_run_points(self, rows: list[dict]) -> dict[int, dict]:
+        """The SFT run's own greedy evals by step, in the shape of a ``vlmppo eval`` result."""
+        from vlmppo.eval.metrics import wilson_interval
+
+        points = {}
+        for r in rows:
+            if r.get("eval/success_rate") is None or r.get("final"):
+                continue
+            n = int(r["eval/episodes"])
+            points[int(r["step"])] = {
+                "success_rate": r["eval/success_rate"],
+                "success_ci95": list(wilson_interval(round(r["eval/success_rate"] * n), n)),
+                "solved_rate": r.get("eval/solved_rate"), "return_mean": r.get("eval/return_mean"),
+                "length_mean": r.get("eval/length_mean"), "invalid_action_rate": r.get("eval/invalid_action_rate"),
+                "episodes": n, "wall_s": r.get("time/env_eval_s"), "in_run": True,
+            }  # fmt: skip
+        return points
 
     def checkpoints(self) -> list[Path]:
         root = self.run_dir(self.name) / "sft" / "checkpoints"
         return sorted(p for p in root.glob("[0-9]*") if p.is_dir()) if root.is_dir() else []
 
     def curve(self) -> list[dict]:
-        """A greedy eval of every numbered SFT checkpoint, newest first (the time may run out)."""
+        """A greedy eval of every numbered SFT checkpoint, newest first (the time may run out); with
+        CURVE_IN_RUN=1 the SFT run's own eval at that step where it made one."""
         points = []
         first = int(os.environ.get("CURVE_MIN_STEP", "0"))
+        rows = read_jsonl(self.run_dir(self.name) / "sft" / "metrics.jsonl")
+        in_run = self.in_run_points(rows) if self.in_run_episodes() else {}
         for ckpt in reversed([c for c in self.checkpoints() if int(c.name) >= first]):
+            if int(ckpt.name) in in_run:
+                points.append({"step": int(ckpt.name), "checkpoint": str(ckpt), **in_run[int(ckpt.name)]})
+                self.report["results"][f"sft step {int(ckpt.name)}"] = in_run[int(ckpt.name)]
+                continue
             if not self.dry and self.budget.left() < 40:
                 self.report.setdefault("notes", []).append(f"no time left to evaluate {ckpt.name}")
                 break
@@ -107,7 +151,6 @@ class CurveProtocol(Protocol):
             if result:
                 points.append({"step": int(ckpt.name), "checkpoint": str(ckpt), **result})
         points.sort(key=lambda p: p["step"])
-        rows = read_jsonl(self.run_dir(self.name) / "sft" / "metrics.jsonl")
         for p in points:  # the samples seen by then, from the run's own metrics
             p["samples"] = samples_by_step(rows, p["step"])
         self.curve_file.write_text(json.dumps(points, indent=1) + "\n")

@@ -92,6 +92,25 @@ def test_dry_curve_protocol_in_two_phases_shares_its_runs_folder(tmp_path):
     assert all(s["rc"] == 0 for s in rl["stages"]) and "weak + ppo" in rl["results"]
 
 
+@pytest.mark.slow
+def test_dry_curve_in_run_uses_the_sft_runs_own_evals_and_evaluates_only_the_stop_step(tmp_path):
+    env = dict(os.environ, DRY="1", TASK="numberline", PROTOCOL="curve", PHASE="sft", OUT=str(tmp_path / "out"),
+               RUNS_CURVE=str(tmp_path / "runs"), CURVE_IN_RUN="1", SFT_STEPS="6", CURVE_POINTS="3",
+               SFT_STOP_STEP="5")  # fmt: skip
+    done = subprocess.run(["bash", "bench/gpu_learning.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    sft = json.loads((tmp_path / "out" / "learning-numberline-sft.json").read_text())
+    assert "sft.eval_episodes=2" in next(s["command"] for s in sft["stages"] if s["stage"] == "long sft")
+    assert [p["step"] for p in sft["curve"]] == [2, 4, 5]
+    assert [p.get("in_run", False) for p in sft["curve"]] == [True, True, False]
+    evals = [s["stage"] for s in sft["stages"] if s["stage"].startswith("eval sft")]
+    assert evals == ["eval sft step 5"]  # the stop step has no in-run eval: one eval process, for it alone
+    for p in sft["curve"][:2]:
+        assert p["episodes"] == 2 and 0.0 <= p["success_rate"] <= 1.0 and len(p["success_ci95"]) == 2
+        assert sft["results"][f"sft step {p['step']}"]["success_rate"] == p["success_rate"]
+
+
 def test_an_rl_variant_has_its_own_run_and_overrides_only_its_ppo_gets(monkeypatch, tmp_path):
     from bench.learning_curve import CurveProtocol
 

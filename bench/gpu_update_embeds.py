@@ -9,8 +9,11 @@ on one micro-batch. ``--profile``: then torch.profiler over one more pass of the
 (collate, forward, backward, optimizer step) and top kernels by self device time in ``update-profile.txt``: where
 the update's time goes (bench/RESULTS.md: at 128 envs it ran at ~10% of the card's bf16 rate). The backward's
 kernels run on autograd's own threads, which a range may not follow: "all kernels" totals every kernel's time.
+``--cast-ab``: the adapters' input casts kept / skipped, alternated; ``--micro-batches``: the default update at
+other micro-batch sizes (an update bound by launches, not by tokens, gains from larger ones).
 
-    python bench/gpu_update_embeds.py --out DIR [--profile]  # the GPU machine (source bench/gpu_env.sh first)
+    python bench/gpu_update_embeds.py --out DIR [--profile] [--cast-ab] [--micro-batches 8,16,32]
+                                                        # the GPU machine (source bench/gpu_env.sh first)
     python bench/gpu_update_embeds.py --shape tiny --preset numberline-tiny --device cpu --n-envs 4 \\
         --max-new-tokens 8 --out DIR                        # the same code on a CPU
 """
@@ -83,6 +86,45 @@ def profile_update(policy, cfg, steps, device: str, out: Path, rows: int) -> Non
     print(text[:6000], flush=True)
 
 
+def row_of(row, **labels) -> dict:
+    """One ``measure_update`` result as a report row (printed as it comes)."""
+    out = {**labels, "tokens/s": round(row.tokens_per_s, 1), "samples/s": round(row.samples_per_s, 2),
+           "collate s": round(row.collate_s, 3), "seconds": round(row.seconds, 2), "peak GiB": row.peak_gib}  # fmt: skip
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def cast_ab_rows(policy, cfg, steps, repeats: int) -> list[dict]:
+    """The adapters' input casts kept / skipped (``ActorCritic.adapter_casts_skipped``), alternated: skipping
+    them is bit-exact (tests/rl/test_adapter_casts.py), so the rows differ in time only."""
+    import contextlib
+
+    from vlmppo.benchmark.update import measure_update
+
+    rows = []
+    for skipped in (False, True, False, True):
+        if not skipped:  # an instance attribute hides the method for these rows
+            policy.adapter_casts_skipped = contextlib.nullcontext
+        rows.append(row_of(measure_update(policy, cfg, steps, repeats=repeats), **{"casts skipped": skipped}))
+        policy.__dict__.pop("adapter_casts_skipped", None)
+    return rows
+
+
+def micro_batch_rows(policy, cfg, steps, repeats: int, sizes: list[int]) -> list[dict]:
+    """The default update at each micro-batch size (minibatches of at least one micro-batch): how much of the
+    update's time is per launch rather than per token."""
+    from vlmppo.benchmark.update import measure_update
+
+    rows = []
+    for size in sizes:
+        ppo = cfg.ppo.model_copy(
+            update={"micro_batch_size": size, "minibatch_size": max(size, cfg.ppo.minibatch_size)}
+        )
+        sized = cfg.model_copy(update={"ppo": ppo})
+        rows.append(row_of(measure_update(policy, sized, steps, repeats=repeats), **{"micro-batch": size}))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="numberline-qwen")
@@ -93,6 +135,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="timed passes over the recorded steps per row")
     ap.add_argument("--profile", action="store_true", help="then profile one pass (update-profile.txt)")
     ap.add_argument("--rows", type=int, default=40, help="kernels in the profile's table")
+    ap.add_argument(
+        "--cast-ab", action="store_true", help="also alternate the adapters' input casts kept/skipped"
+    )
+    ap.add_argument(
+        "--micro-batches", default="", help="also the default update at these micro-batch sizes: 8,16,32"
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
@@ -111,12 +159,15 @@ def main() -> None:
               "max |log-prob on - off|": logprob_gap(policy, cfg, steps), "rows": []}  # fmt: skip
     for on in (False, True, False, True):
         policy.update_from_embeddings = on
-        row = measure_update(policy, cfg, steps, repeats=args.repeats)
-        report["rows"].append({"from embeddings": on, "tokens/s": round(row.tokens_per_s, 1),
-                               "samples/s": round(row.samples_per_s, 2), "collate s": round(row.collate_s, 3),
-                               "seconds": round(row.seconds, 2), "peak GiB": row.peak_gib})  # fmt: skip
-        print(json.dumps(report["rows"][-1]), flush=True)
+        report["rows"].append(
+            row_of(measure_update(policy, cfg, steps, repeats=args.repeats), **{"from embeddings": on})
+        )
     policy.update_from_embeddings = True
+    if args.cast_ab:
+        report["cast rows"] = cast_ab_rows(policy, cfg, steps, args.repeats)
+    if args.micro_batches:
+        sizes = [int(m) for m in args.micro_batches.split(",")]
+        report["micro-batch rows"] = micro_batch_rows(policy, cfg, steps, args.repeats, sizes)
     report["wall_s"] = round(time.time() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "update_embeds.json").write_text(json.dumps(report, indent=1))

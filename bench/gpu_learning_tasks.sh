@@ -9,7 +9,8 @@
 #   DRY=1 TASKS="minigrid-empty:SFT_STEPS=4;ezpoints:SFT_STEPS=4" bash bench/gpu_learning_tasks.sh
 #
 # Knobs shared by every task (BUDGET_S, SEED, EXTRA, ...) come from the environment; a task's own KEY=VALUE pairs
-# (after the colon) override them for that task only.
+# (after the colon) override them for that task only; those values cannot hold spaces (a multi-word EXTRA or
+# RL_EXTRA goes in the shared environment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/gpu_env.sh

@@ -5,9 +5,10 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+from minigrid.core.constants import IDX_TO_OBJECT as OBJ_NAMES
 
 import vlmppo.envs as envs
-from vlmppo.envs.gridplan import GridState, plan
+from vlmppo.envs.gridplan import GridState, next_target, plan
 
 DOORKEY, EMPTY, MULTIROOM = (
     "MiniGrid-DoorKey-6x6-v0",
@@ -128,6 +129,30 @@ def test_planner_opens_a_locked_door_only_with_its_key():
     steps = plan(state, ["turn left", "turn right", "move forward", "pick up", "toggle"])
     assert steps.index("pick up") < steps.index("toggle") and steps[-1] == "move forward"
     assert plan(state, ["turn left", "turn right", "move forward", "toggle"]) is None
+
+
+@pytest.mark.parametrize("env_id", [DOORKEY, EMPTY, MULTIROOM])
+def test_the_experts_thought_says_where_its_next_target_is_as_the_prompt_asks(env_id):
+    # Along a whole expert episode: the thought names the cell of what the plan goes for next (the key until
+    # it is carried, then the door until it is open, then the goal), read from the true grid.
+    adapter, env = envs.get_adapter(env_id), gym.make(env_id)
+    for seed in range(5):
+        _, info = env.reset(seed=seed)
+        kinds = []
+        for _ in range(60):
+            choice = adapter.expert(env, info)
+            state = GridState.from_env(env)
+            kind, x, y, color = next_target(state, plan(state, adapter.legal_actions))
+            obj, _, _ = env.unwrapped.grid.get(x, y).encode()
+            assert {"key": "key", "door": "door", "goal": "goal"}[kind] == OBJ_NAMES[obj]
+            assert f"the {color} {kind} is at column {x}, row {y}" in choice.reasoning
+            kinds.append(kind)
+            _, reward, terminated, truncated, info = env.step(adapter.to_env_action(choice.index))
+            if terminated or truncated:
+                break
+        assert reward > 0 and kinds[-1] == "goal"
+        order = [k for i, k in enumerate(kinds) if i == 0 or kinds[i - 1] != k]
+        assert order == {DOORKEY: ["key", "door", "goal"], EMPTY: ["goal"]}.get(env_id, order)
 
 
 def test_prompt_describes_what_the_frame_shows_and_lists_the_actions():

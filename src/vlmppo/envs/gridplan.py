@@ -118,3 +118,22 @@ def plan(state: GridState, actions: list[str]) -> list[str] | None:
                 parents[nxt] = (node, action)
                 queue.append(nxt)
     return None
+
+
+def next_target(state: GridState, steps: list[str]) -> tuple[str, int, int, str]:
+    """What a plan from ``state`` goes for first, and where: ``(object, column, row, colour)`` of the cell the
+    first "pick up" or "toggle" acts on (a key, a door), else of the goal square its last move enters. Walks
+    the plan's turns and moves from the agent's cell (a plan holds only moves that succeed)."""
+    (x, y), heading = state.agent_pos, state.agent_dir
+    for action in steps:
+        dx, dy = (int(v) for v in DIR_TO_VEC[heading])
+        if action in ("pick up", "toggle"):
+            obj, color, _ = state.grid[x + dx][y + dy]
+            return ("key" if obj == _KEY else "door"), x + dx, y + dy, IDX_TO_COLOR[color]
+        if action == "turn left":
+            heading = (heading - 1) % 4
+        elif action == "turn right":
+            heading = (heading + 1) % 4
+        elif action == "move forward":
+            x, y = x + dx, y + dy
+    return "goal", x, y, IDX_TO_COLOR[state.grid[x][y][1]]

@@ -13,7 +13,7 @@ import numpy as np
 from gymnasium import spaces
 
 from vlmppo.envs.adapter import EnvAdapter
-from vlmppo.envs.gridplan import DIRECTIONS, GridState, plan
+from vlmppo.envs.gridplan import DIRECTIONS, GridState, next_target, plan
 from vlmppo.envs.parsing import ExpertAction
 
 MINIGRID_ACTIONS = {"turn left": 0, "turn right": 1, "move forward": 2, "pick up": 3, "drop": 4,
@@ -171,12 +171,16 @@ class MiniGridAdapter(EnvAdapter):
 
     @staticmethod
     def _subgoal(state: GridState, steps: list[str]) -> str:
-        if "pick up" in steps and state.carrying is None:
-            colors = {c for _, _, c in state.cells("key")}
-            return f"get the {'/'.join(sorted(colors))} key first ({len(steps)} steps to the goal)"
-        if "toggle" in steps:
-            return f"open the door on the way ({len(steps)} steps to the goal)"
-        return f"go to the green goal ({len(steps)} steps)"
+        # Where the next target is, as the prompt asks: with its position read out, the action follows from
+        # two positions and a heading; without it the model must find the target in the image silently.
+        # (The plan's length, once in the thought, is left out: it is not needed to act, and costs tokens.)
+        kind, x, y, color = next_target(state, steps)
+        where = f"column {x}, row {y}"
+        if kind == "key":
+            return f"the {color} key is at {where}, get it first"
+        if kind == "door":
+            return f"the {color} door is at {where}, open it"
+        return f"the green goal is at {where}"
 
     def is_solved(self, total_reward: float, info: dict) -> bool:
         return total_reward > 0  # MiniGrid pays only on reaching the goal

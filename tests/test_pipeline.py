@@ -113,7 +113,7 @@ def test_pipeline_runs_every_stage_then_a_second_call_skips_them_all(tmp_path):
     assert third.returncode == 0, third.stderr
     status = statuses(third.stdout)
     assert [s for s, m in status.items() if m[0].startswith("running")] == ["eval"]
-    assert re.fullmatch(r"running: its config changed \(eval\.episodes: \d+ -> 5\)", status["eval"][0]), (
+    assert re.fullmatch(r"running: its config changed, eval\.episodes: \d+ -> 5", status["eval"][0]), (
         status
     )
     assert json.loads((run / "eval/ppo-000001/metrics.json").read_text())["episodes"] == 5
@@ -140,7 +140,7 @@ def test_a_data_stage_run_by_hand_is_not_repeated_and_a_changed_one_is_moved_asi
     assert out.returncode == 0, out.stderr
     status = statuses(out.stdout)
     assert status["collect"][0].startswith(
-        "running: its config changed (collect.episodes: 4 -> 5); the old output was moved to"
+        "running: its config changed, collect.episodes: 4 -> 5; the old output was moved to"
     )
     assert status["label"][0].startswith("running: its inputs changed")
     episodes = {
@@ -267,5 +267,5 @@ def test_a_record_from_before_a_new_setting_keeps_its_stage_until_the_setting_is
     used = run_cli("pipeline", *common, f"collect.epsilon={default + 0.25}")
     assert used.returncode == 0, used.stderr
     assert statuses(used.stdout)["collect"][0].startswith(
-        f"running: its config changed (collect.epsilon: (not recorded) -> {default + 0.25!r})"
+        f"running: its config changed, collect.epsilon: (not recorded) -> {default + 0.25!r}"
     )

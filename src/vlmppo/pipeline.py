@@ -95,11 +95,11 @@ def stage_changes(recorded: dict | None, cfg: Config, stage: str) -> list[str] |
 
 
 def _listed(changes: list[str] | None) -> str:
-    """`` (sft.lr: 0.0005 -> 0.0001 and 2 more)``: the first change and how many others."""
+    """``, sft.lr: 0.0005 -> 0.0001 and 2 more``: the first change and how many others."""
     if not changes:
         return ""
     more = f" and {len(changes) - 1} more" if len(changes) > 1 else ""
-    return f" ({changes[0]}{more})"
+    return f", {changes[0]}{more}"
 
 
 def _weights(folder: Path | None) -> list[Path]:

@@ -113,9 +113,7 @@ def test_pipeline_runs_every_stage_then_a_second_call_skips_them_all(tmp_path):
     assert third.returncode == 0, third.stderr
     status = statuses(third.stdout)
     assert [s for s, m in status.items() if m[0].startswith("running")] == ["eval"]
-    assert re.fullmatch(r"running: its config changed, eval\.episodes: \d+ -> 5", status["eval"][0]), (
-        status
-    )
+    assert re.fullmatch(r"running: its config changed, eval\.episodes: \d+ -> 5", status["eval"][0]), status
     assert json.loads((run / "eval/ppo-000001/metrics.json").read_text())["episodes"] == 5
     # The baselines were played on the same task, so they were kept.
     assert (run / "eval/expert/metrics.json").stat().st_mtime_ns == before[run / "eval/expert/metrics.json"]

@@ -67,3 +67,26 @@ def child_processes(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry.name))
     return sorted(found)
+
+
+def bf16_autocast_lora_policy(decoder: str):
+    """The GPU's setting on the CPU: a tiny Qwen2-VL with bf16 base weights, an fp32 LoRA whose B is moved off
+    zero (so the adapter changes the outputs), and an `ActorCritic` that runs its passes under bf16 autocast."""
+    import torch
+
+    from vlmppo.config.schema import ModelConfig
+    from vlmppo.models import load_model
+    from vlmppo.rl.policy import ActorCritic, ValueHead, hidden_size
+
+    torch.manual_seed(0)
+    loaded = load_model(
+        ModelConfig(family="qwen2-vl", path="tiny:qwen2-vl", dtype="bfloat16"), for_training=True
+    )
+    with torch.no_grad():
+        for name, p in loaded.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    return ActorCritic(
+        loaded, ValueHead(hidden_size(loaded.model)), decoder=decoder,
+        autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+    )  # fmt: skip

@@ -7,10 +7,8 @@ import contextlib
 
 import numpy as np
 import torch
+from tests.helpers import bf16_autocast_lora_policy
 
-from vlmppo.config.schema import ModelConfig
-from vlmppo.models import load_model
-from vlmppo.rl.policy import ActorCritic, ValueHead, hidden_size
 from vlmppo.rl.startup import disable_dropout
 
 
@@ -27,20 +25,9 @@ def _update_pass(policy, sampled):
 
 
 def test_the_update_pass_without_the_adapters_input_casts_has_the_same_loss_and_gradients():
-    # bf16 base weights, fp32 LoRA, bf16 autocast: the GPU setting, on the CPU; dropout off, as in PPO
-    torch.manual_seed(0)
-    loaded = load_model(
-        ModelConfig(family="qwen2-vl", path="tiny:qwen2-vl", dtype="bfloat16"), for_training=True
-    )
-    with torch.no_grad():
-        for name, p in loaded.model.named_parameters():
-            if "lora_B" in name:
-                p.add_(0.2 * torch.randn_like(p))
-    policy = ActorCritic(
-        loaded, ValueHead(hidden_size(loaded.model)), decoder="generate",
-        autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16),
-    )  # fmt: skip
-    disable_dropout(loaded.model)
+    policy = bf16_autocast_lora_policy(decoder="generate")  # the GPU setting, on the CPU
+    loaded = policy.loaded
+    disable_dropout(loaded.model)  # as in PPO
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 255, size=(64, 64, 3), dtype=np.uint8) for _ in range(3)]
     torch.manual_seed(1)

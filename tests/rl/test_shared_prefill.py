@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from tests.helpers import bf16_autocast_lora_policy
 
 from vlmppo.config.schema import ModelConfig
 from vlmppo.models import load_model
@@ -90,20 +91,9 @@ def test_the_kl_reference_runs_its_own_prefill_and_equals_the_full_forward(polic
 
 
 def test_under_autocast_skipping_the_adapters_input_casts_changes_no_bit():
-    # bf16 base weights, fp32 LoRA, bf16 autocast: the GPU setting, on the CPU
-    torch.manual_seed(0)
-    cfg = ModelConfig(family="qwen2-vl", path="tiny:qwen2-vl", dtype="bfloat16")
-    loaded = load_model(cfg, for_training=True)
-    with torch.no_grad():
-        for name, p in loaded.model.named_parameters():
-            if "lora_B" in name:
-                p.add_(0.2 * torch.randn_like(p))
-    policy = ActorCritic(
-        loaded, ValueHead(hidden_size(loaded.model)), decoder="static",
-        autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16),
-    )  # fmt: skip
+    policy = bf16_autocast_lora_policy(decoder="static")  # the GPU setting, on the CPU
     policy.shared_prefill = True
-    loaded.model.eval()
+    policy.loaded.model.eval()
     sampled = _sample(policy, n=3, seed=3, max_new=6)
     calls = []
     original = type(policy).adapter_casts_skipped

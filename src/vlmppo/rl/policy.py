@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -103,6 +104,19 @@ def adapter_state(model) -> tuple:
         if isinstance(module, BaseTunerLayer):  # every adapted layer follows the model's switches
             return (tuple(module.active_adapters), bool(module.disable_adapters))
     return ()
+
+
+@contextlib.contextmanager
+def _input_casts_off(layers: list[nn.Module]):
+    """peft's ``cast_input_dtype_enabled`` off on ``layers`` for the block, then as it was."""
+    before = [getattr(layer, "cast_input_dtype_enabled", True) for layer in layers]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, before, strict=True):
+            layer.cast_input_dtype_enabled = value
 
 
 class ActorCritic:
@@ -240,9 +254,15 @@ class ActorCritic:
         device_type = torch.device(self.device).type
         if not torch.is_autocast_enabled(device_type):
             return contextlib.nullcontext()
-        from peft.helpers import disable_input_dtype_casting
+        return _input_casts_off(self._adapted_layers)
 
-        return disable_input_dtype_casting(self.loaded.model)
+    @functools.cached_property
+    def _adapted_layers(self) -> list[nn.Module]:
+        """The model's peft layers, found once: peft's own ``disable_input_dtype_casting`` walks every module
+        of the model twice per call, and the update calls this once per micro-batch."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return [m for m in self.loaded.model.modules() if isinstance(m, BaseTunerLayer)]
 
     @torch.no_grad()
     def reference_logprobs(self, sampled: Sampled, *, temperature: float) -> torch.Tensor:

@@ -65,3 +65,16 @@ def test_episodes_without_a_player_seeds_or_with_zero3_are_clear_errors(tmp_path
         load_config("probe-color-tiny", overrides=["sft.eval_episodes=2", "eval.seeds=[]"])
     with pytest.raises(ConfigError, match="sft.launch=zero3 cannot"):
         load_config("probe-color-tiny", overrides=["sft.eval_episodes=2", "sft.launch=zero3"])
+
+
+def test_without_a_val_set_the_episodes_alone_make_an_eval_row(tmp_path):
+    from vlmppo.config import load_config
+
+    train, _ = write_color_dataset(tmp_path, n_train=8, n_val=2)
+    cfg = load_config("probe-color-tiny", overrides=[
+        f"run.output_dir={tmp_path / 'runs'}", f"sft.train_file={train}", *COMMON, "sft.eval_episodes=2",
+        "tracking.log_every=1000"])  # fmt: skip
+    train_sft(cfg, evaluate_env=greedy_eval)
+    logged = rows(cfg)
+    assert all(r.get("eval/loss") is None for r in logged)  # no val set: no val loss
+    assert [r["step"] for r in logged if "eval/success_rate" in r] == [2, 4]

@@ -103,7 +103,8 @@ def train_sft(cfg: Config, on_step=None, resume: str | None = None, evaluate_env
                     row.update(evaluate(run) if run.val else {})
                     row.update(env_eval(run, evaluate_env) if sft.eval_episodes else {})
                 # 3. log
-                if run.main and (progress.step % cfg.tracking.log_every == 0 or "eval/loss" in row or last):
+                evaluated = "eval/loss" in row or "eval/success_rate" in row  # (no val set: episodes only)
+                if run.main and (progress.step % cfg.tracking.log_every == 0 or evaluated or last):
                     run.tracker.log(row)
                 if run.main and on_step:
                     on_step(progress.step, total, row)
